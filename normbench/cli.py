@@ -1,0 +1,63 @@
+"""The console scripts: thin Hydra entry points that compose a config and hand it to a job.
+
+A job that fails records `failure.json` in its output directory. In a multirun it then returns, so
+the other jobs and the end-of-sweep report still run; a single run exits non-zero. Bad input
+(`UsageError`) is reported as its one-line message; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from normbench.errors import UsageError
+from normbench.results import write_failure, write_rows
+
+log = logging.getLogger("normbench")
+
+CONFIGS = "pkg://normbench.conf"
+
+
+def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    try:
+        rows = job(cfg, out)
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded, then reported or re-raised
+        write_failure(out, exc, list(hc.overrides.task))
+        if hc.mode == RunMode.MULTIRUN:
+            log.error("job %s failed: %s", hc.job.num, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
+        if isinstance(exc, UsageError):
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        raise
+    write_rows(out, rows)
+    log.info("wrote %d row(s) to %s", len(rows), out / "rows.csv")
+
+
+@hydra.main(config_path=CONFIGS, config_name="speed", version_base="1.3")
+def speed(cfg: DictConfig) -> None:
+    from normbench import speed as speed_job
+
+    run_job(speed_job.run, cfg)
+
+
+@hydra.main(config_path=CONFIGS, config_name="accuracy", version_base="1.3")
+def accuracy(cfg: DictConfig) -> None:
+    from normbench import accuracy as accuracy_job
+
+    run_job(accuracy_job.run, cfg)
+
+
+def report(argv: list[str] | None = None) -> None:
+    from normbench import report as report_job
+
+    sys.exit(report_job.main(sys.argv[1:] if argv is None else argv))

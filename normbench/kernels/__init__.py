@@ -1,0 +1,1 @@
+"""Fused kernels (Triton) behind the `triton` implementation."""

@@ -1,0 +1,34 @@
+"""The norm registry: `available()` names the norms, `build(name, C, impl=...)` makes one.
+
+>>> from normbench import norms
+>>> layer = norms.build("gn", 64, impl="reference", groups=8)
+>>> y = layer(torch.randn(2, 64, 8, 8))
+"""
+
+from normbench.norms import reference, native  # noqa: F401  (importing registers the implementations)
+from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm
+from normbench.norms.registry import (
+    add_norm,
+    all_implementations,
+    available,
+    build,
+    implementations,
+    norm_class,
+    register,
+)
+
+__all__ = [
+    "BatchNorm",
+    "GroupNorm",
+    "InstanceNorm",
+    "LayerNorm",
+    "NoNorm",
+    "Norm",
+    "add_norm",
+    "all_implementations",
+    "available",
+    "build",
+    "implementations",
+    "norm_class",
+    "register",
+]

@@ -1,0 +1,288 @@
+"""The modules: one base class carries the parameters, the checks and the dispatch; each norm adds a line.
+
+A layer does not compute anything itself: `forward` checks the input and hands it to the function
+registered for the layer's implementation (`impl`). All implementations of a norm share one module
+class, so parameters and buffers are named as in torch.nn and a `state_dict` moves between them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from normbench.errors import UsageError
+
+Implementation = Callable[["Norm", Tensor], Tensor]
+
+
+class Norm(nn.Module):
+    """Base of the registered norms: y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias.
+
+    The moments are taken over the values that share a statistic (see `normbench.norms.core`);
+    weight and bias are per channel. Input: (N, C, *spatial) with 0 to 3 spatial dimensions.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    statistics: ClassVar[str]  # which values share a mean and a variance, in words
+    state: ClassVar[str] = "none"
+    needs_spatial: ClassVar[bool] = False
+    implementations: ClassVar[dict[str, Implementation]]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.implementations = {}
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        impl: str = "native",
+        eps: float = 1e-5,
+        affine: bool = True,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+            raise UsageError(
+                f"{self.name}: num_features must be a positive int (the input's channel count), "
+                f"got {num_features!r}"
+            )
+        if not eps > 0:
+            raise UsageError(f"{self.name}: eps must be > 0, got {eps!r}")
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.affine = affine
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
+            self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self.impl = impl
+
+    @property
+    def impl(self) -> str:
+        """The implementation's name; assigning another one switches it, keeping parameters and buffers."""
+        return self._impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        if impl not in self.implementations:
+            raise UsageError(
+                f"{self.name} has no implementation {impl!r}; "
+                f"choose one of: {', '.join(sorted(self.implementations))}"
+            )
+        self._impl = impl
+        self._forward_impl = self.implementations[impl]
+
+    # The two numbers that make a norm what it is (see core.py's table).
+    def groups(self) -> int:
+        """G: channel groups that get statistics of their own."""
+        raise NotImplementedError
+
+    def samples(self, batch_size: int) -> int:
+        """K: samples that share a statistic."""
+        return 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        return self._forward_impl(self, x)
+
+    def check_input(self, x: Tensor) -> None:
+        if not torch.is_tensor(x) or not x.is_floating_point():
+            got = x.dtype if torch.is_tensor(x) else type(x).__name__
+            raise UsageError(
+                f"{self.name} takes a floating-point tensor, got {got}: convert it first, e.g. x.float()"
+            )
+        if not 2 <= x.dim() <= 5:
+            raise UsageError(
+                f"{self.name} takes (N, C, *spatial) with 0 to 3 spatial dimensions, got shape "
+                f"{tuple(x.shape)}: add a batch dimension with x.unsqueeze(0) or flatten extra ones"
+            )
+        if x.shape[1] != self.num_features:
+            raise UsageError(
+                f"{self.name} was built for {self.num_features} channels but the input has "
+                f"{x.shape[1]} (shape {tuple(x.shape)}, channels on dim 1): build it with "
+                f"num_features={x.shape[1]} or move the channels to dim 1"
+            )
+        if self.needs_spatial and (x.dim() == 2 or math.prod(x.shape[2:]) < 2):
+            raise UsageError(
+                f"{self.name} normalizes over spatial positions, so it needs more than one of them; "
+                f"got shape {tuple(x.shape)}: use ln for (N, C) input"
+            )
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, impl={self.impl!r}, eps={self.eps}, affine={self.affine}"
+
+
+class BatchNorm(Norm):
+    """BatchNorm (Ioffe & Szegedy, 2015): statistics over N and spatial, per channel.
+
+    Training uses the batch's statistics and updates `running_mean` and `running_var` (unbiased) as
+    torch.nn does: running = (1 - momentum) * running + momentum * batch, a cumulative average when
+    `momentum=None`. Eval mode (`module.eval()`, never grad mode) uses the running statistics.
+    `virtual_batch=K` takes statistics over each K consecutive samples separately, as K samples per
+    GPU with unsynchronized BatchNorm would (the Group Normalization paper's protocol).
+
+    >>> bn = BatchNorm(3); y = bn(torch.randn(8, 3, 4, 4))
+    """
+
+    name = "bn"
+    title = "BatchNorm"
+    statistics = "N and spatial, per channel"
+    state = "running mean/var; train vs eval"
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        momentum: float | None = 0.1,
+        track_running_stats: bool = True,
+        virtual_batch: int | None = None,
+        **options,
+    ) -> None:
+        super().__init__(num_features, **options)
+        if momentum is not None and not 0 <= momentum <= 1:
+            raise UsageError(f"bn: momentum must be in [0, 1] or None, got {momentum!r}")
+        if virtual_batch is not None and (not isinstance(virtual_batch, int) or virtual_batch < 1):
+            raise UsageError(f"bn: virtual_batch must be a positive int or None, got {virtual_batch!r}")
+        self.momentum = momentum
+        self.track_running_stats = track_running_stats
+        self.virtual_batch = virtual_batch
+        if track_running_stats:
+            like = {"device": options.get("device"), "dtype": options.get("dtype")}
+            self.register_buffer("running_mean", torch.zeros(num_features, **like))
+            self.register_buffer("running_var", torch.ones(num_features, **like))
+            self.register_buffer(
+                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=options.get("device"))
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.update_factor = 0.0
+
+    def groups(self) -> int:
+        return self.num_features
+
+    def samples(self, batch_size: int) -> int:
+        return self.virtual_batch or batch_size
+
+    @property
+    def use_batch_stats(self) -> bool:
+        return self.training or not self.track_running_stats
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.check_input(x)
+        # As torch.nn does: the module keeps the count; the implementation applies the factor.
+        self.update_factor = 0.0
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            self.update_factor = (
+                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            )
+        return self._forward_impl(self, x)
+
+    def check_input(self, x: Tensor) -> None:
+        super().check_input(x)
+        n = x.shape[0]
+        k = self.samples(n)
+        if self.use_batch_stats and n % k:
+            raise UsageError(
+                f"bn: a batch of {n} does not split into virtual batches of {k}: "
+                f"make the batch size a multiple of {k}"
+            )
+        if self.use_batch_stats and k * math.prod(x.shape[2:]) < 2:
+            raise UsageError(
+                f"bn in training needs more than one value per channel to take statistics, got shape "
+                f"{tuple(x.shape)} (virtual batch {k}): use a larger batch, call .eval(), or pick ln/gn"
+            )
+
+    def extra_repr(self) -> str:
+        vb = f", virtual_batch={self.virtual_batch}" if self.virtual_batch else ""
+        return (
+            f"{super().extra_repr()}, momentum={self.momentum}, "
+            f"track_running_stats={self.track_running_stats}{vb}"
+        )
+
+
+class LayerNorm(Norm):
+    """LayerNorm as in the Group Normalization paper: statistics over C and spatial, per sample.
+
+    The affine is per channel, so on (N, C) input this is the transformer LayerNorm over the last
+    dimension; on images it is GroupNorm with one group.
+    """
+
+    name = "ln"
+    title = "LayerNorm"
+    statistics = "C and spatial, per sample"
+
+    def groups(self) -> int:
+        return 1
+
+
+class InstanceNorm(Norm):
+    """InstanceNorm (Ulyanov et al., 2016): statistics over spatial, per sample and channel.
+
+    Unlike torch.nn.InstanceNorm*d, `affine` defaults to True here, so every norm is compared with
+    a learned per-channel scale and shift.
+    """
+
+    name = "in"
+    title = "InstanceNorm"
+    statistics = "spatial, per sample and channel"
+    needs_spatial = True
+
+    def groups(self) -> int:
+        return self.num_features
+
+
+class GroupNorm(Norm):
+    """GroupNorm (Wu & He, 2018): statistics over C / groups channels and spatial, per sample and group."""
+
+    name = "gn"
+    title = "GroupNorm"
+    statistics = "C/G channels and spatial, per sample and group"
+
+    def __init__(self, num_features: int, *, groups: int = 32, **options) -> None:
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+            raise UsageError(f"gn: groups must be a positive int, got {groups!r}")
+        if isinstance(num_features, int) and num_features >= 1 and num_features % groups:
+            divisors = [g for g in range(1, num_features + 1) if num_features % g == 0]
+            raise UsageError(
+                f"gn: {num_features} channels do not split into {groups} groups; "
+                f"choose groups from the divisors of {num_features}: {divisors}"
+            )
+        self.num_groups = groups
+        super().__init__(num_features, **options)
+
+    def groups(self) -> int:
+        return self.num_groups
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, groups={self.num_groups}"
+
+
+class NoNorm(nn.Module):
+    """The no-normalization baseline: identity, no parameters, whatever the implementation."""
+
+    name = "none"
+    title = "no normalization"
+    statistics = "-"
+    state = "none"
+
+    def __init__(self, num_features: int, *, impl: str = "native", **options) -> None:
+        super().__init__()
+        self.num_features = num_features
+        self.impl = impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}"
