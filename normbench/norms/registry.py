@@ -93,3 +93,10 @@ def _options_of(cls: type) -> set[str]:
             params = inspect.signature(vars(klass)["__init__"]).parameters.values()
             names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
     return names - {"impl"}
+
+
+def build_from_config(norm_cfg, num_features: int, *, impl: str = "native", **overrides) -> nn.Module:
+    """`build` from a Hydra `norm` group node ({name: gn, groups: 32, eps: ...}) plus per-call overrides."""
+    options = {k: v for k, v in dict(norm_cfg).items() if k != "name"}
+    options.update(overrides)
+    return build(norm_cfg["name"], num_features, impl=impl, **options)
