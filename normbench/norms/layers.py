@@ -115,6 +115,20 @@ class Norm(nn.Module):
                 f"{self.name} normalizes over spatial positions, so it needs more than one of them; "
                 f"got shape {tuple(x.shape)}: use ln for (N, C) input"
             )
+        if self.uses_own_statistics() and self.values_per_statistic(x) < 2:
+            raise UsageError(
+                f"{self.name} takes each mean and variance over {self.values_per_statistic(x)} value "
+                f"for input of shape {tuple(x.shape)}, and needs more than one: {self.too_few_values_hint}"
+            )
+
+    too_few_values_hint: ClassVar[str] = "normalize more channels or spatial positions together"
+
+    def uses_own_statistics(self) -> bool:
+        """Whether this call normalizes with statistics of the input (not stored ones)."""
+        return True
+
+    def values_per_statistic(self, x: Tensor) -> int:
+        return self.samples(x.shape[0]) * (x.shape[1] // self.groups()) * math.prod(x.shape[2:])
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, impl={self.impl!r}, eps={self.eps}, affine={self.affine}"
@@ -188,20 +202,20 @@ class BatchNorm(Norm):
             )
         return self._forward_impl(self, x)
 
+    too_few_values_hint = "use a larger batch (or virtual_batch), call .eval(), or pick ln/gn"
+
+    def uses_own_statistics(self) -> bool:
+        return self.use_batch_stats
+
     def check_input(self, x: Tensor) -> None:
-        super().check_input(x)
-        n = x.shape[0]
+        n = x.shape[0] if torch.is_tensor(x) and x.dim() else 0
         k = self.samples(n)
-        if self.use_batch_stats and n % k:
+        if self.use_batch_stats and n and n % k:
             raise UsageError(
                 f"bn: a batch of {n} does not split into virtual batches of {k}: "
                 f"make the batch size a multiple of {k}"
             )
-        if self.use_batch_stats and k * math.prod(x.shape[2:]) < 2:
-            raise UsageError(
-                f"bn in training needs more than one value per channel to take statistics, got shape "
-                f"{tuple(x.shape)} (virtual batch {k}): use a larger batch, call .eval(), or pick ln/gn"
-            )
+        super().check_input(x)
 
     def extra_repr(self) -> str:
         vb = f", virtual_batch={self.virtual_batch}" if self.virtual_batch else ""
@@ -221,6 +235,7 @@ class LayerNorm(Norm):
     name = "ln"
     title = "LayerNorm"
     statistics = "C and spatial, per sample"
+    too_few_values_hint = "give it more than one channel or spatial position per sample"
 
     def groups(self) -> int:
         return 1
@@ -237,6 +252,7 @@ class InstanceNorm(Norm):
     title = "InstanceNorm"
     statistics = "spatial, per sample and channel"
     needs_spatial = True
+    too_few_values_hint = "use ln for (N, C) input"
 
     def groups(self) -> int:
         return self.num_features
@@ -248,6 +264,7 @@ class GroupNorm(Norm):
     name = "gn"
     title = "GroupNorm"
     statistics = "C/G channels and spatial, per sample and group"
+    too_few_values_hint = "use fewer groups or give it spatial positions"
 
     def __init__(self, num_features: int, *, groups: int = 32, **options) -> None:
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:

@@ -1,0 +1,315 @@
+"""Datasets by name: `mnist1d` (the embedded default), `synthetic` (for tests) and `cifar10`.
+
+Every loader returns a `Dataset`: float32 tensors standardized per channel with the training split's
+statistics, integer labels, fixed seeded splits. Images are decoded once and kept as tensors (on the
+training device when asked), batches are drawn by index, and augmentation (random crop with 4-pixel
+padding, horizontal flip) runs on whole batches of tensors, never per image in Python.
+
+    >>> data = load({"name": "synthetic", "shape": [1, 40]})
+    >>> data.x_train.shape, data.num_classes
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import pickle
+import random
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from normbench.errors import UsageError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train and a test split, as tensors: x is (N, C, *spatial) float32, y is (N,) int64."""
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int
+    augment: bool = False  # random crop with padding + horizontal flip at training time (images only)
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    def to(self, device: torch.device) -> "Dataset":
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load(cfg, device: torch.device | str = "cpu") -> Dataset:
+    """The dataset a Hydra `dataset` node (or a plain dict) names, standardized, on `device`."""
+    options = dict(cfg)
+    name = options.pop("name", None)
+    if name not in LOADERS:
+        raise UsageError(f"unknown dataset {name!r}; available: {', '.join(LOADERS)} (e.g. dataset=mnist1d)")
+    loader = LOADERS[name]
+    try:
+        data = loader(**options)
+    except TypeError as exc:  # an option the loader does not take
+        raise UsageError(f"dataset {name}: {exc}; see conf/dataset/{name}.yaml for its options") from None
+    return data.to(torch.device(device))
+
+
+def standardize(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel standardization with the training split's mean and std (the test split never leaks in)."""
+    dims = [0] + list(range(2, x_train.dim()))
+    mean = x_train.mean(dim=dims, keepdim=True)
+    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    return (x_train - mean) / std, (x_test - mean) / std
+
+
+@functools.lru_cache(maxsize=4)  # a multirun trains many models in one process on the same data
+def _mnist1d_arrays(num_samples: int, seed: int, train_split: float) -> tuple[np.ndarray, ...]:
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()  # the published MNIST-1D settings (Greydanus & Kobak, 2024)
+    args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
+    # make_dataset seeds numpy's and Python's global generators; keep the caller's streams untouched.
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        d = make_dataset(args)  # generated from the package's templates: no download, no cache file
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    return d["x"], d["y"], d["x_test"], d["y_test"]
+
+
+def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> Dataset:
+    """MNIST-1D: ten 1-D digit templates, randomly padded, translated, sheared, scaled and noised.
+
+    The published setting (5,000 samples, 4,000 train / 1,000 test, seed 42) is small but hard: a
+    logistic regression scores ~32%, an MLP ~68%, a CNN ~94% (Greydanus & Kobak, "Scaling down deep
+    learning with MNIST-1D", ICML 2024, Table 1), so norms and batch sizes can differ visibly.
+    Input: (N, 1, 40).
+    """
+    if num_samples < 20 or not 0 < train_split < 1:
+        raise UsageError(
+            f"mnist1d: num_samples must be >= 20 and 0 < train_split < 1, got {num_samples} and {train_split}"
+        )
+    xs, ys, xt, yt = _mnist1d_arrays(int(num_samples), int(seed), float(train_split))
+    x_train, x_test = standardize(
+        torch.from_numpy(xs).float().unsqueeze(1), torch.from_numpy(xt).float().unsqueeze(1)
+    )
+    return Dataset("mnist1d", x_train, torch.from_numpy(ys).long(), x_test, torch.from_numpy(yt).long(), 10)
+
+
+def synthetic(
+    num_classes: int = 4,
+    shape: list[int] | tuple[int, ...] = (1, 40),
+    train_size: int = 256,
+    test_size: int = 128,
+    noise: float = 1.0,
+    seed: int = 0,
+    augment: bool = False,
+) -> Dataset:
+    """Gaussian classes around seeded random prototypes: learnable in a few steps, for fast tests."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape) < 1 or num_classes < 2 or train_size < 1 or test_size < 1:
+        raise UsageError(
+            "synthetic: shape must be [C, L] or [C, H, W] of positive sizes, num_classes >= 2 and the "
+            f"split sizes >= 1; got shape={list(shape)}, num_classes={num_classes}, "
+            f"train_size={train_size}, test_size={test_size}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn((num_classes, *shape), generator=g)
+
+    def draw(n: int) -> tuple[Tensor, Tensor]:
+        y = torch.randint(num_classes, (n,), generator=g)
+        return prototypes[y] + noise * torch.randn((n, *shape), generator=g), y
+
+    (x_train, y_train), (x_test, y_test) = draw(train_size), draw(test_size)
+    x_train, x_test = standardize(x_train, x_test)
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes, augment=augment and len(shape) == 3)
+
+
+def cifar10(
+    root: str | None = None,
+    download_dir: str = ".data",
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    augment: bool = True,
+) -> Dataset:
+    """CIFAR-10 (Krizhevsky 2009): 10 classes of 32x32 RGB images, 50,000 train / 10,000 test.
+
+    From `root` when given: a folder, or a .zip of one, in the ImageFolder layout
+    (`train/<class>/*.jpg`, `test/<class>/*.jpg`), e.g. ../shared/data/cifar10-jpeg.zip. Otherwise from
+    torchvision's copy in `download_dir`, downloaded when missing (needs torchvision and network).
+    `train_per_class` / `test_per_class` keep the first images of each class, for quick runs.
+    """
+    for key, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UsageError(f"cifar10: {key} must be a positive int or null (all images), got {value!r}")
+    if root:
+        arrays = _image_folder_arrays(str(root), train_per_class, test_per_class)
+    else:
+        arrays = _torchvision_cifar10_arrays(Path(download_dir), train_per_class, test_per_class)
+    xs, ys, xt, yt = arrays
+    # uint8 HWC -> float CHW in [0, 1], then per-channel standardization as usual for CIFAR.
+    to_float = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255)  # noqa: E731
+    x_train, x_test = standardize(to_float(xs), to_float(xt))
+    return Dataset("cifar10", x_train, torch.from_numpy(ys), x_test, torch.from_numpy(yt), 10, augment=augment)
+
+
+LOADERS: dict[str, Callable[..., Dataset]] = {"mnist1d": mnist1d, "synthetic": synthetic, "cifar10": cifar10}
+
+
+# ------------------------------------------------------------------------------------- image folders
+
+
+def _layout_error(root: str, detail: str) -> UsageError:
+    return UsageError(
+        f"dataset.root={root} is not in the ImageFolder layout ({detail}): it must hold "
+        "train/<class>/*.jpg and test/<class>/*.jpg (directly or inside one top folder), as a folder "
+        "or a .zip of one, e.g. dataset.root=../shared/data/cifar10-jpeg.zip"
+    )
+
+
+class _Tree:
+    """Read access to an ImageFolder tree that is a directory or a .zip, through relative paths."""
+
+    def __init__(self, root: str):
+        self.root = root
+        path = Path(root).expanduser()
+        if not path.exists():
+            raise UsageError(
+                f"dataset.root={root} does not exist: point it at a folder (or .zip) holding "
+                "train/<class>/*.jpg and test/<class>/*.jpg, or leave it unset to download with torchvision"
+            )
+        if path.is_file():
+            if not zipfile.is_zipfile(path):
+                raise _layout_error(root, "a file that is not a .zip")
+            self.zip = zipfile.ZipFile(path)
+            self.files = [n for n in self.zip.namelist() if not n.endswith("/")]
+        else:
+            self.zip = None
+            self.dir = path
+            self.files = [str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()]
+
+    def read(self, name: str) -> bytes:
+        return self.zip.read(name) if self.zip is not None else (self.dir / name).read_bytes()
+
+
+def _split_files(tree: _Tree, split: str) -> dict[str, list[str]]:
+    """{class: sorted image paths} of one split, found at <top>/split/<class>/<file> with <top> optional."""
+    by_class: dict[str, list[str]] = {}
+    for name in tree.files:
+        parts = Path(name).parts
+        if len(parts) >= 3 and parts[-3] == split and len(parts) <= 4 and name.lower().endswith(IMAGE_SUFFIXES):
+            by_class.setdefault(parts[-2], []).append(name)
+    return {c: sorted(files) for c, files in sorted(by_class.items())}
+
+
+@functools.lru_cache(maxsize=2)  # decode once per process, however many runs of a sweep use it
+def _image_folder_arrays(root: str, train_per_class: int | None, test_per_class: int | None):
+    from PIL import Image  # pillow comes with matplotlib; torchvision is not needed to read folders
+
+    tree = _Tree(root)
+    splits = {s: _split_files(tree, s) for s in ("train", "test")}
+    for split, by_class in splits.items():
+        if not by_class:
+            raise _layout_error(root, f"no images under {split}/<class>/")
+    if list(splits["train"]) != list(splits["test"]):
+        raise _layout_error(
+            root, f"train has classes {list(splits['train'])} but test has {list(splits['test'])}"
+        )
+    out = []
+    for split, limit in (("train", train_per_class), ("test", test_per_class)):
+        images, labels = [], []
+        for label, files in enumerate(splits[split].values()):
+            for name in files[:limit]:
+                with Image.open(io.BytesIO(tree.read(name))) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+                labels.append(label)
+        shapes = {a.shape for a in images}
+        if len(shapes) != 1:
+            raise _layout_error(root, f"images of different sizes {sorted(shapes)[:3]} in {split}/")
+        out += [np.stack(images), np.asarray(labels, dtype=np.int64)]
+    return tuple(out)
+
+
+def _torchvision_cifar10_arrays(download_dir: Path, train_per_class: int | None, test_per_class: int | None):
+    batches = download_dir / "cifar-10-batches-py"
+    if not batches.is_dir():
+        how = (
+            "get the data one of two ways: run once with network and torchvision installed "
+            f"(it downloads to dataset.download_dir={download_dir}), or set dataset.root to a folder or "
+            ".zip in the ImageFolder layout (train/<class>/*.jpg, test/<class>/*.jpg), e.g. "
+            "dataset.root=../shared/data/cifar10-jpeg.zip"
+        )
+        try:
+            from torchvision.datasets import CIFAR10  # only for downloading; reading needs no torchvision
+        except Exception as exc:  # noqa: BLE001 - missing or broken torchvision: same advice
+            raise UsageError(f"cifar10 is not in {batches} and torchvision is unavailable ({type(exc).__name__}): {how}") from None
+        try:
+            CIFAR10(str(download_dir), train=True, download=True)
+        except Exception as exc:  # noqa: BLE001 - no network, proxy, disk: one clear line
+            raise UsageError(f"cifar10 download failed ({type(exc).__name__}: {exc}); {how}") from None
+
+    def read(names: list[str], limit: int | None):
+        xs, ys = [], []
+        for name in names:
+            with open(batches / name, "rb") as f:
+                d = pickle.load(f, encoding="latin1")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(np.asarray(d["labels"], dtype=np.int64))
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        if limit is not None:  # the first `limit` images of each class, in file order
+            keep = np.concatenate([np.flatnonzero(y == c)[:limit] for c in range(10)])
+            keep.sort()
+            x, y = x[keep], y[keep]
+        return x, y
+
+    train = read([f"data_batch_{i}" for i in range(1, 6)], train_per_class)
+    test = read(["test_batch"], test_per_class)
+    return (*train, *test)
+
+
+# ---------------------------------------------------------------------------------------------- batches
+
+
+def train_batches(data: Dataset, batch: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch of shuffled training batches of exactly `batch` samples (the remainder is dropped, so
+    every step holds full per-worker batches), augmented when the dataset says so."""
+    n = data.x_train.shape[0]
+    order = torch.randperm(n, generator=generator).to(data.x_train.device)
+    for start in range(0, n - batch + 1, batch):
+        idx = order[start : start + batch]
+        x = data.x_train[idx]
+        if data.augment:
+            x = augment(x, generator)
+        yield x, data.y_train[idx]
+
+
+def augment(x: Tensor, generator: torch.Generator, padding: int = 4) -> Tensor:
+    """Random crop with `padding` zero pixels and random horizontal flip, for a whole (N, C, H, W) batch.
+
+    The standard CIFAR augmentation (He et al. 2016, Sec. 4.2). Offsets and flips are drawn on the CPU
+    generator (reproducible on any device) and applied with one gather, not per image in Python.
+    """
+    n, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    rows = (offsets[0, :, None] + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+    cols = offsets[1, :, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols).view(n, 1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+    channel = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[batch, channel, rows, cols]

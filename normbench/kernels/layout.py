@@ -1,0 +1,173 @@
+"""How the kernels see an input: the grouped view as strides, and the tiling that follows from it.
+
+Every norm views x (N, C, *spatial), L = prod(spatial), as x[b, k, c, l] with B = N / K, and takes
+one mean and variance per (b, group of C / G channels) over (k, c in the group, l) (see
+normbench.norms.core). In memory that is four strides: NCHW has l innermost (stride 1), channels_last
+has c innermost. When k and l form one evenly strided axis (channels_last; or L == 1) they are merged
+into one long l, so a statistic covers a single 2-D (channel, position) slab per b. Two kernel families
+cover every case:
+
+- fused (`fused.py`): one program holds whole (b, group) slabs in registers: x is read once and y
+  written once (backward: x and dy read once, dx written once). Used when K == 1 after merging and
+  the slab fits FUSED_MAX_ELEMENTS.
+- split (`split.py`): programs over (b, channel block, split of the (k, l) tiles) write per-channel
+  partial moments, a small kernel combines them per (b, group), and a second sweep normalizes: x is
+  read twice (backward: x and dy twice). Used for BatchNorm over N x spatial and for slabs too big
+  for one program.
+
+The numbers below are fixed heuristics, not autotuned, so a sweep spends no time tuning; they are
+written for an H100 (132 SMs, 64K 32-bit registers per SM) and have not been timed on one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from normbench.errors import UsageError
+
+FUSED_MAX_ELEMENTS = 8192  # values of x per fused program: 32 (fwd) / 64 (bwd, x and dy) per thread at 8 warps
+FUSED_MIN_ELEMENTS = 1024  # pack several small groups into one fused program up to about this many
+TILE_ELEMENTS = 4096  # values per loop step of a split program (16 KiB of float32)
+MAX_CHANNELS_INNER = 64  # channels per tile when they are the contiguous axis: 256 B rows in float32
+MIN_CHANNELS_INNER = 32  # and at least this many (when C allows) so each row is one 128 B transaction
+MAX_GROUPS_PER_PROGRAM_CHANNELS = 64  # group sums inside a program use a (BLOCK_C, BLOCK_C) mask
+PROGRAMS_PER_SM = 4  # split programs aimed at per SM, so a small B x C still fills the GPU
+INTERPRETER_PROGRAMS = 1  # under the CPU interpreter every program is slow Python: as few as possible
+INT32_LIMIT = 2**31
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class GroupedView:
+    """x[b, k, c, l] as element strides; statistics per (b, group) over (k, channels of the group, l)."""
+
+    B: int
+    K: int
+    C: int
+    L: int
+    G: int
+    sb: int
+    sk: int
+    sc: int
+    sl: int
+
+    @property
+    def cg(self) -> int:
+        return self.C // self.G
+
+    @property
+    def channels_inner(self) -> bool:
+        return self.sc == 1 and self.L > 1
+
+    @property
+    def count(self) -> int:
+        """Values behind each statistic."""
+        return self.K * self.cg * self.L
+
+
+def dense_layout(x: Tensor) -> tuple[Tensor, bool]:
+    """x as a dense tensor, contiguous (NCHW) or channels_last (channels innermost), and which one.
+
+    Inputs in neither layout are made contiguous; outputs are allocated with x's strides, so a
+    channels_last input gives a channels_last output.
+    """
+    if x.is_contiguous():
+        return x, False
+    if x.dim() > 2 and x.permute(0, *range(2, x.dim()), 1).is_contiguous():
+        return x, True
+    return x.contiguous(), False
+
+
+def grouped_view(x: Tensor, samples: int, groups: int, channels_last: bool) -> GroupedView:
+    n, c = x.shape[:2]
+    length = math.prod(x.shape[2:])
+    if channels_last:
+        s_sample, sc, sl = length * c, 1, c
+    else:
+        s_sample, sc, sl = c * length, length, 1
+    b, k = n // samples, samples
+    sb, sk = k * s_sample, s_sample
+    if k > 1 and length == 1:  # (N, C) input: the samples are the only positions
+        length, sl, k, sk = k, sk, 1, 0
+    elif k > 1 and sk == length * sl and k * length * c < INT32_LIMIT:  # channels_last: (k, l) is one axis
+        length, k, sk = k * length, 1, 0
+    if (c - 1) * sc + (length - 1) * sl >= INT32_LIMIT:
+        raise UsageError(
+            f"impl=triton indexes within a sample in 32 bits; shape {tuple(x.shape)} has 2**31 or more "
+            "values per sample: use impl=native for it"
+        )
+    return GroupedView(b, k, c, length, groups, sb, sk, sc, sl)
+
+
+@dataclass(frozen=True)
+class FusedPlan:
+    block_c: int
+    block_l: int
+    groups_per_program: int
+    programs: int
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    block_c: int
+    block_l: int
+    channel_blocks: int
+    l_blocks: int
+    tiles: int  # (k, l-block) tiles per (b, channel block)
+    tiles_per_split: int
+    splits: int
+    num_warps: int
+
+    @property
+    def programs(self) -> int:
+        return self.splits * self.channel_blocks
+
+
+def _warps(elements: int) -> int:
+    return min(16, max(1, elements // 512))
+
+
+def fused_plan(v: GroupedView) -> FusedPlan | None:
+    """The fused tiling, or None where a (b, group) slab does not fit one program."""
+    if v.K != 1:
+        return None
+    block_l = next_pow2(v.L)
+    cg = next_pow2(v.cg)
+    # Pack more groups per program when they are small (fewer, fuller programs) and, in channels_last,
+    # so that a row of the tile spans MIN_CHANNELS_INNER contiguous channels.
+    want = max(FUSED_MIN_ELEMENTS // block_l, MIN_CHANNELS_INNER if v.channels_inner else 1)
+    block_c = max(cg, min(next_pow2(v.C), want, MAX_GROUPS_PER_PROGRAM_CHANNELS))
+    if block_c * block_l > FUSED_MAX_ELEMENTS:
+        return None
+    per = max(1, block_c // v.cg)
+    return FusedPlan(block_c, block_l, per, v.B * -(-v.G // per), _warps(block_c * block_l))
+
+
+def target_programs(device: torch.device) -> int:
+    if device.type == "cuda":
+        return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return INTERPRETER_PROGRAMS
+
+
+def split_plan(v: GroupedView, device: torch.device) -> SplitPlan:
+    if v.channels_inner:
+        block_c = min(next_pow2(v.C), MAX_CHANNELS_INNER)
+        block_l = min(next_pow2(v.L), max(1, TILE_ELEMENTS // block_c))
+    else:
+        block_l = min(next_pow2(v.L), 1024)
+        block_c = min(next_pow2(v.C), max(1, TILE_ELEMENTS // block_l))
+    channel_blocks = -(-v.C // block_c)
+    l_blocks = -(-v.L // block_l)
+    tiles = v.K * l_blocks
+    splits = min(tiles, max(1, -(-target_programs(device) // (v.B * channel_blocks))))
+    per = -(-tiles // splits)
+    splits = -(-tiles // per)
+    return SplitPlan(block_c, block_l, channel_blocks, l_blocks, tiles, per, splits, _warps(block_c * block_l))

@@ -1,0 +1,225 @@
+"""Split reductions: per-channel partial sums over a split of the (k, l) tiles, a combine per (b, group),
+then an element-wise sweep. For statistics too big for one program (BatchNorm over N x spatial, huge
+spatial extents). Programs run over (b, channel block, split); see layout.py for the view and tiling.
+
+Forward: `partial_moments` (read x) -> `combine_moments` -> `normalize` (read x, write y).
+Backward: `partial_grad_sums` (read x, dy) -> `combine_grad_sums` -> `input_grad` (read x, dy, write dx);
+the same per-channel partial sums of dy and dy * xhat give dbias and dweight (summed over b and
+splits on the host side: B x splits x C values, small next to x).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _program(S, CB):
+    """(b, channel block, split) of this program; consecutive programs take consecutive splits."""
+    pid = tl.program_id(0)
+    s = pid % S
+    rest = pid // S
+    return rest // CB, rest % CB, s
+
+
+@triton.jit
+def _tile_offsets(b, k, lb, c, sb, sk, sc, sl, L, BLOCK_L: tl.constexpr):
+    l = lb * BLOCK_L + tl.arange(0, BLOCK_L)
+    base = b.to(tl.int64) * sb + k.to(tl.int64) * sk
+    return base + (c[:, None] * sc + l[None, :] * sl), l < L
+
+
+@triton.jit
+def partial_moments(
+    x, mean_p, m2_p, count_p,
+    C, L, sb, sk, sc, sl, T, TPS, S, CB, NLB,
+    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Mean and sum of squared deviations per channel over this program's tiles, and their count.
+
+    Each tile's moments are taken around the tile's own mean (two passes in registers), then merged
+    into the running ones with Chan et al.'s pairwise update, so a large mean does not cancel the
+    variance as a plain sum of squares would.
+    """
+    b, cb, s = _program(S, CB)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    n = 0.0
+    mean = tl.zeros([BLOCK_C], tl.float32)
+    m2 = tl.zeros([BLOCK_C], tl.float32)
+    t_end = tl.minimum(s * TPS + TPS, T)
+    for t in range(s * TPS, t_end):
+        k = t // NLB
+        lb = t % NLB
+        offs, lmask = _tile_offsets(b, k, lb, c, sb, sk, sc, sl, L, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
+        nt = tl.minimum(L - lb * BLOCK_L, BLOCK_L).to(tl.float32)
+        mt = tl.sum(v, 1) / nt
+        d = tl.where(mask, v - mt[:, None], 0.0)
+        n_new = n + nt
+        delta = mt - mean
+        mean += delta * (nt / n_new)
+        m2 += tl.sum(d * d, 1) + delta * delta * (n * nt / n_new)
+        n = n_new
+    out = (b * S + s) * C + c
+    tl.store(mean_p + out, mean, mask=cmask)
+    tl.store(m2_p + out, m2, mask=cmask)
+    tl.store(count_p + s, n, mask=(b == 0) & (cb == 0))
+
+
+@triton.jit
+def combine_moments(
+    mean_p, m2_p, count_p, mean_out, var_out, rstd_out,
+    C, G, Cg, S, eps,
+    BLOCK: tl.constexpr,
+):
+    """Mean, biased variance and 1/sqrt(var + eps) of one (b, group) from its S x Cg partials."""
+    pid = tl.program_id(0)
+    b = pid // G
+    g = pid % G
+    M = S * Cg
+    acc_n = tl.zeros([BLOCK], tl.float32)
+    acc_s = tl.zeros([BLOCK], tl.float32)
+    for i0 in range(0, M, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        m = i < M
+        cnt = tl.load(count_p + i // Cg, mask=m, other=0.0)
+        mu = tl.load(mean_p + (b * S + i // Cg) * C + g * Cg + i % Cg, mask=m, other=0.0)
+        acc_n += cnt
+        acc_s += cnt * mu
+    n = tl.sum(acc_n, 0)
+    mean = tl.sum(acc_s, 0) / n
+    acc_q = tl.zeros([BLOCK], tl.float32)
+    for i0 in range(0, M, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        m = i < M
+        cnt = tl.load(count_p + i // Cg, mask=m, other=0.0)
+        p = (b * S + i // Cg) * C + g * Cg + i % Cg
+        mu = tl.load(mean_p + p, mask=m, other=0.0)
+        q = tl.load(m2_p + p, mask=m, other=0.0)
+        acc_q += q + cnt * (mu - mean) * (mu - mean)
+    var = tl.sum(acc_q, 0) / n
+    tl.store(mean_out + pid, mean)
+    tl.store(var_out + pid, var)
+    tl.store(rstd_out + pid, 1.0 / tl.sqrt(var + eps))
+
+
+@triton.jit
+def _channel_stats(mean, rstd, b, c, cmask, G, Cg):
+    gi = b * G + c // Cg
+    return tl.load(mean + gi, mask=cmask, other=0.0), tl.load(rstd + gi, mask=cmask, other=0.0)
+
+
+@triton.jit
+def normalize(
+    x, y, w, bias, mean, rstd,
+    C, L, G, Cg, sb, sk, sc, sl, T, TPS, S, CB, NLB,
+    HAS_AFFINE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """y = x * scale[c] + shift[c], the per-(b, channel) scale and shift folded from stats and affine."""
+    b, cb, s = _program(S, CB)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
+    scale = r
+    shift = -mu * r
+    if HAS_AFFINE:
+        wc = tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
+        scale = r * wc
+        shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32) - mu * scale
+    t_end = tl.minimum(s * TPS + TPS, T)
+    for t in range(s * TPS, t_end):
+        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
+        out = v * scale[:, None] + shift[:, None]
+        tl.store(y + offs, out.to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def partial_grad_sums(
+    x, dy, mean, rstd, p_dy, p_dyxhat,
+    C, L, G, Cg, sb, sk, sc, sl, T, TPS, S, CB, NLB,
+    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Per-channel sums of dy and dy * xhat over this program's tiles."""
+    b, cb, s = _program(S, CB)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
+    s1 = tl.zeros([BLOCK_C], tl.float32)
+    s2 = tl.zeros([BLOCK_C], tl.float32)
+    t_end = tl.minimum(s * TPS + TPS, T)
+    for t in range(s * TPS, t_end):
+        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+        xhat = (xv - mu[:, None]) * r[:, None]
+        s1 += tl.sum(g, 1)
+        s2 += tl.sum(g * xhat, 1)  # g is 0 where masked
+    out = (b * S + s) * C + c
+    tl.store(p_dy + out, s1, mask=cmask)
+    tl.store(p_dyxhat + out, s2, mask=cmask)
+
+
+@triton.jit
+def combine_grad_sums(
+    p_dy, p_dyxhat, w, a_out, b_out,
+    C, G, Cg, S, inv_count,
+    HAS_AFFINE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Per (b, group): the means of dy * w and of dy * w * xhat over the group's values."""
+    pid = tl.program_id(0)
+    b = pid // G
+    g = pid % G
+    M = S * Cg
+    acc1 = tl.zeros([BLOCK], tl.float32)
+    acc2 = tl.zeros([BLOCK], tl.float32)
+    for i0 in range(0, M, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        m = i < M
+        c = g * Cg + i % Cg
+        p = (b * S + i // Cg) * C + c
+        wc = 1.0
+        if HAS_AFFINE:
+            wc = tl.load(w + c, mask=m, other=0.0).to(tl.float32)
+        acc1 += wc * tl.load(p_dy + p, mask=m, other=0.0)
+        acc2 += wc * tl.load(p_dyxhat + p, mask=m, other=0.0)
+    tl.store(a_out + pid, tl.sum(acc1, 0) * inv_count)
+    tl.store(b_out + pid, tl.sum(acc2, 0) * inv_count)
+
+
+@triton.jit
+def input_grad(
+    x, dy, dx, w, mean, rstd, mean_g, mean_gx,
+    C, L, G, Cg, sb, sk, sc, sl, T, TPS, S, CB, NLB,
+    HAS_AFFINE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """dx = rstd * (dy * w - mean(dy * w) - xhat * mean(dy * w * xhat)), as two FMAs per value.
+
+    mean_g and mean_gx are those group means (zero where the statistics are constants, as in
+    eval-mode BatchNorm), so dx = dy * (rstd * w) - x * alpha + beta per channel.
+    """
+    b, cb, s = _program(S, CB)
+    c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
+    gi = b * G + c // Cg
+    a = tl.load(mean_g + gi, mask=cmask, other=0.0)
+    bb = tl.load(mean_gx + gi, mask=cmask, other=0.0)
+    rw = r
+    if HAS_AFFINE:
+        rw = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
+    alpha = r * r * bb
+    beta = alpha * mu - r * a
+    t_end = tl.minimum(s * TPS + TPS, T)
+    for t in range(s * TPS, t_end):
+        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+        out = g * rw[:, None] - xv * alpha[:, None] + beta[:, None]
+        tl.store(dx + offs, out.to(dx.dtype.element_ty), mask=mask)

@@ -1,0 +1,270 @@
+"""The report's figures (seaborn, PNG), each drawn from a tidy frame of `normbench.results` rows.
+
+Every norm has one colour in every figure (`NORM_COLORS`); in the speed figures, where colour means
+the implementation, each implementation has one colour too and the norm names the facet row (its title
+in the norm's colour). Each function writes one PNG (atomically) and returns its path, or None when the
+frame holds nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are drawn headless: in a Hydra callback, on a cluster node, in CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+from normbench.results import atomic_write_bytes  # noqa: E402
+
+NORM_ORDER = ["bn", "ln", "in", "gn", "none"]
+NORM_COLORS = {"bn": "#0072B2", "ln": "#009E73", "in": "#CC79A7", "gn": "#D55E00", "none": "#7F7F7F"}
+NORM_LABELS = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm", "none": "no norm"}
+IMPL_ORDER = ["reference", "native", "compiled", "triton"]
+IMPL_COLORS = {"reference": "#7570B3", "native": "#1B9E77", "compiled": "#E6AB02", "triton": "#E7298A"}
+PASS_ORDER = ["fwd", "bwd", "fwdbwd"]
+_SPARE = ["#66A61E", "#A6761D", "#1F78B4", "#B15928", "#6A3D9A", "#FB9A99", "#333333", "#B2DF8A"]
+
+# Wu & He, "Group Normalization", ECCV 2018, Figure 1 (ResNet-50 on ImageNet, validation error %,
+# batch size = images per worker); the same numbers are in its Table 2.
+GN_PAPER_BATCH = [32, 16, 8, 4, 2]
+GN_PAPER_ERROR = {"bn": [23.6, 23.7, 24.8, 27.3, 34.7], "gn": [24.1, 24.2, 24.0, 24.2, 24.1]}
+
+
+def _ordered(values, order: list[str]) -> list[str]:
+    values = [str(v) for v in pd.unique(pd.Series(list(values)).dropna())]
+    return [v for v in order if v in values] + sorted(v for v in values if v not in order)
+
+
+def _palette(names: list[str], fixed: dict[str, str]) -> dict[str, str]:
+    spare = iter(c for c in _SPARE if c not in fixed.values())
+    return {n: fixed.get(n) or next(spare, "#000000") for n in names}
+
+
+def norm_palette(names) -> dict[str, str]:
+    """A colour per norm name; the five known norms always get the same one."""
+    return _palette(_ordered(names, NORM_ORDER), NORM_COLORS)
+
+
+def impl_palette(names) -> dict[str, str]:
+    """A colour per implementation name; the known implementations always get the same one."""
+    return _palette(_ordered(names, IMPL_ORDER), IMPL_COLORS)
+
+
+def _save(fig, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def _log2_axis(ax, values, invert: bool = False) -> None:
+    ticks = sorted({int(v) for v in values if pd.notna(v) and v > 0})
+    ax.set_xscale("log", base=2)
+    if ticks:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
+        pad = 2**0.35
+        lo, hi = ticks[0] / pad, ticks[-1] * pad
+        ax.set_xlim((hi, lo) if invert else (lo, hi))
+
+
+def _plain_log(axis) -> None:
+    """Log-axis tick labels as plain numbers (0.5, 2, 30), not powers of ten."""
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else ""))
+
+
+def _varying(frame: pd.DataFrame, columns: list[str]) -> list[str]:
+    return [c for c in columns if c in frame and frame[c].nunique(dropna=True) > 1]
+
+
+# --------------------------------------------------------------------------------------------- accuracy
+
+
+def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = True) -> Path | None:
+    """Test error vs batch size per worker (log2 axis, large to small as in the GN paper's Figure 1),
+    one line per norm, error bars = sd over seeds; the paper's ImageNet numbers in a panel beside.
+
+    `acc` holds accuracy rows with a `test_error` column (%)."""
+    acc = acc.dropna(subset=["test_error", "batch_size"])
+    if acc.empty:
+        return None
+    panels = _varying(acc, ["dataset", "model", "impl", "workers", "epochs", "norm_position"])
+    groups = list(acc.groupby(panels, dropna=False)) if panels else [((), acc)]
+    palette = norm_palette(acc["norm"])
+    ncols = len(groups) + int(reference)
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.3), squeeze=False)
+    for ax, (key, data) in zip(axes[0], groups):
+        seeds = data.groupby(["norm", "batch_size"])["test_error"].count()
+        sns.lineplot(
+            data=data, x="batch_size", y="test_error", hue="norm", hue_order=list(palette), palette=palette,
+            errorbar="sd", err_style="bars", err_kws={"capsize": 3}, marker="o", markersize=7, ax=ax,
+        )  # fmt: skip
+        _log2_axis(ax, data["batch_size"], invert=True)
+        first = data.iloc[0]
+        what = ", ".join(str(first[c]) for c in ("dataset", "model") if c in data and pd.notna(first[c]))
+        extra = ", ".join(f"{c}={v}" for c, v in zip(panels, key if isinstance(key, tuple) else (key,)))
+        title = "normbench: " + (what or "test error") + (f"\n{extra}" if extra else "")
+        n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+        ax.set_title(f"{title}\nmean ± sd over {n} seed(s)", fontsize=10)
+        ax.set_xlabel("batch size per worker (samples per normalization batch)")
+        ax.set_ylabel("test error (%)")
+        handles, labels = ax.get_legend_handles_labels()
+        ax.legend(handles, [NORM_LABELS.get(label, label) for label in labels], title="norm", fontsize=9)
+    if reference:
+        ax = axes[0][-1]
+        for norm, errors in GN_PAPER_ERROR.items():
+            ax.plot(GN_PAPER_BATCH, errors, marker="o", ls="--", color=NORM_COLORS[norm], label=NORM_LABELS[norm])
+        _log2_axis(ax, GN_PAPER_BATCH, invert=True)
+        ax.set_title("reference: GN paper, ResNet-50 on ImageNet\n(Wu & He 2018, Figure 1)", fontsize=10)
+        ax.set_xlabel("batch size per worker (images per GPU)")
+        ax.set_ylabel("validation error (%)")
+        ax.legend(title="norm", fontsize=9)
+    fig.suptitle("Test error vs batch size per worker: smaller batches to the right", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+# ------------------------------------------------------------------------------------------------ speed
+
+
+def shape_features(shape) -> str:
+    """The shape without its batch dimension: `(8, 64, 32, 32)` -> `64x32x32`."""
+    dims = re.findall(r"\d+", str(shape))
+    return "x".join(dims[1:]) if len(dims) > 1 else str(shape)
+
+
+def _speed_frame(speed: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
+    d = speed.dropna(subset=["median_ms", "batch_size"]).copy()
+    d["facet"] = d["pass"].astype(str) if "pass" in d else "all"
+    if "dtype" in d:
+        d["facet"] = d["facet"] + " · " + d["dtype"].astype(str)
+    parts = []
+    if "shape" in d:
+        d["features"] = d["shape"].map(shape_features)
+        parts.append("features")
+    parts += [c for c in ("layout", "groups", "device_name") if c in d]
+    varying = _varying(d, parts)
+    if not varying:
+        return d, None
+    d["config"] = d[varying].astype(str).agg(" · ".join, axis=1)
+    return d, "config"
+
+
+def _speed_grid(speed: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool):
+    d, style = _speed_frame(speed)
+    if d.empty or y not in d or d[y].notna().sum() == 0:
+        return None
+    norms = _ordered(d["norm"], NORM_ORDER)
+    facets = sorted(d["facet"].unique(), key=lambda f: (PASS_ORDER.index(f.split(" · ")[0])
+                                                         if f.split(" · ")[0] in PASS_ORDER else 99, f))  # fmt: skip
+    palette = impl_palette(d["impl"])
+    sns.set_theme(style="whitegrid", context="notebook")
+    g = sns.relplot(
+        data=d, kind="line", x="batch_size", y=y, hue="impl", hue_order=list(palette), palette=palette,
+        style=style, row="norm", row_order=norms, col="facet", col_order=facets, marker="o",
+        height=2.9, aspect=1.35, facet_kws={"sharey": False, "margin_titles": False}, errorbar=None,
+    )  # fmt: skip
+    g.set_titles("{row_name} · {col_name}")
+    for (norm, _), ax in g.axes_dict.items():
+        ax.title.set_color(NORM_COLORS.get(norm, "#000000"))
+        ax.title.set_fontweight("bold")
+        _log2_axis(ax, d["batch_size"])
+        if logy:
+            ax.set_yscale("log")
+            _plain_log(ax.yaxis)
+    g.set_axis_labels("batch size N (log2 scale)", ylabel)
+    if g.legend is not None:
+        g.legend.set_title("implementation" + (" / config" if style else ""))
+    g.figure.suptitle(title, fontsize=12)
+    g.figure.subplots_adjust(top=1 - 0.6 / (2.9 * len(norms)) - 0.02)
+    return g
+
+
+def speed_latency(speed: pd.DataFrame, path: str | Path) -> Path | None:
+    """Median latency (ms, log axis) vs batch size; colour = implementation; a row of facets per norm,
+    a column per pass and dtype."""
+    g = _speed_grid(speed, "median_ms", "median latency (ms)", "Latency vs batch size (lower is better)", True)
+    return None if g is None else _save(g.figure, Path(path))
+
+
+def speed_roofline(speed: pd.DataFrame, path: str | Path) -> Path | None:
+    """Achieved bandwidth as % of the measured copy bandwidth (the roofline, drawn at 100%) vs batch size."""
+    if "pct_of_peak" not in speed or speed["pct_of_peak"].notna().sum() == 0:
+        return None
+    g = _speed_grid(
+        speed, "pct_of_peak", "% of roofline (bandwidth)",
+        "Achieved memory bandwidth as % of the measured copy bandwidth (roofline = 100%)", False,
+    )  # fmt: skip
+    if g is None:
+        return None
+    top = max(110.0, float(speed["pct_of_peak"].max()) * 1.08)
+    for ax in g.axes.flat:
+        ax.axhline(100, color="black", ls="--", lw=1.2)
+        ax.text(0.02, 100, " roofline", transform=ax.get_yaxis_transform(), va="bottom", fontsize=8)
+        ax.set_ylim(0, top)
+    return _save(g.figure, Path(path))
+
+
+# ------------------------------------------------------------------------------------- speed x accuracy
+
+
+def pick_speed(speed: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Per norm, one latency to set against accuracy: the `fwdbwd` pass (what training pays; else what
+    was timed), of `native` (else the fastest implementation), at the largest batch size timed."""
+    d = speed.dropna(subset=["median_ms"])
+    passes = [p for p in ("fwdbwd", "fwd", "bwd") if "pass" in d and (d["pass"] == p).any()]
+    if passes:
+        d = d[d["pass"] == passes[0]]
+    rows, impls = [], set()
+    for norm, g in d.groupby("norm"):
+        g = g[g["batch_size"] == g["batch_size"].max()]
+        g = g[g["impl"] == "native"] if (g["impl"] == "native").any() else g.nsmallest(1, "median_ms")
+        impls |= set(g["impl"])
+        rows.append({"norm": norm, "median_ms": g["median_ms"].median(), "batch_size": g["batch_size"].iloc[0]})
+    label = f"{passes[0] if passes else 'all passes'} latency of {', '.join(sorted(impls))}"
+    return pd.DataFrame(rows), label
+
+
+def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) -> Path | None:
+    """Per norm: latency (x) against test error (y) at the smallest and the largest batch per worker."""
+    acc = acc.dropna(subset=["test_error", "batch_size"])
+    if speed.empty or acc.empty:
+        return None
+    lat, label = pick_speed(speed)
+    small, large = acc["batch_size"].min(), acc["batch_size"].max()
+    err = acc[acc["batch_size"].isin([small, large])].groupby(["norm", "batch_size"])["test_error"].mean()
+    both = [n for n in _ordered(lat["norm"], NORM_ORDER) if n in err.index.get_level_values(0)]
+    if not both:
+        return None
+    palette = norm_palette(both)
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for norm in both:
+        x = float(lat.loc[lat["norm"] == norm, "median_ms"].iloc[0])
+        y_large, y_small = err.get((norm, large)), err.get((norm, small))
+        ax.plot([x, x], [y_large, y_small], color=palette[norm], lw=1.5, alpha=0.6)
+        ax.scatter([x], [y_large], color=palette[norm], marker="o", s=60, zorder=3)
+        ax.scatter([x], [y_small], color=palette[norm], marker="v", s=70, zorder=3)
+        ax.annotate(NORM_LABELS.get(norm, norm), (x, y_small), textcoords="offset points", xytext=(6, 0),
+                    color=palette[norm], fontsize=9, va="center")  # fmt: skip
+    ax.scatter([], [], color="grey", marker="o", label=f"batch {large:g} per worker")
+    ax.scatter([], [], color="grey", marker="v", label=f"batch {small:g} per worker")
+    ax.legend(title="test error at", fontsize=9)
+    ax.set_xlim(0, float(lat["median_ms"].max()) * 1.25)
+    b = lat["batch_size"].max()
+    ax.set_xlabel(f"median latency (ms): {label}, batch {b:g}")
+    ax.set_ylabel("test error (%), mean over seeds")
+    ax.set_title("Speed vs accuracy per norm (lower left is better)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, Path(path))

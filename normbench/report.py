@@ -1,0 +1,388 @@
+"""A sweep's report: pandas tables, seaborn plots, `report.md` (renders on GitHub) and `report.html`
+(one self-contained file, plots embedded), plus `summary.csv` / `summary.parquet`.
+
+`build_report(paths, out_dir)` reads sweep directories, run directories and pytest-benchmark JSON files
+(`normbench.results.read`); the sweep callback calls it at the end of every multirun, and
+`normbench-report PATH... [--out DIR]` calls it by hand (`main`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import html
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from normbench import results
+from normbench.plots import IMPL_ORDER, NORM_LABELS, NORM_ORDER, PASS_ORDER
+
+log = logging.getLogger("normbench")
+
+REPORT_MD, REPORT_HTML = "report.md", "report.html"
+PLOTS = {
+    "accuracy": "accuracy_vs_batch.png",
+    "latency": "speed_latency.png",
+    "roofline": "speed_roofline.png",
+    "tradeoff": "speed_vs_accuracy.png",
+}
+
+# ----------------------------------------------------------------------------------------------- tables
+
+
+def _rank(values: pd.Series, order: list[str]) -> pd.Series:
+    pos = {v: i for i, v in enumerate(order)}
+    return values.map(lambda v: (pos.get(str(v), len(order)), str(v)))
+
+
+def ok_rows(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """The measurements of one kind (`speed` or `accuracy`), failed and missing jobs left out."""
+    if frame.empty or "kind" not in frame:
+        return frame.iloc[0:0]
+    return frame[(frame["kind"] == kind) & (frame["status"] == "ok")].copy()
+
+
+def test_error(acc: pd.DataFrame) -> pd.Series:
+    """Test error in %: `test_acc` is a fraction in [0, 1] (read as % if any value exceeds 1)."""
+    a = pd.to_numeric(acc["test_acc"], errors="coerce")
+    return 100.0 - a if (a > 1).any() else 100.0 * (1.0 - a)
+
+
+def accuracy_groups(acc: pd.DataFrame) -> list[str]:
+    """The columns besides norm, batch size and seed that vary (each value gets its own table)."""
+    cols = ("dataset", "model", "impl", "workers", "epochs", "norm_position")
+    return [c for c in cols if c in acc and acc[c].nunique() > 1]
+
+
+def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
+    """Per (group,) norm and batch size per worker: seeds, mean and sd of the test error (%)."""
+    acc = acc.assign(test_error=test_error(acc))
+    keys = accuracy_groups(acc) + ["batch_size", "norm"]
+    stats = acc.groupby(keys, dropna=False)["test_error"].agg(n="count", mean="mean", sd="std").reset_index()
+    return stats.sort_values(keys[:-1] + ["norm"], key=lambda s: _rank(s, NORM_ORDER) if s.name == "norm" else s)
+
+
+def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """One group's table: a row per batch size per worker, a column per norm (`mean ± sd`), the best norm."""
+    norms = sorted(stats["norm"].unique(), key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0])
+    rows = []
+    for bs, g in stats.groupby("batch_size"):
+        row: dict[str, Any] = {"batch per worker": int(bs) if float(bs).is_integer() else bs}
+        for norm in norms:
+            r = g[g["norm"] == norm]
+            if r.empty:
+                row[norm] = ""
+                continue
+            mean, sd, n = r["mean"].iloc[0], r["sd"].iloc[0], int(r["n"].iloc[0])
+            row[norm] = f"{mean:.2f} ± {sd:.2f}" if n > 1 else f"{mean:.2f}"
+        best = g.loc[g["mean"].idxmin()]
+        row["best"] = f"{best['norm']} ({best['mean']:.2f})"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.sort_values("batch per worker", ascending=False).reset_index(drop=True)
+
+
+SPEED_KEYS = ["norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "device", "device_name"]
+
+
+def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration and implementation: median ms, GB/s, % of roofline and the speedup over
+    `native` (native's median / this median; > 1 is faster than native) for the same configuration."""
+    keys = [k for k in SPEED_KEYS if k in speed and speed[k].notna().any()]
+    metrics = [m for m in ("median_ms", "gbps", "pct_of_peak") if m in speed]
+    d = speed.copy()
+    for k in keys:
+        d[k] = d[k].astype(str) if k not in ("batch_size",) else d[k]
+    stats = d.groupby(keys + ["impl"], dropna=False)[metrics].median().reset_index()
+    native = stats[stats["impl"] == "native"].set_index(keys)["median_ms"]
+    base = stats.set_index(keys).index.map(lambda k: native.get(k, np.nan))
+    stats["speedup_vs_native"] = np.asarray(base, dtype=float) / stats["median_ms"].to_numpy(dtype=float)
+    order = {"norm": NORM_ORDER, "impl": IMPL_ORDER, "pass": PASS_ORDER}
+    sort = [k for k in ("norm", "pass", "dtype", "layout", "batch_size", "shape", "impl") if k in stats]
+    return stats.sort_values(sort, key=lambda s: _rank(s, order[s.name]) if s.name in order else s).reset_index(
+        drop=True
+    )
+
+
+def _sig(x: float, digits: int = 4) -> str:
+    return "" if pd.isna(x) else f"{x:.{digits}g}"
+
+
+def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """The speed table as shown: keys that vary, then formatted metrics."""
+    from normbench.plots import shape_features
+
+    features = stats["shape"].map(shape_features) if "shape" in stats else pd.Series(dtype=str)
+    show = ["norm", "impl", "pass", "batch_size"] + [
+        k for k in ("shape", "dtype", "layout", "groups", "device_name")
+        if k in stats and (features if k == "shape" else stats[k]).nunique() > 1
+    ]  # fmt: skip
+    t = stats[[c for c in show if c in stats]].copy()
+    t["batch_size"] = t["batch_size"].map(lambda b: f"{b:g}" if isinstance(b, (int, float)) else str(b))
+    t = t.rename(columns={"batch_size": "batch", "device_name": "device"})
+    t["median ms"] = stats["median_ms"].map(_sig)
+    if "gbps" in stats:
+        t["GB/s"] = stats["gbps"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    if "pct_of_peak" in stats:
+        t["% of roofline"] = stats["pct_of_peak"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
+    t["speedup vs native"] = stats["speedup_vs_native"].map(lambda v: "" if pd.isna(v) else f"{v:.2f}x")
+    return t
+
+
+def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Jobs that left no measurement: failed (with their error line), missing, unreadable or empty."""
+    if frame.empty:
+        return frame
+    bad = frame[frame["status"] != "ok"]
+    cols = ["sweep", "job", "status", "overrides", "error"]
+    return bad[cols].drop_duplicates().reset_index(drop=True)
+
+
+# -------------------------------------------------------------------------------------------- documents
+
+
+@dataclass
+class Document:
+    """Blocks rendered twice: Markdown with relative image links, HTML with images embedded."""
+
+    out_dir: Path
+    blocks: list[tuple[str, Any]] = field(default_factory=list)
+
+    def heading(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def para(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def code(self, text: str) -> None:
+        self.blocks.append(("code", text))
+
+    def bullets(self, items: list[str]) -> None:
+        self.blocks.append(("ul", items))
+
+    def table(self, frame: pd.DataFrame) -> None:
+        self.blocks.append(("table", frame))
+
+    def image(self, path: Path, alt: str) -> None:
+        self.blocks.append(("img", (path, alt)))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                out.append("#" * value[0] + " " + value[1])
+            elif kind == "p":
+                out.append(value)
+            elif kind == "code":
+                out.append("```\n" + value + "\n```")
+            elif kind == "ul":
+                out.append("\n".join(f"- {item}" for item in value))
+            elif kind == "table":
+                out.append(value.to_markdown(index=False, disable_numparse=True))
+            elif kind == "img":
+                out.append(f"![{value[1]}]({value[0].relative_to(self.out_dir).as_posix()})")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        import re
+
+        def inline(text: str) -> str:  # the little Markdown the blocks use: `code` and **bold**
+            text = html.escape(text)
+            text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+            return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+
+        body = []
+        for kind, value in self.blocks:
+            if kind == "h":
+                body.append(f"<h{value[0]}>{inline(value[1])}</h{value[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{inline(value)}</p>")
+            elif kind == "code":
+                body.append(f"<pre><code>{html.escape(value)}</code></pre>")
+            elif kind == "ul":
+                body.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in value) + "</ul>")
+            elif kind == "table":
+                body.append(value.to_html(index=False, escape=True, border=0, classes="t"))
+            elif kind == "img":
+                data = base64.b64encode(value[0].read_bytes()).decode()
+                body.append(f'<figure><img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}">'
+                            f"<figcaption>{html.escape(value[1])}</figcaption></figure>")  # fmt: skip
+        style = (
+            "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+            "table.t{border-collapse:collapse;margin:1em 0;font-size:14px}"
+            "table.t th,table.t td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
+            "table.t th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
+            "img{max-width:100%}figcaption{color:#666;font-size:13px}"
+        )
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        )
+
+
+def _unique(frame: pd.DataFrame, col: str) -> str:
+    if col not in frame:
+        return ""
+    return ", ".join(str(v) for v in pd.unique(frame[col].dropna()))
+
+
+def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
+    doc.heading(2, "What ran")
+    for path in inputs:
+        info = results.read_run_info(path)
+        rows = frame[frame["input"] == str(path)] if not frame.empty else frame
+        counts = rows.drop_duplicates(["sweep", "job"])["status"].value_counts() if not rows.empty else {}
+        jobs = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no jobs found"
+        doc.heading(3, f"`{info['name']}`")
+        if info.get("command"):
+            doc.code(info["command"])
+        vers = dict(info.get("versions") or {})
+        for col, name in (("torch_version", "torch"), ("torch", "torch"), ("triton_version", "triton")):
+            if _unique(rows, col):
+                vers[name] = _unique(rows, col)
+        items = [
+            f"input: `{path}`",
+            f"jobs: {jobs}",
+            f"date: {info.get('date') or 'not recorded'}",
+            f"git commit: `{info.get('git_commit') or 'not recorded'}`",
+            f"device: {_unique(rows, 'device_name') or _unique(rows, 'device') or 'not recorded'}"
+            + (f" (host {info['host']})" if info.get("host") else ""),
+            "versions: " + (", ".join(f"{k} {v}" for k, v in vers.items() if v) or "not recorded"),
+        ]
+        doc.bullets(items)
+
+
+def build_report(paths: list[str | Path], out_dir: str | Path, *, title: str | None = None) -> Path:
+    """Read `paths`, write the summary, plots, `report.md` and `report.html` into `out_dir`; return
+    the path of `report.md`."""
+    from normbench import plots
+
+    inputs = [Path(p) for p in paths]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frame = results.read(inputs)
+    results.write_summary(frame, out)
+
+    acc, speed = ok_rows(frame, "accuracy"), ok_rows(frame, "speed")
+    if not acc.empty:
+        acc["test_error"] = test_error(acc)
+    made: dict[str, Path | None] = {
+        "accuracy": plots.accuracy_vs_batch(acc, out / PLOTS["accuracy"]) if not acc.empty else None,
+        "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
+        "roofline": plots.speed_roofline(speed, out / PLOTS["roofline"]) if not speed.empty else None,
+        "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"])
+        if not (speed.empty or acc.empty)
+        else None,
+    }
+    for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
+        if made[key] is None:
+            (out / name).unlink(missing_ok=True)
+
+    title = title or "normbench report: " + ", ".join(p.stem if p.is_file() else p.name for p in inputs)
+    doc = Document(out)
+    doc.heading(1, title)
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    doc.para(
+        f"Built {now} by normbench {results.versions().get('normbench') or '?'} "
+        f"(commit `{results.git_commit() or 'unknown'}`). Every measurement: `{results.SUMMARY_CSV}` "
+        f"(also `{results.SUMMARY_PARQUET}`); rebuild with `normbench-report "
+        + " ".join(str(p) for p in inputs)
+        + "`."
+    )
+    _what_ran(doc, frame, inputs)
+
+    if not acc.empty:
+        doc.heading(2, "Accuracy: test error vs batch size per worker")
+        doc.para(
+            "Test error (%) = 100 - test accuracy (model in eval mode: BatchNorm uses its running "
+            "statistics), mean ± sd over seeds (one value where one seed ran). *Batch per worker* is the "
+            "number of samples each normalization batch holds (the GN paper's images per GPU). **best** is "
+            "the norm with the lowest mean error."
+        )
+        stats = accuracy_stats(acc)
+        groups = accuracy_groups(acc)
+        for key, g in stats.groupby(groups, dropna=False) if groups else [((), stats)]:
+            if groups:
+                key = key if isinstance(key, tuple) else (key,)
+                doc.heading(3, ", ".join(f"{c} = {v}" for c, v in zip(groups, key)))
+            doc.table(accuracy_table(g))
+        if made["accuracy"]:
+            doc.image(made["accuracy"], "Test error vs batch size per worker, per norm; the GN paper beside")
+
+    if not speed.empty:
+        doc.heading(2, "Speed")
+        doc.para(
+            "Median latency of each pass; GB/s = the bytes a pass must move / median time; % of roofline = "
+            "GB/s / the device's measured copy bandwidth (`peak_gbps`): normalization is memory-bound, so "
+            "100% is the hardware limit. Speedup = `native`'s median / this median (above 1x: faster than "
+            "native)."
+        )
+        doc.table(speed_table(speed_stats(speed)))
+        for key, alt in (("latency", "Median latency vs batch size"), ("roofline", "% of roofline vs batch size")):
+            if made[key]:
+                doc.image(made[key], alt)
+
+    if made["tradeoff"]:
+        doc.heading(2, "Speed vs accuracy")
+        doc.para("Per norm: its latency against its test error at the smallest and largest batch per worker.")
+        doc.image(made["tradeoff"], "Speed vs accuracy per norm")
+
+    bad = failures_table(frame)
+    doc.heading(2, "Failed and unfinished jobs")
+    if bad.empty:
+        doc.para("None: every job left its measurements.")
+    else:
+        doc.para(
+            f"{len(bad)} job(s) left no measurement (the rest of the sweep ran). `failed`: the job raised "
+            "(its traceback is in the job's `failure.json`); `missing`: no result file (interrupted or still "
+            "running)."
+        )
+        doc.table(bad)
+    if acc.empty and speed.empty:
+        doc.para("No measurements were found in the inputs.")
+
+    results.atomic_write_bytes(out / REPORT_HTML, doc.html(title).encode())
+    return results.atomic_write_bytes(out / REPORT_MD, doc.markdown().encode())
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def default_out(paths: list[Path]) -> Path:
+    """Where a report goes without --out: into the one directory given; else a new results/report/ dir."""
+    if len(paths) == 1 and paths[0].is_dir():
+        return paths[0]
+    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    return Path("results") / "report" / stamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="normbench-report",
+        description="Build report.md, report.html, plots and summary.csv from sweep directories "
+        "(normbench-speed/-accuracy -m ...), run directories, or pytest-benchmark JSON files.",
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="sweep/run directory or JSON file")
+    parser.add_argument("--out", type=Path, help="output directory (default: the one directory given, "
+                        "else results/report/<date>)")  # fmt: skip
+    parser.add_argument("--title", help="the report's title")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"error: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    out = args.out or default_out(args.paths)
+    try:
+        md = build_report(args.paths, out, title=args.title)
+    except ValueError as exc:  # e.g. a JSON file that is not pytest-benchmark's
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {md} and {md.with_name(REPORT_HTML)}")
+    return 0

@@ -1,0 +1,201 @@
+"""Tables, plots and the Markdown/HTML report, built from hand-made sweeps (see test_results.py)."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_results import accuracy_sweep, bench_json, made_acc, speed_sweep  # noqa: F401 - bench_json: fixture
+
+from normbench import plots, report, results
+from normbench.callbacks import ERROR_FILE, SweepReport
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a valid PNG file (asserts the signature and the IHDR chunk)."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_png(path: Path, min_w: int = 400, min_h: int = 300) -> None:
+    w, h = png_size(path)
+    assert w >= min_w and h >= min_h, (path, w, h)
+
+
+@pytest.fixture(scope="module")
+def sweeps(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sweeps")
+    return {
+        "speed": speed_sweep(root / "speed", failures={"norm=gn norm.groups=7": "groups=7 does not divide 64"},
+                             missing=1),  # fmt: skip
+        "accuracy": accuracy_sweep(root / "accuracy"),
+    }
+
+
+@pytest.fixture(scope="module")
+def both(sweeps, tmp_path_factory) -> Path:
+    """One report over both sweeps (so every table and plot is drawn once for the module)."""
+    out = tmp_path_factory.mktemp("both")
+    return report.build_report([sweeps["speed"], sweeps["accuracy"]], out)
+
+
+# ----------------------------------------------------------------------------------------------- tables
+
+
+def test_accuracy_table_holds_mean_sd_and_best(sweeps):
+    acc = report.ok_rows(results.read_sweep(sweeps["accuracy"]), "accuracy")
+    stats = report.accuracy_stats(acc).set_index(["batch_size", "norm"])
+    for norm in ("bn", "gn"):
+        for bs in (2, 8, 32):
+            errors = [100 * (1 - made_acc(norm, bs, s)) for s in (0, 1)]
+            assert stats.loc[(bs, norm), "mean"] == pytest.approx(sum(errors) / 2)
+            assert stats.loc[(bs, norm), "sd"] == pytest.approx(pd.Series(errors).std())
+            assert stats.loc[(bs, norm), "n"] == 2
+    table = report.accuracy_table(stats.reset_index()).set_index("batch per worker")
+    assert list(table.index) == [32, 8, 2]  # large to small, as the GN paper's Figure 1
+    assert table.loc[2, "bn"] == "18.00 ± 0.57" and table.loc[2, "gn"] == "11.00 ± 0.57"
+    assert table.loc[2, "best"] == "gn (11.00)" and table.loc[32, "best"] == "bn (10.50)"
+
+
+def test_accuracy_error_accepts_percent():
+    acc = pd.DataFrame({"test_acc": [90.0, 85.5]})
+    assert report.test_error(acc).tolist() == pytest.approx([10.0, 14.5])
+
+
+def test_speed_table_holds_metrics_and_speedup(sweeps):
+    speed = report.ok_rows(results.read_sweep(sweeps["speed"]), "speed")
+    stats = report.speed_stats(speed)
+    assert len(stats) == 16
+    row = stats[(stats.norm == "gn") & (stats.impl == "reference") & (stats["pass"] == "fwdbwd") & (stats.batch_size == 16)]
+    assert row["median_ms"].item() == pytest.approx(2.0 * 4 * 3 * 1.5)
+    assert row["speedup_vs_native"].item() == pytest.approx(0.5)
+    assert row["pct_of_peak"].item() == pytest.approx(row["gbps"].item() / 20 * 100)
+    assert (stats.loc[stats.impl == "native", "speedup_vs_native"] == 1).all()
+    table = report.speed_table(stats)
+    # the shape varies only by its batch dimension here, so it is not a column of its own
+    assert list(table.columns) == ["norm", "impl", "pass", "batch", "median ms", "GB/s", "% of roofline",
+                                   "speedup vs native"]  # fmt: skip
+    first = table.iloc[0]
+    assert (first["norm"], first["impl"], first["pass"], first["batch"]) == ("bn", "reference", "fwd", "4")
+    assert first["median ms"] == "2" and first["speedup vs native"] == "0.50x"
+
+
+def test_speed_without_native_has_no_speedup():
+    speed = pd.DataFrame({"norm": ["bn"], "impl": ["reference"], "pass": ["fwd"], "batch_size": [4],
+                          "median_ms": [1.0], "gbps": [2.0], "pct_of_peak": [10.0]})  # fmt: skip
+    table = report.speed_table(report.speed_stats(speed))
+    assert table["speedup vs native"].tolist() == [""]
+
+
+def test_failures_table_lists_error_lines(sweeps):
+    bad = report.failures_table(results.read_sweep(sweeps["speed"]))
+    assert bad["status"].tolist() == ["failed", "missing"]
+    assert bad.loc[0, "error"] == "ValueError: groups=7 does not divide 64"
+    assert bad.loc[0, "overrides"] == "norm=gn norm.groups=7"
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def test_norm_colours_are_fixed():
+    assert plots.norm_palette(["gn", "bn"]) == {"bn": plots.NORM_COLORS["bn"], "gn": plots.NORM_COLORS["gn"]}
+    many = plots.norm_palette(["zz", "in", "none", "ln", "bn", "gn"])
+    assert list(many) == ["bn", "ln", "in", "gn", "none", "zz"] and len(set(many.values())) == 6
+    assert plots.impl_palette(["native"])["native"] == plots.IMPL_COLORS["native"]
+
+
+def test_plots_are_pngs(both):
+    out = both.parent
+    for name in report.PLOTS.values():
+        assert_png(out / name)
+    w, h = png_size(out / report.PLOTS["accuracy"])
+    assert w > h  # ours and the GN paper's panel side by side
+
+
+def test_plots_skip_empty_frames(tmp_path):
+    empty = pd.DataFrame({"norm": [], "batch_size": [], "test_error": [], "median_ms": [], "impl": []})
+    assert plots.accuracy_vs_batch(empty, tmp_path / "a.png") is None
+    assert plots.speed_roofline(empty, tmp_path / "b.png") is None
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def test_markdown_links_resolve_and_tables_render(both):
+    md = both.read_text()
+    out = both.parent
+    links = re.findall(r"!?\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(links) == 4
+    for link in links:
+        assert not link.startswith(("/", "http")) and (out / link).is_file(), link
+    assert "| batch per worker" in md and "| 2 " in md and "18.00 ± 0.57" in md
+    assert "normbench-speed -m norm=bn,gn" in md  # what ran
+    assert "ValueError: groups=7 does not divide 64" in md and "missing" in md
+    assert "git commit:" in md and "device: Test CPU" in md
+    assert (out / "summary.csv").is_file() and (out / "summary.parquet").is_file()
+    assert len(pd.read_csv(out / "summary.csv")) == len(results.read(
+        [p for p in re.findall(r"input: `([^`]+)`", md)]))  # fmt: skip
+
+
+def test_html_is_self_contained(both):
+    text = both.with_name(report.REPORT_HTML).read_text()
+    refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)', text)
+    assert refs and all(r.startswith("data:image/png;base64,") for r in refs), refs
+    assert text.count("<img") == 4 and text.count("<table") >= 3
+    assert "<link" not in text and "<script" not in text
+    assert "ValueError: groups=7 does not divide 64" in text
+
+
+def test_report_from_benchmark_json(bench_json, tmp_path):  # noqa: F811 - the fixture
+    out = tmp_path / "out"
+    assert report.main([str(bench_json), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Speed" in md and "| bn " in md and "0.50x" not in md.split("## Speed")[0]
+    table = md.split("## Speed")[1]
+    assert "reference" in table and "native" in table and "x |" in table  # a speedup column with values
+    assert_png(out / report.PLOTS["latency"])
+    assert_png(out / report.PLOTS["roofline"])
+    assert not (out / report.PLOTS["accuracy"]).exists()
+
+
+def test_report_cli_on_interrupted_sweep(tmp_path, capsys):
+    sweep = accuracy_sweep(tmp_path / "s", missing=2)
+    for job in ("0", "1", "2"):  # interrupted before these wrote their rows
+        (sweep / job / "rows.csv").unlink()
+    assert report.main([str(sweep)]) == 0  # default out: the sweep itself
+    md = (sweep / "report.md").read_text()
+    assert "5 missing" in md and "9 ok" in md
+    assert not [p for p in sweep.rglob("*") if p.name.endswith(".tmp")]
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_rebuild_removes_plots_the_data_no_longer_has(tmp_path):
+    sweep = accuracy_sweep(tmp_path / "s")
+    (sweep / report.PLOTS["latency"]).write_bytes(b"stale")
+    report.build_report([sweep], sweep)
+    assert not (sweep / report.PLOTS["latency"]).exists()
+    assert (sweep / report.PLOTS["accuracy"]).exists()
+
+
+def test_callback_failure_is_logged_and_left_on_disk(tmp_path, monkeypatch, caplog):
+    sweep = accuracy_sweep(tmp_path / "s")
+
+    def broken(*a, **k):
+        raise RuntimeError("plotting exploded")
+
+    monkeypatch.setattr(report, "build_report", broken)
+    cb = SweepReport()
+    cb.sweep_dir = str(sweep)
+    assert cb.write_report() is None  # never raises into Hydra
+    assert "plotting exploded" in (sweep / ERROR_FILE).read_text()
+    assert "normbench-report" in caplog.text and "plotting exploded" in caplog.text
+    monkeypatch.undo()
+    assert cb.write_report() == sweep / "report.md" and not (sweep / ERROR_FILE).exists()
