@@ -74,8 +74,8 @@ def norm_factory(cfg: DictConfig, batch_size: int):
     """channels -> norm module: the `norm` node, the model's per-norm options, and for BatchNorm the
     per-worker statistics (virtual batch = K)."""
     name = cfg.norm.name
-    per_norm = OmegaConf.to_container(cfg.model.get("norm_options", {}) or {}, resolve=True)
-    options = dict(per_norm.get(name, {}) or {})
+    per_norm = cfg.model.get("norm_options") or {}
+    options = dict(OmegaConf.to_container(per_norm[name], resolve=True) if per_norm.get(name) else {})
     if name == "bn":
         options["virtual_batch"] = batch_size
 
@@ -154,6 +154,14 @@ def job_index() -> int | None:
 
 def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     """Train and evaluate one configuration; write `curve.csv` to `out_dir`; return the one row."""
+    threads = torch.get_num_threads()
+    try:
+        return train_and_measure(cfg, Path(out_dir))
+    finally:  # accuracy.cpu_threads is per run: leave the process (a test session, a notebook) as it was
+        torch.set_num_threads(threads)
+
+
+def train_and_measure(cfg: DictConfig, out_dir: Path) -> list[dict]:
     acc = cfg.accuracy
     k = positive_int(acc.batch_size, "accuracy.batch_size", "the samples per normalization batch, e.g. accuracy.batch_size=16")
     workers = positive_int(acc.workers, "accuracy.workers", "the simulated data-parallel workers, e.g. accuracy.workers=1")
@@ -162,7 +170,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     device = resolve_device(cfg.device, job_index())
     if acc.get("cpu_threads"):
         # Tiny models gain nothing from intra-op threads, and on a shared or oversubscribed CPU their
-        # spin-waiting costs up to 10x; a sweep runs jobs side by side instead (hydra/launcher: joblib).
+        # spin-waiting costs up to 10x; a sweep runs jobs side by side instead (hydra/launcher: parallel).
         torch.set_num_threads(positive_int(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"))
 
     data = datasets.load(cfg.dataset, device)
@@ -194,6 +202,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     eval_batch = int(acc.eval_batch)
 
     label = f"{cfg.norm.name}/{cfg.impl} K={k} W={workers}"
+    model_name = cfg.model.name
     log.info("%s: %s on %s, lr %.4g, %d steps of %d samples, %s", label, cfg.model.name, data.name, lr,
              total_steps, global_batch, device_name(device))
     curve, train_s, seen = [], 0.0, 0
@@ -207,7 +216,10 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
             loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
             correct = torch.zeros((), dtype=torch.long, device=device)
             for x, y in datasets.train_batches(data, global_batch, order):
-                logits = model(x)
+                try:
+                    logits = model(x)
+                except UsageError as exc:  # e.g. a per-worker batch that leaves bn one value per channel
+                    raise UsageError(f"accuracy.batch_size={k} x accuracy.workers={workers}, {model_name}: {exc}") from None
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

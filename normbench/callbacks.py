@@ -1,4 +1,5 @@
-"""The Hydra callback that ends every multirun in a report (set in conf/common.yaml).
+"""The Hydra callbacks normbench's sweeps run with (set in conf/common.yaml): a report at the end of
+every multirun, and one GPU per worker process when the joblib launcher runs a sweep on several GPUs.
 
 `on_multirun_start` records what ran (`run.json`: command, date, git commit, host, versions) in the
 sweep directory; `on_multirun_end` builds the report there (`normbench.report.build_report`). Hydra
@@ -7,6 +8,12 @@ record theirs and return, but a launcher or an interrupt can still raise), Hydra
 callback also registers an exit hook at multirun start that builds the report of whatever finished
 when the sweep did not end normally. A report that fails to build is logged with its traceback, left
 as `report-error.txt` in the sweep directory, and never hides the sweep's own outcome.
+
+One job per GPU: joblib hands the next job to whichever worker process is free, so a job number says
+nothing about which GPUs are busy. Instead each worker process claims a GPU of its own for its
+lifetime (an exclusive lock file in the sweep directory) and sets `CUDA_VISIBLE_DEVICES` to it before
+the job touches CUDA; `normbench.device.resolve_device` then uses the one GPU the job sees. With
+more workers than GPUs (`hydra.launcher.n_jobs`), the extra workers share, spread by job number.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
+import shutil
 import traceback
 from pathlib import Path
 from typing import Any
@@ -24,25 +33,74 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger("normbench")
 
 ERROR_FILE = "report-error.txt"
+GPU_LOCKS = ".gpu-locks"
+
+_CLAIM: dict[str, Any] = {}  # this process's GPU: {"dir": lock dir, "gpu": id, "fd": the locked file}
+
+
+def claim_gpu(lock_dir: str | Path, gpus: list[str], start: int = 0, claims: dict | None = None) -> str | None:
+    """Lock one of `gpus` (CUDA_VISIBLE_DEVICES entries) for this process, trying `start` first (mod
+    the count); the same GPU again on later calls; None when every one is taken (or no flock here).
+    The lock holds until the process exits."""
+    claims = _CLAIM if claims is None else claims
+    if claims.get("dir") == str(lock_dir):
+        return claims["gpu"]
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no claiming, jobs spread by number
+        return None
+    Path(lock_dir).mkdir(parents=True, exist_ok=True)
+    for k in range(len(gpus)):
+        gpu = str(gpus[(start + k) % len(gpus)])
+        fd = os.open(Path(lock_dir) / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        claims.update(dir=str(lock_dir), gpu=gpu, fd=fd)
+        return gpu
+    return None
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no torch CUDA: no GPUs to share
+        return []
 
 
 class SweepReport(Callback):
-    """Write `summary.csv`, plots, `report.md` and `report.html` into the sweep directory."""
+    """Write `summary.csv`, plots, `report.md` and `report.html` into the sweep directory (unless
+    `enabled` is false); pin joblib workers to GPUs of their own (`gpus`: the CUDA_VISIBLE_DEVICES
+    entries to spread over; None: every visible GPU)."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, gpus: list | None = None) -> None:
         self.enabled = enabled
+        self.gpus = [str(g) for g in gpus] if gpus is not None else None  # None: every visible GPU
         self.sweep_dir: str | None = None
+        self.main_pid: int | None = None
         self.done = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.enabled:
-            return
         from normbench import results
 
         # Resolving the sweep dir here fixes its `${now:...}` stamp (Hydra caches the resolver) for
         # the launcher that creates it next.
         sweep = Path(str(config.hydra.sweep.dir))
         self.sweep_dir = str(sweep)
+        self.main_pid = os.getpid()
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+        # Only joblib runs jobs in local worker processes; elsewhere a job sees the GPUs it was given.
+        self.gpus = (self.gpus if self.gpus is not None else visible_gpus()) if "Joblib" in launcher else []
+        if not self.enabled:
+            return
         try:
             sweep.mkdir(parents=True, exist_ok=True)
             hydra = config.hydra
@@ -58,18 +116,37 @@ class SweepReport(Callback):
             log.warning("could not record %s in %s:\n%s", results.RUN_FILE, sweep, traceback.format_exc())
         atexit.register(self._at_exit)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if not self.enabled:
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """In a joblib worker on a multi-GPU host: pin this worker to a GPU of its own."""
+        if not self.gpus or len(self.gpus) < 2 or os.getpid() == self.main_pid or not self.sweep_dir:
             return
+        num = OmegaConf.select(config, "hydra.job.num") or 0
+        gpu = claim_gpu(Path(self.sweep_dir) / GPU_LOCKS, self.gpus, start=int(num))
+        if gpu is None:
+            if not _CLAIM.get("warned"):
+                _CLAIM["warned"] = True
+                log.warning("more parallel jobs than GPUs (%d): set hydra.launcher.n_jobs=%d so that jobs do not "
+                            "share a GPU", len(self.gpus), len(self.gpus))  # fmt: skip
+            return
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self.sweep_dir = self.sweep_dir or str(config.hydra.sweep.dir)
-        self.write_report()
+        shutil.rmtree(Path(self.sweep_dir) / GPU_LOCKS, ignore_errors=True)  # every job is done
+        if self.enabled:
+            self.write_report()
 
     def _at_exit(self) -> None:
         if self.sweep_dir and not self.done:
             log.warning("the sweep did not end normally: reporting what finished in %s", self.sweep_dir)
-            self.write_report()
+            self.write_report(
+                notes=[
+                    "the sweep did not end normally (an exception escaped Hydra, or it was interrupted): "
+                    "this report holds the jobs that finished; see the console or the jobs' logs."
+                ]
+            )
 
-    def write_report(self) -> Path | None:
+    def write_report(self, notes: list[str] | None = None) -> Path | None:
         """Build the report; on failure, log it and leave `report-error.txt` (never raise)."""
         self.done = True
         sweep = Path(self.sweep_dir or ".")
@@ -77,7 +154,7 @@ class SweepReport(Callback):
         try:
             from normbench.report import build_report
 
-            md = build_report([sweep], sweep)
+            md = build_report([sweep], sweep, notes=notes)
         except Exception:  # noqa: BLE001 - Hydra would turn a raise into a one-line warning
             text = traceback.format_exc()
             log.error(

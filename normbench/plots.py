@@ -37,6 +37,15 @@ GN_PAPER_BATCH = [32, 16, 8, 4, 2]
 GN_PAPER_ERROR = {"bn": [23.6, 23.7, 24.8, 27.3, 34.7], "gn": [24.1, 24.2, 24.0, 24.2, 24.1]}
 
 
+def label(value) -> str:
+    """A value as shown in a legend or table: missing -> "", 32.0 -> "32"."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _ordered(values, order: list[str]) -> list[str]:
     values = [str(v) for v in pd.unique(pd.Series(list(values)).dropna())]
     return [v for v in order if v in values] + sorted(v for v in values if v not in order)
@@ -80,11 +89,18 @@ def _plain_log(axis) -> None:
     """Log-axis tick labels as plain numbers (0.5, 2, 30), not powers of ten."""
     fmt = FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_formatter(fmt)
-    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}"[0] in "1235" else ""))
+    axis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:g}".lstrip("0.")[:1] in "235" else ""))
 
 
-def _varying(frame: pd.DataFrame, columns: list[str]) -> list[str]:
-    return [c for c in columns if c in frame and frame[c].nunique(dropna=True) > 1]
+def _varying(frame: pd.DataFrame, columns: list[str], within: str | None = None) -> list[str]:
+    """The columns that take more than one value (within one value of `within`, e.g. within a norm:
+    gn's `groups` varies only if two gn rows differ, not because bn has none)."""
+    def varies(col: str) -> bool:
+        if within and within in frame:
+            return bool((frame.groupby(within)[col].nunique(dropna=True) > 1).any())
+        return frame[col].nunique(dropna=True) > 1
+
+    return [c for c in columns if c in frame and varies(c)]
 
 
 # --------------------------------------------------------------------------------------------- accuracy
@@ -113,10 +129,19 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
         _log2_axis(ax, data["batch_size"], invert=True)
         first = data.iloc[0]
         what = ", ".join(str(first[c]) for c in ("dataset", "model") if c in data and pd.notna(first[c]))
+        if "epochs" in data and data["epochs"].nunique() == 1 and pd.notna(first["epochs"]):
+            what += f", {first['epochs']:g} epochs"
+        workers = first.get("workers")
+        if "workers" in data and data["workers"].nunique() == 1 and pd.notna(workers) and workers != 1:
+            what += f", {workers:g} workers"
         extra = ", ".join(f"{c}={v}" for c, v in zip(panels, key if isinstance(key, tuple) else (key,)))
         title = "normbench: " + (what or "test error") + (f"\n{extra}" if extra else "")
-        n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
-        ax.set_title(f"{title}\nmean ± sd over {n} seed(s)", fontsize=10)
+        if seeds.max() == 1:
+            spread = "one seed each (no error bars)"
+        else:
+            n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
+            spread = f"mean ± sd over {n} seeds"
+        ax.set_title(f"{title}\n{spread}", fontsize=10)
         ax.set_xlabel("batch size per worker (samples per normalization batch)")
         ax.set_ylabel("test error (%)")
         handles, labels = ax.get_legend_handles_labels()
@@ -154,10 +179,10 @@ def _speed_frame(speed: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
         d["features"] = d["shape"].map(shape_features)
         parts.append("features")
     parts += [c for c in ("layout", "groups", "device_name") if c in d]
-    varying = _varying(d, parts)
+    varying = _varying(d, parts, within="norm")
     if not varying:
         return d, None
-    d["config"] = d[varying].astype(str).agg(" · ".join, axis=1)
+    d["config"] = d[varying].map(lambda v: label(v) or "-").agg(" · ".join, axis=1)
     return d, "config"
 
 

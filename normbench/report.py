@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from normbench import results
-from normbench.plots import IMPL_ORDER, NORM_LABELS, NORM_ORDER, PASS_ORDER
+from normbench.plots import IMPL_ORDER, NORM_ORDER, PASS_ORDER, label
 
 log = logging.getLogger("normbench")
 
@@ -82,8 +82,8 @@ def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
                 continue
             mean, sd, n = r["mean"].iloc[0], r["sd"].iloc[0], int(r["n"].iloc[0])
             row[norm] = f"{mean:.2f} ± {sd:.2f}" if n > 1 else f"{mean:.2f}"
-        best = g.loc[g["mean"].idxmin()]
-        row["best"] = f"{best['norm']} ({best['mean']:.2f})"
+        best = g[g["mean"] <= g["mean"].min() + 1e-9]  # ties: every norm at the lowest mean
+        row["best"] = f"{', '.join(best['norm'])} ({best['mean'].iloc[0]:.2f})"
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values("batch per worker", ascending=False).reset_index(drop=True)
@@ -99,7 +99,8 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     metrics = [m for m in ("median_ms", "gbps", "pct_of_peak") if m in speed]
     d = speed.copy()
     for k in keys:
-        d[k] = d[k].astype(str) if k not in ("batch_size",) else d[k]
+        if k != "batch_size":
+            d[k] = d[k].map(label)
     stats = d.groupby(keys + ["impl"], dropna=False)[metrics].median().reset_index()
     native = stats[stats["impl"] == "native"].set_index(keys)["median_ms"]
     base = stats.set_index(keys).index.map(lambda k: native.get(k, np.nan))
@@ -117,14 +118,14 @@ def _sig(x: float, digits: int = 4) -> str:
 
 def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
     """The speed table as shown: keys that vary, then formatted metrics."""
-    from normbench.plots import shape_features
+    from normbench.plots import _varying, shape_features
 
-    features = stats["shape"].map(shape_features) if "shape" in stats else pd.Series(dtype=str)
-    show = ["norm", "impl", "pass", "batch_size"] + [
-        k for k in ("shape", "dtype", "layout", "groups", "device_name")
-        if k in stats and (features if k == "shape" else stats[k]).nunique() > 1
-    ]  # fmt: skip
-    t = stats[[c for c in show if c in stats]].copy()
+    probe = stats.replace({"": None})
+    if "shape" in probe:
+        probe["shape"] = probe["shape"].map(shape_features)  # the shape apart from the batch dimension
+    show = ["norm", "impl", "pass", "batch_size"]
+    show += _varying(probe, ["shape", "dtype", "layout", "groups", "device_name"], within="norm")
+    t = stats[show].copy()
     t["batch_size"] = t["batch_size"].map(lambda b: f"{b:g}" if isinstance(b, (int, float)) else str(b))
     t = t.rename(columns={"batch_size": "batch", "device_name": "device"})
     t["median ms"] = stats["median_ms"].map(_sig)
@@ -140,9 +141,20 @@ def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Jobs that left no measurement: failed (with their error line), missing, unreadable or empty."""
     if frame.empty:
         return frame
-    bad = frame[frame["status"] != "ok"]
+    jobs = frame.assign(input=frame["input"].fillna("").astype(str)).drop_duplicates(["input", "sweep", "job"])
+    # the overrides every job of its sweep shares (e.g. dataset=...) say nothing about the failure
+    common = {
+        key: set.intersection(*(set(str(o).split()) for o in g["overrides"].fillna("")))
+        for key, g in jobs.groupby(["input", "sweep"], dropna=False)
+    }
+    bad = jobs[jobs["status"] != "ok"].copy()
+    if len(jobs) > 1:
+        bad["overrides"] = [
+            " ".join(o for o in str(ov or "").split() if o not in common[(i, s)])
+            for i, s, ov in zip(bad["input"], bad["sweep"], bad["overrides"])
+        ]
     cols = ["sweep", "job", "status", "overrides", "error"]
-    return bad[cols].drop_duplicates().reset_index(drop=True)
+    return bad[cols].reset_index(drop=True)
 
 
 # -------------------------------------------------------------------------------------------- documents
@@ -240,7 +252,8 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
         rows = frame[frame["input"] == str(path)] if not frame.empty else frame
         counts = rows.drop_duplicates(["sweep", "job"])["status"].value_counts() if not rows.empty else {}
         jobs = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no jobs found"
-        doc.heading(3, f"`{info['name']}`")
+        kinds = _unique(rows[rows["status"] == "ok"], "kind") if not rows.empty else ""
+        doc.heading(3, f"`{info['name']}`" + (f" ({kinds})" if kinds else ""))
         if info.get("command"):
             doc.code(info["command"])
         vers = dict(info.get("versions") or {})
@@ -259,9 +272,11 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
         doc.bullets(items)
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, *, title: str | None = None) -> Path:
+def build_report(
+    paths: list[str | Path], out_dir: str | Path, *, title: str | None = None, notes: list[str] | None = None
+) -> Path:
     """Read `paths`, write the summary, plots, `report.md` and `report.html` into `out_dir`; return
-    the path of `report.md`."""
+    the path of `report.md`. `notes` are shown first (e.g. that the sweep stopped early)."""
     from normbench import plots
 
     inputs = [Path(p) for p in paths]
@@ -296,6 +311,8 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, title: str | N
         + " ".join(str(p) for p in inputs)
         + "`."
     )
+    for note in notes or []:
+        doc.para(f"**Note:** {note}")
     _what_ran(doc, frame, inputs)
 
     if not acc.empty:
@@ -324,7 +341,14 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, title: str | N
             "100% is the hardware limit. Speedup = `native`'s median / this median (above 1x: faster than "
             "native)."
         )
-        doc.table(speed_table(speed_stats(speed)))
+        stats = speed_stats(speed)
+        over = int((stats["pct_of_peak"] > 100).sum()) if "pct_of_peak" in stats else 0
+        if over:
+            doc.para(
+                f"{over} row(s) exceed 100% of roofline: an input small enough to stay in cache moves faster "
+                "than the memory copy that set the peak, or the peak was measured while the machine was busy."
+            )
+        doc.table(speed_table(stats))
         for key, alt in (("latency", "Median latency vs batch size"), ("roofline", "% of roofline vs batch size")):
             if made[key]:
                 doc.image(made[key], alt)
@@ -336,7 +360,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, title: str | N
 
     bad = failures_table(frame)
     doc.heading(2, "Failed and unfinished jobs")
-    if bad.empty:
+    if frame.empty:
+        doc.para("No job directories were found: the sweep ended before any job started.")
+    elif bad.empty:
         doc.para("None: every job left its measurements.")
     else:
         doc.para(
@@ -345,7 +371,7 @@ def build_report(paths: list[str | Path], out_dir: str | Path, *, title: str | N
             "running)."
         )
         doc.table(bad)
-    if acc.empty and speed.empty:
+    if acc.empty and speed.empty and not frame.empty:
         doc.para("No measurements were found in the inputs.")
 
     results.atomic_write_bytes(out / REPORT_HTML, doc.html(title).encode())

@@ -280,8 +280,9 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
             row.setdefault("device_name", cpu)
         rows.append(row)
     if not rows:
-        return _concat([pd.DataFrame([{"kind": "speed", "status": "empty", "error": "no benchmarks in file",
-                                       "sweep": path.stem, "job": ".", "overrides": "", "source": str(path)}])])  # fmt: skip
+        empty = {"kind": "speed", "status": "empty", "error": "no benchmarks in file", "sweep": path.stem, "job": ".",
+                 "overrides": "", "source": str(path)}  # fmt: skip
+        return _concat([pd.DataFrame([empty])])
     return _concat([pd.DataFrame(rows)])
 
 
@@ -302,7 +303,7 @@ def _for_parquet(frame: pd.DataFrame) -> pd.DataFrame:
         if out[col].dtype == object:
             kinds = {type(v) for v in out[col].dropna()}
             if len(kinds) > 1 or (kinds and not kinds <= {str, bool, int, float}):
-                out[col] = out[col].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+                out[col] = out[col].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v}")
     return out
 
 
@@ -409,7 +410,8 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
             hydra = cfg["hydra"]
             app = (hydra.get("job") or {}).get("config_name")
             ov = hydra.get("overrides") or {}
-            args = [a for a in [*(ov.get("hydra") or []), *(ov.get("task") or [])] if not str(a).startswith("hydra.mode=")]
+            args = [*(ov.get("hydra") or []), *(ov.get("task") or [])]
+            args = [a for a in args if not str(a).startswith("hydra.mode=")]
             multirun = name == "multirun.yaml"
             info["command"] = " ".join([f"normbench-{app}", *(["-m"] if multirun else []), *map(str, args)])
             info["date"] = dt.datetime.fromtimestamp((path / name).stat().st_mtime, dt.timezone.utc).isoformat(

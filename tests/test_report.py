@@ -72,7 +72,8 @@ def test_speed_table_holds_metrics_and_speedup(sweeps):
     speed = report.ok_rows(results.read_sweep(sweeps["speed"]), "speed")
     stats = report.speed_stats(speed)
     assert len(stats) == 16
-    row = stats[(stats.norm == "gn") & (stats.impl == "reference") & (stats["pass"] == "fwdbwd") & (stats.batch_size == 16)]
+    pick = (stats.norm == "gn") & (stats.impl == "reference") & (stats["pass"] == "fwdbwd") & (stats.batch_size == 16)
+    row = stats[pick]
     assert row["median_ms"].item() == pytest.approx(2.0 * 4 * 3 * 1.5)
     assert row["speedup_vs_native"].item() == pytest.approx(0.5)
     assert row["pct_of_peak"].item() == pytest.approx(row["gbps"].item() / 20 * 100)
@@ -97,7 +98,7 @@ def test_failures_table_lists_error_lines(sweeps):
     bad = report.failures_table(results.read_sweep(sweeps["speed"]))
     assert bad["status"].tolist() == ["failed", "missing"]
     assert bad.loc[0, "error"] == "ValueError: groups=7 does not divide 64"
-    assert bad.loc[0, "overrides"] == "norm=gn norm.groups=7"
+    assert bad.loc[0, "overrides"] == "norm=gn norm.groups=7"  # no override is shared by every job
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -159,7 +160,8 @@ def test_report_from_benchmark_json(bench_json, tmp_path):  # noqa: F811 - the f
     md = (out / "report.md").read_text()
     assert "## Speed" in md and "| bn " in md and "0.50x" not in md.split("## Speed")[0]
     table = md.split("## Speed")[1]
-    assert "reference" in table and "native" in table and "x |" in table  # a speedup column with values
+    speedups = re.findall(r"\| (reference|native) .*\| (\d+\.\d\d)x\s*\|", table)
+    assert dict(speedups)["native"] == "1.00" and 0.2 < float(dict(speedups)["reference"]) < 1
     assert_png(out / report.PLOTS["latency"])
     assert_png(out / report.PLOTS["roofline"])
     assert not (out / report.PLOTS["accuracy"]).exists()
@@ -199,3 +201,16 @@ def test_callback_failure_is_logged_and_left_on_disk(tmp_path, monkeypatch, capl
     assert "normbench-report" in caplog.text and "plotting exploded" in caplog.text
     monkeypatch.undo()
     assert cb.write_report() == sweep / "report.md" and not (sweep / ERROR_FILE).exists()
+
+
+def test_speed_table_shows_what_varies_within_a_norm():
+    def row(norm, groups, shape="8x64x28x28"):
+        return {"norm": norm, "impl": "native", "pass": "fwd", "batch_size": 8, "shape": shape, "groups": groups,
+                "dtype": "float32", "median_ms": 1.0, "gbps": 1.0, "pct_of_peak": 5.0}  # fmt: skip
+
+    only_gn_has_groups = pd.DataFrame([row("bn", None), row("gn", 32)])
+    assert "groups" not in report.speed_table(report.speed_stats(only_gn_has_groups)).columns
+    two_groupings = pd.DataFrame([row("bn", None), row("gn", 32), row("gn", 8), row("gn", 8, "8x64x14x14")])
+    table = report.speed_table(report.speed_stats(two_groupings))
+    assert {"groups", "shape"} <= set(table.columns)
+    assert sorted(table["groups"]) == ["", "32", "8", "8"]

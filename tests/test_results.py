@@ -197,10 +197,13 @@ def test_norm(benchmark, impl):
 
 @pytest.fixture(scope="module")
 def bench_json(tmp_path_factory) -> Path:
-    """A JSON file from a real (tiny) pytest-benchmark run."""
-    d = tmp_path_factory.mktemp("bench")
-    (d / "test_tiny_bench.py").write_text(textwrap.dedent(BENCH_FILE))
+    """A JSON file from a real (tiny) pytest-benchmark run (made once per test session)."""
+    d = tmp_path_factory.getbasetemp() / "tiny-bench"
     out = d / "bench.json"
+    if out.is_file():
+        return out
+    d.mkdir(exist_ok=True)
+    (d / "test_tiny_bench.py").write_text(textwrap.dedent(BENCH_FILE))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-only",
          f"--benchmark-json={out}", "-o", "addopts=", "--rootdir", str(d), str(d / "test_tiny_bench.py")],

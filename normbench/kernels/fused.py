@@ -1,16 +1,23 @@
-"""Fused kernels: each program holds whole (b, group) slabs in registers, so x (and dy) is read once.
+"""Slab kernels: each program owns whole (b, group) slabs, so statistics need no second kernel.
 
 A program's tile is (BLOCK_C channels, BLOCK_L positions) of one b, with GPB whole groups in it
 (several when groups are small, so rows stay long enough to coalesce in channels_last and programs
 carry enough work). Per-channel sums are reduced along positions, then summed over each group's
 channels: a plain sum when the tile holds one group, a (BLOCK_C, BLOCK_C) same-group mask otherwise
 (BLOCK_C <= 64 then, see layout.py).
+
+- `fused_forward` / `fused_backward`: the slab fits one tile, held in registers: x (and dy) read once.
+- `looped_forward` / `looped_backward`: the slab is streamed in BLOCK_L steps twice, once for the
+  statistics and once for the output. Persistent programs, as many as let their slabs sit in L2
+  together, so the second read of a slab is served from L2 (see layout.looped_programs).
 """
 
 from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+from normbench.kernels.split import merge_tile_moments
 
 
 @triton.jit
@@ -93,3 +100,99 @@ def fused_backward(
     mean_gx = _group_sum(wc * s2, j, Cg, GPB) * inv_n
     out = r[:, None] * (g * wc[:, None] - mean_g[:, None] - xhat * mean_gx[:, None])
     tl.store(dx + offs, out.to(dx.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _slab_at(slab, C, L, G, Cg, sb, sc, sl, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Like _slab, for slab number `slab` streamed in BLOCK_L steps: the offsets of its first step."""
+    blocks = tl.cdiv(G, GPB)
+    b = slab // blocks
+    j = tl.arange(0, BLOCK_C)
+    c = (slab % blocks) * (GPB * Cg) + j
+    cmask = (j < GPB * Cg) & (c < C)
+    l = tl.arange(0, BLOCK_L)
+    base = b.to(tl.int64) * sb + (c[:, None] * sc + l[None, :] * sl)
+    return b, j, c, cmask, l, base
+
+
+@triton.jit
+def looped_forward(
+    x, y, w, bias, mean_out, var_out, rstd_out,
+    C, L, G, Cg, sb, sc, sl, eps, SLABS,
+    HAS_AFFINE: tl.constexpr, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """Per slab: per-channel moments over its steps (Chan's update), combined per group; then normalize.
+
+    Persistent: program p takes slabs p, p + P, ... (P programs), so that only P slabs are in flight
+    and the second pass over each finds it in L2 (layout.py sizes P so that they fit).
+    """
+    for slab in range(tl.program_id(0), SLABS, tl.num_programs(0)):
+        b, j, c, cmask, l, base = _slab_at(slab, C, L, G, Cg, sb, sc, sl, GPB, BLOCK_C, BLOCK_L)
+        n = 0.0
+        mean_c = tl.zeros([BLOCK_C], tl.float32)
+        m2_c = tl.zeros([BLOCK_C], tl.float32)
+        for l0 in range(0, L, BLOCK_L):
+            mask = cmask[:, None] & (l0 + l < L)[None, :]
+            v = tl.load(x + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
+            n, mean_c, m2_c = merge_tile_moments(n, mean_c, m2_c, v, mask, tl.minimum(L - l0, BLOCK_L))
+        # Every channel of a group has L values: the group mean is the mean of its channel means.
+        mean_c = tl.where(cmask, mean_c, 0.0)
+        mean = _group_sum(mean_c, j, Cg, GPB) / Cg
+        dev = tl.where(cmask, m2_c + n * (mean_c - mean) * (mean_c - mean), 0.0)
+        var = _group_sum(dev, j, Cg, GPB) / (Cg * n)
+        rstd = 1.0 / tl.sqrt(var + eps)
+        scale = rstd
+        shift = -mean * rstd
+        if HAS_AFFINE:
+            scale = rstd * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
+            shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32) - mean * scale
+        for l0 in range(0, L, BLOCK_L):
+            mask = cmask[:, None] & (l0 + l < L)[None, :]
+            v = tl.load(x + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
+            out = v * scale[:, None] + shift[:, None]
+            tl.store(y + base + l0 * sl, out.to(y.dtype.element_ty), mask=mask)
+        first = cmask & (j % Cg == 0)
+        gi = b * G + c // Cg
+        tl.store(mean_out + gi, mean, mask=first)
+        tl.store(var_out + gi, var, mask=first)
+        tl.store(rstd_out + gi, rstd, mask=first)
+
+
+@triton.jit
+def looped_backward(
+    x, dy, dx, w, mean, rstd, p_dy, p_dyxhat,
+    C, L, G, Cg, sb, sc, sl, SLABS,
+    HAS_AFFINE: tl.constexpr, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """fused_backward over streamed slabs (persistent, as looped_forward): sums of dy and dy * xhat, then dx."""
+    for slab in range(tl.program_id(0), SLABS, tl.num_programs(0)):
+        b, j, c, cmask, l, base = _slab_at(slab, C, L, G, Cg, sb, sc, sl, GPB, BLOCK_C, BLOCK_L)
+        gi = b * G + c // Cg
+        mu = tl.load(mean + gi, mask=cmask, other=0.0)
+        r = tl.load(rstd + gi, mask=cmask, other=0.0)
+        s1 = tl.zeros([BLOCK_C], tl.float32)
+        s2 = tl.zeros([BLOCK_C], tl.float32)
+        for l0 in range(0, L, BLOCK_L):
+            mask = cmask[:, None] & (l0 + l < L)[None, :]
+            xv = tl.load(x + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(dy + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
+            s1 += tl.sum(g, 1)
+            s2 += tl.sum(g * (xv - mu[:, None]) * r[:, None], 1)  # g is 0 where masked
+        wc = tl.full([BLOCK_C], 1.0, tl.float32)
+        if HAS_AFFINE:
+            wc = tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
+            tl.store(p_dy + b * C + c, s1, mask=cmask)
+            tl.store(p_dyxhat + b * C + c, s2, mask=cmask)
+        inv_n = 1.0 / (Cg * L * 1.0)
+        mean_g = _group_sum(wc * s1, j, Cg, GPB) * inv_n
+        mean_gx = _group_sum(wc * s2, j, Cg, GPB) * inv_n
+        # dx = r * (g * w - mean_g - (x - mu) * r * mean_gx) = g * (r * w) - x * alpha + beta
+        rw = r * wc
+        alpha = r * r * mean_gx
+        beta = alpha * mu - r * mean_g
+        for l0 in range(0, L, BLOCK_L):
+            mask = cmask[:, None] & (l0 + l < L)[None, :]
+            xv = tl.load(x + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(dy + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
+            out = g * rw[:, None] - xv * alpha[:, None] + beta[:, None]
+            tl.store(dx + base + l0 * sl, out.to(dx.dtype.element_ty), mask=mask)

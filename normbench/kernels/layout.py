@@ -4,16 +4,18 @@ Every norm views x (N, C, *spatial), L = prod(spatial), as x[b, k, c, l] with B 
 one mean and variance per (b, group of C / G channels) over (k, c in the group, l) (see
 normbench.norms.core). In memory that is four strides: NCHW has l innermost (stride 1), channels_last
 has c innermost. When k and l form one evenly strided axis (channels_last; or L == 1) they are merged
-into one long l, so a statistic covers a single 2-D (channel, position) slab per b. Two kernel families
-cover every case:
+into one long l, so a statistic covers a single 2-D (channel, position) slab per b. Three paths:
 
-- fused (`fused.py`): one program holds whole (b, group) slabs in registers: x is read once and y
-  written once (backward: x and dy read once, dx written once). Used when K == 1 after merging and
-  the slab fits FUSED_MAX_ELEMENTS.
+- fused (`fused.fused_*`): one program holds whole (b, group) slabs in registers: x is read once and y
+  written once (backward: x and dy read once, dx written once). When K == 1 after merging and the
+  slab fits FUSED_MAX_ELEMENTS.
+- looped (`fused.looped_*`): persistent programs take whole slabs too, streaming each twice
+  (statistics, then output), with few enough programs in flight that the second read comes from L2.
+  When K == 1, the slab is too big for registers and there are enough slabs to fill the GPU.
 - split (`split.py`): programs over (b, channel block, split of the (k, l) tiles) write per-channel
   partial moments, a small kernel combines them per (b, group), and a second sweep normalizes: x is
-  read twice (backward: x and dy twice). Used for BatchNorm over N x spatial and for slabs too big
-  for one program.
+  read twice (backward: x and dy twice). For BatchNorm over N x spatial and for few, big slabs
+  (LayerNorm on a small batch of large images).
 
 The numbers below are fixed heuristics, not autotuned, so a sweep spends no time tuning; they are
 written for an H100 (132 SMs, 64K 32-bit registers per SM) and have not been timed on one.
@@ -21,6 +23,7 @@ written for an H100 (132 SMs, 64K 32-bit registers per SM) and have not been tim
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -31,13 +34,20 @@ from normbench.errors import UsageError
 
 FUSED_MAX_ELEMENTS = 8192  # values of x per fused program: 32 (fwd) / 64 (bwd, x and dy) per thread at 8 warps
 FUSED_MIN_ELEMENTS = 1024  # pack several small groups into one fused program up to about this many
+MAX_SLAB_CHANNELS = 16384  # channels of one group in a streamed tile (LayerNorm on (N, C) rows up to 16K)
 TILE_ELEMENTS = 4096  # values per loop step of a split program (16 KiB of float32)
 MAX_CHANNELS_INNER = 64  # channels per tile when they are the contiguous axis: 256 B rows in float32
 MIN_CHANNELS_INNER = 32  # and at least this many (when C allows) so each row is one 128 B transaction
+MIN_POSITIONS_INNER = 32  # likewise positions per tile row when they are the contiguous axis (NCHW)
+MAX_POSITIONS_INNER = 1024  # and at most this many in a split tile, leaving room for 4+ channels
 MAX_GROUPS_PER_PROGRAM_CHANNELS = 64  # group sums inside a program use a (BLOCK_C, BLOCK_C) mask
 PROGRAMS_PER_SM = 4  # split programs aimed at per SM, so a small B x C still fills the GPU
+SLAB_PROGRAMS_PER_SM = 2  # streamed slabs only when there are at least this many slabs per SM
+L2_SHARE = 0.5  # of the L2 that the looped programs' live slabs may fill (an H100 SXM has 50 MB)
+MAX_LOOPED_PROGRAMS_PER_SM = 4
 INTERPRETER_PROGRAMS = 1  # under the CPU interpreter every program is slow Python: as few as possible
 INT32_LIMIT = 2**31
+FORCE_PATH: str | None = None  # tests set "looped" or "split" to run those kernels on tiny shapes
 
 
 def next_pow2(n: int) -> int:
@@ -98,6 +108,8 @@ def grouped_view(x: Tensor, samples: int, groups: int, channels_last: bool) -> G
         length, sl, k, sk = k, sk, 1, 0
     elif k > 1 and sk == length * sl and k * length * c < INT32_LIMIT:  # channels_last: (k, l) is one axis
         length, k, sk = k * length, 1, 0
+    if length == 1:
+        sl = 0  # no positions to step over: lets the compiler see the channels as the contiguous axis
     if (c - 1) * sc + (length - 1) * sl >= INT32_LIMIT:
         raise UsageError(
             f"impl=triton indexes within a sample in 32 bits; shape {tuple(x.shape)} has 2**31 or more "
@@ -107,11 +119,14 @@ def grouped_view(x: Tensor, samples: int, groups: int, channels_last: bool) -> G
 
 
 @dataclass(frozen=True)
-class FusedPlan:
+class SlabPlan:
+    """One program per GPB whole groups of one b: a single tile (`looped` False) or BLOCK_L steps."""
+
     block_c: int
     block_l: int
     groups_per_program: int
-    programs: int
+    slabs: int  # programs of the fused kernel; work items of the persistent looped ones
+    looped: bool
     num_warps: int
 
 
@@ -135,26 +150,84 @@ def _warps(elements: int) -> int:
     return min(16, max(1, elements // 512))
 
 
-def fused_plan(v: GroupedView) -> FusedPlan | None:
-    """The fused tiling, or None where a (b, group) slab does not fit one program."""
-    if v.K != 1:
+def slab_plan(v: GroupedView, device: torch.device) -> SlabPlan | None:
+    """The slab tiling, or None where the split kernels do better (or must be used: K > 1)."""
+    if v.K != 1 or FORCE_PATH == "split":
         return None
-    block_l = next_pow2(v.L)
     cg = next_pow2(v.cg)
+    block_l = next_pow2(v.L)
     # Pack more groups per program when they are small (fewer, fuller programs) and, in channels_last,
     # so that a row of the tile spans MIN_CHANNELS_INNER contiguous channels.
-    want = max(FUSED_MIN_ELEMENTS // block_l, MIN_CHANNELS_INNER if v.channels_inner else 1)
+    inner = MIN_CHANNELS_INNER if v.channels_inner else 1
+    want = max(FUSED_MIN_ELEMENTS // block_l, inner)
     block_c = max(cg, min(next_pow2(v.C), want, MAX_GROUPS_PER_PROGRAM_CHANNELS))
-    if block_c * block_l > FUSED_MAX_ELEMENTS:
+    if block_c * block_l <= FUSED_MAX_ELEMENTS and FORCE_PATH != "looped":
+        per = max(1, block_c // v.cg)
+        return SlabPlan(block_c, block_l, per, v.B * -(-v.G // per), False, _warps(block_c * block_l))
+    # Streamed slab: worth it only with enough slabs to fill the GPU (else split them across programs).
+    block_c = max(cg, min(next_pow2(v.C), inner, MAX_GROUPS_PER_PROGRAM_CHANNELS))
+    inner_l = 1 if v.channels_inner else min(block_l, MIN_POSITIONS_INNER)
+    block_l = min(block_l, max(1, inner_l, TILE_ELEMENTS // block_c))
+    # A group's channels must fit in one tile (LayerNorm on (N, C) rows: up to MAX_SLAB_CHANNELS), with
+    # rows long enough to coalesce; past that, splitting channels across programs does better.
+    if block_c > MAX_SLAB_CHANNELS or (block_l > 1 and block_c * block_l > FUSED_MAX_ELEMENTS):
         return None
     per = max(1, block_c // v.cg)
-    return FusedPlan(block_c, block_l, per, v.B * -(-v.G // per), _warps(block_c * block_l))
+    programs = v.B * -(-v.G // per)
+    if programs < SLAB_PROGRAMS_PER_SM * sm_count(device) and FORCE_PATH != "looped":
+        return None
+    return SlabPlan(block_c, block_l, per, programs, True, _warps(block_c * block_l))
+
+
+def looped_programs(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_per_value: int) -> int:
+    """Persistent programs for the looped kernels: as many as keep their slabs in L2 together.
+
+    Each program reads its slab twice; with P programs in flight, P slabs are live between the two
+    reads. P = SMs x (slabs per SM whose bytes fit L2_SHARE of the L2), at most
+    MAX_LOOPED_PROGRAMS_PER_SM per SM. Where even one slab per SM overflows that, every slab gets its
+    own program (full occupancy; the second read then comes from memory, as in the split path).
+    `bytes_per_value` counts every tensor a pass reads twice (x; x and dy backward).
+    """
+    slab_bytes = plan.block_c * v.L * bytes_per_value
+    sms = sm_count(device)
+    per_sm = int(l2_bytes(device) * L2_SHARE // (sms * slab_bytes))
+    if per_sm < 1:
+        return plan.slabs
+    return min(plan.slabs, sms * min(per_sm, MAX_LOOPED_PROGRAMS_PER_SM))
+
+
+def l2_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _cuda_l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
+    return 50 * 2**20  # the interpreter: any size works; an H100's
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_l2_bytes(index: int) -> int:
+    return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 50 * 2**20)
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 1  # the interpreter: one program at a time anyway
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def target_programs(device: torch.device) -> int:
-    if device.type == "cuda":
-        return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    if device.type == "cuda" and not _interpreting():
+        return PROGRAMS_PER_SM * sm_count(device)
     return INTERPRETER_PROGRAMS
+
+
+def _interpreting() -> bool:
+    from triton import knobs
+
+    return bool(knobs.runtime.interpret)
 
 
 def split_plan(v: GroupedView, device: torch.device) -> SplitPlan:
@@ -162,7 +235,7 @@ def split_plan(v: GroupedView, device: torch.device) -> SplitPlan:
         block_c = min(next_pow2(v.C), MAX_CHANNELS_INNER)
         block_l = min(next_pow2(v.L), max(1, TILE_ELEMENTS // block_c))
     else:
-        block_l = min(next_pow2(v.L), 1024)
+        block_l = min(next_pow2(v.L), MAX_POSITIONS_INNER)
         block_c = min(next_pow2(v.C), max(1, TILE_ELEMENTS // block_l))
     channel_blocks = -(-v.C // block_c)
     l_blocks = -(-v.L // block_l)

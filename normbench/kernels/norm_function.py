@@ -1,25 +1,38 @@
-"""The autograd Function behind impl=triton: picks fused or split kernels, launches them, updates the
-running statistics. `norm_forward` takes the same arguments as `normbench.norms.core.norm_forward`.
+"""The autograd Function behind impl=triton: picks the fused, looped or split kernels, launches them, and
+updates the running statistics. `norm_forward` takes the arguments of `normbench.norms.core.norm_forward`.
 
-Bytes moved per call, with S = bytes of x in its dtype (weight, bias and statistics are O(C) or
-O(B x G) and left out; the minimum is one read of each input and one write of each output):
+Bytes moved per call, with S = the size of x in its dtype (weight, bias and statistics are O(C) or
+O(B x G) and left out). The minimum is one read of each input and one write of each output:
+2S forward (x -> y), 3S backward (x, dy -> dx).
 
-    path                         forward             backward                minimum fwd / bwd
-    fused (slab fits a program)  read S, write S     read 2S, write S        2S / 3S
-    split (BatchNorm, huge slab) read 2S, write S    read 4S, write S        2S / 3S
-    eval-mode BatchNorm          read S, write S     read 2S, write S (*)    2S / 3S
-
-    (*) with affine; without it, only dy is read: read S, write S.
+    path                              forward               backward
+    fused (slab in registers)         read S, write S       read 2S, write S      (the minimum)
+    looped (slab streamed twice)      read 2S, write S      read 4S, write S      (2nd read from L2)
+    split (BatchNorm, few big slabs)  read 2S, write S      read 4S, write S
+    eval-mode BatchNorm               read S, write S       read 2S, write S      (dy only without affine)
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
+from normbench.errors import UsageError
 from normbench.kernels import fused, split
 from normbench.kernels.availability import require_runnable
-from normbench.kernels.layout import GroupedView, dense_layout, fused_plan, grouped_view, next_pow2, split_plan
+from normbench.kernels.layout import (
+    GroupedView,
+    dense_layout,
+    grouped_view,
+    looped_programs,
+    next_pow2,
+    slab_plan,
+    split_plan,
+)
+
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def norm_forward(
@@ -37,6 +50,11 @@ def norm_forward(
 ) -> Tensor:
     """core.norm_forward computed by the Triton kernels (differentiable in x, weight and bias)."""
     require_runnable(x)
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise UsageError(
+            f"impl=triton computes in float32 and takes float32, float16 or bfloat16 input, got {x.dtype}: "
+            "use impl=reference or impl=native for it"
+        )
     return _TritonNorm.apply(
         x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor
     )
@@ -55,13 +73,16 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float):
     stats = [torch.empty(v.B * v.G, device=x.device, dtype=torch.float32) for _ in range(3)]
     affine = weight is not None
     w, b = (weight, bias) if affine else (x, x)  # never read without affine
-    plan = fused_plan(v)
+    plan = slab_plan(v, x.device)
     if plan is not None:
-        fused.fused_forward[(plan.programs,)](
-            x, y, w, b, *stats, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl, eps,
-            HAS_AFFINE=affine, GPB=plan.groups_per_program, BLOCK_C=plan.block_c, BLOCK_L=plan.block_l,
-            num_warps=plan.num_warps,
-        )
+        meta = dict(HAS_AFFINE=affine, GPB=plan.groups_per_program, BLOCK_C=plan.block_c, BLOCK_L=plan.block_l,
+                    num_warps=plan.num_warps)
+        args = (x, y, w, b, *stats, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl, eps)
+        if plan.looped:
+            grid = (looped_programs(plan, v, x.device, x.element_size()),)
+            fused.looped_forward[grid](*args, plan.slabs, **meta)
+        else:
+            fused.fused_forward[(plan.slabs,)](*args, **meta)
         return stats
     sp = split_plan(v, x.device)
     mean_p = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
@@ -112,7 +133,7 @@ class _TritonNorm(torch.autograd.Function):
                 _update_running(running_mean, running_var, mean, var, v, factor)
         else:  # eval-mode BatchNorm: the running statistics are constants
             v = grouped_view(x, x.shape[0], groups, channels_last)
-            mean = running_mean.detach().float().contiguous()
+            mean = running_mean.detach().to(torch.float32, copy=True)  # a copy: later steps update the buffer
             rstd = torch.rsqrt(running_var.detach().float() + eps)
             _normalize(x, y, weight, bias, mean, rstd, v)
         ctx.save_for_backward(x, weight, mean, rstd)
@@ -121,6 +142,7 @@ class _TritonNorm(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
         v: GroupedView = ctx.view
@@ -129,15 +151,18 @@ class _TritonNorm(torch.autograd.Function):
         dx = torch.empty_like(x)
         affine = weight is not None
         w = weight if affine else x  # never read without affine
-        plan = None if ctx.constant_stats else fused_plan(v)
+        plan = None if ctx.constant_stats else slab_plan(v, x.device)
         if plan is not None:
             p_dy = torch.empty(v.B, 1, v.C, device=x.device, dtype=torch.float32)
             p_dyxhat = torch.empty_like(p_dy)
-            fused.fused_backward[(plan.programs,)](
-                x, dy, dx, w, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl,
-                HAS_AFFINE=affine, GPB=plan.groups_per_program, BLOCK_C=plan.block_c,
-                BLOCK_L=plan.block_l, num_warps=plan.num_warps,
-            )
+            meta = dict(HAS_AFFINE=affine, GPB=plan.groups_per_program, BLOCK_C=plan.block_c,
+                        BLOCK_L=plan.block_l, num_warps=plan.num_warps)
+            args = (x, dy, dx, w, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl)
+            if plan.looped:
+                grid = (looped_programs(plan, v, x.device, 2 * x.element_size()),)
+                fused.looped_backward[grid](*args, plan.slabs, **meta)
+            else:
+                fused.fused_backward[(plan.slabs,)](*args, **meta)
         else:
             sp = split_plan(v, x.device)
             grid = (v.B * sp.programs,)

@@ -31,17 +31,29 @@ def _tile_offsets(b, k, lb, c, sb, sk, sc, sl, L, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
+def merge_tile_moments(n, mean, m2, v, mask, valid):
+    """Chan et al.'s pairwise update of per-channel (count, mean, M2) with a tile of `valid` values per row.
+
+    The tile's moments are taken around its own mean (two passes over registers), so a large mean
+    does not cancel the variance as a plain sum of squares would.
+    """
+    nt = valid.to(tl.float32)
+    mt = tl.sum(v, 1) / nt
+    d = tl.where(mask, v - mt[:, None], 0.0)
+    n_new = n + nt
+    delta = mt - mean
+    mean += delta * (nt / n_new)
+    m2 += tl.sum(d * d, 1) + delta * delta * (n * nt / n_new)
+    return n_new, mean, m2
+
+
+@triton.jit
 def partial_moments(
     x, mean_p, m2_p, count_p,
     C, L, sb, sk, sc, sl, T, TPS, S, CB, NLB,
     BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    """Mean and sum of squared deviations per channel over this program's tiles, and their count.
-
-    Each tile's moments are taken around the tile's own mean (two passes in registers), then merged
-    into the running ones with Chan et al.'s pairwise update, so a large mean does not cancel the
-    variance as a plain sum of squares would.
-    """
+    """Mean and sum of squared deviations per channel over this program's tiles, and their count."""
     b, cb, s = _program(S, CB)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -55,14 +67,7 @@ def partial_moments(
         offs, lmask = _tile_offsets(b, k, lb, c, sb, sk, sc, sl, L, BLOCK_L)
         mask = cmask[:, None] & lmask[None, :]
         v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-        nt = tl.minimum(L - lb * BLOCK_L, BLOCK_L).to(tl.float32)
-        mt = tl.sum(v, 1) / nt
-        d = tl.where(mask, v - mt[:, None], 0.0)
-        n_new = n + nt
-        delta = mt - mean
-        mean += delta * (nt / n_new)
-        m2 += tl.sum(d * d, 1) + delta * delta * (n * nt / n_new)
-        n = n_new
+        n, mean, m2 = merge_tile_moments(n, mean, m2, v, mask, tl.minimum(L - lb * BLOCK_L, BLOCK_L))
     out = (b * S + s) * C + c
     tl.store(mean_p + out, mean, mask=cmask)
     tl.store(m2_p + out, m2, mask=cmask)

@@ -6,6 +6,7 @@
 """
 
 from normbench.norms import reference, native  # noqa: F401  (importing registers the implementations)
+from normbench.norms import compiled  # noqa: F401
 from normbench.norms import triton_impl  # noqa: F401
 from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm
 from normbench.norms.registry import (

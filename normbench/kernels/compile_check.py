@@ -1,0 +1,100 @@
+"""Compile every kernel for an H100 (sm_90) on a machine without a GPU, and count its vector accesses.
+
+    TRITON_INTERPRET=0 python -m normbench.kernels.compile_check [fp32] [bf16] [fp16]
+
+The interpreter runs kernels as Python and forgives what the compiler does not (the type of a value
+carried through a loop, a constexpr used as a tensor); this lowers each kernel through Triton's
+whole pipeline to a cubin for sm_90. The arguments are specialized as they are at run time on aligned,
+dense inputs (unit stride as a constant, pointers, sizes and the other strides divisible by 16), so
+the counts of vector loads and stores (ld/st.global.v2/.v4) in the PTX show whether the tiles coalesce.
+Exit status 77: the compiler cannot run here (no NVIDIA backend, or the interpreter is on).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+
+POINTERS = {"x", "y", "dy", "dx"}  # in the input's dtype; the other pointers are float32 here
+INTEGERS = {"C", "L", "G", "Cg", "sb", "sk", "sc", "sl", "T", "TPS", "S", "CB", "NLB", "SLABS"}
+
+
+def _cases():
+    from normbench.kernels import fused, split
+
+    nchw = {"sl": 1}  # positions innermost
+    nhwc = {"sc": 1}  # channels innermost
+    slab = dict(HAS_AFFINE=True, GPB=4, BLOCK_C=8, BLOCK_L=512)
+    row = dict(HAS_AFFINE=False, GPB=1, BLOCK_C=1024, BLOCK_L=1)
+    tile_nchw = dict(BLOCK_C=4, BLOCK_L=1024)
+    tile_nhwc = dict(BLOCK_C=64, BLOCK_L=64)
+    return [
+        (fused.fused_forward, {**nchw, **slab}),
+        (fused.fused_forward, {**nhwc, **dict(slab, GPB=16, BLOCK_C=32, BLOCK_L=128)}),
+        (fused.fused_forward, {"sl": 0, "sc": 1, **row}),  # (N, C) rows: L == 1 passes sl = 0
+        (fused.fused_backward, {**nchw, **slab}),
+        (fused.fused_backward, {**nhwc, **dict(slab, GPB=16, BLOCK_C=32, BLOCK_L=128)}),
+        (fused.looped_forward, {**nchw, **slab}),
+        (fused.looped_backward, {**nhwc, **dict(slab, GPB=16, BLOCK_C=32, BLOCK_L=128)}),
+        (split.partial_moments, {**nchw, **tile_nchw}),
+        (split.partial_moments, {**nhwc, **tile_nhwc}),
+        (split.combine_moments, {"BLOCK": 256}),
+        (split.normalize, {**nchw, **tile_nchw, "HAS_AFFINE": True}),
+        (split.normalize, {**nhwc, **tile_nhwc, "HAS_AFFINE": False}),
+        (split.partial_grad_sums, {**nhwc, **tile_nhwc}),
+        (split.combine_grad_sums, {"BLOCK": 256, "HAS_AFFINE": True}),
+        (split.input_grad, {**nchw, **tile_nchw, "HAS_AFFINE": True}),
+        # Triton turns an int argument equal to 1 into a constant: ln (G = 1), in (Cg = 1), one split.
+        (fused.looped_forward, {**nchw, "G": 1, **slab, "GPB": 1}),
+        (fused.fused_backward, {**nhwc, "Cg": 1, **dict(slab, GPB=32, BLOCK_C=32, BLOCK_L=64)}),
+        (split.partial_moments, {**nchw, "S": 1, "NLB": 1, "TPS": 1, "CB": 1, **tile_nchw}),
+    ]
+
+
+def compile_for_sm90(kernel, constants: dict, dtype: str = "bf16", num_warps: int = 8):
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    names = list(inspect.signature(kernel.fn).parameters)
+    signature, aligned = {}, []
+    for name in names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in ("eps", "inv_count"):
+            signature[name] = "fp32"
+        elif name in POINTERS:
+            signature[name], aligned = f"*{dtype}", aligned + [name]
+        elif name in INTEGERS:
+            signature[name] = "i32"
+            if name in ("C", "L", "Cg", "sb", "sk", "sc", "sl"):  # sizes and strides of an aligned input
+                aligned.append(name)
+        else:  # statistics, partial sums, weight and bias
+            signature[name], aligned = "*fp32", aligned + [name]
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    source = triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def main() -> int:
+    try:
+        import triton.backends.nvidia  # noqa: F401
+        from triton import knobs
+    except ImportError as e:
+        print(f"no NVIDIA Triton backend: {e}")
+        return 77
+    if knobs.runtime.interpret:
+        print("TRITON_INTERPRET is on: kernels are interpreted, not compiled; run with TRITON_INTERPRET=0")
+        return 77
+    for dtype in sys.argv[1:] or ("fp32", "bf16"):
+        for kernel, constants in _cases():
+            ptx = compile_for_sm90(kernel, constants, dtype).asm["ptx"]
+            loads = len(re.findall(r"ld\.global[.\w]*\.v[24]\.", ptx))
+            stores = len(re.findall(r"st\.global[.\w]*\.v[24]\.", ptx))
+            layout = "nchw" if constants.get("sl") == 1 else "nhwc" if constants.get("sc") == 1 else "-"
+            print(f"{kernel.fn.__name__:18s} {dtype} {layout}: {loads} vector loads, {stores} vector stores")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The speed job: time one norm x implementation at one shape, per pass, against the bandwidth roofline.
+
+Normalization is memory-bound, so each time is turned into the bandwidth it implies (the fewest
+bytes the pass must move / the median time) and compared with what the device moves in a large copy
+(`pct_of_peak`). The timing itself is in `normbench.timing`.
+
+Passes (the module in training mode, input and parameters requiring grad, as in training):
+  fwd     the forward alone (building the autograd graph, updating BatchNorm's running statistics);
+  bwd     the backward alone: one forward, then `y.backward(dy, retain_graph=True)` per repeat, with
+          the gradients set to None between repeats (tritonbench's get_bwd_fn / grad_to_none);
+  fwdbwd  forward and backward together.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from normbench import norms
+from normbench.device import device_name, resolve_device
+from normbench.errors import UsageError
+from normbench.timing import peak_bandwidth, peak_memory_mb, time_fn
+
+log = logging.getLogger("normbench")
+
+PASSES = ("fwd", "bwd", "fwdbwd")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+LAYOUTS = ("contiguous", "channels_last")
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}  # by the input's rank
+STAT_BYTES = 4  # mean and rstd are saved in float32 for every input dtype (as torch's kernels do)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The byte model: the fewest bytes each pass must move between memory and the chip.
+
+
+def byte_terms(layer: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """The pieces the passes are built from, in bytes.
+
+    tensor   one pass over the input, E = x.numel() * x.element_size() (x, y, dy and dx each cost this)
+    params   weight and bias, C values each (0 without affine)
+    running  BatchNorm's running mean and variance, C values each (0 when not tracked / not training)
+    stats    the saved mean and rstd, one pair per statistic, in float32
+    """
+    n, c = x.shape[:2]
+    affine = getattr(layer, "weight", None) is not None
+    param_size = layer.weight.element_size() if affine else 0
+    running = 0
+    if isinstance(layer, norms.BatchNorm) and layer.track_running_stats and layer.use_batch_stats:
+        running = 2 * c * layer.running_mean.element_size()
+    if isinstance(layer, norms.Norm):
+        statistics = (n // layer.samples(n)) * layer.groups()
+    else:
+        statistics = 0
+    return {
+        "tensor": x.numel() * x.element_size(),
+        "params": 2 * c * param_size,
+        "running": running,
+        "stats": 2 * statistics * STAT_BYTES,
+    }
+
+
+def bytes_moved(layer: torch.nn.Module, x: torch.Tensor, pass_: str) -> int:
+    """Bytes a pass must move at least. tritonbench's layer_norm counts 2 E (fwd), 3 E (bwd) and 5 E
+    (fwdbwd); this adds the small terms it leaves out:
+
+    fwd     read x, write y (2 E); read weight and bias; read and write the running statistics; write
+            the saved mean and rstd
+    bwd     read x and dy, write dx (3 E); read weight, write its and bias's gradients (1.5 x params);
+            read the saved mean and rstd
+    fwdbwd  the sum of the two
+    """
+    t = byte_terms(layer, x)
+    fwd = 2 * t["tensor"] + t["params"] + 2 * t["running"] + t["stats"]
+    bwd = 3 * t["tensor"] + t["params"] * 3 // 2 + t["stats"]
+    if pass_ == "fwd":
+        return fwd
+    if pass_ == "bwd":
+        return bwd
+    if pass_ == "fwdbwd":
+        return fwd + bwd
+    raise UsageError(f"unknown pass {pass_!r}: use pass=fwd, bwd, fwdbwd or all")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading and checking the config.
+
+
+def parse_passes(value) -> list[str]:
+    """`pass` may be one pass, `all`, or a list of passes."""
+    items = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
+    if items == ["all"]:
+        return list(PASSES)
+    bad = [p for p in items if p not in PASSES]
+    if bad or not items:
+        raise UsageError(
+            f"unknown pass {', '.join(map(repr, bad)) or '(none)'}: use pass=fwd, pass=bwd, pass=fwdbwd, "
+            "pass=all or a list such as pass=[fwd,bwd]"
+        )
+    return items
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}: use dtype={', dtype='.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def input_shape(speed: DictConfig) -> tuple[int, ...]:
+    spatial = list(speed.spatial or [])
+    shape = (speed.batch_size, speed.channels, *spatial)
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shape):
+        raise UsageError(
+            f"speed.batch_size, speed.channels and speed.spatial must be positive ints, got shape {shape}: "
+            "e.g. speed.batch_size=8 speed.channels=64 speed.spatial=[28,28]"
+        )
+    if len(spatial) > 3:
+        raise UsageError(
+            f"speed.spatial has {len(spatial)} dimensions; norms take 0 to 3, e.g. speed.spatial=[28,28]"
+        )
+    return shape
+
+
+def make_input(shape, dtype: torch.dtype, layout: str, device: torch.device) -> torch.Tensor:
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown layout {layout!r}: use layout=contiguous or layout=channels_last")
+    if layout == "channels_last" and len(shape) not in CHANNELS_LAST:
+        raise UsageError(
+            f"layout=channels_last needs an (N, C, H, W) or (N, C, D, H, W) input, got shape "
+            f"{tuple(shape)}: use layout=contiguous, or give speed.spatial two or three sizes"
+        )
+    x = torch.randn(shape, dtype=dtype, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=CHANNELS_LAST[len(shape)])
+    return x.requires_grad_()
+
+
+def check_impl(impl: str, device: torch.device) -> None:
+    if impl == "triton" and device.type != "cuda":
+        raise UsageError(
+            "impl=triton on the CPU runs under Triton's interpreter, a correctness tool thousands of times "
+            "slower than the kernels: time it on a GPU (device=cuda), or pick impl=reference, native or compiled"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------
+# The passes.
+
+
+def pass_callable(layer, x: torch.Tensor, pass_: str):
+    """(fn, grad_to_none): what one repeat runs, and the gradients to reset between repeats."""
+    grads = [x] + [p for p in layer.parameters() if p.requires_grad]
+    if pass_ == "fwd":
+        return (lambda: layer(x)), []
+    y = layer(x)
+    dy = torch.randn_like(y)
+    if pass_ == "bwd":
+        return (lambda: y.backward(dy, retain_graph=True)), grads
+    return (lambda: layer(x).backward(dy)), grads
+
+
+def _dynamo_compiles() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["frames"]["ok"]
+
+
+def _hydra():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
+    """Time cfg.norm with cfg.impl at one shape for each pass in cfg.pass; one row per pass."""
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    multirun = hc is not None and hc.mode == RunMode.MULTIRUN
+    passes = parse_passes(cfg["pass"])
+    dtype = parse_dtype(cfg.dtype)
+    shape = input_shape(cfg.speed)
+    device = resolve_device(cfg.device, hc.job.num if multirun else None)
+    check_impl(cfg.impl, device)
+    # The peak is measured once per sweep: in the sweep directory, or in a single run's own.
+    peak_dir = Path(hc.sweep.dir) if multirun else Path(out_dir)
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and cfg.speed.get("threads"):
+        torch.set_num_threads(int(cfg.speed.threads))
+    try:
+        return _time_passes(cfg, passes, dtype, shape, device, peak_dir)
+    finally:
+        torch.set_num_threads(threads)  # the next job of a sweep in this process starts from the default
+
+
+def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) -> list[dict]:
+    sp = cfg.speed
+    timing = {k: sp[k] for k in ("min_run_time", "min_repeats", "warmup_ms", "rep_ms")}
+    torch.manual_seed(cfg.seed)
+    layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
+    x = make_input(shape, dtype, cfg.layout, device)
+    first_call_s = _first_call(cfg, layer, x)
+    if sp.get("peak_gbps"):
+        peak = {"peak_gbps": float(sp.peak_gbps), "peak_method": "given (speed.peak_gbps)"}
+    else:
+        copy_timing = {**timing, "min_repeats": 5}  # each copy takes ~0.1 s on a CPU
+        peak = peak_bandwidth(device, device_name(device), peak_dir, sp.peak_copy_mb, **copy_timing)
+
+    base = {
+        "kind": "speed",
+        **{k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"},  # groups, eps, ...
+        "norm": cfg.norm.name,
+        "impl": cfg.impl,
+        "batch_size": shape[0],
+        "channels": shape[1],
+        "spatial": "x".join(map(str, shape[2:])),
+        "shape": "x".join(map(str, shape)),
+        "dtype": cfg.dtype,
+        "layout": cfg.layout,
+        "device": str(device),
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "compile_s": first_call_s if cfg.impl == "compiled" else None,
+        "torch_version": torch.__version__,
+        "triton_version": _triton_version(),
+        "seed": cfg.seed,
+    }
+    rows = []
+    for pass_ in passes:
+        fn, grads = pass_callable(layer, x, pass_)
+        compiles = _dynamo_compiles()
+        t = time_fn(fn, device, grad_to_none=grads, **timing)
+        if _dynamo_compiles() != compiles:
+            raise RuntimeError(f"torch.compile compiled while timing {pass_}: the time includes compilation")
+        nbytes = bytes_moved(layer, x, pass_)
+        gbps = nbytes / (t.median_ms * 1e-3) / 1e9
+        row = {
+            **base,
+            "pass": pass_,
+            "median_ms": t.median_ms,
+            "p20_ms": t.p20_ms,
+            "p80_ms": t.p80_ms,
+            "repeats": t.repeats,
+            "timer": t.timer,
+            "bytes": nbytes,
+            "gbps": gbps,
+            **peak,
+            "pct_of_peak": 100 * gbps / peak["peak_gbps"],
+            "peak_mem_mb": peak_memory_mb(fn, device, grads),
+        }
+        rows.append(row)
+        log.info(
+            "%s %s %s %s: %.3f ms, %.1f GB/s, %.0f%% of peak",
+            row["norm"], row["impl"], pass_, row["shape"], t.median_ms, gbps, row["pct_of_peak"],
+        )  # fmt: skip
+    return rows
+
+
+def _first_call(cfg: DictConfig, layer, x: torch.Tensor) -> float:
+    """One forward and backward, untimed by the passes: it compiles impl=compiled (its wall time is
+    `compile_s`), and shows whether the impl takes this dtype, layout and device at all."""
+    start = time.perf_counter()
+    try:
+        layer(x).backward(torch.randn_like(x))
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+    except UsageError:
+        raise
+    except Exception as exc:  # an impl that cannot take this input: one line saying which and what to try
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(
+            f"impl={cfg.impl} cannot run norm={cfg.norm.name} with dtype={cfg.dtype}, layout={cfg.layout} on "
+            f"{x.device} ({type(exc).__name__}: {first}): try dtype=float32, layout=contiguous or another impl"
+        ) from exc
+    finally:
+        x.grad = None
+    return time.perf_counter() - start
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+

@@ -1,0 +1,215 @@
+"""Timing a callable the same careful way on every device, and the device's own bandwidth limit.
+
+* CUDA: `triton.testing.do_bench` when triton is installed (warm-up, a 256 MB L2 flush before every
+  repeat, one pair of CUDA events per repeat, gradients set to None outside the timed region); the
+  same procedure written out with torch when it is not. CUDA is asynchronous, so only events or a
+  synchronize make a time real; both paths use events and synchronize before reading them.
+* CPU: `torch.utils.benchmark.Timer` (it sets the thread count, disables the garbage collector and
+  runs the statement in blocks), called block by block until at least `min_repeats` blocks and
+  `min_run_time` seconds. No cache flush: the last-level cache of a server CPU holds tens to hundreds
+  of MB, so flushing it between repeats would cost more than the sweep; small inputs are therefore
+  timed warm, and can show more than the DRAM copy bandwidth (see docs/speed.md).
+
+Every time is a per-call time in milliseconds; the median and the 20th / 80th percentiles are taken
+over the repeats (over the blocks on the CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.benchmark import Timer
+
+QUANTILES = (0.5, 0.2, 0.8)  # median, p20, p80: triton.testing.do_bench's order
+FLUSH_BYTES = 256 * 2**20  # what do_bench clears between repeats: more than any GPU's L2 (H100: 50 MB)
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    repeats: int | None  # None where do_bench does not say
+    timer: str
+
+
+def _quantiles(times_ms: Sequence[float]) -> tuple[float, float, float]:
+    t = torch.tensor(list(times_ms), dtype=torch.float64)
+    return tuple(float(torch.quantile(t, q)) for q in QUANTILES)
+
+
+def _clear(grads: Sequence[Tensor]) -> None:
+    for t in grads:
+        t.grad = None
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_cpu(
+    fn: Callable[[], object],
+    *,
+    grad_to_none: Sequence[Tensor] = (),
+    min_run_time: float = 0.2,
+    min_repeats: int = 10,
+    threads: int | None = None,
+) -> Timing:
+    """Per-call time of fn on the CPU: blocks of calls, each block one sample."""
+
+    def call():
+        # Inside the timed block (a CPU has no events to pause on): a few us of Python, small next to
+        # a CPU norm's tens of us to ms, and what optimizer.zero_grad(set_to_none=True) costs anyway.
+        _clear(grad_to_none)
+        fn()
+
+    timer = Timer(stmt="call()", globals={"call": call}, num_threads=threads or torch.get_num_threads())
+    timer.timeit(1)  # warm-up (allocator, caches, lazy initialization)
+    one = timer.timeit(1).mean
+    # Blocks long enough for the clock (>= 1 ms) and short enough to give min_repeats samples.
+    number = max(1, int(max(min_run_time / min_repeats, 1e-3) / max(one, 1e-9)))
+    times, start = [], time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - start < min_run_time:
+        times.append(timer.timeit(number).mean * 1e3)
+    return Timing(*_quantiles(times), repeats=len(times) * number, timer="torch.utils.benchmark.Timer")
+
+
+def time_cuda(
+    fn: Callable[[], object],
+    *,
+    grad_to_none: Sequence[Tensor] = (),
+    warmup_ms: float = 25,
+    rep_ms: float = 100,
+    device: torch.device | None = None,
+) -> Timing:
+    """Per-call time of fn on a CUDA device: events around each repeat, the L2 cache flushed before it."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        q = do_bench(
+            fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(grad_to_none), quantiles=list(QUANTILES)
+        )
+        return Timing(*map(float, q), repeats=None, timer="triton.testing.do_bench")
+    return _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device or torch.device("cuda"))
+
+
+def _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device) -> Timing:
+    """do_bench's procedure without triton: estimate, warm up, then flush + event pair per repeat."""
+    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+    fn()
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        flush.zero_()
+        fn()
+    end.record()
+    torch.cuda.synchronize(device)
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    n = max(1, int(rep_ms / estimate))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for s, e in events:
+        _clear(grad_to_none)
+        flush.zero_()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize(device)
+    return Timing(*_quantiles([s.elapsed_time(e) for s, e in events]), repeats=n, timer="cuda events")
+
+
+def time_fn(
+    fn: Callable[[], object], device: torch.device, *, grad_to_none: Sequence[Tensor] = (), **options
+) -> Timing:
+    """Per-call time of fn on `device` (options: min_run_time, min_repeats, threads on the CPU;
+    warmup_ms, rep_ms on CUDA; the others are ignored)."""
+    if device.type == "cuda":
+        keep = {k: options[k] for k in ("warmup_ms", "rep_ms") if k in options}
+        return time_cuda(fn, grad_to_none=grad_to_none, device=device, **keep)
+    keep = {k: options[k] for k in ("min_run_time", "min_repeats", "threads") if k in options}
+    return time_cpu(fn, grad_to_none=grad_to_none, **keep)
+
+
+def peak_memory_mb(fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[Tensor] = ()) -> float:
+    """MiB that one call allocates on top of what is already resident (CUDA only; NaN on the CPU,
+    where torch keeps no allocator statistics)."""
+    if device.type != "cuda":
+        return math.nan
+    _clear(grad_to_none)
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+# ---------------------------------------------------------------------------------------------------
+# The roofline: what the device can move, measured as a large copy (read + write counted).
+
+PEAK_FILE = "peak_bandwidth.json"
+_PEAKS: dict[str, dict] = {}
+
+
+def measure_copy_bandwidth(device: torch.device, copy_mb: int = 512, **timing) -> dict:
+    """GB/s of `dst.copy_(src)` for two buffers of copy_mb MiB, counting the read and the write.
+
+    The buffers must dwarf the last-level cache (a GPU's L2 is at most ~50-100 MB; a server CPU's L3
+    up to a few hundred MB), else the copy measures the cache.
+    """
+    n = copy_mb * 2**20 // 4
+    src = torch.ones(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch: page faults are not bandwidth
+    _synchronize(device)
+    t = time_fn(lambda: dst.copy_(src), device, **timing)
+    moved = 2 * src.numel() * src.element_size()
+    return {
+        "peak_gbps": moved / (t.median_ms * 1e-3) / 1e9,
+        "peak_method": f"copy of {copy_mb} MiB, read + write, {t.timer}",
+        "peak_copy_ms": t.median_ms,
+    }
+
+
+def peak_bandwidth(
+    device: torch.device, device_name: str, cache_dir: Path | None, copy_mb: int = 512, **timing
+) -> dict:
+    """The device's copy bandwidth, measured once per process and once per sweep directory.
+
+    The record is kept in memory and in `cache_dir/peak_bandwidth.json` (keyed by device, copy size
+    and, on the CPU, thread count), so every job of a sweep, in this process or in a launcher's
+    worker, reports the same peak.
+    """
+    key = f"{device_name} [{device}] {copy_mb}MiB"
+    if device.type == "cpu":  # one core copies less than all of them: a peak per thread count
+        key += f" {torch.get_num_threads()} threads"
+    path = Path(cache_dir) / PEAK_FILE if cache_dir is not None else None
+    records = {}
+    if path is not None and path.exists():
+        try:
+            records = json.loads(path.read_text())
+        except (OSError, ValueError):
+            records = {}  # unreadable: measure again
+    if key not in records:
+        records[key] = _PEAKS.get(key) or measure_copy_bandwidth(device, copy_mb, **timing)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(records, indent=2))
+            os.replace(tmp, path)
+    _PEAKS[key] = records[key]
+    return records[key]
+

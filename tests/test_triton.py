@@ -1,0 +1,307 @@
+"""impl=triton against float64 torch.nn.functional: outputs, input and parameter gradients, running stats.
+
+Without a GPU the kernels run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1),
+which executes every program in Python: shapes stay tiny. Each of the three kernel paths (fused,
+looped, split) is forced in turn with a small tile so that loops, splits and partial tiles all occur.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from normbench import norms
+from normbench.errors import UsageError
+from normbench.kernels import availability
+
+from normbench.kernels import layout  # no triton import: plans and errors are tested without it
+
+needs_triton = pytest.mark.skipif(not availability.triton_installed(), reason="triton is not installed")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+EPS = 1e-5
+
+# (norm, options): Cg = 2 (power of two) and Cg = 3 (not: group lanes do not line up with the tile)
+CASES = [
+    ("bn", {}),
+    ("bn", {"virtual_batch": 2}),
+    ("ln", {}),
+    ("in", {}),
+    ("gn", {"groups": 3}),
+    ("gn", {"groups": 2}),
+]
+CASE_IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in o.items())}".rstrip("-") for n, o in CASES]
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """Force one kernel path; small tiles and several split programs so every loop runs more than once."""
+    if request.param != "auto":
+        monkeypatch.setattr(layout, "FORCE_PATH", request.param)
+        monkeypatch.setattr(layout, "TILE_ELEMENTS", 16)
+        monkeypatch.setattr(layout, "MIN_POSITIONS_INNER", 1)
+        monkeypatch.setattr(layout, "MAX_POSITIONS_INNER", 4)
+        monkeypatch.setattr(layout, "INTERPRETER_PROGRAMS", 16)
+        monkeypatch.setattr(layout, "MAX_LOOPED_PROGRAMS_PER_SM", 2)
+    return request.param
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("path", ["looped", "split"], indirect=True)
+def test_forced_paths_run_several_steps(path, channels_last):
+    """The tests' shape under the `path` fixture: slabs take several steps, statistics several splits."""
+    v = layout.grouped_view(torch.empty(4, 6, 3, 5), 1, 3, channels_last)
+    if path == "looped":
+        plan = layout.slab_plan(v, torch.device("cpu"))
+        assert plan.looped and plan.block_l < v.L
+        assert layout.looped_programs(plan, v, torch.device("cpu"), 4) < plan.slabs  # persistent programs
+    else:
+        assert layout.slab_plan(v, torch.device("cpu")) is None
+        assert layout.split_plan(v, torch.device("cpu")).splits > 1
+
+
+def reference64(name, x, weight, bias, options, running=None, factor=0.0, training=True):
+    """(y, expected running mean, expected running var) in float64 from torch.nn.functional."""
+    x = x.double()
+    w = None if weight is None else weight.double()
+    b = None if bias is None else bias.double()
+    if name == "bn" and not training:
+        rm, rv = (t.double() for t in running)
+        return F.batch_norm(x, rm, rv, w, b, training=False, eps=EPS), None, None
+    if name == "bn":
+        k = options.get("virtual_batch") or x.shape[0]
+        chunks = x.split(k)
+        y = torch.cat([F.batch_norm(c, None, None, w, b, training=True, eps=EPS) for c in chunks])
+        if running is None:
+            return y, None, None
+        dims = [0, *range(2, x.dim())]
+        mean = torch.stack([c.mean(dims) for c in chunks]).mean(0)
+        var = torch.stack([c.var(dims, correction=1) for c in chunks]).mean(0)  # torch keeps the unbiased one
+        rm, rv = (t.double() for t in running)
+        return y, (1 - factor) * rm + factor * mean, (1 - factor) * rv + factor * var
+    if name == "ln":
+        return F.group_norm(x, 1, w, b, EPS), None, None
+    if name == "in":
+        return F.instance_norm(x, weight=w, bias=b, eps=EPS), None, None
+    return F.group_norm(x, options["groups"], w, b, EPS), None, None
+
+
+def assert_close(actual, expected, dtype, what):
+    """Elementwise |a - e| <= atol * max|e| + rtol * |e|, with tolerances fitting the input dtype.
+
+    float32: errors seen are ~1e-6 of the scale, so 1e-4 leaves room for other orders of summation.
+    Half types: outputs are rounded to 8 (bf16) or 11 (fp16) significant bits, and dx/dweight come from
+    differences of such terms, so 1e-2 (bf16; unit roundoff 2**-8 ~ 3.9e-3) and 2e-3 (fp16; 2**-11).
+    """
+    tol = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    expected = expected.double()
+    bound = tol * expected.abs().max() + tol * expected.abs()
+    err = (actual.double() - expected).abs()
+    assert actual.dtype == dtype or what.startswith("running"), f"{what}: dtype {actual.dtype}, want {dtype}"
+    assert bool((err <= bound).all()), f"{what}: max error {err.max():.3g} (allowed {bound.min():.3g}..)"
+
+
+def make_input(shape, dtype, layout_name, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Offset mean and a spread of scales: a plain sum of squares would lose the variance to cancellation.
+    x = torch.randn(shape, generator=g, dtype=torch.float64) * 2.0 + 3.0
+    x = x.to(dtype).to(DEVICE)
+    if layout_name == "channels_last":
+        fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+        x = x.to(memory_format=fmt)
+    return x
+
+
+def check(name, options, shape, dtype, layout_name, affine=True, steps=1, seed=0, momentum=0.1):
+    """One or more training steps of impl=triton vs float64: y, dx, dweight, dbias, running stats."""
+    c = shape[1]
+    extra = {"momentum": momentum} if name == "bn" else {}
+    layer = norms.build(name, c, impl="triton", affine=affine, dtype=dtype, device=DEVICE, **options, **extra)
+    g = torch.Generator().manual_seed(seed + 1)
+    if affine:
+        with torch.no_grad():
+            layer.weight.copy_(torch.randn(c, generator=g) * 0.5 + 1.0)
+            layer.bias.copy_(torch.randn(c, generator=g))
+    for step in range(steps):
+        x = make_input(shape, dtype, layout_name, seed + step).requires_grad_()
+        running = (layer.running_mean.clone(), layer.running_var.clone()) if name == "bn" else None
+        y = layer(x)
+        if layout_name == "channels_last":
+            fmt = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
+            assert y.is_contiguous(memory_format=fmt), "channels_last input must give channels_last output"
+        factor = layer.update_factor if name == "bn" else 0.0
+        x64 = x.detach().double().requires_grad_()
+        w64 = layer.weight.detach().double().requires_grad_() if affine else None
+        b64 = layer.bias.detach().double().requires_grad_() if affine else None
+        y64, rm64, rv64 = reference64(name, x64, w64, b64, options, running, factor)
+        dy = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(DEVICE)
+        if affine:
+            layer.weight.grad = layer.bias.grad = None
+        y.backward(dy)  # contiguous dy: for channels_last x the kernels get it in x's layout first
+        y64.backward(dy.double())
+        assert_close(y, y64, dtype, "y")
+        assert_close(x.grad, x64.grad, dtype, "dx")
+        if affine:
+            assert_close(layer.weight.grad, w64.grad, dtype, "dweight")
+            assert_close(layer.bias.grad, b64.grad, dtype, "dbias")
+        if rm64 is not None:
+            assert_close(layer.running_mean, rm64, dtype, "running_mean")
+            assert_close(layer.running_var, rv64, dtype, "running_var")
+    return layer
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["auto", "looped", "split"], indirect=True)
+@pytest.mark.parametrize("layout_name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name,options", CASES, ids=CASE_IDS)
+def test_float32_every_path(name, options, layout_name, path):
+    check(name, options, (4, 6, 3, 5), torch.float32, layout_name)
+
+
+@needs_triton
+@pytest.mark.parametrize("layout_name", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name,options", CASES, ids=CASE_IDS)
+def test_bfloat16(name, options, layout_name):
+    check(name, options, (4, 6, 3, 5), torch.bfloat16, layout_name)
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["auto", "split"], indirect=True)
+@pytest.mark.parametrize("name", ["gn", "bn"])
+def test_float16(name, path):
+    check(name, {"groups": 2} if name == "gn" else {}, (4, 6, 3, 5), torch.float16, "channels_last")
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["auto", "split"], indirect=True)
+@pytest.mark.parametrize(
+    "name,shape,layout_name",
+    [
+        ("ln", (3, 10), "contiguous"),  # the transformer LayerNorm: one row per sample
+        ("bn", (8, 5), "contiguous"),  # BatchNorm1d on features: samples are the positions
+        ("bn", (4, 3, 7), "contiguous"),
+        ("in", (2, 4, 9), "contiguous"),
+        ("gn", (2, 4, 2, 3, 3), "channels_last"),
+        ("bn", (4, 2, 2, 2, 3), "channels_last"),
+        ("ln", (2, 3, 2, 2, 3), "contiguous"),
+    ],
+)
+def test_spatial_dims(name, shape, layout_name, path):
+    check(name, {"groups": 2} if name == "gn" else {}, shape, torch.float32, layout_name)
+
+
+@needs_triton
+@pytest.mark.parametrize("name,options", [("bn", {}), ("gn", {"groups": 3}), ("in", {})])
+def test_without_affine(name, options):
+    check(name, options, (4, 6, 3, 5), torch.float32, "channels_last", affine=False)
+
+
+@needs_triton
+def test_running_stats_over_steps_and_cumulative_average():
+    """Three steps with momentum=0.1, then momentum=None (factor 1/num_batches_tracked)."""
+    layer = check("bn", {"virtual_batch": 2}, (4, 6, 3, 5), torch.float32, "contiguous", steps=3)
+    assert int(layer.num_batches_tracked) == 3
+    check("bn", {}, (4, 6, 3, 5), torch.float32, "channels_last", steps=2, momentum=None)
+
+
+@needs_triton
+@pytest.mark.parametrize("path", ["auto", "split"], indirect=True)
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("layout_name", ["contiguous", "channels_last"])
+def test_eval_mode_batchnorm_uses_running_stats(layout_name, affine, path):
+    layer = check("bn", {}, (4, 6, 3, 5), torch.float32, layout_name, affine=affine)
+    layer.eval()
+    if affine:
+        layer.weight.grad = layer.bias.grad = None
+    before = (layer.running_mean.clone(), layer.running_var.clone())
+    x = make_input((2, 6, 3, 5), torch.float32, layout_name, seed=7).requires_grad_()
+    y = layer(x)
+    x64 = x.detach().double().requires_grad_()
+    w64 = layer.weight.detach().double().requires_grad_() if affine else None
+    b64 = layer.bias.detach().double().requires_grad_() if affine else None
+    y64, _, _ = reference64("bn", x64, w64, b64, {}, before, training=False)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    y64.backward(dy.double())
+    assert_close(y, y64, torch.float32, "y")
+    assert_close(x.grad, x64.grad, torch.float32, "dx")
+    if affine:
+        assert_close(layer.weight.grad, w64.grad, torch.float32, "dweight")
+        assert_close(layer.bias.grad, b64.grad, torch.float32, "dbias")
+    assert torch.equal(layer.running_mean, before[0]) and torch.equal(layer.running_var, before[1])
+
+
+@needs_triton
+def test_other_strided_inputs():
+    """Any dense input whose channels are innermost takes the channels_last path and keeps its strides
+    ((N, C, L) stored as (N, L, C)); anything else is made contiguous first."""
+    layer = norms.build("gn", 6, impl="triton", groups=3, device=DEVICE)
+    ref = norms.build("gn", 6, impl="reference", groups=3, device=DEVICE)
+    x = make_input((5, 6, 4, 3), torch.float32, "contiguous").transpose(2, 3)  # not dense-ordered
+    torch.testing.assert_close(layer(x), ref(x), rtol=1e-5, atol=1e-5)
+    x = make_input((5, 7, 6), torch.float32, "contiguous").transpose(1, 2)  # (N, C=6, L=7), C innermost
+    assert layout.dense_layout(x)[1]
+    y = layer(x)
+    assert y.stride() == x.stride()
+    torch.testing.assert_close(y, ref(x), rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_choice():
+    """Which path each shape takes with the default heuristics (on the CPU: as if the device had one SM)."""
+    gn = layout.grouped_view(torch.empty(2, 64, 8, 8), 1, 32, False)
+    assert layout.slab_plan(gn, torch.device("cpu")).looped is False  # 2 x 64 values: one tile
+    bn = layout.grouped_view(torch.empty(8, 64, 8, 8), 8, 64, False)
+    assert bn.K == 8 and layout.slab_plan(bn, torch.device("cpu")) is None  # N x HW strided: split
+    bn_cl = layout.grouped_view(torch.empty(8, 64, 8, 8), 8, 64, True)
+    assert (bn_cl.K, bn_cl.L, bn_cl.sl) == (1, 8 * 64, 64)  # channels_last merges N and HW
+    big = layout.grouped_view(torch.empty(2, 64, 128, 128), 1, 32, False)
+    assert layout.slab_plan(big, torch.device("cpu")).looped is True  # 2 x 16384 values: streamed
+
+
+def test_implementation_is_registered():
+    for name in ("bn", "ln", "in", "gn"):
+        assert "triton" in norms.implementations(name)
+
+
+def test_clear_error_without_gpu_or_interpreter(monkeypatch):
+    monkeypatch.setattr(availability, "triton_installed", lambda: True)
+    monkeypatch.setattr(availability, "interpreter_on", lambda: False)
+    monkeypatch.setattr(availability, "cuda_available", lambda: False)
+    layer = norms.build("gn", 4, impl="triton", groups=2)
+    with pytest.raises(UsageError, match=r"CUDA GPU.*TRITON_INTERPRET=1"):
+        layer(torch.randn(2, 4, 3, 3))
+
+
+@needs_triton
+def test_float64_input_is_refused_with_a_pointer():
+    with pytest.raises(UsageError, match="impl=reference or impl=native"):
+        norms.build("ln", 4, impl="triton", dtype=torch.float64, device=DEVICE)(
+            torch.randn(2, 4, dtype=torch.float64, device=DEVICE)
+        )
+
+
+def test_clear_error_without_triton(monkeypatch):
+    monkeypatch.setattr(availability, "triton_installed", lambda: False)
+    with pytest.raises(UsageError, match="pip install triton"):
+        norms.build("ln", 4, impl="triton")(torch.randn(2, 4))
+
+
+@needs_triton
+@pytest.mark.slow
+def test_kernels_compile_for_h100():
+    """Compile every kernel for sm_90 without a GPU: catches what the interpreter lets pass (types of
+    loop-carried values, constexpr misuse) before a GPU session finds it."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "normbench.kernels.compile_check", "bf16"], env=env, capture_output=True, text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if done.returncode == 77:
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stdout + done.stderr
