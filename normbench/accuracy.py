@@ -271,8 +271,9 @@ def train_and_measure(cfg: DictConfig, out_dir: Path) -> list[dict]:
         "train_acc": curve[-1]["train_acc"],
         "wall_s": wall_s,
         "samples_per_s": seen / train_s,
-        "device": device_name(device),
-        "torch": torch.__version__,
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
     }
     ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
     write_curve(out_dir, [{**ids, **point} for point in curve])

@@ -42,7 +42,8 @@ SPEED_COLUMNS = [
 ]  # fmt: skip
 ACCURACY_COLUMNS = [
     "norm", "impl", "dataset", "model", "batch_size", "workers", "global_batch", "lr", "epochs", "seed",
-    "test_acc", "test_acc_batch_stats", "train_loss", "wall_s", "samples_per_s", "device",
+    "test_acc", "test_acc_batch_stats", "train_loss", "wall_s", "samples_per_s", "device", "device_name",
+    "torch_version",
 ]  # fmt: skip
 # Config name of the Hydra app -> the kind of rows it writes.
 KIND_OF_APP = {"speed": "speed", "accuracy": "accuracy"}
