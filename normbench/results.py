@@ -325,7 +325,8 @@ def write_summary(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
 
 def git_commit(where: str | Path | None = None) -> str | None:
     """`git rev-parse HEAD` of the checkout holding `where` (default: this package), `+dirty` when
-    it has uncommitted changes to tracked files; None where there is no git or no repository."""
+    it has uncommitted changes to tracked files outside results/ (what normbench writes is no change to
+    the code that wrote it); None where there is no git or no repository."""
     import subprocess
 
     cwd = Path(where) if where else Path(__file__).resolve().parent
@@ -333,8 +334,8 @@ def git_commit(where: str | Path | None = None) -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/results"],
+                               cwd=cwd, capture_output=True, text=True, timeout=10)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
