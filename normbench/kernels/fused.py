@@ -45,6 +45,16 @@ def _slab(C, L, G, Cg, sb, sc, sl, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLO
 
 
 @triton.jit
+def _store_stats(mean_out, var_out, rstd_out, mean, var, rstd, b, j, c, cmask, G, Cg):
+    """Save a slab's per-group statistics (for the backward and the running statistics)."""
+    first = cmask & (j % Cg == 0)  # one lane per group writes its statistics
+    gi = b * G + c // Cg
+    tl.store(mean_out + gi, mean, mask=first)
+    tl.store(var_out + gi, var, mask=first)
+    tl.store(rstd_out + gi, rstd, mask=first)
+
+
+@triton.jit
 def fused_forward(
     x, y, w, bias, mean_out, var_out, rstd_out,
     C, L, G, Cg, sb, sc, sl, eps,
@@ -65,11 +75,7 @@ def fused_forward(
         shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32)
     out = d * scale[:, None] + shift[:, None]
     tl.store(y + offs, out.to(y.dtype.element_ty), mask=mask)
-    first = cmask & (j % Cg == 0)  # one lane per group writes its statistics
-    gi = b * G + c // Cg
-    tl.store(mean_out + gi, mean, mask=first)
-    tl.store(var_out + gi, var, mask=first)
-    tl.store(rstd_out + gi, rstd, mask=first)
+    _store_stats(mean_out, var_out, rstd_out, mean, var, rstd, b, j, c, cmask, G, Cg)
 
 
 @triton.jit
@@ -151,11 +157,7 @@ def looped_forward(
             v = tl.load(x + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
             out = v * scale[:, None] + shift[:, None]
             tl.store(y + base + l0 * sl, out.to(y.dtype.element_ty), mask=mask)
-        first = cmask & (j % Cg == 0)
-        gi = b * G + c // Cg
-        tl.store(mean_out + gi, mean, mask=first)
-        tl.store(var_out + gi, var, mask=first)
-        tl.store(rstd_out + gi, rstd, mask=first)
+        _store_stats(mean_out, var_out, rstd_out, mean, var, rstd, b, j, c, cmask, G, Cg)
 
 
 @triton.jit
