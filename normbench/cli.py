@@ -22,7 +22,16 @@ from normbench.results import write_failure, write_rows
 
 log = logging.getLogger("normbench")
 
-CONFIGS = "pkg://normbench.conf"
+
+
+def _configs() -> str:
+    """conf/ of the checkout this file sits in (an editable install, or PYTHONPATH=checkout), else the
+    copy an installed wheel carries as the package normbench.conf."""
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    return str(checkout) if (checkout / "speed.yaml").is_file() else "pkg://normbench.conf"
+
+
+CONFIGS = _configs()
 
 
 def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> None:
