@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,7 @@ from normbench import data as datasets
 from normbench import models, norms
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
+from normbench.results import atomic_write_bytes
 from normbench.norms import BatchNorm
 
 log = logging.getLogger(__name__)
@@ -282,9 +282,5 @@ def train_and_measure(cfg: DictConfig, out_dir: Path) -> list[dict]:
 
 
 def write_curve(out_dir: Path, points: list[dict]) -> Path:
-    path = Path(out_dir) / CURVE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")  # written whole, then renamed, like rows.csv
-    pd.DataFrame(points).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    # Written whole, then renamed, like rows.csv.
+    return atomic_write_bytes(Path(out_dir) / CURVE_FILE, pd.DataFrame(points).to_csv(index=False).encode())

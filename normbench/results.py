@@ -49,10 +49,6 @@ ACCURACY_COLUMNS = [
 KIND_OF_APP = {"speed": "speed", "accuracy": "accuracy"}
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write `data` to `path` through a temporary file and a rename: readers see all of it or nothing."""
     path = Path(path)
@@ -70,7 +66,7 @@ def write_rows(job_dir: str | Path, rows: list[dict]) -> Path:
     """Write one job's rows (one dict per measurement) as `rows.csv` in its output directory."""
     path = Path(job_dir) / ROWS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_bytes(path, pd.DataFrame(rows).to_csv(index=False).encode())
     return path
 
 
@@ -83,7 +79,7 @@ def write_failure(job_dir: str | Path, exc: BaseException, overrides: list[str] 
         "overrides": list(overrides or []),
         "traceback": "".join(traceback.format_exception(exc)),
     }
-    _atomic_write(path, json.dumps(record, indent=2))
+    atomic_write_bytes(path, json.dumps(record, indent=2).encode())
     return path
 
 

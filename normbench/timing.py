@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 from torch.utils.benchmark import Timer
+
+from normbench.results import atomic_write_bytes
 
 QUANTILES = (0.5, 0.2, 0.8)  # median, p20, p80: triton.testing.do_bench's order
 FLUSH_BYTES = 256 * 2**20  # what do_bench clears between repeats: more than any GPU's L2 (H100: 50 MB)
@@ -206,10 +207,7 @@ def peak_bandwidth(
     if key not in records:
         records[key] = _PEAKS.get(key) or measure_copy_bandwidth(device, copy_mb, **timing)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(records, indent=2))
-            os.replace(tmp, path)
+            atomic_write_bytes(path, json.dumps(records, indent=2).encode())
     _PEAKS[key] = records[key]
     return records[key]
 

@@ -21,7 +21,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir, initialize_config_module
 
-from normbench import report
 from normbench.callbacks import claim_gpu
 from normbench.device import resolve_device
 
