@@ -109,23 +109,25 @@ def check(write, shapes, device):
                         write("check", *where, f"max_rel_error_{quantity}", err, err <= TOL[dtype], "")
 
 
+def _copy(n, device):
+    src, dst = torch.ones(n, device=device), torch.empty(n, device=device)
+    return lambda: dst.copy_(src)
+
+
+def _bn_forward(n, device):
+    layer = norms.build("bn", 64, impl="native", device=device).train()
+    x = torch.randn(max(1, n // (64 * 56 * 56)), 64, 56, 56, device=device)
+    return lambda: layer(x)
+
+
 def scaling(write, device, tiny):
     """Time a copy and bn's native forward at 1x and 4x their size: memory-bound, so ~4x the time."""
     timing = {"min_run_time": 0.05, "min_repeats": 5} if device.type == "cpu" else {}
     base = 2**20 if tiny else 64 * 2**20  # float32 elements: 4 MiB / 256 MiB per buffer
-    cases = {
-        "copy": lambda n: (lambda src, dst: (lambda: dst.copy_(src)))(
-            torch.ones(n, device=device), torch.empty(n, device=device)
-        ),
-        "bn_native_fwd": lambda n: (lambda layer, x: (lambda: layer(x)))(
-            norms.build("bn", 64, impl="native", device=device).train(),
-            torch.randn(n // (64 * 56 * 56) or 1, 64, 56, 56, device=device),
-        ),
-    }
-    for label, make in cases.items():
+    for label, make in (("copy", _copy), ("bn_native_fwd", _bn_forward)):
         ms = []
         for n in (base, 4 * base):
-            fn = make(n)
+            fn = make(n, device)
             fn()
             ms.append(time_fn(fn, device, **timing).median_ms)
             del fn
