@@ -48,7 +48,7 @@ from normbench.cli import run_job
 
 def job(cfg, out):
     import os, time
-    if cfg.x == 5:  # leaves the report unwritable
+    if cfg.x == 55:  # leaves the report unwritable
         from pathlib import Path
         from hydra.core.hydra_config import HydraConfig
         (Path(HydraConfig.get().sweep.dir) / "report.md").mkdir()
@@ -230,7 +230,7 @@ def test_report_survives_an_exception_that_escapes_hydra(toy):
 
 def test_report_failure_does_not_pass_silently(toy):
     sweep = toy / "sweep"
-    proc = run([sys.executable, "app.py", "-m", "x=5", f"hydra.sweep.dir={sweep}"], cwd=toy)
+    proc = run([sys.executable, "app.py", "-m", "x=55", f"hydra.sweep.dir={sweep}"], cwd=toy)
     assert proc.returncode == 0  # the sweep's own outcome stands
     assert "the report of" in proc.stderr + proc.stdout and "normbench-report" in proc.stderr + proc.stdout
     assert "Traceback" in (sweep / "report-error.txt").read_text()
