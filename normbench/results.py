@@ -439,7 +439,7 @@ def read(paths: Iterable[str | Path]) -> pd.DataFrame:
     seen: dict[Path, Path] = {}
     for p in paths:
         if p.resolve() in seen:
-            raise UsageError(f"{p} is given twice (as {seen[p.resolve()]} and {p}): each input counts once")
+            raise UsageError(f"{p} is given twice (also as {seen[p.resolve()]}): each input counts once")
         seen[p.resolve()] = p
     frames = []
     for p in paths:

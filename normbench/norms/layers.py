@@ -169,7 +169,7 @@ class BatchNorm(Norm):
         super().__init__(num_features, **options)
         number = isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
         if momentum is not None and not (number and 0 <= momentum <= 1):
-            raise UsageError(f"bn: momentum must be a number in [0, 1] or None, got {momentum!r}: e.g. momentum=0.1")
+            raise UsageError(f"bn: momentum must be in [0, 1] or None, got {momentum!r}: e.g. momentum=0.1")
         if not isinstance(track_running_stats, bool):
             raise UsageError(f"bn: track_running_stats must be true or false, got {track_running_stats!r}")
         if virtual_batch is not None and (not isinstance(virtual_batch, int) or virtual_batch < 1):
