@@ -1,12 +1,16 @@
 """The Hydra callbacks normbench's sweeps run with (set in conf/common.yaml): a report at the end of
 every multirun, and one GPU per worker process when the joblib launcher runs a sweep on several GPUs.
 
-`on_multirun_start` records what ran (`run.json`: command, date, git commit, host, versions) in the
-sweep directory; `on_multirun_end` builds the report there (`normbench.report.build_report`). Hydra
-calls `on_multirun_end` only when the sweep returns: if a job's exception escapes (normbench's jobs
-record theirs and return, but a launcher or an interrupt can still raise), Hydra skips it. So the
-callback also registers an exit hook at multirun start that builds the report of whatever finished
-when the sweep did not end normally. A report that fails to build is logged with its traceback, left
+`on_multirun_start` claims the sweep directory: a sweep never writes where another sweep's results
+are, so it refuses (exit status 2, one line) a directory that is not empty, and creates `run.json`
+(command, date, git commit, host, versions, the planned jobs) exclusively, so of two sweeps started
+into one directory at once only one runs. `on_multirun_end` builds the report there
+(`normbench.report.build_report`) and exits 1 with a one-line summary when any job left no
+measurement (`fail_on_error`). Hydra calls `on_multirun_end` only when the sweep returns: if a job's
+exception escapes (normbench's jobs record theirs and return, but a launcher or an interrupt can still
+raise), Hydra skips it. So the callback also registers an exit hook at multirun start that builds the
+report of whatever finished when the sweep did not end normally, and turns SIGTERM (what SLURM sends
+at a time limit) into that same exit. A report that fails to build is logged with its traceback, left
 as `report-error.txt` in the sweep directory, and never hides the sweep's own outcome.
 
 One job per GPU: joblib hands the next job to whichever worker process is free, so a job number says
@@ -23,6 +27,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -76,17 +82,84 @@ def visible_gpus() -> list[str]:
         return []
 
 
+class SweepDirTaken(Exception):
+    """The sweep directory holds another sweep's results."""
+
+
+def claim_sweep_dir(sweep: Path, run_json: bytes) -> None:
+    """Make `sweep` this sweep's own, or raise SweepDirTaken: it must be empty or absent, and `run.json`
+    is created with a hard link, which fails if the file exists, so two sweeps cannot both claim it."""
+    from normbench.results import RUN_FILE
+
+    taken = sorted(p.name for p in sweep.iterdir())[:5] if sweep.is_dir() else []
+    if sweep.exists() and not sweep.is_dir():
+        taken = [sweep.name]
+    how = ("pick a new hydra.sweep.dir (the default is stamped to the microsecond), or move the old "
+           "results away first")  # fmt: skip
+    if taken:
+        raise SweepDirTaken(f"hydra.sweep.dir={sweep} already holds results ({', '.join(taken)}, ...): a sweep never "
+                            f"writes over another one's; {how}")  # fmt: skip
+    sweep.mkdir(parents=True, exist_ok=True)
+    tmp = sweep / f".{RUN_FILE}.{os.getpid()}.tmp"
+    tmp.write_bytes(run_json)
+    try:
+        os.link(tmp, sweep / RUN_FILE)
+    except FileExistsError:
+        raise SweepDirTaken(f"another sweep started in hydra.sweep.dir={sweep} at the same time; {how}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def planned_jobs(config: DictConfig) -> list[list[str]] | None:
+    """The overrides of every job the sweep will launch, as Hydra's basic sweeper splits them (None
+    for another sweeper, or a sweep it cannot expand without its config loader)."""
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_") or "")
+    if not target.endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    try:
+        overrides = OverridesParser.create().parse_overrides(arguments)
+        batches = BasicSweeper.split_arguments(overrides, None)
+    except Exception:  # noqa: BLE001 - e.g. glob() needs the config loader: no plan recorded
+        return None
+    return [list(job) for batch in batches for job in batch]
+
+
+def failed_jobs(sweep: Path) -> str | None:
+    """"3 of 24 jobs failed: see .../report.md", or None when every job left its measurements."""
+    from normbench.results import read_sweep
+
+    try:
+        frame = read_sweep(sweep)
+    except Exception:  # noqa: BLE001 - an unreadable sweep is reported by the report itself
+        return None
+    if frame.empty:
+        return None
+    jobs = frame.drop_duplicates(["job", "overrides"] if "overrides" in frame else ["job"])
+    bad = jobs[jobs["status"] != "ok"]
+    if bad.empty:
+        return None
+    kinds = ", ".join(f"{n} {status}" for status, n in bad["status"].value_counts().items())
+    return f"{len(bad)} of {len(jobs)} jobs failed ({kinds}): see {sweep / 'report.md'}"
+
+
 class SweepReport(Callback):
     """Write `summary.csv`, plots, `report.md` and `report.html` into the sweep directory (unless
     `enabled` is false); pin joblib workers to GPUs of their own (`gpus`: the CUDA_VISIBLE_DEVICES
     entries to spread over; None: every visible GPU)."""
 
-    def __init__(self, enabled: bool = True, gpus: list | None = None) -> None:
+    def __init__(self, enabled: bool = True, gpus: list | None = None, fail_on_error: bool = True) -> None:
         self.enabled = enabled
         self.gpus = [str(g) for g in gpus] if gpus is not None else None  # None: every visible GPU
+        self.fail_on_error = fail_on_error
         self.sweep_dir: str | None = None
         self.main_pid: int | None = None
         self.done = False
+        self.stopped_by: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from normbench import results
@@ -99,22 +172,30 @@ class SweepReport(Callback):
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
         # Only joblib runs jobs in local worker processes; elsewhere a job sees the GPUs it was given.
         self.gpus = (self.gpus if self.gpus is not None else visible_gpus()) if "Joblib" in launcher else []
-        if not self.enabled:
-            return
+        hydra = config.hydra
+        info = {"command": None}
         try:
-            sweep.mkdir(parents=True, exist_ok=True)
-            hydra = config.hydra
             info = results.run_info(
                 app=hydra.job.config_name,
                 overrides=OmegaConf.to_container(hydra.overrides.task),
                 hydra_overrides=[o for o in OmegaConf.to_container(hydra.overrides.hydra)
                                  if not str(o).startswith("hydra.mode=")],  # fmt: skip
                 launcher=OmegaConf.select(config, "hydra.launcher._target_"),
+                jobs=planned_jobs(config),
             )
-            results.atomic_write_bytes(sweep / results.RUN_FILE, json.dumps(info, indent=2).encode())
         except Exception:  # noqa: BLE001 - provenance is worth a warning, never the sweep
-            log.warning("could not record %s in %s:\n%s", results.RUN_FILE, sweep, traceback.format_exc())
+            log.warning("could not record what ran in %s:\n%s", results.RUN_FILE, traceback.format_exc())
+        # Hydra raises nothing out of a callback (it warns), so a refusal is an exit of its own.
+        try:
+            claim_sweep_dir(sweep, json.dumps(info, indent=2).encode())
+        except SweepDirTaken as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
         atexit.register(self._at_exit)
+        try:
+            signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread: SIGTERM keeps its default
+            pass
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """In a joblib worker on a multi-GPU host: pin this worker to a GPU of its own."""
@@ -135,16 +216,33 @@ class SweepReport(Callback):
         shutil.rmtree(Path(self.sweep_dir) / GPU_LOCKS, ignore_errors=True)  # every job is done
         if self.enabled:
             self.write_report()
+        self.done = True
+        summary = failed_jobs(Path(self.sweep_dir))
+        if summary and self.fail_on_error:
+            # One line for CI and scripts; hydra.callbacks.report.fail_on_error=false keeps exit status 0.
+            print(f"error: {summary}", file=sys.stderr)
+            sys.exit(1)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        # As Ctrl-C does: unwind, so the exit hook reports what finished; 128 + 15 as the shell says.
+        self.stopped_by = "SIGTERM"
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+        sys.exit(128 + signal.SIGTERM)
 
     def _at_exit(self) -> None:
         if self.sweep_dir and not self.done:
-            log.warning("the sweep did not end normally: reporting what finished in %s", self.sweep_dir)
+            why = f"it was stopped by {self.stopped_by}" if self.stopped_by else (
+                "an exception escaped Hydra, or it was interrupted")  # fmt: skip
+            log.warning("the sweep did not end normally (%s): reporting what finished in %s", why, self.sweep_dir)
             self.write_report(
-                notes=[
-                    "the sweep did not end normally (an exception escaped Hydra, or it was interrupted): "
-                    "this report holds the jobs that finished; see the console or the jobs' logs."
-                ]
+                notes=[(
+                    f"the sweep did not end normally ({why}): this report holds the jobs that finished; "
+                    "the jobs that never started are listed as `not_started`; see the console or the jobs' logs."
+                )]
             )
+            summary = failed_jobs(Path(self.sweep_dir))
+            if summary:
+                print(f"error: {summary}", file=sys.stderr)
 
     def write_report(self, notes: list[str] | None = None) -> Path | None:
         """Build the report; on failure, log it and leave `report-error.txt` (never raise)."""

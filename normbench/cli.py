@@ -23,7 +23,6 @@ from normbench.results import write_failure, write_rows
 log = logging.getLogger("normbench")
 
 
-
 def _configs() -> str:
     """conf/ of the checkout this file sits in (an editable install, or PYTHONPATH=checkout), else the
     copy an installed wheel carries as the package normbench.conf."""
@@ -34,10 +33,19 @@ def _configs() -> str:
 CONFIGS = _configs()
 
 
+def check_common(cfg: DictConfig) -> None:
+    """The keys every app shares, checked before the job starts: `seed` is an int (Hydra reads
+    `seed=1.5` as a float and `seed=x` as a string; neither may run as something else)."""
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise UsageError(f"seed must be an int, got {seed!r}: e.g. seed=0, or seed=0,1,2 in a sweep")
+
+
 def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     try:
+        check_common(cfg)
         rows = job(cfg, out)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, then reported or re-raised
         write_failure(out, exc, list(hc.overrides.task))

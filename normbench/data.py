@@ -12,6 +12,7 @@ padding, horizontal flip) runs on whole batches of tensors, never per image in P
 from __future__ import annotations
 
 import functools
+import inspect
 import io
 import pickle
 import random
@@ -60,11 +61,16 @@ def load(cfg, device: torch.device | str = "cpu") -> Dataset:
     if name not in LOADERS:
         raise UsageError(f"unknown dataset {name!r}; available: {', '.join(LOADERS)} (e.g. dataset=mnist1d)")
     loader = LOADERS[name]
-    try:
-        data = loader(**options)
-    except TypeError as exc:  # an option the loader does not take
-        raise UsageError(f"dataset {name}: {exc}; see conf/dataset/{name}.yaml for its options") from None
-    return data.to(torch.device(device))
+    # Checked against the signature, not by catching TypeError: a loader's own TypeError is a bug and
+    # keeps its traceback.
+    accepted = inspect.signature(loader).parameters
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise UsageError(
+            f"dataset {name} takes no option {', '.join(map(repr, unknown))}; its options are: "
+            f"{', '.join(accepted)} (see conf/dataset/{name}.yaml)"
+        )
+    return loader(**options).to(torch.device(device))
 
 
 def standardize(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
@@ -234,14 +240,53 @@ def _image_folder_arrays(root: str, train_per_class: int | None, test_per_class:
         images, labels = [], []
         for label, files in enumerate(splits[split].values()):
             for name in files[:limit]:
-                with Image.open(io.BytesIO(tree.read(name))) as im:
-                    images.append(np.asarray(im.convert("RGB")))
+                images.append(_decode(tree, name, Image))
                 labels.append(label)
         shapes = {a.shape for a in images}
         if len(shapes) != 1:
             raise _layout_error(root, f"images of different sizes {sorted(shapes)[:3]} in {split}/")
         out += [np.stack(images), np.asarray(labels, dtype=np.int64)]
     return tuple(out)
+
+
+def _decode(tree: _Tree, name: str, image_module) -> np.ndarray:
+    """One image as an RGB array; a file that cannot be read or decoded is named in the error."""
+    try:
+        with image_module.open(io.BytesIO(tree.read(name))) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:  # truncated, corrupt, bad CRC
+        raise UsageError(
+            f"dataset.root={tree.root}: cannot read {name} ({type(exc).__name__}: {exc}): replace or remove that file"
+        ) from None
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 python batch holds (a dict of numpy arrays, lists, bytes and strings)
+    and nothing else: a pickle naming any other class or function could run code, so it is refused."""
+
+    ALLOWED = frozenset({
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),  # how protocol 2 spells bytes from Python 3: text in, bytes out
+    })  # fmt: skip
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> dict:
+    """One CIFAR-10 python batch (`data_batch_1`, ...): a dict with `data` and `labels`, read without
+    running any code the file might carry."""
+    try:
+        with open(path, "rb") as f:
+            d = _CifarUnpickler(f, encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise UsageError(f"{path} is not a CIFAR-10 batch ({exc}): delete it and download again") from None
+    if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+        raise UsageError(f"{path} is not a CIFAR-10 batch (no 'data' and 'labels'): delete it and download again")
+    return d
 
 
 def _torchvision_cifar10_arrays(download_dir: Path, train_per_class: int | None, test_per_class: int | None):
@@ -265,8 +310,7 @@ def _torchvision_cifar10_arrays(download_dir: Path, train_per_class: int | None,
     def read(names: list[str], limit: int | None):
         xs, ys = [], []
         for name in names:
-            with open(batches / name, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
+            d = read_cifar_batch(batches / name)
             xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
             ys.append(np.asarray(d["labels"], dtype=np.int64))
         x, y = np.concatenate(xs), np.concatenate(ys)

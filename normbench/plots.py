@@ -114,7 +114,7 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
     acc = acc.dropna(subset=["test_error", "batch_size"])
     if acc.empty:
         return None
-    panels = _varying(acc, ["dataset", "model", "impl", "workers", "epochs", "norm_position"])
+    panels = _varying(acc, ["input", "dataset", "model", "impl", "workers", "epochs", "norm_position"])
     groups = list(acc.groupby(panels, dropna=False)) if panels else [((), acc)]
     palette = norm_palette(acc["norm"])
     ncols = len(groups) + int(reference)
@@ -178,7 +178,7 @@ def _speed_frame(speed: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     if "shape" in d:
         d["features"] = d["shape"].map(shape_features)
         parts.append("features")
-    parts += [c for c in ("layout", "groups", "device_name") if c in d]
+    parts += [c for c in ("layout", "groups", "device_name", "input") if c in d]  # input: sources apart
     varying = _varying(d, parts, within="norm")
     if not varying:
         return d, None

@@ -1,9 +1,11 @@
 """A sweep's report: pandas tables, seaborn plots, `report.md` (renders on GitHub) and `report.html`
 (one self-contained file, plots embedded), plus `summary.csv` / `summary.parquet`.
 
-`build_report(paths, out_dir)` reads sweep directories, run directories and pytest-benchmark JSON files
+`build_report(paths, out_dir)` reads sweep, run and report directories and pytest-benchmark JSON files
 (`normbench.results.read`); the sweep callback calls it at the end of every multirun, and
-`normbench-report PATH... [--out DIR]` calls it by hand (`main`).
+`normbench-report PATH... [--out DIR]` calls it by hand (`main`). Rows from different inputs are shown
+side by side, never pooled; `normbench-report --compare A B` (`normbench.compare`) sets two inputs
+against each other.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from normbench import results
+from normbench.errors import UsageError
 from normbench.plots import IMPL_ORDER, NORM_ORDER, PASS_ORDER, label
 
 log = logging.getLogger("normbench")
@@ -57,7 +60,7 @@ def test_error(acc: pd.DataFrame) -> pd.Series:
 
 def accuracy_groups(acc: pd.DataFrame) -> list[str]:
     """The columns besides norm, batch size and seed that vary (each value gets its own table)."""
-    cols = ("dataset", "model", "impl", "workers", "epochs", "norm_position")
+    cols = ("input", "dataset", "model", "impl", "workers", "epochs", "norm_position")  # input: never pooled
     return [c for c in cols if c in acc and acc[c].nunique() > 1]
 
 
@@ -89,7 +92,8 @@ def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("batch per worker", ascending=False).reset_index(drop=True)
 
 
-SPEED_KEYS = ["norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "device", "device_name"]
+# A configuration; `input` keeps measurements of different sources apart.
+SPEED_KEYS = ["input", "norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "device", "device_name"]
 
 
 def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
@@ -124,6 +128,7 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
     if "shape" in probe:
         probe["shape"] = probe["shape"].map(shape_features)  # the shape apart from the batch dimension
     show = ["norm", "impl", "pass", "batch_size"]
+    show = _varying(probe, ["input"]) + show
     show += _varying(probe, ["shape", "dtype", "layout", "groups", "device_name"], within="norm")
     t = stats[show].copy()
     t["batch_size"] = t["batch_size"].map(lambda b: f"{b:g}" if isinstance(b, (int, float)) else str(b))
@@ -137,11 +142,30 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def benchmarks_table(bench: pd.DataFrame) -> pd.DataFrame:
+    """pytest-benchmark entries that are not one norm's pass: one row each, under its own name."""
+    t = pd.DataFrame({
+        "input": bench["input"], "group": bench["group"].fillna(""), "benchmark": bench["benchmark"],
+        "median ms": bench["median_ms"].map(_sig),
+        "q1-q3 ms": [f"{_sig(a)}-{_sig(b)}" for a, b in zip(bench.get("q1_ms", np.nan), bench.get("q3_ms", np.nan))],
+        "rounds": bench["rounds"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+    })  # fmt: skip
+    return t.drop(columns=[] if t["input"].nunique() > 1 else ["input"]).reset_index(drop=True)
+
+
+def source_labels(frame: pd.DataFrame) -> dict[str, str]:
+    """input path -> a short label: its name where that is unique among the inputs, else the path."""
+    inputs = [str(i) for i in pd.unique(frame["input"].dropna())] if "input" in frame else []
+    names = [Path(i).stem if Path(i).suffix == ".json" else Path(i).name for i in inputs]
+    return {i: (n if names.count(n) == 1 else i) for i, n in zip(inputs, names)}
+
+
 def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
     """Jobs that left no measurement: failed (with their error line), missing, unreadable or empty."""
     if frame.empty:
         return frame
-    jobs = frame.assign(input=frame["input"].fillna("").astype(str)).drop_duplicates(["input", "sweep", "job"])
+    # a job is its directory; jobs that never started have none, only their overrides
+    jobs = frame.assign(input=frame["input"].fillna("").astype(str)).drop_duplicates(["input", "sweep", "job", "overrides"])
     # the overrides every job of its sweep shares (e.g. dataset=...) say nothing about the failure
     common = {
         key: set.intersection(*(set(str(o).split()) for o in g["overrides"].fillna("")))
@@ -247,10 +271,12 @@ def _unique(frame: pd.DataFrame, col: str) -> str:
 
 def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
     doc.heading(2, "What ran")
-    for path in inputs:
+    # The inputs the rows name (a report directory given as input passes on those of its rows).
+    named = [str(i) for i in pd.unique(frame["input"].dropna())] if "input" in frame else []
+    for path in [Path(i) for i in dict.fromkeys(named + [str(p) for p in inputs])]:
         info = results.read_run_info(path)
         rows = frame[frame["input"] == str(path)] if not frame.empty else frame
-        counts = rows.drop_duplicates(["sweep", "job"])["status"].value_counts() if not rows.empty else {}
+        counts = rows.drop_duplicates(["sweep", "job", "overrides"])["status"].value_counts() if not rows.empty else {}
         jobs = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no jobs found"
         kinds = _unique(rows[rows["status"] == "ok"], "kind") if not rows.empty else ""
         doc.heading(3, f"`{info['name']}`" + (f" ({kinds})" if kinds else ""))
@@ -281,20 +307,25 @@ def build_report(
 
     inputs = [Path(p) for p in paths]
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     frame = results.read(inputs)
+    keep_data(out, frame)
+    out.mkdir(parents=True, exist_ok=True)
     results.write_summary(frame, out)
 
+    labels = source_labels(frame)
     acc, speed = ok_rows(frame, "accuracy"), ok_rows(frame, "speed")
+    bench = ok_rows(frame, "benchmark")
+    for part in (acc, speed, bench):  # shown by a short name; `input` keeps each source apart
+        part["input"] = part["input"].map(lambda i: labels.get(str(i), i))
     if not acc.empty:
         acc["test_error"] = test_error(acc)
+    # Speed against accuracy needs one source of each, or it would average sources together.
+    one_each = speed["input"].nunique() == 1 and acc["input"].nunique() == 1
     made: dict[str, Path | None] = {
         "accuracy": plots.accuracy_vs_batch(acc, out / PLOTS["accuracy"]) if not acc.empty else None,
         "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
         "roofline": plots.speed_roofline(speed, out / PLOTS["roofline"]) if not speed.empty else None,
-        "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"])
-        if not (speed.empty or acc.empty)
-        else None,
+        "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"]) if one_each else None,
     }
     for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
         if made[key] is None:
@@ -353,6 +384,12 @@ def build_report(
             if made[key]:
                 doc.image(made[key], alt)
 
+    if not bench.empty:
+        doc.heading(2, "Other benchmarks")
+        doc.para("pytest-benchmark entries that are not one norm's pass, each under its own name: median and "
+                 "quartiles of its rounds.")  # fmt: skip
+        doc.table(benchmarks_table(bench))
+
     if made["tradeoff"]:
         doc.heading(2, "Speed vs accuracy")
         doc.para("Per norm: its latency against its test error at the smallest and largest batch per worker.")
@@ -371,11 +408,30 @@ def build_report(
             "running)."
         )
         doc.table(bad)
-    if acc.empty and speed.empty and not frame.empty:
+    if acc.empty and speed.empty and bench.empty and not frame.empty:
         doc.para("No measurements were found in the inputs.")
 
     results.atomic_write_bytes(out / REPORT_HTML, doc.html(title).encode())
     return results.atomic_write_bytes(out / REPORT_MD, doc.markdown().encode())
+
+
+def keep_data(out: Path, frame: pd.DataFrame) -> None:
+    """Refuse to write a summary that holds fewer measurements than the one already in `out`: a rebuild
+    never shrinks a report's data (rebuild a combined report from its own directory, or use another --out)."""
+    old = out / results.SUMMARY_CSV
+    if not old.is_file():
+        return
+    try:
+        before = results.read_summary(old)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{old} exists but cannot be read ({exc}): move it away or choose another --out") from None
+    had = int((before["status"] == "ok").sum())
+    has = int((frame["status"] == "ok").sum()) if "status" in frame else 0
+    if has < had:
+        raise UsageError(
+            f"{out} holds a report of {had} measurement(s); these inputs give {has}, and rebuilding would lose "
+            f"the rest: rebuild it with `normbench-report {out}`, or write elsewhere with --out"
+        )
 
 
 # ------------------------------------------------------------------------------------------ command line
@@ -385,29 +441,42 @@ def default_out(paths: list[Path]) -> Path:
     """Where a report goes without --out: into the one directory given; else a new results/report/ dir."""
     if len(paths) == 1 and paths[0].is_dir():
         return paths[0]
-    stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-    return Path("results") / "report" / stamp
+    return _stamped("report")
+
+
+def _stamped(name: str) -> Path:
+    return Path("results") / name / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="normbench-report",
         description="Build report.md, report.html, plots and summary.csv from sweep directories "
-        "(normbench-speed/-accuracy -m ...), run directories, or pytest-benchmark JSON files.",
+        "(normbench-speed/-accuracy -m ...), run or report directories, or pytest-benchmark JSON files. "
+        "With --compare A B: B against A per configuration (compare.md, .html, .csv, .png).",
     )
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="sweep/run directory or JSON file")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="sweep/run/report directory or JSON file")
     parser.add_argument("--out", type=Path, help="output directory (default: the one directory given, "
-                        "else results/report/<date>)")  # fmt: skip
+                        "else results/report/<date>; --compare: results/compare/<date>)")  # fmt: skip
     parser.add_argument("--title", help="the report's title")
+    parser.add_argument("--compare", action="store_true", help="compare two inputs, A B: B/A per configuration")
     args = parser.parse_args(argv)
     missing = [p for p in args.paths if not p.exists()]
     if missing:
         print(f"error: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
         return 2
-    out = args.out or default_out(args.paths)
+    if args.compare and len(args.paths) != 2:
+        print(f"error: --compare takes two inputs, A B; got {len(args.paths)}", file=sys.stderr)
+        return 2
     try:
-        md = build_report(args.paths, out, title=args.title)
-    except ValueError as exc:  # e.g. a JSON file that is not pytest-benchmark's
+        if args.compare:
+            from normbench import compare
+
+            md = compare.write(*args.paths, args.out or _stamped("compare"))
+            print(f"wrote {md}, {md.with_name(compare.COMPARE_HTML)} and {md.with_name(compare.COMPARE_CSV)}")
+            return 0
+        md = build_report(args.paths, args.out or default_out(args.paths), title=args.title)
+    except ValueError as exc:  # bad input (UsageError), e.g. a JSON file that is not pytest-benchmark's
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {md} and {md.with_name(REPORT_HTML)}")

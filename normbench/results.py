@@ -1,23 +1,27 @@
 """Tidy rows: every job writes its own `rows.csv`; a failed job writes `failure.json` instead.
 
-One schema for everything a report reads: a row per measurement (speed) or per training run
-(accuracy), with the columns the job wrote, plus the columns that say where it came from:
+One schema for everything a report reads (`SCHEMA`, documented in docs/schema.md): a row per
+measurement (speed, benchmark) or per training run (accuracy), plus the columns that say where it came
+from:
 
-- `kind`: `speed` or `accuracy`;
+- `kind`: `speed`, `accuracy` or `benchmark` (a pytest-benchmark entry that is not one norm's pass);
 - `status`: `ok` (a measurement), `failed` (the job raised: `error` holds its line), `missing` (the job
-  started but left no result: interrupted or still running), `unreadable` (a result file that cannot
-  be parsed), `empty` (the job returned no rows);
+  started but left no result: interrupted or still running), `not_started` (planned by the sweep, never
+  started), `unreadable` (a result file that cannot be parsed or was cut short), `empty` (no rows);
 - `error`, `sweep` (the input's name), `job` (the job's directory within it), `overrides` (the job's
-  command-line overrides, space separated), `source` (the file read), `input` (the path given to
-  `read`).
+  command-line overrides, space separated), `source` (the file read), `input` (the sweep, run, report
+  or JSON file the row came from: rows from different inputs are never pooled).
 
 Files are written to a temporary name and renamed, so a job that dies mid-write leaves nothing that
 looks like a result. `read_sweep` tolerates a sweep that was interrupted or had failing jobs;
-`read_benchmark_json` turns a pytest-benchmark JSON file into rows of the same schema.
+`read_benchmark_json` turns a pytest-benchmark JSON file into rows of the same schema. `summary.csv`
+and `summary.parquet` always hold every column of `SCHEMA` with its type (`read_summary` reads either
+back with the same dtypes).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -34,10 +38,86 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_PARQUET = "summary.parquet"
 RUN_FILE = "run.json"  # what ran: written by the sweep callback at multirun start
 
+# The documented columns: name -> (type, unit, meaning). summary.csv and summary.parquet always hold
+# all of them in this order (then any extra column an input brought), so two sweeps' summaries line up.
+SCHEMA: dict[str, tuple[str, str, str]] = {
+    # provenance: every row
+    "kind": ("str", "", "speed, accuracy or benchmark (a pytest-benchmark entry that is not one norm's pass)"),
+    "status": ("str", "", "ok, failed, missing, not_started, unreadable or empty"),
+    "error": ("str", "", "why a job left no measurement (its error line)"),
+    "sweep": ("str", "", "name of the sweep directory, run directory or JSON file"),
+    "job": ("str", "", "the job's directory within its sweep (pytest-benchmark: the test's full name)"),
+    "overrides": ("str", "", "the job's command-line overrides, space separated"),
+    "source": ("str", "", "the file the row was read from"),
+    "input": ("str", "", "the sweep, run, report or JSON file the row came from (never pooled across)"),
+    # what was measured
+    "norm": ("str", "", "norm name: bn, ln, in, gn, none"),
+    "impl": ("str", "", "implementation: reference, native, compiled, triton"),
+    "pass": ("str", "", "speed: fwd, bwd or fwdbwd"),
+    "batch_size": ("int", "samples", "speed: N of the input; accuracy: K, samples per normalization batch"),
+    "channels": ("int", "", "speed: C of the input"),
+    "spatial": ("str", "", "speed: spatial sizes, e.g. 28x28"),
+    "shape": ("str", "", "speed: the input's shape, e.g. 8x64x28x28"),
+    "dtype": ("str", "", "speed: float32, float16 or bfloat16"),
+    "layout": ("str", "", "speed: contiguous or channels_last"),
+    "groups": ("int", "", "gn: channel groups"),
+    "eps": ("float", "", "the norm's eps"),
+    "momentum": ("float", "", "bn: weight of the new batch in the running statistics"),
+    "affine": ("bool", "", "the norm has a per-channel weight and bias"),
+    "track_running_stats": ("bool", "", "bn: keeps running statistics"),
+    "virtual_batch": ("int", "samples", "bn: samples per statistic"),
+    "device": ("str", "", "torch device, e.g. cpu or cuda:0"),
+    "device_name": ("str", "", "the GPU's or CPU's model"),
+    "threads": ("int", "", "CPU intra-op threads"),
+    "seed": ("int", "", "random seed"),
+    # speed
+    "median_ms": ("float", "ms", "median time per call"),
+    "p20_ms": ("float", "ms", "20th percentile of the time per call"),
+    "p80_ms": ("float", "ms", "80th percentile of the time per call"),
+    "repeats": ("int", "calls", "calls timed"),
+    "timer": ("str", "", "what timed them"),
+    "bytes": ("int", "bytes", "the fewest bytes the pass must move (docs/speed.md)"),
+    "gbps": ("float", "GB/s (1e9 bytes/s)", "bytes / median time"),
+    "peak_gbps": ("float", "GB/s (1e9 bytes/s)", "the device's measured (or given) copy bandwidth"),
+    "peak_method": ("str", "", "how peak_gbps was found"),
+    "peak_copy_ms": ("float", "ms", "median time of the copy that measured peak_gbps"),
+    "pct_of_peak": ("float", "%", "gbps / peak_gbps x 100: % of the roofline"),
+    "peak_mem_mib": ("float", "MiB (2**20 bytes)", "CUDA memory one call allocates beyond its inputs; NaN on CPU"),
+    "compile_s": ("float", "s", "impl=compiled: wall time of the first call, which compiles"),
+    "torch_version": ("str", "", "torch version"),
+    "triton_version": ("str", "", "triton version, if installed"),
+    # accuracy
+    "dataset": ("str", "", "dataset name"),
+    "model": ("str", "", "model name"),
+    "norm_position": ("str", "", "norm before or after the activation"),
+    "norm_options": ("str", "", "the model's per-norm options, key=value"),
+    "workers": ("int", "", "W: simulated data-parallel workers"),
+    "global_batch": ("int", "samples", "K x W: samples per optimizer step"),
+    "lr": ("float", "", "learning rate after linear scaling"),
+    "epochs": ("int", "", "training epochs"),
+    "steps": ("int", "", "optimizer steps"),
+    "test_acc": ("float", "fraction in [0, 1]", "test accuracy, model in eval mode"),
+    "test_acc_batch_stats": ("float", "fraction in [0, 1]", "bn: test accuracy with batch statistics at K"),
+    "train_loss": ("float", "", "mean train loss of the last epoch"),
+    "train_acc": ("float", "fraction in [0, 1]", "train accuracy of the last epoch"),
+    "wall_s": ("float", "s", "wall time of the run"),
+    "samples_per_s": ("float", "samples/s", "training throughput"),
+    # pytest-benchmark
+    "benchmark": ("str", "", "the benchmark's name, parameters included"),
+    "group": ("str", "", "the benchmark's group"),
+    "min_ms": ("float", "ms", "fastest round"),
+    "max_ms": ("float", "ms", "slowest round"),
+    "mean_ms": ("float", "ms", "mean of the rounds"),
+    "stddev_ms": ("float", "ms", "standard deviation of the rounds"),
+    "q1_ms": ("float", "ms", "first quartile of the rounds"),
+    "q3_ms": ("float", "ms", "third quartile of the rounds"),
+    "rounds": ("int", "", "rounds timed"),
+    "iterations": ("int", "", "calls per round"),
+}  # fmt: skip
 META_COLUMNS = ["kind", "status", "error", "sweep", "job", "overrides", "source", "input"]
 SPEED_COLUMNS = [
     "norm", "impl", "pass", "batch_size", "shape", "dtype", "layout", "groups", "device", "device_name",
-    "median_ms", "p20_ms", "p80_ms", "bytes", "gbps", "peak_gbps", "pct_of_peak", "peak_mem_mb",
+    "median_ms", "p20_ms", "p80_ms", "bytes", "gbps", "peak_gbps", "pct_of_peak", "peak_mem_mib",
     "compile_s", "torch_version", "triton_version",
 ]  # fmt: skip
 ACCURACY_COLUMNS = [
@@ -45,6 +125,7 @@ ACCURACY_COLUMNS = [
     "test_acc", "test_acc_batch_stats", "train_loss", "wall_s", "samples_per_s", "device", "device_name",
     "torch_version",
 ]  # fmt: skip
+RENAMED = {"peak_mem_mb": "peak_mem_mib"}  # older rows.csv files: the values were MiB all along
 # Config name of the Hydra app -> the kind of rows it writes.
 KIND_OF_APP = {"speed": "speed", "accuracy": "accuracy"}
 
@@ -157,7 +238,10 @@ def _read_job(root: Path, job: Path) -> pd.DataFrame:
     if not rows_path.is_file():
         return single("missing", f"no {ROWS_FILE} or {FAILURE_FILE}: the job was interrupted or is still running", None)
     try:
-        rows = pd.read_csv(rows_path)
+        cut = truncation(rows_path)
+        if cut:
+            return single("unreadable", f"{ROWS_FILE} is cut short ({cut}): the job's result is incomplete", rows_path)
+        rows = pd.read_csv(rows_path).rename(columns=RENAMED)
     except pd.errors.EmptyDataError:
         return single("empty", f"{ROWS_FILE} holds no rows", rows_path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -174,6 +258,24 @@ def _read_job(root: Path, job: Path) -> pd.DataFrame:
         rows[key] = value
     rows["source"] = str(rows_path)
     return rows
+
+
+def truncation(path: Path) -> str | None:
+    """Why a CSV file written by pandas is incomplete (no final newline, a row with fewer fields than
+    the header), or None. pandas itself pads a short last row with NaN and reads on."""
+    import csv
+
+    text = path.read_text()
+    if not text.strip():
+        return None  # empty: its own status
+    if not text.endswith("\n"):
+        return "no final newline"
+    lines = list(csv.reader(io.StringIO(text)))
+    width = len(lines[0])
+    for number, fields in enumerate(lines[1:], start=2):
+        if fields and len(fields) != width:
+            return f"line {number} has {len(fields)} of {width} fields"
+    return None
 
 
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
@@ -203,7 +305,41 @@ def read_sweep(path: str | Path) -> pd.DataFrame:
     root = Path(path)
     if not root.is_dir():
         raise FileNotFoundError(f"no such sweep directory: {root}")
-    return _concat([_read_job(root, job) for job in find_jobs(root)])
+    jobs = find_jobs(root)
+    if not jobs and (root / SUMMARY_CSV).is_file():
+        # A report directory (`normbench-report A B --out C`): its summary is the data; its rows keep
+        # the inputs they came from.
+        return plain(read_summary(root / SUMMARY_CSV))
+    frames = [_read_job(root, job) for job in jobs]
+    return _concat(frames + [_not_started(root, frames)])
+
+
+def planned_jobs(root: Path) -> list[list[str]] | None:
+    """The overrides of every job the sweep planned, as `run.json` recorded them (None: not recorded)."""
+    try:
+        jobs = json.loads((root / RUN_FILE).read_text()).get("jobs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return jobs if isinstance(jobs, list) else None
+
+
+def _not_started(root: Path, frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """One `not_started` row per planned job that has no directory (matched by its overrides)."""
+    planned = planned_jobs(root)
+    if not planned:
+        return pd.DataFrame()
+    started = [sorted(str(f["overrides"].iloc[0]).split()) for f in frames if len(f)]
+    kind = _app_kind(root, root)
+    rows = []
+    for overrides in planned:
+        key = sorted(str(o) for o in overrides)
+        if key in started:
+            started.remove(key)
+            continue
+        rows.append({"kind": kind, "status": "not_started", "error": "planned, but the sweep ended before it started",
+                     "sweep": root.name, "job": None, "overrides": " ".join(map(str, overrides)),
+                     "source": str(root / RUN_FILE)})  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _ms(seconds: Any) -> float:
@@ -234,11 +370,17 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
     cpu = (machine.get("cpu") or {}).get("brand_raw") if isinstance(machine.get("cpu"), dict) else None
     rows = []
     for bench in data["benchmarks"]:
-        stats = bench.get("stats") or {}
+        stats = bench.get("stats") if isinstance(bench, dict) else None
+        if not isinstance(stats, dict) or not isinstance(stats.get("median"), (int, float)):
+            name = bench.get("fullname") or bench.get("name") if isinstance(bench, dict) else bench
+            raise ValueError(
+                f"{path}: benchmark {name!r} has no stats.median; normbench reads the JSON that "
+                "`pytest --benchmark-json FILE` writes (pytest-benchmark >= 3.0)"
+            )
         extra = {k: v for k, v in (bench.get("extra_info") or {}).items() if _scalar(v)}
         params = {k: (v if _scalar(v) else str(v)) for k, v in (bench.get("params") or {}).items()}
         row: dict[str, Any] = {
-            "kind": "speed",
+            "kind": "benchmark",  # until extra_info says it is one norm's pass (below)
             "status": "ok",
             "error": None,
             "sweep": path.stem,
@@ -250,6 +392,8 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
         }
         row.update(params)
         row.update(extra)
+        if all(row.get(k) is not None for k in ("norm", "impl", "pass")):
+            row["kind"] = "speed"
         for stat in ("median", "min", "max", "mean", "stddev", "q1", "q3"):
             if stat in stats:
                 row[f"{stat}_ms"] = _ms(stats[stat])
@@ -268,7 +412,7 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
                 row["pct_of_peak"] = 100.0 * float(row["gbps"]) / peak
         except (KeyError, TypeError, ValueError):
             pass
-        if "batch_size" not in row and isinstance(row.get("shape"), str):
+        if row["kind"] == "speed" and "batch_size" not in row and isinstance(row.get("shape"), str):
             first = re.match(r"\D*(\d+)", row["shape"])
             if first:
                 row["batch_size"] = int(first.group(1))
@@ -284,36 +428,95 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
 
 
 def read(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Rows from sweep directories, run directories and pytest-benchmark JSON files, in one frame."""
+    """Rows from sweep, run and report directories and pytest-benchmark JSON files, in one frame.
+
+    Each row's `input` says which path it came from (a report directory's rows keep theirs), so
+    measurements from different inputs are never pooled; the same input given twice is refused.
+    """
+    from normbench.errors import UsageError
+
+    paths = [Path(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if p.resolve() in seen:
+            raise UsageError(f"{p} is given twice (also as {seen[p.resolve()]}): each input counts once")
+        seen[p.resolve()] = p
     frames = []
     for p in paths:
-        p = Path(p)
         frame = read_benchmark_json(p) if p.is_file() else read_sweep(p)
-        frames.append(frame.assign(input=str(p)))
+        frame["input"] = frame["input"].where(frame["input"].notna(), str(p)) if len(frame) else str(p)
+        frames.append(frame)
     return _concat(frames)
 
 
-def _for_parquet(frame: pd.DataFrame) -> pd.DataFrame:
-    """Columns pyarrow can store: object columns mixing types become strings (missing stays missing)."""
+def _extra_for_parquet(column: pd.Series) -> pd.Series:
+    """An undocumented object column pyarrow can store: mixed types become strings."""
+    kinds = {type(v) for v in column.dropna()}
+    if len(kinds) > 1 or (kinds and not kinds <= {str, bool, int, float}):
+        return column.map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v}")
+    return column
+
+
+def _as_bool(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"true": True, "false": False}.get(value.strip().lower(), pd.NA)
+    return pd.NA if pd.isna(value) else bool(value)
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every `SCHEMA` column (missing ones empty), in order, then the extras, with the schema's types as
+    pandas nullable dtypes: str -> string, int -> Int64, float -> float64, bool -> boolean."""
+    out = frame.rename(columns=RENAMED).copy()
+    for col, (kind, _, _) in SCHEMA.items():
+        values = out[col] if col in out else pd.Series([pd.NA] * len(out), index=out.index, dtype=object)
+        if kind == "str":
+            values = values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
+            out[col] = values.astype("string")
+        elif kind == "bool":
+            out[col] = values.map(_as_bool).astype("boolean")
+        else:
+            numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+            integral = kind == "int" and bool((numbers.dropna() % 1 == 0).all())
+            out[col] = numbers.astype("Int64") if integral else numbers
+    extras = [c for c in out.columns if c not in SCHEMA]
+    out = out[list(SCHEMA) + extras]
+    for col in extras:
+        if out[col].dtype == object:
+            out[col] = _extra_for_parquet(out[col])
+    return out.reset_index(drop=True)
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """A typed frame with numpy dtypes again (what the report's code and plots expect)."""
     out = frame.copy()
     for col in out.columns:
-        if out[col].dtype == object:
-            kinds = {type(v) for v in out[col].dropna()}
-            if len(kinds) > 1 or (kinds and not kinds <= {str, bool, int, float}):
-                out[col] = out[col].map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v}")
+        dtype = str(out[col].dtype)
+        if dtype == "Int64":
+            out[col] = out[col].astype("float64") if out[col].isna().any() else out[col].astype("int64")
+        elif dtype in ("string", "boolean"):
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
     return out
 
 
 def write_summary(frame: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """`summary.csv` and `summary.parquet` (one row per measurement or job outcome) in `out_dir`."""
+    """`summary.csv` and `summary.parquet` (one row per measurement or job outcome) in `out_dir`: every
+    `SCHEMA` column, always, with the same types in both (read them back with `read_summary`)."""
     out_dir = Path(out_dir)
+    frame = typed(frame)
     csv = atomic_write_bytes(out_dir / SUMMARY_CSV, frame.to_csv(index=False).encode())
-    import io
-
     buf = io.BytesIO()
-    _for_parquet(frame).to_parquet(buf, index=False)
+    frame.to_parquet(buf, index=False)
     parquet = atomic_write_bytes(out_dir / SUMMARY_PARQUET, buf.getvalue())
     return [csv, parquet]
+
+
+def read_summary(path: str | Path) -> pd.DataFrame:
+    """`summary.csv` or `summary.parquet` with the schema's types (the same frame from either)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return typed(pd.read_parquet(path))
+    strings = {c: str for c, (kind, _, _) in SCHEMA.items() if kind in ("str", "bool")}
+    return typed(pd.read_csv(path, dtype=strings, keep_default_na=False, na_values=[""]))
 
 
 # ------------------------------------------------------------------------------------------- provenance

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from normbench import norms
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
-from normbench.timing import peak_bandwidth, peak_memory_mb, time_fn
+from normbench.timing import cache_bytes, peak_bandwidth, peak_memory_mib, time_fn
 
 log = logging.getLogger("normbench")
 
@@ -139,6 +139,39 @@ def make_input(shape, dtype: torch.dtype, layout: str, device: torch.device) -> 
     return x.requires_grad_()
 
 
+def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bool = False):
+    """`value` if it is a positive number (an int when `integer`), else UsageError naming `key`."""
+    if value is None and allow_none:
+        return None
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
+        what = "a positive int" if integer else "a positive number"
+        raise UsageError(f"{key} must be {what}{' or null' if allow_none else ''}, got {value!r}: {hint}")
+    return value
+
+
+def check_speed_config(sp: DictConfig) -> None:
+    """The speed.* keys, checked before anything is timed: one line naming the key that is wrong."""
+    _number(sp.get("min_run_time"), "speed.min_run_time", "seconds of timed calls per pass, e.g. 0.2")
+    _number(sp.get("min_repeats"), "speed.min_repeats", "e.g. 10", integer=True)
+    _number(sp.get("warmup_ms"), "speed.warmup_ms", "e.g. 25")
+    _number(sp.get("rep_ms"), "speed.rep_ms", "e.g. 100")
+    _number(sp.get("threads"), "speed.threads", "CPU threads, e.g. 1", integer=True, allow_none=True)
+    _number(sp.get("peak_gbps"), "speed.peak_gbps", "the roofline in GB/s, e.g. 3350, or null to measure it",
+            allow_none=True)  # fmt: skip
+    _number(sp.get("peak_copy_mb"), "speed.peak_copy_mb", "MiB per copy buffer, e.g. 512", integer=True)
+
+
+def warn_if_cached(copy_mb: int, device: torch.device) -> None:
+    """A copy buffer that fits the last-level cache measures the cache, not the memory: say so."""
+    cache = cache_bytes(device)
+    if copy_mb * 2**20 < (cache or 64 * 2**20):  # each buffer smaller than the cache: the pair may fit
+        where = f"the {cache / 2**20:.0f} MiB last-level cache" if cache else "a last-level cache"
+        log.warning("speed.peak_copy_mb=%d may sit in %s of %s: the peak would measure the cache, not memory, "
+                    "and %% of roofline would read low; use at least %d", copy_mb, where, device,
+                    max(512, 4 * (cache or 0) // 2**20))  # fmt: skip
+
+
 def check_impl(impl: str, device: torch.device) -> None:
     if impl == "triton" and device.type != "cuda":
         raise UsageError(
@@ -181,6 +214,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
 
     hc = _hydra()
     multirun = hc is not None and hc.mode == RunMode.MULTIRUN
+    check_speed_config(cfg.speed)
     passes = parse_passes(cfg["pass"])
     dtype = parse_dtype(cfg.dtype)
     shape = input_shape(cfg.speed)
@@ -204,9 +238,10 @@ def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) 
     layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
     x = make_input(shape, dtype, cfg.layout, device)
     first_call_s = _first_call(cfg, layer, x)
-    if sp.get("peak_gbps"):
+    if sp.get("peak_gbps") is not None:
         peak = {"peak_gbps": float(sp.peak_gbps), "peak_method": "given (speed.peak_gbps)"}
     else:
+        warn_if_cached(int(sp.peak_copy_mb), device)
         copy_timing = {**timing, "min_repeats": 5}  # each copy takes ~0.1 s on a CPU
         peak = peak_bandwidth(device, device_name(device), peak_dir, sp.peak_copy_mb, **copy_timing)
 
@@ -250,7 +285,7 @@ def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) 
             "gbps": gbps,
             **peak,
             "pct_of_peak": 100 * gbps / peak["peak_gbps"],
-            "peak_mem_mb": peak_memory_mb(fn, device, grads),
+            "peak_mem_mib": peak_memory_mib(fn, device, grads),
         }
         rows.append(row)
         log.info(

@@ -144,7 +144,7 @@ def time_fn(
     return time_cpu(fn, grad_to_none=grad_to_none, **keep)
 
 
-def peak_memory_mb(fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[Tensor] = ()) -> float:
+def peak_memory_mib(fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[Tensor] = ()) -> float:
     """MiB that one call allocates on top of what is already resident (CUDA only; NaN on the CPU,
     where torch keeps no allocator statistics)."""
     if device.type != "cuda":
@@ -185,29 +185,57 @@ def measure_copy_bandwidth(device: torch.device, copy_mb: int = 512, **timing) -
     }
 
 
+def _valid_peak(record) -> bool:
+    """A cached record worth reusing: a dict with a positive, finite `peak_gbps`."""
+    if not isinstance(record, dict):
+        return False
+    value = record.get("peak_gbps")
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def peak_bandwidth(
     device: torch.device, device_name: str, cache_dir: Path | None, copy_mb: int = 512, **timing
 ) -> dict:
     """The device's copy bandwidth, measured once per process and once per sweep directory.
 
     The record is kept in memory and in `cache_dir/peak_bandwidth.json` (keyed by device, copy size
-    and, on the CPU, thread count), so every job of a sweep, in this process or in a launcher's
-    worker, reports the same peak.
+    and, on the CPU, thread count). The file is read, measured into and written under one lock, so
+    the first job of a sweep measures and every other job, in any process, reports that same peak; a
+    record that is not a positive number (a hand-edited or broken file) is measured again.
     """
     key = f"{device_name} [{device}] {copy_mb}MiB"
     if device.type == "cpu":  # one core copies less than all of them: a peak per thread count
         key += f" {torch.get_num_threads()} threads"
-    path = Path(cache_dir) / PEAK_FILE if cache_dir is not None else None
-    records = {}
-    if path is not None and path.exists():
+    if cache_dir is None:
+        if not _valid_peak(_PEAKS.get(key)):
+            _PEAKS[key] = measure_copy_bandwidth(device, copy_mb, **timing)
+        return _PEAKS[key]
+    from filelock import FileLock  # ships with torch
+
+    path = Path(cache_dir) / PEAK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
         try:
-            records = json.loads(path.read_text())
+            records = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
             records = {}  # unreadable: measure again
-    if key not in records:
-        records[key] = _PEAKS.get(key) or measure_copy_bandwidth(device, copy_mb, **timing)
-        if path is not None:
+        if not isinstance(records, dict):
+            records = {}
+        if not _valid_peak(records.get(key)):
+            records[key] = _PEAKS[key] if _valid_peak(_PEAKS.get(key)) else measure_copy_bandwidth(device, copy_mb, **timing)
             atomic_write_bytes(path, json.dumps(records, indent=2).encode())
     _PEAKS[key] = records[key]
     return records[key]
 
+
+def cache_bytes(device: torch.device) -> int | None:
+    """The last-level cache of `device` in bytes (a GPU's L2, a CPU's L3), or None where unknown."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.get_device_properties(device).L2_cache_size)
+        import os
+
+        size = os.sysconf("SC_LEVEL3_CACHE_SIZE")
+        return int(size) if size > 0 else None
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None

@@ -22,12 +22,14 @@ import torch
 from hydra import compose, initialize_config_dir, initialize_config_module
 
 from normbench.callbacks import claim_gpu
+from normbench.cli import CONFIGS
 from normbench.device import resolve_device
 
 CONF = importlib.resources.files("normbench.conf")
 APPS = [name for name in ("speed", "accuracy") if (CONF / f"{name}.yaml").is_file()]
 
-TOY_CONFIG = """
+# The conf/ of the normbench under test (a checkout's, or the installed package's).
+TOY_CONFIG = f"""
 defaults:
   - common
   - _self_
@@ -35,7 +37,7 @@ x: 1
 sleep: 0
 hydra:
   searchpath:
-    - pkg://normbench.conf
+    - {CONFIGS if CONFIGS.startswith("pkg://") else "file://" + CONFIGS}
 """
 
 TOY_APP = '''
@@ -46,6 +48,10 @@ from normbench.cli import run_job
 
 def job(cfg, out):
     import os, time
+    if cfg.x == 55:  # leaves the report unwritable
+        from pathlib import Path
+        from hydra.core.hydra_config import HydraConfig
+        (Path(HydraConfig.get().sweep.dir) / "report.md").mkdir()
     if cfg.x == 7:
         raise ValueError("x=7 does not divide 64")
     start = time.time()
@@ -167,7 +173,7 @@ def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
         "accuracy.batch_size=4", "accuracy.epochs=1", "dataset=synthetic", "device=cpu", "accuracy.progress=false",
         f"hydra.sweep.dir={sweep}",
     ], cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1 and "1 of 2 jobs failed" in proc.stderr, proc.stderr[-3000:]
     md = assert_report(sweep)
     frame = pd.read_csv(sweep / "summary.csv")
     assert frame.set_index("job")["status"].to_dict() == {0: "ok", 1: "failed"}
@@ -188,7 +194,7 @@ def test_joblib_speed_sweep_with_a_failing_job(tmp_path):
         "impl=reference,native", "speed.batch_size=2", "pass=fwd", "device=cpu", "speed.min_run_time=0.02",
         "speed.peak_gbps=10", f"hydra.sweep.dir={sweep}",
     ], cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1 and "2 of 4 jobs failed" in proc.stderr, proc.stderr[-3000:]
     md = assert_report(sweep)
     frame = pd.read_csv(sweep / "summary.csv")
     ok, failed = frame[frame.status == "ok"], frame[frame.status == "failed"]
@@ -204,7 +210,7 @@ def test_submitit_local_sweep(toy):
     sweep = toy / "sweep"
     proc = run([sys.executable, "app.py", "-m", "hydra/launcher=submitit_local", "x=2,7", "seed=0,1",
                 f"hydra.sweep.dir={sweep}"], cwd=toy)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1 and "2 of 4 jobs failed" in proc.stderr, proc.stderr[-3000:]
     md = assert_report(sweep)
     frame = pd.read_csv(sweep / "summary.csv")
     assert sorted(frame["status"]) == ["failed", "failed", "ok", "ok"]
@@ -224,9 +230,7 @@ def test_report_survives_an_exception_that_escapes_hydra(toy):
 
 def test_report_failure_does_not_pass_silently(toy):
     sweep = toy / "sweep"
-    sweep.mkdir()
-    (sweep / "report.md").mkdir()  # the report cannot be written
-    proc = run([sys.executable, "app.py", "-m", "x=2", f"hydra.sweep.dir={sweep}"], cwd=toy)
+    proc = run([sys.executable, "app.py", "-m", "x=55", f"hydra.sweep.dir={sweep}"], cwd=toy)
     assert proc.returncode == 0  # the sweep's own outcome stands
     assert "the report of" in proc.stderr + proc.stdout and "normbench-report" in proc.stderr + proc.stdout
     assert "Traceback" in (sweep / "report-error.txt").read_text()

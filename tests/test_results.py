@@ -153,7 +153,7 @@ def test_summary_round_trips(tmp_path):
     csv, parquet = results.write_summary(frame, tmp_path / "out")
     back_csv, back_pq = pd.read_csv(csv), pd.read_parquet(parquet)
     assert len(back_csv) == len(back_pq) == len(frame)
-    assert list(back_pq.columns) == list(frame.columns)
+    assert list(back_pq.columns) == list(back_csv.columns) == list(results.typed(frame).columns)
     assert back_pq["median_ms"].sum() == pytest.approx(frame["median_ms"].sum())
     assert not list((tmp_path / "out").glob(".*tmp"))  # nothing half-written left
 

@@ -52,8 +52,10 @@ class Norm(nn.Module):
                 f"{self.name}: num_features must be a positive int (the input's channel count), "
                 f"got {num_features!r}"
             )
-        if not eps > 0:
-            raise UsageError(f"{self.name}: eps must be > 0, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise UsageError(f"{self.name}: eps must be a number > 0, got {eps!r}: e.g. eps=1e-5")
+        if not isinstance(affine, bool):  # "no" would be truthy: a string must not pick the behaviour
+            raise UsageError(f"{self.name}: affine must be true or false, got {affine!r}")
         self.num_features = num_features
         self.eps = float(eps)
         self.affine = affine
@@ -99,6 +101,10 @@ class Norm(nn.Module):
             raise UsageError(
                 f"{self.name} takes a floating-point tensor, got {got}: convert it first, e.g. x.float()"
             )
+        if x.numel() == 0:
+            # torch.nn disagrees with itself here (BatchNorm returns an empty tensor, InstanceNorm raises
+            # IndexError): every implementation of every norm refuses it the same way instead.
+            raise UsageError(f"{self.name} got an empty input of shape {tuple(x.shape)}: skip the call for an empty batch")
         if not 2 <= x.dim() <= 5:
             raise UsageError(
                 f"{self.name} takes (N, C, *spatial) with 0 to 3 spatial dimensions, got shape "
@@ -161,8 +167,11 @@ class BatchNorm(Norm):
         **options,
     ) -> None:
         super().__init__(num_features, **options)
-        if momentum is not None and not 0 <= momentum <= 1:
-            raise UsageError(f"bn: momentum must be in [0, 1] or None, got {momentum!r}")
+        number = isinstance(momentum, (int, float)) and not isinstance(momentum, bool)
+        if momentum is not None and not (number and 0 <= momentum <= 1):
+            raise UsageError(f"bn: momentum must be in [0, 1] or None, got {momentum!r}: e.g. momentum=0.1")
+        if not isinstance(track_running_stats, bool):
+            raise UsageError(f"bn: track_running_stats must be true or false, got {track_running_stats!r}")
         if virtual_batch is not None and (not isinstance(virtual_batch, int) or virtual_batch < 1):
             raise UsageError(f"bn: virtual_batch must be a positive int or None, got {virtual_batch!r}")
         self.momentum = momentum
@@ -209,6 +218,8 @@ class BatchNorm(Norm):
 
     def check_input(self, x: Tensor) -> None:
         n = x.shape[0] if torch.is_tensor(x) and x.dim() else 0
+        if not n:
+            return super().check_input(x)  # not a tensor, or empty: the base class says which
         k = self.samples(n)
         if self.use_batch_stats and n and n % k:
             raise UsageError(

@@ -1,0 +1,206 @@
+"""`normbench-report --compare A B`: B against A, configuration by configuration, each side's spread shown.
+
+In the spirit of `pytest-benchmark compare`: the two inputs are never pooled; for every configuration
+both measured (the same norm, implementation, pass, shape, ...: the device may differ, since comparing
+machines is one use) it gives each side's value with its spread and the ratio B/A:
+
+- speed: median ms, spread p20-p80 (pytest-benchmark: q1-q3); B/A below 1 means B is faster;
+- accuracy: test error (%) mean ± sd over seeds; B/A below 1 means B errs less.
+
+The verdict says `B faster` / `B slower` (`B better` / `B worse`) only when the two spreads do not
+overlap, else `within noise`; a side with one seed has no spread to judge by. Configurations only one
+side has are listed too. Writes `compare.md`, `compare.html`, `compare.csv` and `compare.png`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from normbench import results
+from normbench.errors import UsageError
+from normbench.plots import _save, label
+
+# The columns that name a configuration, per kind (those present in the data are used).
+CONFIG_KEYS = {
+    "speed": ["norm", "impl", "pass", "batch_size", "shape", "dtype", "layout", "groups"],
+    "benchmark": ["group", "benchmark"],
+    "accuracy": ["dataset", "model", "norm", "impl", "batch_size", "workers", "epochs", "norm_position"],
+}
+COMPARE_MD, COMPARE_HTML, COMPARE_CSV, COMPARE_PNG = "compare.md", "compare.html", "compare.csv", "compare.png"
+
+
+def side_stats(rows: pd.DataFrame, kind: str, keys: list[str]) -> pd.DataFrame:
+    """Per configuration: value, spread (lo, hi) and count, of one side's ok rows of one kind."""
+    d = rows.copy()
+    if kind == "accuracy":
+        from normbench.report import test_error
+
+        d["value"] = test_error(d)
+        g = d.groupby(keys, dropna=False)["value"]
+        out = g.agg(value="mean", sd="std", n="count").reset_index()
+        out["sd"] = out["sd"].where(out["n"] > 1)
+        out["lo"], out["hi"] = out["value"] - out["sd"], out["value"] + out["sd"]
+        return out.drop(columns="sd")
+    lo_col, hi_col = ("p20_ms", "p80_ms") if d.get("p20_ms", pd.Series(dtype=float)).notna().any() else ("q1_ms", "q3_ms")
+    for col in ("median_ms", lo_col, hi_col):
+        d[col] = pd.to_numeric(d[col], errors="coerce") if col in d else np.nan
+    out = d.groupby(keys, dropna=False).agg(
+        value=("median_ms", "median"), lo=(lo_col, "median"), hi=(hi_col, "median"), n=("median_ms", "count")
+    )
+    return out.reset_index()
+
+
+def _verdict(row: pd.Series, kind: str) -> str:
+    if pd.isna(row["value_a"]) or pd.isna(row["value_b"]):
+        return "only in A" if pd.isna(row["value_b"]) else "only in B"
+    if pd.isna(row["lo_a"]) or pd.isna(row["lo_b"]):
+        return "no spread to judge by"
+    if row["lo_b"] > row["hi_a"]:
+        return "B slower" if kind != "accuracy" else "B worse"
+    if row["hi_b"] < row["lo_a"]:
+        return "B faster" if kind != "accuracy" else "B better"
+    return "within noise"
+
+
+def compare_kind(a: pd.DataFrame, b: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """One row per configuration of `kind` either side measured: each side's value, spread and n,
+    B/A, the range of B/A the spreads allow, and the verdict."""
+    keys = [k for k in CONFIG_KEYS[kind] if any(k in s and s[k].notna().any() for s in (a, b))]
+    for side in (a, b):
+        for k in keys:
+            side[k] = side[k].map(label) if k in side else ""
+    sa, sb = side_stats(a, kind, keys), side_stats(b, kind, keys)
+    both = sa.merge(sb, on=keys, how="outer", suffixes=("_a", "_b"))
+    both["ratio"] = both["value_b"] / both["value_a"]
+    both["ratio_lo"] = both["lo_b"] / both["hi_a"]  # the spreads' extremes, B low over A high
+    both["ratio_hi"] = both["hi_b"] / both["lo_a"]
+    both["verdict"] = both.apply(_verdict, axis=1, kind=kind)
+    both.insert(0, "kind", kind)
+    return both.reset_index(drop=True)
+
+
+def _one_source(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
+    sources = frame.loc[frame["status"] == "ok", "input"].dropna().unique()
+    if len(sources) > 1:
+        raise UsageError(
+            f"{path} holds measurements from {len(sources)} inputs ({', '.join(map(str, sources))}): compare one "
+            "source per side, e.g. normbench-report --compare SWEEP_A SWEEP_B"
+        )
+    return frame[frame["status"] == "ok"]
+
+
+def compare(path_a: str | Path, path_b: str | Path) -> pd.DataFrame:
+    """The comparison table of B against A (see the module's docstring)."""
+    path_a, path_b = Path(path_a), Path(path_b)
+    if path_a.resolve() == path_b.resolve():
+        raise UsageError(f"--compare needs two different inputs, got {path_a} twice")
+    a = _one_source(results.read([path_a]), path_a)
+    b = _one_source(results.read([path_b]), path_b)
+    tables = [
+        compare_kind(a[a["kind"] == kind].copy(), b[b["kind"] == kind].copy(), kind)
+        for kind in CONFIG_KEYS
+        if (a["kind"] == kind).any() or (b["kind"] == kind).any()
+    ]
+    if not tables:
+        raise UsageError(f"neither {path_a} nor {path_b} holds a measurement to compare")
+    return pd.concat(tables, ignore_index=True)
+
+
+def _fmt(value: float, lo: float, hi: float, kind: str, n) -> str:
+    if pd.isna(value):
+        return ""
+    if kind == "accuracy":
+        return f"{value:.2f} ± {(hi - value):.2f} (n={n:g})" if pd.notna(hi) else f"{value:.2f} (n={n:g})"
+    spread = f" [{lo:.4g}-{hi:.4g}]" if pd.notna(lo) and pd.notna(hi) else ""
+    return f"{value:.4g}{spread}"
+
+
+def shown(table: pd.DataFrame, kind: str, names: tuple[str, str]) -> pd.DataFrame:
+    """One kind's table as shown: configuration columns that vary, A, B, B/A (range), verdict."""
+    t = table[table["kind"] == kind]
+    present = [k for k in CONFIG_KEYS[kind] if k in t]
+    keys = [k for k in present if t[k].nunique() > 1] or present[:2]
+    what = "test error %, mean ± sd" if kind == "accuracy" else "median ms [p20-p80 or q1-q3]"
+    out = t[keys].copy()
+    for side, name in zip("ab", names):
+        out[f"{name} ({what})"] = [
+            _fmt(v, lo, hi, kind, n)
+            for v, lo, hi, n in zip(t[f"value_{side}"], t[f"lo_{side}"], t[f"hi_{side}"], t[f"n_{side}"])
+        ]
+    out["B/A"] = [
+        "" if pd.isna(r) else f"{r:.3f}" + (f" ({lo:.3f}-{hi:.3f})" if pd.notna(lo) and pd.notna(hi) else "")
+        for r, lo, hi in zip(t["ratio"], t["ratio_lo"], t["ratio_hi"])
+    ]
+    out["verdict"] = t["verdict"]
+    return out.reset_index(drop=True)
+
+
+def plot(table: pd.DataFrame, path: Path, names: tuple[str, str]) -> Path | None:
+    """B/A per configuration (log axis), the bar spanning what the two spreads allow; 1 = no change."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    t = table.dropna(subset=["ratio"])
+    if t.empty:
+        return None
+    kinds = list(dict.fromkeys(t["kind"]))
+    sns.set_theme(style="whitegrid", context="notebook")
+    heights = [max(1.5, 0.22 * (t["kind"] == k).sum() + 0.8) for k in kinds]
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(9, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})  # fmt: skip
+    colors = {"B faster": "#1B9E77", "B better": "#1B9E77", "B slower": "#D95F02", "B worse": "#D95F02"}
+    for ax, kind in zip(axes[:, 0], kinds):
+        part = t[t["kind"] == kind]
+        present = [k for k in CONFIG_KEYS[kind] if k in part]
+        keys = [k for k in present if part[k].nunique() > 1] or present[:2]
+        labels = [" · ".join(str(v) for v in row if str(v)) for row in part[keys].itertuples(index=False)]
+        y = np.arange(len(part))
+        lo = (part["ratio"] - part["ratio_lo"]).clip(lower=0).fillna(0)
+        hi = (part["ratio_hi"] - part["ratio"]).clip(lower=0).fillna(0)
+        ax.errorbar(part["ratio"], y, xerr=[lo, hi], fmt="none", ecolor="#999999", capsize=2)
+        ax.scatter(part["ratio"], y, c=[colors.get(v, "#555555") for v in part["verdict"]], zorder=3, s=22)
+        ax.axvline(1.0, color="black", lw=1)
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        what = "test error" if kind == "accuracy" else "median time"
+        ax.set_xlabel(f"{what}: {names[1]} / {names[0]} (below 1: {names[1]} is "
+                      f"{'better' if kind == 'accuracy' else 'faster'})")  # fmt: skip
+        ax.set_title(f"{kind}: B/A per configuration (bar: the range the two spreads allow)", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def write(path_a: str | Path, path_b: str | Path, out_dir: str | Path) -> Path:
+    """Compare B with A into `out_dir`; return the path of `compare.md`."""
+    from normbench.report import Document
+
+    path_a, path_b, out = Path(path_a), Path(path_b), Path(out_dir)
+    table = compare(path_a, path_b)
+    out.mkdir(parents=True, exist_ok=True)
+    results.atomic_write_bytes(out / COMPARE_CSV, table.to_csv(index=False).encode())
+    names = (f"A = {path_a.name}", f"B = {path_b.name}")
+    title = f"normbench comparison: {path_b.name} (B) against {path_a.name} (A)"
+    doc = Document(out)
+    doc.heading(1, title)
+    doc.bullets([f"A: `{path_a}`", f"B: `{path_b}`"])
+    doc.para(
+        "Each configuration both sides measured, each side's value with its spread, and B/A (the range in "
+        "brackets is what the spreads allow). The verdict names a change only where the spreads do not "
+        f"overlap. Every number: `{COMPARE_CSV}`."
+    )
+    for kind in dict.fromkeys(table["kind"]):
+        doc.heading(2, kind.capitalize())
+        counts = table.loc[table["kind"] == kind, "verdict"].value_counts()
+        doc.para(", ".join(f"{n} {v}" for v, n in counts.items()))
+        doc.table(shown(table, kind, names))
+    png = plot(table, out / COMPARE_PNG, ("A", "B"))
+    if png:
+        doc.image(png, "B/A per configuration")
+    else:
+        (out / COMPARE_PNG).unlink(missing_ok=True)
+    results.atomic_write_bytes(out / COMPARE_HTML, doc.html(title).encode())
+    return results.atomic_write_bytes(out / COMPARE_MD, doc.markdown().encode())
