@@ -93,7 +93,9 @@ def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
 
 
 # A configuration; `input` keeps measurements of different sources apart.
-SPEED_KEYS = ["input", "norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "device", "device_name"]
+SPEED_KEYS = [
+    "input", "norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "cuda_graph", "device", "device_name",
+]  # fmt: skip
 
 
 def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
@@ -129,7 +131,7 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
         probe["shape"] = probe["shape"].map(shape_features)  # the shape apart from the batch dimension
     show = ["norm", "impl", "pass", "batch_size"]
     show = _varying(probe, ["input"]) + show
-    show += _varying(probe, ["shape", "dtype", "layout", "groups", "device_name"], within="norm")
+    show += _varying(probe, ["shape", "dtype", "layout", "groups", "cuda_graph", "device_name"], within="norm")
     t = stats[show].copy()
     t["batch_size"] = t["batch_size"].map(lambda b: f"{b:g}" if isinstance(b, (int, float)) else str(b))
     t = t.rename(columns={"batch_size": "batch", "device_name": "device"})

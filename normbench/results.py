@@ -76,6 +76,7 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "p80_ms": ("float", "ms", "80th percentile of the time per call"),
     "repeats": ("int", "calls", "calls timed"),
     "timer": ("str", "", "what timed them"),
+    "cuda_graph": ("bool", "", "speed.cuda_graph: the time is of a captured CUDA graph's replay"),
     "bytes": ("int", "bytes", "the fewest bytes the pass must move (docs/speed.md)"),
     "gbps": ("float", "GB/s (1e9 bytes/s)", "bytes / median time"),
     "peak_gbps": ("float", "GB/s (1e9 bytes/s)", "the device's measured (or given) copy bandwidth"),

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from normbench import norms
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
-from normbench.timing import cache_bytes, peak_bandwidth, peak_memory_mib, time_fn
+from normbench.timing import graph_replay, cache_bytes, peak_bandwidth, peak_memory_mib, time_fn
 
 log = logging.getLogger("normbench")
 
@@ -150,8 +150,15 @@ def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bo
     return value
 
 
-def check_speed_config(sp: DictConfig) -> None:
+def check_speed_config(sp: DictConfig, device: torch.device | None = None) -> None:
     """The speed.* keys, checked before anything is timed: one line naming the key that is wrong."""
+    if sp.get("cuda_graph") not in (None, True, False):
+        raise UsageError(f"speed.cuda_graph must be true or false, got {sp.get('cuda_graph')!r}")
+    if sp.get("cuda_graph") and device is not None and device.type != "cuda":
+        raise UsageError(
+            f"speed.cuda_graph=true times the replay of a captured CUDA graph, and the device is {device}: "
+            "run it with device=cuda on a GPU, or leave speed.cuda_graph=false"
+        )
     _number(sp.get("min_run_time"), "speed.min_run_time", "seconds of timed calls per pass, e.g. 0.2")
     _number(sp.get("min_repeats"), "speed.min_repeats", "e.g. 10", integer=True)
     _number(sp.get("warmup_ms"), "speed.warmup_ms", "e.g. 25")
@@ -219,6 +226,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     dtype = parse_dtype(cfg.dtype)
     shape = input_shape(cfg.speed)
     device = resolve_device(cfg.device, hc.job.num if multirun else None)
+    check_speed_config(cfg.speed, device)
     check_impl(cfg.impl, device)
     # The peak is measured once per sweep: in the sweep directory, or in a single run's own.
     peak_dir = Path(hc.sweep.dir) if multirun else Path(out_dir)
@@ -264,10 +272,14 @@ def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) 
         "triton_version": _triton_version(),
         "seed": cfg.seed,
     }
+    graph = bool(sp.get("cuda_graph"))
     rows = []
     for pass_ in passes:
         fn, grads = pass_callable(layer, x, pass_)
+        peak_mem = peak_memory_mib(fn, device, grads)  # of the call itself: a graph's replay allocates nothing
         compiles = _dynamo_compiles()
+        if graph:
+            fn, grads = graph_replay(fn, device, grads), []
         t = time_fn(fn, device, grad_to_none=grads, **timing)
         if _dynamo_compiles() != compiles:
             raise RuntimeError(f"torch.compile compiled while timing {pass_}: the time includes compilation")
@@ -280,12 +292,13 @@ def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) 
             "p20_ms": t.p20_ms,
             "p80_ms": t.p80_ms,
             "repeats": t.repeats,
-            "timer": t.timer,
+            "timer": t.timer + (" of a CUDA graph replay" if graph else ""),
+            "cuda_graph": graph,
             "bytes": nbytes,
             "gbps": gbps,
             **peak,
             "pct_of_peak": 100 * gbps / peak["peak_gbps"],
-            "peak_mem_mib": peak_memory_mib(fn, device, grads),
+            "peak_mem_mib": peak_mem,
         }
         rows.append(row)
         log.info(

@@ -132,6 +132,32 @@ def _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device) -> Timing:
     return Timing(*_quantiles([s.elapsed_time(e) for s, e in events]), repeats=n, timer="cuda events")
 
 
+def graph_replay(
+    fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[Tensor] = (), warmup: int = 3
+) -> Callable[[], object]:
+    """Capture fn's GPU work in a CUDA graph and return its replay (tritonbench's --cudagraph).
+
+    A replay launches the captured kernels at once, with none of the Python, dispatch and launch cost of
+    calling fn: the time of the GPU work alone. fn runs `warmup` times first on a side stream (lazy
+    initialization, autotuning and allocator growth cannot be captured). Gradients are set to None just
+    before capture, so the captured backward writes fresh gradients instead of adding to old ones; every
+    replay then rewrites the same memory.
+    """
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            _clear(grad_to_none)
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    _clear(grad_to_none)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize(device)
+    return graph.replay
+
+
 def time_fn(
     fn: Callable[[], object], device: torch.device, *, grad_to_none: Sequence[Tensor] = (), **options
 ) -> Timing:

@@ -199,11 +199,13 @@ def test_cuda_asked_for_but_absent(hydra_configs, tmp_path):
         (["impl=fastest"], "choose one of"),
         (["speed.batch_size=0"], "positive ints"),
         (["impl=triton"], "device=cuda"),
+        (["speed.cuda_graph=true"], "device=cuda"),
+        (["speed.cuda_graph=sometimes"], "true or false"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(hydra_configs, tmp_path, overrides, fix):
-    if "impl=triton" in overrides and torch.cuda.is_available():
-        pytest.skip("triton runs here")
+    if {"impl=triton", "speed.cuda_graph=true"} & set(overrides) and torch.cuda.is_available():
+        pytest.skip("this runs here")
     with pytest.raises(UsageError, match=fix) as err:
         run(overrides, tmp_path)
     assert "\n" not in str(err.value)
@@ -237,3 +239,18 @@ def test_single_run_prints_one_line_and_exits_2(hydra_configs, tmp_path, capsys)
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown pass 'sideways'") and "\n" not in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_a_graph_replay_computes_what_the_call_does():
+    layer = norms.build("bn", 8, impl="native", device="cuda").train()
+    x = torch.randn(4, 8, 5, 5, device="cuda", requires_grad=True)
+    dy = torch.randn_like(x)
+    replay = timing.graph_replay(lambda: layer(x).backward(dy), torch.device("cuda"), [x])
+    expected = torch.autograd.grad(torch.nn.functional.batch_norm(x, None, None, training=True), x, dy)[0]
+    x.grad.zero_()
+    replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(x.grad, expected)  # written afresh by each replay, never accumulated
+    replay()
+    torch.testing.assert_close(x.grad, expected)
