@@ -18,7 +18,7 @@
 #   report    normbench-report over the three sweeps
 # The three timed sweeps run one at a time (side by side they would share the bandwidth they
 # measure), each in its own process: a kernel that wrecks the CUDA context takes one sweep down, not
-# three. They share one copy-bandwidth measurement (the first sweep's peak_bandwidth.json). Inside a
+# three. They share one copy-bandwidth measurement (the first sweep's, as speed.peak_gbps). Inside a
 # sweep the shape varies slowest, the headline shape (resnet_c64, 205 MB in fp32) first: a box that
 # cuts a sweep cuts its last shape.
 #
@@ -132,14 +132,15 @@ step_warm() {
         hydra.launcher.n_jobs="$WARM_JOBS" hydra.callbacks.report.enabled=false hydra.sweep.dir="$WORK/warm"
 }
 
-# sweep IMPL: one timed sweep of the grid, sharing the first sweep's copy-bandwidth measurement.
+# sweep IMPL: one timed sweep of the grid. The first one measures the copy bandwidth; the later ones
+# take its value as speed.peak_gbps (a sweep directory must be new, so its cache file cannot be copied
+# in), so every row is divided by the same roofline.
 sweep() {
-    local dir=$WORK/speed-$1 first
-    mkdir -p "$dir"
+    local first peak=()
     first=$(ls "$WORK"/speed-*/peak_bandwidth.json 2>/dev/null | head -n 1)
-    [[ -n $first ]] && cp "$first" "$dir/"
+    [[ -n $first ]] && peak=("speed.peak_gbps=$(python3 -c 'import json,sys; print(next(iter(json.load(open(sys.argv[1])).values()))["peak_gbps"])' "$first")")
     # shellcheck disable=SC2046
-    normbench-speed -m sweep=gpu $(grid) impl="$1" hydra.sweep.dir="$dir"
+    normbench-speed -m sweep=gpu $(grid) impl="$1" "${peak[@]}" hydra.sweep.dir="$WORK/speed-$1"
 }
 step_native() { sweep native; }
 step_triton() { [[ $TINY == 1 ]] && { echo "TINY: no triton timing on a CPU"; return 0; }; sweep triton; }
