@@ -41,10 +41,12 @@ SPEED_COLUMNS = [
     "compile_s", "torch_version", "triton_version",
 ]  # fmt: skip
 ACCURACY_COLUMNS = [
-    "norm", "impl", "dataset", "model", "batch_size", "workers", "global_batch", "lr", "epochs", "seed",
-    "test_acc", "test_acc_batch_stats", "train_loss", "wall_s", "samples_per_s", "device", "device_name",
-    "torch_version",
+    "norm", "impl", "dataset", "model", "protocol", "batch_size", "workers", "global_batch", "lr", "epochs",
+    "steps", "seed", "test_acc", "test_acc_precise_bn", "test_acc_batch_stats", "precise_bn_samples",
+    "train_loss", "reused_from", "wall_s", "samples_per_s", "device", "device_name", "torch_version",
 ]  # fmt: skip
+# Columns that hold names even when they look like numbers (a job directory `3`, not 3.0).
+TEXT_COLUMNS = {"reused_from": str}
 # Config name of the Hydra app -> the kind of rows it writes.
 KIND_OF_APP = {"speed": "speed", "accuracy": "accuracy"}
 
@@ -157,7 +159,7 @@ def _read_job(root: Path, job: Path) -> pd.DataFrame:
     if not rows_path.is_file():
         return single("missing", f"no {ROWS_FILE} or {FAILURE_FILE}: the job was interrupted or is still running", None)
     try:
-        rows = pd.read_csv(rows_path)
+        rows = pd.read_csv(rows_path, dtype=TEXT_COLUMNS)
     except pd.errors.EmptyDataError:
         return single("empty", f"{ROWS_FILE} holds no rows", rows_path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:

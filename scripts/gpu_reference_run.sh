@@ -178,7 +178,7 @@ step_compiled() {
 step_cifar() {
     local tiny=()
     [[ $TINY == 1 ]] && tiny=(device=cpu dataset.train_per_class=30 dataset.test_per_class=10
-                             accuracy.cpu_threads=1)
+                             accuracy.cpu_threads=1 accuracy.precise_bn_samples=256)
     local jobs; jobs=$([[ $TINY == 1 ]] && echo 2 || echo "$CIFAR_JOBS")
     local epochs; epochs=$([[ $TINY == 1 ]] && echo 1 || echo "$CIFAR_EPOCHS")
     normbench-accuracy -m +experiment=gn_figure1_cifar10 dataset.root=.data/cifar10-subset.zip \
