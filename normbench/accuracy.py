@@ -1,21 +1,23 @@
-"""The accuracy job: train one model for one norm at one per-worker batch size, and measure it.
+"""The accuracy job: train one model for one norm at one normalization batch size, and measure it.
 
-The protocol is the Group Normalization paper's (Wu & He 2018, Sec. 5.1 and Figure 1):
+K = `accuracy.batch_size` is the samples one normalization batch holds; one optimizer step holds
+W such batches (W simulated data-parallel workers). BatchNorm takes its statistics per worker,
+unsynchronized, as each GPU would: the norm's own `virtual_batch=K` option does that inside one kernel
+call, not a Python loop over chunks. Two protocols (docs/accuracy.md):
 
-- `accuracy.batch_size` = K, the samples one normalization batch holds (the paper's images per GPU);
-  `accuracy.workers` = W simulated data-parallel workers; one optimizer step sees K x W samples.
-  BatchNorm takes its statistics per worker, unsynchronized, as each GPU would: the norm's own
-  `virtual_batch=K` option does that inside one kernel call, not a Python loop over chunks.
-- The learning rate scales linearly with the samples per step from a stated reference
-  (lr = lr_reference.lr x K W / lr_reference.batch; Goyal et al. 2017, Sec. 2.1), and every batch
-  size trains the same number of epochs.
-- LN, IN and GN never look across samples, so for them the K x W split changes nothing: same seed and
-  samples per step give the same model whatever the split (tests/test_accuracy.py checks it).
+- **fixed global batch** (default; Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm", Sec. 3;
+  Hoffer et al. 2017's ghost BN): `accuracy.global_batch` samples per step, W = global_batch / K.
+  Same steps and LR for every K: only the normalization batch changes.
+- **fixed workers** (Wu & He 2018, "Group Normalization", Fig. 1): `accuracy.workers` = W, so the
+  global batch is K x W and grows with K.
 
-Per run it measures test accuracy in eval mode (BatchNorm on its running statistics), for BatchNorm
-also with batch statistics at the per-worker batch size (the train/test inconsistency that Wu &
-Johnson 2021, "Rethinking 'Batch' in BatchNorm", Sec. 4 measures), the train loss, a per-epoch curve
-(`curve.csv` beside `rows.csv`), wall time and throughput.
+Either way the learning rate follows the linear scaling rule from a stated reference
+(lr = lr_reference.lr x global_batch / lr_reference.batch; Goyal et al. 2017, Sec. 2.1) and every K
+trains the same epochs. LN, IN and GN never look across samples, so at a fixed global batch K changes
+nothing for them (tests/test_accuracy.py checks it bit for bit); a sweep trains them once
+(`normbench.reuse`). Per run: test accuracy in eval mode and, for BatchNorm, with PreciseBN
+population statistics and with batch statistics at K (`normbench.evaluation`); the train loss, a
+per-epoch curve (`curve.csv` beside `rows.csv`), wall time and throughput.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -36,11 +39,17 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from normbench import data as datasets
-from normbench import models, norms
+from normbench import models, norms, reuse
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
+from normbench.evaluation import (
+    accuracy,
+    accuracy_with_batch_stats,
+    batch_norms,
+    chunk_of,
+    precise_bn,
+)
 from normbench.results import atomic_write_bytes
-from normbench.norms import BatchNorm
 
 log = logging.getLogger(__name__)
 
@@ -92,54 +101,6 @@ def norm_factory(cfg: DictConfig, batch_size: int):
     return make, options
 
 
-# ------------------------------------------------------------------------------------------ measuring
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    """Top-1 accuracy of `model` as it is (train or eval mode) over chunks of `batch` samples."""
-    correct = torch.zeros((), dtype=torch.long, device=x.device)
-    for start in range(0, x.shape[0], batch):
-        correct += (model(x[start : start + batch]).argmax(1) == y[start : start + batch]).sum()
-    return correct.item() / x.shape[0]
-
-
-def batch_norms(model: nn.Module) -> list[BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, BatchNorm)]
-
-
-@torch.no_grad()
-def accuracy_with_batch_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: int, seed: int) -> float:
-    """Test accuracy with BatchNorm normalizing each group of K test samples by its own statistics,
-    as in training, instead of by the running averages; the running statistics are left untouched.
-
-    The test set is shuffled first (seeded): in class order, a group of K would hold one class only.
-    Chunks of several K are evaluated at once (the virtual batch keeps them apart); a last group
-    smaller than K is normalized on its own.
-    """
-    bns = batch_norms(model)
-    saved = [{k_: b.clone() for k_, b in m.named_buffers()} for m in bns]
-    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed)).to(x.device)
-    x, y = x[order], y[order]
-    chunk = k * max(1, 1024 // k)
-    full = (x.shape[0] // k) * k
-    try:
-        for m in bns:
-            m.train()
-        correct = accuracy(model, x[:full], y[:full], chunk) * full if full else 0.0
-        if full < x.shape[0]:
-            for m in bns:
-                m.virtual_batch = x.shape[0] - full
-            correct += accuracy(model, x[full:], y[full:], x.shape[0] - full) * (x.shape[0] - full)
-    finally:
-        for m, buffers in zip(bns, saved):
-            m.eval()
-            m.virtual_batch = k
-            for name, value in buffers.items():
-                getattr(m, name).copy_(value)
-    return correct / x.shape[0]
-
-
 # ------------------------------------------------------------------------------------------ the job
 
 
@@ -152,44 +113,174 @@ def job_index() -> int | None:
         return None
 
 
-def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
-    """Train and evaluate one configuration; write `curve.csv` to `out_dir`; return the one row."""
+@dataclass(frozen=True)
+class Split:
+    """How one optimizer step's samples are split: K per normalization batch, W workers, K x W in all."""
+
+    k: int
+    workers: int
+    global_batch: int
+    protocol: str  # which one is fixed across a sweep over K: "global_batch" or "workers"
+
+
+def step_split(acc: DictConfig) -> Split:
+    """K, W and the global batch from `accuracy.batch_size` and either `accuracy.global_batch` (the
+    default protocol: W = global_batch / K) or `accuracy.workers` (the GN paper's: global = K x W)."""
+    k = positive_int(acc.batch_size, "accuracy.batch_size", "the samples per normalization batch, e.g. accuracy.batch_size=16")
+    global_batch, workers = acc.get("global_batch"), acc.get("workers")
+    if global_batch is not None and workers is not None:
+        raise UsageError(
+            f"accuracy.global_batch={global_batch} and accuracy.workers={workers} both fix the samples per step: "
+            f"keep one (accuracy.workers=null for a fixed global batch, W = global_batch / K; "
+            f"accuracy.global_batch=null for fixed workers, the GN paper's protocol)"
+        )
+    if global_batch is None and workers is None:
+        raise UsageError("set accuracy.global_batch (samples per step, e.g. 64) or accuracy.workers "
+                         "(fixed workers, e.g. 8): both are null")  # fmt: skip
+    if workers is not None:
+        workers = positive_int(workers, "accuracy.workers", "the simulated data-parallel workers, e.g. accuracy.workers=8")
+        return Split(k, workers, k * workers, "workers")
+    global_batch = positive_int(global_batch, "accuracy.global_batch", "the samples per optimizer step, e.g. 64")
+    if global_batch % k:
+        divisors = [d for d in range(1, global_batch + 1) if global_batch % d == 0]
+        raise UsageError(
+            f"accuracy.global_batch={global_batch} does not split into normalization batches of "
+            f"accuracy.batch_size={k}: choose K from the divisors of {global_batch}: "
+            f"{', '.join(map(str, divisors))} (or change accuracy.global_batch)"
+        )
+    return Split(k, global_batch // k, global_batch, "global_batch")
+
+
+def run(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None = None) -> list[dict]:
+    """Train and evaluate one configuration; write `curve.csv` to `out_dir`; return the one row.
+
+    `shared_dir` (a sweep's directory) lets jobs that differ only in K share one training where the
+    norm cannot see K (`normbench.reuse`); None trains here whatever the norm.
+    """
     threads = torch.get_num_threads()
     try:
-        return train_and_measure(cfg, Path(out_dir))
+        return measure(cfg, Path(out_dir), shared_dir)
     finally:  # accuracy.cpu_threads is per run: leave the process (a test session, a notebook) as it was
         torch.set_num_threads(threads)
 
 
-def train_and_measure(cfg: DictConfig, out_dir: Path) -> list[dict]:
+def reuse_key(cfg: DictConfig, split: Split) -> dict:
+    """Everything that decides a batch-independent norm's training: the resolved config but K and how
+    the step was specified (the global batch it comes to stays), and the progress bar."""
+    fields = OmegaConf.to_container(cfg, resolve=True)
+    for key in ("batch_size", "workers", "global_batch", "progress"):
+        fields["accuracy"].pop(key, None)
+    fields["accuracy"]["samples_per_step"] = split.global_batch
+    return fields
+
+
+def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> list[dict]:
     acc = cfg.accuracy
-    k = positive_int(acc.batch_size, "accuracy.batch_size", "the samples per normalization batch, e.g. accuracy.batch_size=16")
-    workers = positive_int(acc.workers, "accuracy.workers", "the simulated data-parallel workers, e.g. accuracy.workers=1")
-    epochs = positive_int(acc.epochs, "accuracy.epochs", "e.g. accuracy.epochs=10")
-    global_batch = k * workers
+    split = step_split(acc)
+    positive_int(acc.epochs, "accuracy.epochs", "e.g. accuracy.epochs=10")
     device = resolve_device(cfg.device, job_index())
     if acc.get("cpu_threads"):
         # Tiny models gain nothing from intra-op threads, and on a shared or oversubscribed CPU their
         # spin-waiting costs up to 10x; a sweep runs jobs side by side instead (hydra/launcher: parallel).
         torch.set_num_threads(positive_int(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"))
+    _, norm_options = norm_factory(cfg, split.k)
+    model_options = {key: v for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+                     if key not in ("name", "norm_options")}  # fmt: skip
 
+    def train_here() -> dict:
+        return train(cfg, split, device)
+
+    reused_from = None
+    if shared_dir is not None and acc.get("reuse", True) and norms.batch_independent(cfg.norm.name):
+        try:
+            job = Path(out_dir).resolve().relative_to(Path(shared_dir).resolve()).as_posix()
+        except ValueError:
+            job = str(out_dir)
+        result, reused_from = reuse.train_once(shared_dir, reuse_key(cfg, split), job, train_here)
+    else:
+        result = train_here()
+
+    curve = result["curve"]
+    row = {
+        "kind": "accuracy",
+        "norm": cfg.norm.name,
+        "impl": cfg.impl,
+        "dataset": result["dataset"],
+        "model": cfg.model.name,
+        "norm_position": model_options.get("norm_position", "before"),
+        "norm_options": " ".join(f"{key}={v}" for key, v in sorted(norm_options.items()) if key != "virtual_batch"),
+        "protocol": split.protocol,
+        "batch_size": split.k,
+        "workers": split.workers,
+        "global_batch": split.global_batch,
+        "lr": result["lr"],
+        "epochs": int(acc.epochs),
+        "steps": result["steps"],
+        "seed": int(cfg.seed),
+        "test_acc": curve[-1]["test_acc"],
+        "test_acc_precise_bn": result["test_acc_precise_bn"],
+        "test_acc_batch_stats": result["test_acc_batch_stats"],
+        "precise_bn_samples": result["precise_bn_samples"],
+        "train_loss": curve[-1]["train_loss"],
+        "train_acc": curve[-1]["train_acc"],
+        # A reused row keeps the wall time and throughput of the training it reports.
+        "wall_s": result["wall_s"],
+        "samples_per_s": result["samples_per_s"],
+        "reused_from": reused_from,
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch_version": torch.__version__,
+    }
+    ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
+    write_curve(out_dir, [{**ids, **point} for point in curve])
+    log.info("%s K=%d W=%d: test acc %.4f (PreciseBN %.4f, batch stats %.4f)%s", cfg.norm.name, split.k,
+             split.workers, row["test_acc"], row["test_acc_precise_bn"], row["test_acc_batch_stats"],
+             f", reused from job {reused_from}" if reused_from else "")  # fmt: skip
+    return [row]
+
+
+def precise_bn_batches(data: datasets.Dataset, samples: int, k: int, seed: int):
+    """The training samples PreciseBN averages over: the first `samples` (rounded down to a multiple
+    of K) of a seeded shuffle, augmented as in training, in chunks of several K."""
+    gen = torch.Generator().manual_seed(seed + 1)  # not the training order's stream: a fresh draw
+    idx = torch.randperm(data.x_train.shape[0], generator=gen)[: samples // k * k].to(data.x_train.device)
+    for start in range(0, idx.numel(), chunk_of(k)):
+        x = data.x_train[idx[start : start + chunk_of(k)]]
+        yield datasets.augment(x, gen) if data.augment else x
+
+
+def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
+    """Train one model and evaluate it; everything measured, as JSON data (a job may share it)."""
+    acc = cfg.accuracy
+    k, workers, global_batch = split.k, split.workers, split.global_batch
+    epochs = int(acc.epochs)
     data = datasets.load(cfg.dataset, device)
     n_train = data.x_train.shape[0]
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch < 1:
         raise UsageError(
-            f"one step takes accuracy.batch_size x accuracy.workers = {k} x {workers} = {global_batch} samples, "
-            f"more than the {n_train} training samples of {data.name}: lower the batch size or the workers"
+            f"one step takes accuracy.batch_size x workers = {k} x {workers} = {global_batch} samples, "
+            f"more than the {n_train} training samples of {data.name}: lower accuracy.global_batch or the workers"
         )
-
     torch.manual_seed(cfg.seed)  # model initialization
-    make_norm, norm_options = norm_factory(cfg, k)
+    make_norm, _ = norm_factory(cfg, k)
     model_options = {key: v for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-                     if key not in ("name", "norm_options")}
+                     if key not in ("name", "norm_options")}  # fmt: skip
     model = models.build(
         cfg.model.name, input_shape=tuple(data.x_train.shape[1:]), num_classes=data.num_classes,
         norm=make_norm, **model_options,
     ).to(device)
+    # BatchNorm's other two evaluations (see normbench.evaluation); NaN where there is no BatchNorm.
+    bn = bool(batch_norms(model)) and all(m.track_running_stats for m in batch_norms(model))
+    precise_samples = acc.get("precise_bn_samples") if bn else None
+    if precise_samples is not None:
+        precise_samples = positive_int(precise_samples, "accuracy.precise_bn_samples",
+                                       "the training samples PreciseBN averages over, e.g. 2048")  # fmt: skip
+        if not k <= precise_samples <= n_train:
+            raise UsageError(
+                f"accuracy.precise_bn_samples={precise_samples} must lie between K={k} and the {n_train} "
+                f"training samples of {data.name}: set it in that range (or null to skip PreciseBN)"
+            )
 
     lr = scaled_lr(float(acc.lr_reference.lr), int(acc.lr_reference.batch), global_batch)
     optimizer = torch.optim.SGD(
@@ -219,7 +310,7 @@ def train_and_measure(cfg: DictConfig, out_dir: Path) -> list[dict]:
                 try:
                     logits = model(x)
                 except UsageError as exc:  # e.g. a per-worker batch that leaves bn one value per channel
-                    raise UsageError(f"accuracy.batch_size={k} x accuracy.workers={workers}, {model_name}: {exc}") from None
+                    raise UsageError(f"accuracy.batch_size={k} x workers={workers}, {model_name}: {exc}") from None
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -245,40 +336,17 @@ def train_and_measure(cfg: DictConfig, out_dir: Path) -> list[dict]:
             log.info("%s epoch %d/%d: train loss %.4f, test acc %.4f", label, epoch, epochs, train_loss, test_acc)
 
     model.eval()
-    test_acc_bs = (
-        accuracy_with_batch_stats(model, data.x_test, data.y_test, k, cfg.seed)
-        if batch_norms(model) and all(m.track_running_stats for m in batch_norms(model)) else float("nan")
-    )
-    wall_s = time.perf_counter() - start
-    row = {
-        "kind": "accuracy",
-        "norm": cfg.norm.name,
-        "impl": cfg.impl,
-        "dataset": data.name,
-        "model": cfg.model.name,
-        "norm_position": model_options.get("norm_position", "before"),
-        "norm_options": " ".join(f"{key}={v}" for key, v in sorted(norm_options.items()) if key != "virtual_batch"),
-        "batch_size": k,
-        "workers": workers,
-        "global_batch": global_batch,
-        "lr": lr,
-        "epochs": epochs,
-        "steps": total_steps,
-        "seed": int(cfg.seed),
-        "test_acc": curve[-1]["test_acc"],
-        "test_acc_batch_stats": test_acc_bs,
-        "train_loss": curve[-1]["train_loss"],
-        "train_acc": curve[-1]["train_acc"],
-        "wall_s": wall_s,
-        "samples_per_s": seen / train_s,
-        "device": str(device),
-        "device_name": device_name(device),
-        "torch_version": torch.__version__,
+    by_batch = accuracy_with_batch_stats(model, data.x_test, data.y_test, k, cfg.seed) if bn else math.nan
+    precise, used = math.nan, None
+    if precise_samples is not None:
+        used = precise_samples // k * k
+        population = precise_bn(model, precise_bn_batches(data, precise_samples, k, cfg.seed), k)
+        precise = accuracy(population, data.x_test, data.y_test, eval_batch)
+    return {
+        "dataset": data.name, "lr": lr, "steps": total_steps, "curve": curve,
+        "test_acc_precise_bn": precise, "test_acc_batch_stats": by_batch, "precise_bn_samples": used,
+        "wall_s": time.perf_counter() - start, "samples_per_s": seen / train_s,
     }
-    ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
-    write_curve(out_dir, [{**ids, **point} for point in curve])
-    log.info("%s: test acc %.4f (batch stats %.4f), %.1f s", label, row["test_acc"], test_acc_bs, wall_s)
-    return [row]
 
 
 def write_curve(out_dir: Path, points: list[dict]) -> Path:

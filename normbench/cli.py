@@ -69,9 +69,14 @@ def speed(cfg: DictConfig) -> None:
 
 @hydra.main(config_path=CONFIGS, config_name="accuracy", version_base="1.3")
 def accuracy(cfg: DictConfig) -> None:
+    from functools import partial
+
     from normbench import accuracy as accuracy_job
 
-    run_job(accuracy_job.run, cfg)
+    # A multirun's jobs may share trainings through files in its sweep directory (normbench.reuse).
+    hc = HydraConfig.get()
+    shared = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    run_job(partial(accuracy_job.run, shared_dir=shared), cfg)
 
 
 def report(argv: list[str] | None = None) -> None:

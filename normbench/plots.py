@@ -106,56 +106,83 @@ def _varying(frame: pd.DataFrame, columns: list[str], within: str | None = None)
 # --------------------------------------------------------------------------------------------- accuracy
 
 
-def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = True) -> Path | None:
-    """Test error vs batch size per worker (log2 axis, large to small as in the GN paper's Figure 1),
-    one line per norm, error bars = sd over seeds; the paper's ImageNet numbers in a panel beside.
+EVALUATION_STYLE = {  # BatchNorm's three evaluations: one line style each (docs/accuracy.md)
+    "running": ("-", "o", ""),
+    "PreciseBN": ("--", "s", " PreciseBN"),
+    "batch stats": (":", "v", " batch stats at K"),
+}
 
-    `acc` holds accuracy rows with a `test_error` column (%)."""
+
+def _protocol_title(data: pd.DataFrame) -> str:
+    """What a sweep over K held fixed, in words, from the `setup` column (normbench.accuracy_tables)."""
+    setup = str(data["setup"].iloc[0]) if "setup" in data and data["setup"].nunique() == 1 else ""
+    if setup.endswith("samples per step"):
+        g = setup.split()[0]
+        return f"fixed {g} samples per step (W = {g}/K workers): same steps and LR for every K"
+    if setup.endswith(("worker", "workers")):
+        return f"fixed {setup}: global batch = K x W, LR scaled with it (the GN paper's protocol)"
+    return ""
+
+
+def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = True) -> Path | None:
+    """Test error vs K, the samples per normalization batch (log2 axis, large to small as in the GN
+    paper's Figure 1): a line per norm and evaluation (BatchNorm's running EMA, PreciseBN and batch
+    statistics in three line styles), error bars = sd over seeds; the GN paper's numbers in a panel
+    beside, labelled as the different protocol they come from.
+
+    `acc` holds one row per run and evaluation, with `test_error` (%) and `evaluation`
+    (normbench.accuracy_tables.long_errors); without `evaluation` every row counts as eval mode."""
     acc = acc.dropna(subset=["test_error", "batch_size"])
     if acc.empty:
         return None
-    panels = _varying(acc, ["input", "dataset", "model", "impl", "workers", "epochs", "norm_position"])
+    if "evaluation" not in acc:
+        acc = acc.assign(evaluation="running")
+    panels = _varying(acc, ["input", "dataset", "model", "impl", "setup", "epochs", "norm_position"])
     groups = list(acc.groupby(panels, dropna=False)) if panels else [((), acc)]
     palette = norm_palette(acc["norm"])
     ncols = len(groups) + int(reference)
     sns.set_theme(style="whitegrid", context="notebook")
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 4.3), squeeze=False)
+    fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
     for ax, (key, data) in zip(axes[0], groups):
-        seeds = data.groupby(["norm", "batch_size"])["test_error"].count()
-        sns.lineplot(
-            data=data, x="batch_size", y="test_error", hue="norm", hue_order=list(palette), palette=palette,
-            errorbar="sd", err_style="bars", err_kws={"capsize": 3}, marker="o", markersize=7, ax=ax,
-        )  # fmt: skip
+        stats = data.groupby(["norm", "evaluation", "batch_size"])["test_error"].agg(["mean", "std", "count"])
+        have = set(stats.index.droplevel(2))
+        for norm in palette:
+            several = sum((norm, e) in have for e in EVALUATION_STYLE) > 1
+            for evaluation, (ls, marker, suffix) in EVALUATION_STYLE.items():
+                if (norm, evaluation) not in have:
+                    continue
+                suffix = suffix or (" running EMA" if several else "")
+                s = stats.loc[(norm, evaluation)]
+                ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), ls=ls, marker=marker, color=palette[norm],
+                            capsize=3, ms=6, lw=1.6, label=NORM_LABELS.get(norm, norm) + suffix)  # fmt: skip
         _log2_axis(ax, data["batch_size"], invert=True)
         first = data.iloc[0]
         what = ", ".join(str(first[c]) for c in ("dataset", "model") if c in data and pd.notna(first[c]))
         if "epochs" in data and data["epochs"].nunique() == 1 and pd.notna(first["epochs"]):
             what += f", {first['epochs']:g} epochs"
-        workers = first.get("workers")
-        if "workers" in data and data["workers"].nunique() == 1 and pd.notna(workers) and workers != 1:
-            what += f", {workers:g} workers"
         extra = ", ".join(f"{c}={v}" for c, v in zip(panels, key if isinstance(key, tuple) else (key,)))
-        title = "normbench: " + (what or "test error") + (f"\n{extra}" if extra else "")
+        seeds = data.groupby(["norm", "batch_size"])["seed"].nunique() if "seed" in data else pd.Series([1])
         if seeds.max() == 1:
             spread = "one seed each (no error bars)"
         else:
             n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
             spread = f"mean ± sd over {n} seeds"
-        ax.set_title(f"{title}\n{spread}", fontsize=10)
-        ax.set_xlabel("batch size per worker (samples per normalization batch)")
+        lines = ["normbench: " + (what or "test error"), _protocol_title(data), spread, extra]
+        ax.set_title("\n".join(line for line in lines if line), fontsize=10)
+        ax.set_xlabel("K: samples per normalization batch")
         ax.set_ylabel("test error (%)")
-        handles, labels = ax.get_legend_handles_labels()
-        ax.legend(handles, [NORM_LABELS.get(label, label) for label in labels], title="norm", fontsize=9)
+        ax.legend(fontsize=8, title="norm (evaluation)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     if reference:
         ax = axes[0][-1]
         for norm, errors in GN_PAPER_ERROR.items():
             ax.plot(GN_PAPER_BATCH, errors, marker="o", ls="--", color=NORM_COLORS[norm], label=NORM_LABELS[norm])
         _log2_axis(ax, GN_PAPER_BATCH, invert=True)
-        ax.set_title("reference: GN paper, ResNet-50 on ImageNet\n(Wu & He 2018, Figure 1)", fontsize=10)
-        ax.set_xlabel("batch size per worker (images per GPU)")
+        ax.set_title("reference, a different protocol: GN paper (Wu & He 2018, Fig. 1)\nResNet-50 on ImageNet, "
+                     "8 GPUs fixed: global batch = 8K,\nLR scaled with it", fontsize=10)  # fmt: skip
+        ax.set_xlabel("K: images per GPU")
         ax.set_ylabel("validation error (%)")
         ax.legend(title="norm", fontsize=9)
-    fig.suptitle("Test error vs batch size per worker: smaller batches to the right", fontsize=12)
+    fig.suptitle("Test error vs the normalization batch K: smaller batches to the right", fontsize=12)
     fig.tight_layout()
     return _save(fig, Path(path))
 

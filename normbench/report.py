@@ -25,6 +25,16 @@ import pandas as pd
 
 from normbench import results
 from normbench.errors import UsageError
+from normbench.accuracy_tables import (
+    accuracy_groups,
+    accuracy_stats,
+    accuracy_table,
+    headline,
+    long_errors,
+    reuse_note,
+    test_error,
+    with_setup,
+)
 from normbench.plots import IMPL_ORDER, NORM_ORDER, PASS_ORDER, label
 
 log = logging.getLogger("normbench")
@@ -50,46 +60,6 @@ def ok_rows(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     if frame.empty or "kind" not in frame:
         return frame.iloc[0:0]
     return frame[(frame["kind"] == kind) & (frame["status"] == "ok")].copy()
-
-
-def test_error(acc: pd.DataFrame) -> pd.Series:
-    """Test error in %: `test_acc` is a fraction in [0, 1] (read as % if any value exceeds 1)."""
-    a = pd.to_numeric(acc["test_acc"], errors="coerce")
-    return 100.0 - a if (a > 1).any() else 100.0 * (1.0 - a)
-
-
-def accuracy_groups(acc: pd.DataFrame) -> list[str]:
-    """The columns besides norm, batch size and seed that vary (each value gets its own table)."""
-    cols = ("input", "dataset", "model", "impl", "workers", "epochs", "norm_position")  # input: never pooled
-    return [c for c in cols if c in acc and acc[c].nunique() > 1]
-
-
-def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
-    """Per (group,) norm and batch size per worker: seeds, mean and sd of the test error (%)."""
-    acc = acc.assign(test_error=test_error(acc))
-    keys = accuracy_groups(acc) + ["batch_size", "norm"]
-    stats = acc.groupby(keys, dropna=False)["test_error"].agg(n="count", mean="mean", sd="std").reset_index()
-    return stats.sort_values(keys[:-1] + ["norm"], key=lambda s: _rank(s, NORM_ORDER) if s.name == "norm" else s)
-
-
-def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
-    """One group's table: a row per batch size per worker, a column per norm (`mean ± sd`), the best norm."""
-    norms = sorted(stats["norm"].unique(), key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0])
-    rows = []
-    for bs, g in stats.groupby("batch_size"):
-        row: dict[str, Any] = {"batch per worker": int(bs) if float(bs).is_integer() else bs}
-        for norm in norms:
-            r = g[g["norm"] == norm]
-            if r.empty:
-                row[norm] = ""
-                continue
-            mean, sd, n = r["mean"].iloc[0], r["sd"].iloc[0], int(r["n"].iloc[0])
-            row[norm] = f"{mean:.2f} ± {sd:.2f}" if n > 1 else f"{mean:.2f}"
-        best = g[g["mean"] <= g["mean"].min() + 1e-9]  # ties: every norm at the lowest mean
-        row["best"] = f"{', '.join(best['norm'])} ({best['mean'].iloc[0]:.2f})"
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    return table.sort_values("batch per worker", ascending=False).reset_index(drop=True)
 
 
 # A configuration; `input` keeps measurements of different sources apart.
@@ -300,6 +270,35 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
         doc.bullets(items)
 
 
+def _accuracy_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> None:
+    doc.heading(2, "Accuracy: test error vs the normalization batch K")
+    runs = with_setup(acc)
+    groups = accuracy_groups(runs)
+    parts = list(runs.groupby(groups, dropna=False)) if groups else [((), runs)]
+    for key, g in parts:  # the effect first, in a sentence per setup
+        prefix = ", ".join(f"{c} = {v}" for c, v in zip(groups, key if isinstance(key, tuple) else (key,)))
+        doc.para((f"{prefix}: " if prefix else "") + headline(g))
+    note = reuse_note(acc)
+    if note:
+        doc.para(note)
+    doc.para(
+        "Test error (%) = 100 - test accuracy, mean ± sd over seeds (one value where one seed ran). K is the "
+        "number of samples one normalization batch holds (the GN paper's images per GPU); W = global batch / K "
+        "simulated workers. Columns: each norm in eval mode (BatchNorm on its running EMA); for BatchNorm also "
+        "**PreciseBN** (population statistics recomputed after training, Wu & Johnson 2021 Sec. 3.1) and "
+        "**batch stats** (the test set normalized K samples at a time, as in training). **best** is the lowest "
+        "mean error. See docs/accuracy.md."
+    )
+    stats = accuracy_stats(acc)
+    for key, g in stats.groupby(groups, dropna=False) if groups else [((), stats)]:
+        if groups:
+            key = key if isinstance(key, tuple) else (key,)
+            doc.heading(3, ", ".join(f"{c} = {v}" for c, v in zip(groups, key)))
+        doc.table(accuracy_table(g))
+    if plot:
+        doc.image(plot, "Test error vs K per norm (BatchNorm: three evaluations); the GN paper's protocol beside")
+
+
 def build_report(
     paths: list[str | Path], out_dir: str | Path, *, title: str | None = None, notes: list[str] | None = None
 ) -> Path:
@@ -324,7 +323,9 @@ def build_report(
     # Speed against accuracy needs one source of each, or it would average sources together.
     one_each = speed["input"].nunique() == 1 and acc["input"].nunique() == 1
     made: dict[str, Path | None] = {
-        "accuracy": plots.accuracy_vs_batch(acc, out / PLOTS["accuracy"]) if not acc.empty else None,
+        "accuracy": plots.accuracy_vs_batch(long_errors(with_setup(acc)), out / PLOTS["accuracy"])
+        if not acc.empty
+        else None,
         "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
         "roofline": plots.speed_roofline(speed, out / PLOTS["roofline"]) if not speed.empty else None,
         "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"]) if one_each else None,
@@ -349,22 +350,7 @@ def build_report(
     _what_ran(doc, frame, inputs)
 
     if not acc.empty:
-        doc.heading(2, "Accuracy: test error vs batch size per worker")
-        doc.para(
-            "Test error (%) = 100 - test accuracy (model in eval mode: BatchNorm uses its running "
-            "statistics), mean ± sd over seeds (one value where one seed ran). *Batch per worker* is the "
-            "number of samples each normalization batch holds (the GN paper's images per GPU). **best** is "
-            "the norm with the lowest mean error."
-        )
-        stats = accuracy_stats(acc)
-        groups = accuracy_groups(acc)
-        for key, g in stats.groupby(groups, dropna=False) if groups else [((), stats)]:
-            if groups:
-                key = key if isinstance(key, tuple) else (key,)
-                doc.heading(3, ", ".join(f"{c} = {v}" for c, v in zip(groups, key)))
-            doc.table(accuracy_table(g))
-        if made["accuracy"]:
-            doc.image(made["accuracy"], "Test error vs batch size per worker, per norm; the GN paper beside")
+        _accuracy_section(doc, acc, made["accuracy"])
 
     if not speed.empty:
         doc.heading(2, "Speed")

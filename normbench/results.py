@@ -92,15 +92,19 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "model": ("str", "", "model name"),
     "norm_position": ("str", "", "norm before or after the activation"),
     "norm_options": ("str", "", "the model's per-norm options, key=value"),
+    "protocol": ("str", "", "what a sweep over K holds fixed: global_batch or workers"),
     "workers": ("int", "", "W: simulated data-parallel workers"),
     "global_batch": ("int", "samples", "K x W: samples per optimizer step"),
     "lr": ("float", "", "learning rate after linear scaling"),
     "epochs": ("int", "", "training epochs"),
     "steps": ("int", "", "optimizer steps"),
     "test_acc": ("float", "fraction in [0, 1]", "test accuracy, model in eval mode"),
+    "test_acc_precise_bn": ("float", "fraction in [0, 1]", "bn: test accuracy with PreciseBN population statistics"),
     "test_acc_batch_stats": ("float", "fraction in [0, 1]", "bn: test accuracy with batch statistics at K"),
+    "precise_bn_samples": ("int", "samples", "bn: training samples PreciseBN averaged over"),
     "train_loss": ("float", "", "mean train loss of the last epoch"),
     "train_acc": ("float", "fraction in [0, 1]", "train accuracy of the last epoch"),
+    "reused_from": ("str", "", "the job whose training this row reuses (K-invariant norms); empty if trained here"),
     "wall_s": ("float", "s", "wall time of the run"),
     "samples_per_s": ("float", "samples/s", "training throughput"),
     # pytest-benchmark
@@ -122,11 +126,13 @@ SPEED_COLUMNS = [
     "compile_s", "torch_version", "triton_version",
 ]  # fmt: skip
 ACCURACY_COLUMNS = [
-    "norm", "impl", "dataset", "model", "batch_size", "workers", "global_batch", "lr", "epochs", "seed",
-    "test_acc", "test_acc_batch_stats", "train_loss", "wall_s", "samples_per_s", "device", "device_name",
-    "torch_version",
+    "norm", "impl", "dataset", "model", "protocol", "batch_size", "workers", "global_batch", "lr", "epochs",
+    "steps", "seed", "test_acc", "test_acc_precise_bn", "test_acc_batch_stats", "precise_bn_samples",
+    "train_loss", "reused_from", "wall_s", "samples_per_s", "device", "device_name", "torch_version",
 ]  # fmt: skip
 RENAMED = {"peak_mem_mb": "peak_mem_mib"}  # older rows.csv files: the values were MiB all along
+# Columns that hold names even when they look like numbers (a job directory `3`, not 3.0).
+TEXT_COLUMNS = {"reused_from": str}
 # Config name of the Hydra app -> the kind of rows it writes.
 KIND_OF_APP = {"speed": "speed", "accuracy": "accuracy"}
 
@@ -242,7 +248,7 @@ def _read_job(root: Path, job: Path) -> pd.DataFrame:
         cut = truncation(rows_path)
         if cut:
             return single("unreadable", f"{ROWS_FILE} is cut short ({cut}): the job's result is incomplete", rows_path)
-        rows = pd.read_csv(rows_path).rename(columns=RENAMED)
+        rows = pd.read_csv(rows_path, dtype=TEXT_COLUMNS).rename(columns=RENAMED)
     except pd.errors.EmptyDataError:
         return single("empty", f"{ROWS_FILE} holds no rows", rows_path)
     except (OSError, ValueError, pd.errors.ParserError) as exc:

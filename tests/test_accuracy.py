@@ -1,5 +1,5 @@
-"""The accuracy job: a full tiny run through Hydra's compose API, per-worker invariance, reproducibility,
-batch-statistics evaluation, and every bad input of issue 4."""
+"""The accuracy job: a full tiny run through Hydra's compose API, the two protocols, K-invariance of the
+per-sample norms, reuse of one training across K, PreciseBN, reproducibility, and every bad input."""
 
 from __future__ import annotations
 
@@ -14,17 +14,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from normbench import accuracy, cli, models, norms
+from normbench import accuracy, cli, models, norms, reuse
 from normbench.errors import UsageError
 
 # A synthetic task small enough for a run in well under a second.
 TINY = [
     "dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "device=cpu",
-    "accuracy.epochs=2", "accuracy.progress=false",
+    "accuracy.epochs=2", "accuracy.progress=false", "accuracy.precise_bn_samples=64",
 ]
 
-COLUMNS = ["kind", "norm", "impl", "dataset", "model", "batch_size", "workers", "global_batch", "lr", "epochs",
-           "seed", "test_acc", "test_acc_batch_stats", "train_loss", "wall_s", "samples_per_s", "device"]
+COLUMNS = ["kind", "norm", "impl", "dataset", "model", "protocol", "batch_size", "workers", "global_batch", "lr",
+           "epochs", "steps", "seed", "test_acc", "test_acc_precise_bn", "test_acc_batch_stats", "precise_bn_samples",
+           "train_loss", "reused_from", "wall_s", "samples_per_s", "device"]
+TIMING = {"wall_s", "samples_per_s"}
 
 
 def config(*overrides: str, hydra: bool = False, base: list[str] = TINY):
@@ -32,9 +34,30 @@ def config(*overrides: str, hydra: bool = False, base: list[str] = TINY):
         return compose(config_name="accuracy", overrides=base + list(overrides), return_hydra_config=hydra)
 
 
-def train(tmp_path, *overrides: str) -> tuple[dict, pd.DataFrame]:
-    [row] = accuracy.run(config(*overrides), tmp_path)
+def train(tmp_path, *overrides: str, shared=None) -> tuple[dict, pd.DataFrame]:
+    [row] = accuracy.run(config(*overrides), tmp_path, shared_dir=shared)
     return row, pd.read_csv(tmp_path / accuracy.CURVE_FILE)
+
+
+def same_row(a: dict, b: dict, ignore: set) -> bool:
+    """Equal in every column but `ignore`, NaN equal to NaN (BatchNorm-only columns of other norms)."""
+    def same(x, y) -> bool:
+        return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a if k not in ignore)
+
+
+@pytest.fixture
+def built(monkeypatch) -> list:
+    """Every model the accuracy job builds, kept so a test can look at its trained weights."""
+    models_built, real = [], models.build
+
+    def build(*args, **kwargs):
+        models_built.append(real(*args, **kwargs))
+        return models_built[-1]
+
+    monkeypatch.setattr(accuracy.models, "build", build)
+    return models_built
 
 
 def hydra_job(tmp_path, *overrides: str, mode: RunMode = RunMode.RUN):
@@ -51,50 +74,195 @@ def hydra_job(tmp_path, *overrides: str, mode: RunMode = RunMode.RUN):
 
 
 def test_full_tiny_run_through_hydra_writes_rows_and_curve(tmp_path):
-    cfg = hydra_job(tmp_path, "norm=bn", "accuracy.batch_size=8", "accuracy.workers=2")
+    cfg = hydra_job(tmp_path, "norm=bn", "accuracy.batch_size=8", "accuracy.global_batch=16")
     cli.run_job(accuracy.run, cfg)
     rows = pd.read_csv(tmp_path / "rows.csv")
     assert set(COLUMNS) <= set(rows.columns) and len(rows) == 1
     row = rows.iloc[0]
-    assert (row.kind, row.norm, row.dataset, row.model, row.global_batch) == ("accuracy", "bn", "synthetic", "cnn1d", 16)
+    assert (row.kind, row.norm, row.dataset, row.model) == ("accuracy", "bn", "synthetic", "cnn1d")
+    assert (row.protocol, row.batch_size, row.workers, row.global_batch) == ("global_batch", 8, 2, 16)
+    assert row.steps == 2 * 128 // 16 and row.precise_bn_samples == 64
     assert row.lr == pytest.approx(0.1 * 16 / 64)  # the linear scaling rule from the stated reference
-    assert row.test_acc > 0.5 and 0 <= row.test_acc_batch_stats <= 1  # 4 classes: chance is 0.25
-    assert row.samples_per_s > 0 and row.wall_s > 0
+    assert row.test_acc > 0.5  # 4 classes: chance is 0.25
+    assert 0 <= row.test_acc_batch_stats <= 1 and 0 <= row.test_acc_precise_bn <= 1
+    assert row.samples_per_s > 0 and row.wall_s > 0 and pd.isna(row.reused_from)
     curve = pd.read_csv(tmp_path / accuracy.CURVE_FILE)
     assert curve.epoch.tolist() == [1, 2] and curve.train_loss.iloc[-1] == pytest.approx(row.train_loss)
     assert curve.train_loss.iloc[1] < curve.train_loss.iloc[0]
 
 
-@pytest.mark.parametrize("norm", ["ln", "in", "gn"])
-def test_per_sample_norms_do_not_see_the_per_worker_split(tmp_path, norm):
-    a, curve_a = train(tmp_path / "a", f"norm={norm}", "accuracy.batch_size=4", "accuracy.workers=4")
-    b, curve_b = train(tmp_path / "b", f"norm={norm}", "accuracy.batch_size=16", "accuracy.workers=1")
-    assert a["lr"] == b["lr"]
-    for key in ("test_acc", "train_loss", "train_acc"):
+# ------------------------------------------------------------------------------------------ protocols
+
+
+def split(*overrides: str) -> accuracy.Split:
+    return accuracy.step_split(config(*overrides).accuracy)
+
+
+def test_global_batch_fixes_the_samples_per_step_and_derives_the_workers():
+    assert [split(f"accuracy.batch_size={k}") for k in (2, 16, 64)] == [
+        accuracy.Split(2, 32, 64, "global_batch"), accuracy.Split(16, 4, 64, "global_batch"),
+        accuracy.Split(64, 1, 64, "global_batch"),
+    ]  # fmt: skip
+    # The GN paper's protocol: fixed workers, the global batch grows with K.
+    assert split("accuracy.batch_size=4", "accuracy.global_batch=null", "accuracy.workers=8") == accuracy.Split(
+        4, 8, 32, "workers"
+    )
+
+
+def test_the_gn_paper_experiment_keeps_fixed_workers():
+    cfg = config("+experiment=gn_figure1_cifar10", "accuracy.batch_size=2", base=[])
+    assert accuracy.step_split(cfg.accuracy) == accuracy.Split(2, 8, 16, "workers")
+
+
+def test_same_steps_and_lr_for_every_k_at_a_fixed_global_batch(tmp_path):
+    rows = [train(tmp_path / str(k), "norm=bn", f"accuracy.batch_size={k}", "accuracy.global_batch=16")[0]
+            for k in (2, 16)]  # fmt: skip
+    assert [(r["workers"], r["global_batch"]) for r in rows] == [(8, 16), (1, 16)]
+    assert rows[0]["steps"] == rows[1]["steps"] == 16 and rows[0]["lr"] == rows[1]["lr"] == 0.025
+    assert rows[0]["train_loss"] != rows[1]["train_loss"]  # BatchNorm does see K
+
+
+@pytest.mark.parametrize("norm", ["ln", "in", "gn", "none"])
+def test_per_sample_norms_train_bit_identical_models_for_every_k(tmp_path, built, norm):
+    """The guarantee behind reusing one training for every K: same weights, bit for bit."""
+    a, curve_a = train(tmp_path / "a", f"norm={norm}", "accuracy.batch_size=2", "accuracy.global_batch=16")
+    b, curve_b = train(tmp_path / "b", f"norm={norm}", "accuracy.batch_size=16", "accuracy.global_batch=16")
+    assert norms.batch_independent(norm)
+    first, second = (m.state_dict() for m in built)
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    for key in ("test_acc", "train_loss", "train_acc", "lr", "steps"):
         assert a[key] == b[key], key
-    assert curve_a.train_loss.tolist() == curve_b.train_loss.tolist()
-    assert math.isnan(a["test_acc_batch_stats"])
+    assert curve_a.drop(columns=["wall_s", "batch_size", "workers"]).equals(
+        curve_b.drop(columns=["wall_s", "batch_size", "workers"])
+    )
+    assert math.isnan(a["test_acc_batch_stats"]) and math.isnan(a["test_acc_precise_bn"])
 
 
-def test_batchnorm_does_see_the_per_worker_split(tmp_path):
-    a, _ = train(tmp_path / "a", "norm=bn", "accuracy.batch_size=4", "accuracy.workers=4")
-    b, _ = train(tmp_path / "b", "norm=bn", "accuracy.batch_size=16", "accuracy.workers=1")
-    assert a["lr"] == b["lr"] and a["train_loss"] != b["train_loss"]
+def test_batch_independence_is_what_the_layer_says():
+    """A norm counts as K-invariant exactly when none of its statistics spans samples."""
+    for name in norms.available():
+        layer = norms.build(name, 64)
+        spans_samples = isinstance(layer, norms.Norm) and layer.samples(16) > 1
+        assert norms.batch_independent(name) == (not spans_samples), name
+    assert not norms.batch_independent("bn")
 
 
 def test_same_seed_same_result_other_seed_other_result(tmp_path):
-    first, curve1 = train(tmp_path / "1", "norm=bn", "accuracy.batch_size=4", "accuracy.workers=2", "seed=3")
-    second, curve2 = train(tmp_path / "2", "norm=bn", "accuracy.batch_size=4", "accuracy.workers=2", "seed=3")
-    other, _ = train(tmp_path / "3", "norm=bn", "accuracy.batch_size=4", "accuracy.workers=2", "seed=4")
-    timing = {"wall_s", "samples_per_s"}
-    assert {k: v for k, v in first.items() if k not in timing} == {k: v for k, v in second.items() if k not in timing}
+    first, curve1 = train(tmp_path / "1", "norm=bn", "accuracy.batch_size=4", "accuracy.global_batch=8", "seed=3")
+    second, curve2 = train(tmp_path / "2", "norm=bn", "accuracy.batch_size=4", "accuracy.global_batch=8", "seed=3")
+    other, _ = train(tmp_path / "3", "norm=bn", "accuracy.batch_size=4", "accuracy.global_batch=8", "seed=4")
+    assert same_row(first, second, ignore=TIMING)
     assert curve1.drop(columns="wall_s").equals(curve2.drop(columns="wall_s"))
     assert other["train_loss"] != first["train_loss"]
 
 
+# ------------------------------------------------------------------------------------------ reuse
+
+
+def test_a_reused_row_equals_a_trained_one(tmp_path, built):
+    sweep = tmp_path / "sweep"
+    first, _ = train(sweep / "0", "norm=gn", "accuracy.batch_size=2", "accuracy.global_batch=16", shared=sweep)
+    reused, curve = train(sweep / "1", "norm=gn", "accuracy.batch_size=16", "accuracy.global_batch=16", shared=sweep)
+    alone, alone_curve = train(tmp_path / "alone", "norm=gn", "accuracy.batch_size=16", "accuracy.global_batch=16")
+    assert len(built) == 2  # the sweep trained once; the job alone trained again
+    assert first["reused_from"] is None and reused["reused_from"] == "0" and alone["reused_from"] is None
+    assert (reused["batch_size"], reused["workers"]) == (16, 1)  # the row is the reusing job's own
+    assert same_row(reused, alone, ignore=TIMING | {"reused_from"})
+    assert curve.drop(columns="wall_s").equals(alone_curve.drop(columns="wall_s"))
+    assert (reused["wall_s"], reused["samples_per_s"]) == (first["wall_s"], first["samples_per_s"])
+
+
+def test_batchnorm_and_other_settings_are_never_reused(tmp_path, built):
+    sweep = tmp_path / "sweep"
+    for job, extra in enumerate([["norm=bn", "accuracy.batch_size=2"], ["norm=bn", "accuracy.batch_size=16"],
+                                 ["norm=gn", "seed=0"], ["norm=gn", "seed=1"], ["norm=ln", "seed=0"],
+                                 ["norm=gn", "seed=0", "accuracy.global_batch=32"]]):  # fmt: skip
+        row, _ = train(sweep / str(job), "accuracy.global_batch=16", *extra, shared=sweep)
+        assert row["reused_from"] is None, extra
+    assert len(built) == 6
+
+
+def test_train_once_waits_for_a_running_training_and_survives_a_failed_one(tmp_path):
+    import threading
+    import time
+
+    calls = []
+
+    def slow():
+        calls.append(threading.current_thread().name)
+        time.sleep(0.3)
+        return {"acc": 0.5, "nan": math.nan}
+
+    out: dict = {}
+    jobs = [threading.Thread(target=lambda j=j: out.__setitem__(j, reuse.train_once(tmp_path, {"a": 1}, j, slow)),
+                             name=j) for j in ("x", "y")]  # fmt: skip
+    for t in jobs:
+        t.start()
+        time.sleep(0.05)
+    for t in jobs:
+        t.join()
+    assert calls == ["x"]  # y waited for x's training instead of training again
+    assert out["x"][1] is None and out["y"][1] == "x" and out["y"][0]["acc"] == 0.5 and math.isnan(out["y"][0]["nan"])
+
+    def fail():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        reuse.train_once(tmp_path, {"a": 2}, "p", fail)
+    assert reuse.train_once(tmp_path, {"a": 2}, "q", lambda: {"acc": 0.7}) == ({"acc": 0.7}, None)
+
+
+# ------------------------------------------------------------------------------------------ PreciseBN
+
+
+def tiny_bn_model(k: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 3), norms.build("bn", 4, virtual_batch=k), torch.nn.ReLU(),
+        torch.nn.Conv1d(4, 3, 3), norms.build("bn", 3, virtual_batch=k),
+    )  # fmt: skip
+
+
+def test_precise_bn_equals_a_direct_full_pass():
+    """Population statistics of every BatchNorm = the mean and unbiased variance over every value it
+    sees in one train-mode pass over all the samples at K (the first layer's input: the raw conv)."""
+    k, x = 4, torch.randn(48, 2, 10, generator=torch.Generator().manual_seed(1)) * 3 + 1
+    model = tiny_bn_model(k)
+    for _ in range(3):  # some EMA history, which PreciseBN must replace, not blend in
+        model.train()(torch.randn(16, 2, 10))
+    ema = {n: b.clone() for n, b in model.state_dict().items()}
+    precise = accuracy.precise_bn(model, [x[:24], x[24:]], k)  # in two chunks of several K
+    assert all(torch.equal(ema[n], b) for n, b in model.state_dict().items())  # the original is untouched
+    # Direct: record each BatchNorm's whole input in one pass, K per normalization batch.
+    seen = {}
+    direct = tiny_bn_model(k)
+    direct.load_state_dict(model.state_dict())
+    for name, m in direct.named_modules():
+        if isinstance(m, norms.BatchNorm):
+            m.register_forward_pre_hook(lambda mod, args, name=name: seen.__setitem__(name, args[0].detach()))
+    with torch.no_grad():
+        direct.train()(x)
+    first = model[0](x).detach()
+    assert torch.allclose(seen["1"], first)
+    for name in ("1", "4"):
+        values = seen[name].transpose(0, 1).reshape(seen[name].shape[1], -1).double()
+        layer = precise.get_submodule(name)
+        assert torch.allclose(layer.running_mean.double(), values.mean(1), atol=1e-6)
+        assert torch.allclose(layer.running_var.double(), values.var(1), rtol=1e-5)
+    assert not precise.training and precise[1].virtual_batch == k
+
+
+def test_precise_bn_at_small_k_is_not_the_ema_and_its_accuracy_is_reported(tmp_path):
+    row, _ = train(tmp_path, "norm=bn", "accuracy.batch_size=2", "accuracy.global_batch=16")
+    assert row["precise_bn_samples"] == 64 and 0 <= row["test_acc_precise_bn"] <= 1
+    off, _ = train(tmp_path / "off", "norm=bn", "accuracy.batch_size=2", "accuracy.global_batch=16",
+                   "accuracy.precise_bn_samples=null")  # fmt: skip
+    assert math.isnan(off["test_acc_precise_bn"]) and off["test_acc"] == row["test_acc"]
+
+
 def test_resnet20_on_augmented_images_runs(tmp_path):
     row, _ = train(tmp_path, "model=resnet20", "norm=gn", "dataset.shape=[3,8,8]", "dataset.augment=true",
-                   "accuracy.batch_size=8", "accuracy.workers=2", "accuracy.epochs=1", "dataset.train_size=32",
+                   "accuracy.batch_size=8", "accuracy.global_batch=16", "accuracy.epochs=1", "dataset.train_size=32",
                    "accuracy.warmup_epochs=0.5")
     assert row["model"] == "resnet20" and row["norm_options"] == "groups=8" and row["steps"] == 2
 
@@ -135,9 +303,14 @@ def test_lr_schedule_warms_up_then_anneals_to_zero():
     ("overrides", "message"),
     [
         (["accuracy.batch_size=0"], "accuracy.batch_size must be a positive int"),
-        (["accuracy.workers=0"], "accuracy.workers must be a positive int"),
-        (["accuracy.batch_size=64", "accuracy.workers=4"], "more than the 128 training samples"),
-        (["model=mlp", "norm=bn", "accuracy.batch_size=1"], "accuracy.batch_size=1 x accuracy.workers=1, mlp: bn .* needs more than one"),
+        (["accuracy.batch_size=12"], r"global_batch=64 does not split .* accuracy.batch_size=12: .* 1, 2, 4, 8, 16, 32, 64"),
+        (["accuracy.workers=4"], "both fix the samples per step: keep one .*accuracy.workers=null"),
+        (["accuracy.global_batch=null"], "set accuracy.global_batch .* or accuracy.workers"),
+        (["accuracy.global_batch=0"], "accuracy.global_batch must be a positive int"),
+        (["accuracy.global_batch=null", "accuracy.workers=0"], "accuracy.workers must be a positive int"),
+        (["accuracy.batch_size=64", "accuracy.global_batch=256"], "more than the 128 training samples"),
+        (["accuracy.precise_bn_samples=1000"], "precise_bn_samples=1000 must lie between K=16 and the 128"),
+        (["model=mlp", "norm=bn", "accuracy.batch_size=1"], "accuracy.batch_size=1 x workers=64, mlp: bn .* needs more than one"),
         (["dataset.name=imagenet"], "available: mnist1d, synthetic, cifar10"),
         (["model.name=vgg"], "available: cnn1d, resnet20, mlp"),
         (["norm=gn", "model.norm_options.gn.groups=5"], "model.norm_options.gn.groups"),
@@ -184,4 +357,7 @@ def test_the_default_sweep_is_in_the_config():
     params = cfg.hydra.sweeper.params
     assert params["norm"].split(",") == ["bn", "ln", "in", "gn"]
     assert [int(b) for b in params["accuracy.batch_size"].split(",")] == [2, 4, 8, 16, 32, 64]
+    assert params["seed"].split(",") == ["0", "1", "2"] and list(params)[-1] == "seed"  # seeds vary fastest
     assert cfg.dataset.name == "mnist1d" and cfg.model.name == "cnn1d"
+    assert (cfg.accuracy.global_batch, cfg.accuracy.workers, cfg.accuracy.reuse) == (64, None, True)
+    assert all(64 % int(k) == 0 for k in params["accuracy.batch_size"].split(","))

@@ -170,7 +170,8 @@ def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
     sweep = tmp_path / "sweep"
     proc = run(app_command("accuracy") + [
         "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=gn", "model.norm_options.gn.groups=8,7",
-        "accuracy.batch_size=4", "accuracy.epochs=1", "dataset=synthetic", "device=cpu", "accuracy.progress=false",
+        "accuracy.batch_size=4", "seed=0", "accuracy.epochs=1", "dataset=synthetic", "device=cpu",
+        "accuracy.progress=false", "accuracy.precise_bn_samples=64",
         f"hydra.sweep.dir={sweep}",
     ], cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 1 and "1 of 2 jobs failed" in proc.stderr, proc.stderr[-3000:]
@@ -182,6 +183,31 @@ def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
     assert (sweep / "accuracy_vs_batch.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((sweep / "run.json").read_text())
     assert "hydra/launcher=joblib" in info["command"] and info["launcher"].endswith("JoblibLauncher")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("accuracy" not in APPS, reason="needs normbench-accuracy")
+def test_parallel_accuracy_sweep_trains_a_k_invariant_norm_once(tmp_path):
+    """Two jobs at a time, gn at three K: one training, two rows reusing it; bn trains at every K."""
+    sweep = tmp_path / "sweep"
+    proc = run(app_command("accuracy") + [
+        "-m", "hydra/launcher=parallel", "norm=gn,bn", "accuracy.batch_size=2,4,8", "seed=0",
+        "accuracy.global_batch=16", "dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64",
+        "accuracy.epochs=1", "accuracy.precise_bn_samples=32", "device=cpu", "accuracy.progress=false",
+        f"hydra.sweep.dir={sweep}",
+    ], cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = assert_report(sweep)
+    rows = pd.read_csv(sweep / "summary.csv", dtype={"job": str, "reused_from": str})
+    assert (rows.status == "ok").all() and len(rows) == 6
+    gn, bn = rows[rows.norm == "gn"], rows[rows.norm == "bn"]
+    trained = gn[gn.reused_from.isna()]
+    assert len(trained) == 1 and set(gn.reused_from.dropna()) == set(trained.job)
+    assert gn.test_acc.nunique() == 1 and gn.train_loss.nunique() == 1
+    assert sorted(zip(gn.batch_size, gn.workers)) == [(2, 8), (4, 4), (8, 2)]  # each row its own K and W
+    assert bn.reused_from.isna().all() and bn.test_acc_precise_bn.notna().all()
+    assert len(list((sweep / ".trained").iterdir())) == 1
+    assert "2 of 6 rows (GroupNorm) reuse" in md and "identical by construction" in md
 
 
 @pytest.mark.slow

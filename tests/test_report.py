@@ -50,17 +50,54 @@ def both(sweeps, tmp_path_factory) -> Path:
 
 def test_accuracy_table_holds_mean_sd_and_best(sweeps):
     acc = report.ok_rows(results.read_sweep(sweeps["accuracy"]), "accuracy")
-    stats = report.accuracy_stats(acc).set_index(["batch_size", "norm"])
+    stats = report.accuracy_stats(acc).set_index(["batch_size", "norm", "evaluation"])
     for norm in ("bn", "gn"):
         for bs in (2, 8, 32):
             errors = [100 * (1 - made_acc(norm, bs, s)) for s in (0, 1)]
-            assert stats.loc[(bs, norm), "mean"] == pytest.approx(sum(errors) / 2)
-            assert stats.loc[(bs, norm), "sd"] == pytest.approx(pd.Series(errors).std())
-            assert stats.loc[(bs, norm), "n"] == 2
-    table = report.accuracy_table(stats.reset_index()).set_index("batch per worker")
+            assert stats.loc[(bs, norm, "running"), "mean"] == pytest.approx(sum(errors) / 2)
+            assert stats.loc[(bs, norm, "running"), "sd"] == pytest.approx(pd.Series(errors).std())
+            assert stats.loc[(bs, norm, "running"), "n"] == 2
+    assert stats.loc[(2, "bn", "batch stats"), "mean"] == pytest.approx(50.0)
+    assert (2, "gn", "batch stats") not in stats.index  # NaN: gn has no batch statistics to evaluate with
+    table = report.accuracy_table(stats.reset_index()).set_index("K")
     assert list(table.index) == [32, 8, 2]  # large to small, as the GN paper's Figure 1
+    assert list(table.columns) == ["bn", "bn batch stats", "gn", "best"]
     assert table.loc[2, "bn"] == "18.00 ± 0.57" and table.loc[2, "gn"] == "11.00 ± 0.57"
     assert table.loc[2, "best"] == "gn (11.00)" and table.loc[32, "best"] == "bn (10.50)"
+
+
+def k_sweep(protocol: str = "global_batch") -> pd.DataFrame:
+    """Rows of a default-shaped sweep: bn's error falls with K, gn's is the same run at every K."""
+    rows = []
+    for k in (2, 8, 32):
+        for seed in (0, 1, 2):
+            for norm in ("bn", "gn"):
+                acc = 0.80 + 0.1 * (k >= 8) + 0.01 * seed if norm == "bn" else 0.90 + 0.01 * seed
+                rows.append({"norm": norm, "batch_size": k, "seed": seed, "test_acc": acc, "protocol": protocol,
+                             "global_batch": 64 if protocol == "global_batch" else 8 * k,
+                             "workers": 64 // k if protocol == "global_batch" else 8,
+                             "test_acc_precise_bn": acc + 0.01 if norm == "bn" else float("nan"),
+                             "test_acc_batch_stats": acc - 0.05 if norm == "bn" else float("nan"),
+                             "reused_from": "0" if norm == "gn" and k != 2 else None})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_headline_states_the_effect_with_its_spread():
+    text = report.headline(k_sweep())
+    assert text.startswith("**BatchNorm**: test error 19.0 ± 1.0% at 2 per normalization batch vs 9.0 ± 1.0% at 32")
+    assert "64 samples per step, the same steps and LR for every K" in text and "over 3 seeds" in text
+    assert "GroupNorm do not depend on it (identical by construction at every K: GroupNorm 9.0 ± 1.0%)" in text
+    assert "BatchNorm with PreciseBN: 18.0 ± 1.0% vs 8.0 ± 1.0%" in text
+    assert "BatchNorm with batch statistics at K: 24.0 ± 1.0% vs 14.0 ± 1.0%" in text
+    assert "6 of 18 rows (GroupNorm) reuse" in report.reuse_note(k_sweep())
+
+
+def test_headline_makes_no_invariance_claim_the_rows_do_not_support():
+    rows = k_sweep("workers")
+    rows.loc[(rows.norm == "gn") & (rows.batch_size == 32), "test_acc"] -= 0.05  # as if undertrained
+    text = report.headline(rows)
+    assert "identical by construction" not in text and "**GroupNorm**: test error 9.0 ± 1.0% at 2" in text
+    assert "8 workers: the global batch and LR grow with K" in text
 
 
 def test_accuracy_error_accepts_percent():
@@ -136,7 +173,8 @@ def test_markdown_links_resolve_and_tables_render(both):
     assert len(links) == 4
     for link in links:
         assert not link.startswith(("/", "http")) and (out / link).is_file(), link
-    assert "| batch per worker" in md and "| 2 " in md and "18.00 ± 0.57" in md
+    assert "| K " in md and "| 2 " in md and "18.00 ± 0.57" in md
+    assert "**BatchNorm**: test error 18.0 ± 0.6% at 2 per normalization batch vs 10.5 ± 0.6% at 32" in md
     assert "normbench-speed -m norm=bn,gn" in md  # what ran
     assert "ValueError: groups=7 does not divide 64" in md and "missing" in md
     assert "git commit:" in md and "device: Test CPU" in md

@@ -30,6 +30,10 @@ class Norm(nn.Module):
     statistics: ClassVar[str]  # which values share a mean and a variance, in words
     state: ClassVar[str] = "none"
     needs_spatial: ClassVar[bool] = False
+    # True when no statistic spans samples (`samples()` is 1 whatever the batch): how a step's batch
+    # is split into normalization batches cannot change what the layer computes. A norm that
+    # overrides `samples` must say False.
+    batch_independent: ClassVar[bool] = True
     implementations: ClassVar[dict[str, Implementation]]
 
     def __init_subclass__(cls, **kwargs):
@@ -156,6 +160,7 @@ class BatchNorm(Norm):
     title = "BatchNorm"
     statistics = "N and spatial, per channel"
     state = "running mean/var; train vs eval"
+    batch_independent = False
 
     def __init__(
         self,
@@ -303,6 +308,7 @@ class NoNorm(nn.Module):
     title = "no normalization"
     statistics = "-"
     state = "none"
+    batch_independent = True
 
     def __init__(self, num_features: int, *, impl: str = "native", **options) -> None:
         super().__init__()

@@ -49,6 +49,12 @@ def norm_class(name: str) -> type:
         raise UsageError(f"unknown norm {name!r}; available: {', '.join(NORMS)}") from None
 
 
+def batch_independent(name: str) -> bool:
+    """Whether norm `name` computes the same function however a batch is split into normalization
+    batches (no statistic spans samples); unknown classes count as dependent."""
+    return bool(getattr(norm_class(name), "batch_independent", False))
+
+
 def implementations(name: str) -> list[str]:
     """The implementation names of norm `name` (`none` takes any implementation and ignores it)."""
     cls = norm_class(name)

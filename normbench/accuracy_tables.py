@@ -1,0 +1,182 @@
+"""The accuracy part of a report, as pandas: test error per evaluation, mean ± sd over seeds, the table
+per setup, and the headline sentence that states the measured effect.
+
+A run's rows hold up to three test accuracies (docs/accuracy.md): `test_acc` (eval mode: BatchNorm on
+its running EMA), `test_acc_precise_bn` (PreciseBN population statistics) and `test_acc_batch_stats`
+(batch statistics at K). Here each becomes its own measurement, named by `evaluation`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from normbench import norms
+from normbench.plots import NORM_LABELS, NORM_ORDER
+
+EVALUATIONS = {"test_acc": "running", "test_acc_precise_bn": "PreciseBN", "test_acc_batch_stats": "batch stats"}
+EVALUATION_ORDER = list(EVALUATIONS.values())
+
+
+def _rank(values: pd.Series, order: list[str]) -> pd.Series:
+    pos = {v: i for i, v in enumerate(order)}
+    return values.map(lambda v: (pos.get(str(v), len(order)), str(v)))
+
+
+def test_error(acc: pd.DataFrame, column: str = "test_acc") -> pd.Series:
+    """Test error in % from an accuracy column, a fraction in [0, 1] (read as % if any value exceeds 1)."""
+    a = pd.to_numeric(acc[column], errors="coerce")
+    return 100.0 - a if (a > 1).any() else 100.0 * (1.0 - a)
+
+
+def with_setup(acc: pd.DataFrame) -> pd.DataFrame:
+    """Add `setup`: what a sweep over K holds fixed, e.g. `64 samples per step` or `8 workers`.
+
+    Rows from before `protocol` was recorded ran the fixed-workers protocol."""
+    acc = acc.copy()
+    protocol = acc["protocol"] if "protocol" in acc else pd.Series("workers", index=acc.index)
+    fixed_global = protocol.fillna("workers").eq("global_batch")
+
+    def num(col: str) -> pd.Series:
+        return pd.to_numeric(acc[col], errors="coerce") if col in acc else pd.Series(float("nan"), index=acc.index)
+
+    acc["setup"] = [
+        f"{g:g} samples per step" if fixed else (f"{w:g} worker" + "s" * (w != 1) if pd.notna(w) else "")
+        for fixed, g, w in zip(fixed_global, num("global_batch"), num("workers"))
+    ]
+    return acc
+
+
+def long_errors(acc: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and evaluation that has a value: the run's columns, `evaluation`, `test_error` (%)."""
+    frames = []
+    for column, name in EVALUATIONS.items():
+        if column in acc:
+            has = pd.to_numeric(acc[column], errors="coerce").notna()
+            frames.append(acc[has].assign(evaluation=name, test_error=test_error(acc[has], column)))
+    return pd.concat(frames, ignore_index=True) if frames else acc.iloc[0:0].assign(evaluation=[], test_error=[])
+
+
+def accuracy_groups(acc: pd.DataFrame) -> list[str]:
+    """The columns besides norm, K and seed that vary (each value gets its own table)."""
+    cols = ("input", "dataset", "model", "impl", "setup", "epochs", "norm_position")  # input: never pooled
+    return [c for c in cols if c in acc and acc[c].nunique() > 1]
+
+
+def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
+    """Per (group,) K, norm and evaluation: seeds, mean and sd of the test error (%)."""
+    long = long_errors(with_setup(acc))
+    keys = accuracy_groups(long) + ["batch_size", "norm", "evaluation"]
+    stats = long.groupby(keys, dropna=False)["test_error"].agg(n="count", mean="mean", sd="std").reset_index()
+    order = {"norm": NORM_ORDER, "evaluation": EVALUATION_ORDER}
+    return stats.sort_values(keys, key=lambda s: _rank(s, order[s.name]) if s.name in order else s)
+
+
+def series_name(norm: str, evaluation: str) -> str:
+    """A table column: the norm, plus the evaluation where it is not the running statistics (eval mode)."""
+    return norm if evaluation == "running" else f"{norm} {evaluation}"
+
+
+def _cell(mean: float, sd: float, n: int) -> str:
+    return f"{mean:.2f} ± {sd:.2f}" if n > 1 else f"{mean:.2f}"
+
+
+def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
+    """One group's table: a row per K (large to small), a column per norm and evaluation (`mean ± sd`),
+    and the best (lowest mean error)."""
+    stats = stats.assign(series=[series_name(n, e) for n, e in zip(stats["norm"], stats["evaluation"])])
+    columns = list(dict.fromkeys(stats["series"]))  # stats come sorted by norm, then evaluation
+    rows = []
+    for k, g in stats.groupby("batch_size"):
+        row: dict[str, Any] = {"K": int(k) if float(k).is_integer() else k}
+        for name in columns:
+            r = g[g["series"] == name]
+            row[name] = "" if r.empty else _cell(r["mean"].iloc[0], r["sd"].iloc[0], int(r["n"].iloc[0]))
+        best = g[g["mean"] <= g["mean"].min() + 1e-9]  # ties: every series at the lowest mean
+        row["best"] = f"{', '.join(best['series'])} ({best['mean'].iloc[0]:.2f})"
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("K", ascending=False).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------ the headline
+
+
+def _independent(norm: str) -> bool:
+    try:
+        return norms.batch_independent(norm)
+    except ValueError:  # a norm this version does not know: make no claim for it
+        return False
+
+
+def _err(stats: pd.DataFrame, norm: str, evaluation: str, k) -> str | None:
+    """`mean ± sd%` of one norm's test error at K under one evaluation, or None where it did not run."""
+    r = stats[(stats["norm"] == norm) & (stats["evaluation"] == evaluation) & (stats["batch_size"] == k)]
+    if r.empty:
+        return None
+    mean, sd, n = r["mean"].iloc[0], r["sd"].iloc[0], int(r["n"].iloc[0])
+    return f"{mean:.1f} ± {sd:.1f}%" if n > 1 else f"{mean:.1f}%"
+
+
+def _identical_across_k(runs: pd.DataFrame) -> bool:
+    """Whether every seed's runs give the same test accuracy at every K (K-invariant, as it must be at
+    a fixed global batch for a norm whose statistics do not span samples)."""
+    return bool((runs.groupby("seed")["test_acc"].nunique(dropna=False) == 1).all()) and runs["batch_size"].nunique() > 1
+
+
+def headline(acc: pd.DataFrame) -> str:
+    """The measured effect of K in a sentence or two, with numbers and their spread over seeds, for
+    one group of runs (one setup): each norm whose error depends on K at the smallest K vs 32 (or the
+    largest), and the norms that do not depend on it."""
+    acc = with_setup(acc)
+    stats = accuracy_stats(acc)
+    ks = sorted(stats["batch_size"].unique())
+    small = ks[0]
+    large = 32 if 32 in ks and small != 32 else ks[-1]
+    seeds = acc.groupby(["norm", "batch_size"])["seed"].nunique()
+    spread = f"mean ± sd over {seeds.min()} seeds" if seeds.min() > 1 else "one seed, so no spread"
+    setup = acc["setup"].iloc[0]
+    by_construction = setup.endswith("per step")  # at a fixed global batch, K cannot reach their training
+    fixed = (f"{setup}, the same steps and LR for every K" if by_construction
+             else f"{setup}: the global batch and LR grow with K")  # fmt: skip
+    order = sorted(acc["norm"].unique(), key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0])
+    invariant = [n for n in order if _independent(n) and _identical_across_k(acc[acc["norm"] == n])]
+    sentences, others = [], []
+    for norm in order:
+        if norm in invariant:
+            continue
+        name = NORM_LABELS.get(norm, norm)
+        a, b = _err(stats, norm, "running", small), _err(stats, norm, "running", large)
+        if a is None or b is None:
+            continue
+        sentences.append(f"**{name}**: test error {a} at {small:g} per normalization batch vs {b} at {large:g}")
+        for evaluation, label in (("PreciseBN", "with PreciseBN"), ("batch stats", "with batch statistics at K")):
+            pa, pb = _err(stats, norm, evaluation, small), _err(stats, norm, evaluation, large)
+            if pa and pb:
+                others.append(f"{name} {label}: {pa} vs {pb}")
+    text = ". ".join(sentences)
+    if text:
+        text += f" (eval mode, running statistics; {spread}; {fixed})."
+    if invariant:
+        names = "/".join(NORM_LABELS.get(n, n) for n in invariant)
+        values = ", ".join(f"{NORM_LABELS.get(n, n)} {_err(stats, n, 'running', small)}" for n in invariant)
+        why = "identical by construction" if by_construction else "the same in every run of these rows"
+        text += f" {names} do not depend on it ({why} at every K: {values})."
+    if others:
+        text += " " + "; ".join(others) + "."
+    return text.strip()
+
+
+def reuse_note(acc: pd.DataFrame) -> str | None:
+    """What the report says about rows that reuse another job's training, or None if none do."""
+    if "reused_from" not in acc or acc["reused_from"].isna().all():
+        return None
+    reused = acc[acc["reused_from"].notna()]
+    names = "/".join(NORM_LABELS.get(n, n) for n in sorted(reused["norm"].unique(),
+                                                           key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0]))  # fmt: skip
+    return (
+        f"{len(reused)} of {len(acc)} rows ({names}) reuse the training of another job of the sweep (column "
+        f"`reused_from` names it): these norms never take statistics across samples, so at a fixed global batch "
+        f"K changes nothing in their training, and each was trained once per seed (normbench/reuse.py; "
+        f"tests/test_accuracy.py checks that the models are bit-identical across K)."
+    )
