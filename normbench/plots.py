@@ -320,3 +320,28 @@ def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) 
     ax.set_title("Speed vs accuracy per norm (lower left is better)", fontsize=11)
     fig.tight_layout()
     return _save(fig, Path(path))
+
+
+# ----------------------------------------------------------------------------------------- the claims
+
+
+def convergence_curves(curves: dict[str, list[pd.DataFrame]], steps_per_epoch: dict[str, float], level: float,
+                       path: str | Path) -> Path | None:
+    """Train loss vs optimizer step per norm (one thin line per seed, per-epoch points), with the loss
+    level that the notebook's claim C5 is judged at (normbench.claims)."""
+    if not curves:
+        return None
+    colors = norm_palette(curves)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for norm, runs in curves.items():
+        for i, curve in enumerate(runs):
+            ax.plot(curve["epoch"] * steps_per_epoch[norm], curve["train_loss"], marker="o", ms=3, lw=1.2,
+                    color=colors[norm], alpha=0.8, label=NORM_LABELS.get(norm, norm) if i == 0 else None)
+    ax.axhline(level, color="black", ls="--", lw=0.8)
+    ax.annotate(f"level {level:.3f}", (ax.get_xlim()[1], level), ha="right", va="bottom", fontsize=8)
+    ax.set_xlabel("optimizer step (end of each epoch)")
+    ax.set_ylabel("train loss (epoch mean)")
+    ax.set_title("C5: steps to the loss level, one line per seed", fontsize=10)
+    ax.legend(frameon=False)
+    sns.despine(fig)
+    return _save(fig, Path(path))

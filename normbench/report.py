@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normbench import results
+from normbench import claims, results
 from normbench.errors import UsageError
 from normbench.accuracy_tables import (
     accuracy_groups,
@@ -45,6 +45,7 @@ PLOTS = {
     "latency": "speed_latency.png",
     "roofline": "speed_roofline.png",
     "tradeoff": "speed_vs_accuracy.png",
+    "claims": "claims_convergence.png",
 }
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -299,6 +300,35 @@ def _accuracy_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> No
         doc.image(plot, "Test error vs K per norm (BatchNorm: three evaluations); the GN paper's protocol beside")
 
 
+def _claims_plot(acc: pd.DataFrame, path: Path) -> Path | None:
+    from normbench import plots
+
+    c5 = claims.convergence(acc)
+    if c5 is None:
+        return None
+    _, level, curves = c5
+    runs = {n: claims.select(acc, n, claims.LARGE_K, claims.GLOBAL) for n in curves}
+    per_epoch = {n: float(r["steps"].iloc[0]) / float(r["epochs"].iloc[0]) for n, r in runs.items()}
+    return plots.convergence_curves(curves, per_epoch, level, path)
+
+
+def _claims_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> None:
+    table = claims.judge(acc)
+    doc.heading(2, "The notebook's claims")
+    doc.para(
+        "The seed notebook (../shared/seed/) states six lessons about BatchNorm as facts; each is tested here by "
+        "comparisons that change one variable (docs/claims.md). Values are mean ± sd over "
+        f"{table.attrs.get('seeds', '?')} seeds. Decision rule: with d the difference of the two means and s = "
+        "sqrt(sd_A^2 + sd_B^2), a claim is **supported** when |d| > 2s in the claimed direction, **not "
+        "supported** when |d| > 2s against it, and **inconclusive on this task** otherwise; a claim of equality "
+        f"(C2) is supported when |d| <= 2s and s <= {claims.EQUAL_WITHIN:g} pp. A claim made of several "
+        "comparisons is **mixed** when they disagree."
+    )
+    doc.table(table)
+    if plot:
+        doc.image(plot, "C5: train loss vs optimizer step, BatchNorm vs no norm, with the level judged at")
+
+
 def build_report(
     paths: list[str | Path], out_dir: str | Path, *, title: str | None = None, notes: list[str] | None = None
 ) -> Path:
@@ -329,6 +359,7 @@ def build_report(
         "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
         "roofline": plots.speed_roofline(speed, out / PLOTS["roofline"]) if not speed.empty else None,
         "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"]) if one_each else None,
+        "claims": _claims_plot(acc, out / PLOTS["claims"]) if claims.available(acc) else None,
     }
     for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
         if made[key] is None:
@@ -351,6 +382,8 @@ def build_report(
 
     if not acc.empty:
         _accuracy_section(doc, acc, made["accuracy"])
+    if claims.available(acc):
+        _claims_section(doc, acc, made["claims"])
 
     if not speed.empty:
         doc.heading(2, "Speed")
