@@ -13,6 +13,8 @@
 #   native    normbench-speed -m sweep=gpu impl=native   (48 jobs: 4 norms x 3 shapes x 2 dtypes x 2 layouts)
 #   triton    the same grid, impl=triton
 #   compiled  the same grid, impl=compiled
+#   graph     the headline shape again, every impl, with speed.cuda_graph=true: replays of a captured
+#             CUDA graph, the GPU work without Python, dispatch and launch costs (launch-bound calls)
 #   check     scripts/gpu_check_triton.py: the timer's 4x cross-check, then triton vs float64 at the
 #             sweep's shapes (after the sweeps, so it costs no JIT)
 #   report    normbench-report over the three sweeps
@@ -24,8 +26,8 @@
 #
 # Every step runs under `timeout`. A step's deadline is its box plus the boxes before it, counted
 # from the start, so time an early step saves goes to the later ones. Boxes (s, overridable by env):
-# SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, CHECK_S 40; the report gets what
-# is left of BUDGET_S (470), at least REPORT_MIN_S 25. STEPS="check report" runs only those steps
+# SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, GRAPH_S 80, CHECK_S 40; the report
+# gets what is left of BUDGET_S (470), at least REPORT_MIN_S 25. STEPS="check report" runs only those steps
 # (setup always runs: a fresh machine has nothing installed).
 set -uo pipefail   # no -e: a failed or cut step is logged, and the next step still runs
 cd "$(dirname "$0")/.."
@@ -34,8 +36,8 @@ cd "$(dirname "$0")/.."
 export TINY=${TINY:-0}
 BUDGET_S=${BUDGET_S:-$( ((TINY)) && echo 900 || echo 470 )}   # the 2-core CPU needs longer for tiny sizes
 SETUP_S=${SETUP_S:-40} WARM_S=${WARM_S:-100} NATIVE_S=${NATIVE_S:-60} TRITON_S=${TRITON_S:-60}
-COMPILED_S=${COMPILED_S:-110} CHECK_S=${CHECK_S:-40} REPORT_MIN_S=${REPORT_MIN_S:-25}
-STEPS=${STEPS:-warm native triton compiled check report}
+COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} REPORT_MIN_S=${REPORT_MIN_S:-25}
+STEPS=${STEPS:-warm native triton compiled graph check report}
 WARM_JOBS=${WARM_JOBS:-12}            # processes compiling side by side (the GPU machine has 16 cores)
 export WORK=${WORK:-results/gpu-reference}   # under results/: ignored by git
 export SITE=${SITE:-$( ((TINY)) && echo /tmp/gpu_rehearsal_site || echo /tmp/site )}
@@ -123,7 +125,12 @@ grid() {
              "dtype=float32,bfloat16 layout=contiguous,channels_last"
     fi
 }
-impls_to_warm() { [[ $TINY == 1 ]] && echo compiled || echo triton,compiled; }   # no triton timing on a CPU
+impls_to_warm() {   # no triton timing on a CPU; compiled only when a step times it
+    local impls=()
+    [[ $TINY == 0 ]] && impls+=(triton)
+    [[ " $STEPS " == *" compiled "* || " $STEPS " == *" graph "* ]] && impls+=(compiled)
+    (IFS=,; echo "${impls[*]}")
+}
 
 step_warm() {
     # shellcheck disable=SC2046
@@ -132,7 +139,7 @@ step_warm() {
         hydra.launcher.n_jobs="$WARM_JOBS" hydra.callbacks.report.enabled=false hydra.sweep.dir="$WORK/warm"
 }
 
-# sweep IMPL: one timed sweep of the grid. The first one measures the copy bandwidth; the later ones
+# sweep IMPL [OVERRIDES...]: one timed sweep of the grid. The first one measures the copy bandwidth; the later ones
 # take its value as speed.peak_gbps (a sweep directory must be new, so its cache file cannot be copied
 # in), so every row is divided by the same roofline.
 sweep() {
@@ -140,11 +147,15 @@ sweep() {
     first=$(ls "$WORK"/speed-*/peak_bandwidth.json 2>/dev/null | head -n 1)
     [[ -n $first ]] && peak=("speed.peak_gbps=$(python3 -c 'import json,sys; print(next(iter(json.load(open(sys.argv[1])).values()))["peak_gbps"])' "$first")")
     # shellcheck disable=SC2046
-    normbench-speed -m sweep=gpu $(grid) impl="$1" "${peak[@]}" hydra.sweep.dir="$WORK/speed-$1"
+    normbench-speed -m sweep=gpu $(grid) impl="$1" "${peak[@]}" "${@:2}" hydra.sweep.dir="$WORK/speed-${SWEEP_NAME:-$1}"
 }
 step_native() { sweep native; }
 step_triton() { [[ $TINY == 1 ]] && { echo "TINY: no triton timing on a CPU"; return 0; }; sweep triton; }
 step_compiled() { sweep compiled; }
+step_graph() {   # on a CPU there is no CUDA graph: the rehearsal only checks that the step is wired
+    [[ $TINY == 1 ]] && { echo "TINY: no CUDA graphs on a CPU"; return 0; }
+    SWEEP_NAME=graph sweep native,triton,compiled speed.cuda_graph=true shape=resnet_c64
+}
 
 step_check() {
     if [[ $TINY == 1 ]]; then
@@ -156,13 +167,13 @@ step_check() {
 
 step_report() {
     local dirs=() d
-    for d in native triton compiled; do [[ -d $WORK/speed-$d ]] && dirs+=("$WORK/speed-$d"); done
+    for d in native triton compiled graph; do [[ -d $WORK/speed-$d ]] && dirs+=("$WORK/speed-$d"); done
     ((${#dirs[@]})) || { echo "no sweep to report"; exit 1; }
     local dev; dev=$([[ $TINY == 1 ]] && echo "CPU rehearsal (TINY=1)" || python3 -c "import torch; print(torch.cuda.get_device_name())")
     normbench-report "${dirs[@]}" --out "$WORK/report" --title "normbench speed reference: $dev"
 }
 
-export -f step_setup step_warm step_native step_triton step_compiled step_check step_report grid impls_to_warm sweep
+export -f step_setup step_warm step_native step_triton step_compiled step_graph step_check step_report grid impls_to_warm sweep
 export BUDGET_S STEPS WARM_JOBS
 
 # ------------------------------------------------------------------------------------------- run
@@ -173,7 +184,7 @@ if ((RC != 0)); then
 else
     last=$((BUDGET_S - REPORT_MIN_S))   # no step but the report may run past this
     deadline=$SETUP_S
-    for step in warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S check:$CHECK_S; do
+    for step in warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S check:$CHECK_S; do
         name=${step%%:*}
         wants "$name" || continue
         deadline=$((deadline + ${step#*:}))
@@ -185,7 +196,7 @@ fi
 
 # How much of each sweep ran: a job its box stopped is `missing` in the report, but one it never
 # reached is not there at all, so count them here against what Hydra launched.
-for s in warm speed-native speed-triton speed-compiled; do
+for s in warm speed-native speed-triton speed-compiled speed-graph; do
     dir=$WORK/$s
     [[ -d $dir ]] || continue
     log=$WORK/logs/${s#speed-}.log
@@ -202,7 +213,7 @@ done
 # At most 8 files come back, 16 MiB each, no deeper than $OUT/a/b/file: the sweeps go as one archive
 # that unpacks into results/reference/<name>/, plus a few files to read at once.
 have=()
-for p in speed-native speed-triton speed-compiled report env.txt triton_check.csv logs; do
+for p in speed-native speed-triton speed-compiled speed-graph report env.txt triton_check.csv logs; do
     [[ -e $WORK/$p ]] && have+=("$p")
 done
 ((${#have[@]})) && tar -czf "$OUT/reference.tar.gz" -C "$WORK" "${have[@]}"
