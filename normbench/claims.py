@@ -64,7 +64,8 @@ class Comparison:
         return decide(self.a, self.b, self.expect)
 
     def text(self) -> str:
-        return f"{self.name}: {_ms(self.a, self.unit)} vs {_ms(self.b, self.unit)} (d = {self.d:+.2f}, 2s = {2 * self.s:.2f})"
+        return (f"{self.name}: {_ms(self.a, self.unit)} vs {_ms(self.b, self.unit)} "
+                f"(d = {self.d:+.2f}, 2s = {2 * self.s:.2f}: {self.verdict()})")
 
 
 def _sd(values: np.ndarray) -> float:
