@@ -305,3 +305,34 @@ def test_kernels_compile_for_h100():
     if done.returncode == 77:
         pytest.skip(done.stdout.strip())
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@needs_triton
+@pytest.mark.slow
+def test_sweep_plans_compile_for_h100():
+    """Compile, for sm_90, every distinct launch the dispatch makes at the GPU sweep's shapes (bn/ln/in/gn x
+    fp32/bf16 x both layouts, forward and backward, planned for 132 SMs and 50 MB of L2): ~1-2 min.
+
+    With Triton 3.6 (the first H100 run's) this caught what failed there: looped_backward in float32 at
+    gn/in channels_last 256x64x56x56 and gn 16x512x64x64 ("PassManager::run failed")."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "normbench.kernels.compile_check", "plans"], env=env, capture_output=True, text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    if done.returncode == 77:
+        pytest.skip(done.stdout.strip())
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+
+
+def test_trace_shapes_are_the_gpu_sweeps():
+    """kernels.trace's shape set is conf/shape's (what the sweep runs)."""
+    import yaml
+
+    from normbench.kernels import trace
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "shape"
+    for name, shape in trace.GPU_SHAPES.items():
+        s = yaml.safe_load((conf / f"{name}.yaml").read_text())
+        assert (s["batch_size"], s["channels"], *s["spatial"]) == shape

@@ -172,14 +172,19 @@ def looped_backward(
         gi = b * G + c // Cg
         mu = tl.load(mean + gi, mask=cmask, other=0.0)
         r = tl.load(rstd + gi, mask=cmask, other=0.0)
-        s1 = tl.zeros([BLOCK_C], tl.float32)
-        s2 = tl.zeros([BLOCK_C], tl.float32)
+        # Accumulate per thread and reduce once after the loop: no reduction inside the loop. (Also
+        # the fix for Triton <= 3.6, whose OptimizeThreadLocality pass crashes, "PassManager::run
+        # failed", on `s += tl.sum(load)` when s has two uses after the loop, as here with affine.)
+        a1 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
+        a2 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
         for l0 in range(0, L, BLOCK_L):
             mask = cmask[:, None] & (l0 + l < L)[None, :]
             xv = tl.load(x + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
             g = tl.load(dy + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
-            s1 += tl.sum(g, 1)
-            s2 += tl.sum(g * (xv - mu[:, None]) * r[:, None], 1)  # g is 0 where masked
+            a1 += g
+            a2 += g * (xv - mu[:, None])  # g is 0 where masked; times r after the sum
+        s1 = tl.sum(a1, 1)
+        s2 = tl.sum(a2, 1) * r
         wc = tl.full([BLOCK_C], 1.0, tl.float32)
         if HAS_AFFINE:
             wc = tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)

@@ -154,20 +154,20 @@ def partial_grad_sums(
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
-    s1 = tl.zeros([BLOCK_C], tl.float32)
-    s2 = tl.zeros([BLOCK_C], tl.float32)
+    # Per-thread accumulators, reduced once after the loop (see fused.looped_backward for why).
+    a1 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
+    a2 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
     t_end = tl.minimum(s * TPS + TPS, T)
     for t in range(s * TPS, t_end):
         offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
         mask = cmask[:, None] & lmask[None, :]
         xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        xhat = (xv - mu[:, None]) * r[:, None]
-        s1 += tl.sum(g, 1)
-        s2 += tl.sum(g * xhat, 1)  # g is 0 where masked
+        a1 += g
+        a2 += g * (xv - mu[:, None])  # g is 0 where masked; times r after the sum
     out = (b * S + s) * C + c
-    tl.store(p_dy + out, s1, mask=cmask)
-    tl.store(p_dyxhat + out, s2, mask=cmask)
+    tl.store(p_dy + out, tl.sum(a1, 1), mask=cmask)
+    tl.store(p_dyxhat + out, tl.sum(a2, 1) * r, mask=cmask)
 
 
 @triton.jit
