@@ -336,3 +336,45 @@ def test_trace_shapes_are_the_gpu_sweeps():
     for name, shape in trace.GPU_SHAPES.items():
         s = yaml.safe_load((conf / f"{name}.yaml").read_text())
         assert (s["batch_size"], s["channels"], *s["spatial"]) == shape
+
+
+@pytest.fixture(scope="module")
+def traffic_rows():
+    from normbench.kernels import traffic
+
+    return traffic.table()
+
+
+@needs_triton
+def test_traffic_model_pins_each_plans_hbm_bytes(traffic_rows):
+    """What the plans move from HBM at the GPU sweep's shapes (H100: 50 MB L2), against the byte model.
+
+    fused plans read each byte once (the model); split plans, and looped ones whose persistent slabs
+    overflow half the L2, read x (and dy) twice: 1.5x forward, 1.67x backward. Issue 17's goal is
+    <= 1.1x everywhere at >= 64 MB; these pins say where the plans stand now."""
+    assert len(traffic_rows) == 3 * 2 * 2 * 4 * 2
+    for r in traffic_rows:
+        case = f"{r['shape']} {r['layout']} {r['dtype']} {r['norm']} {r['pass']} ({r['path']}): {r['ratio']:.3f}"
+        if r["path"].startswith("fused"):
+            assert r["ratio"] <= 1.02, case
+        elif r["path"].startswith("looped") and r["ratio"] < 1.1:
+            # the re-read hits L2 only where the persistent slabs fit: bf16 forward, x alone
+            assert r["pass"] == "fwd" and r["dtype"] == "bf16", case
+        else:
+            assert r["ratio"] == pytest.approx(1.5 if r["pass"] == "fwd" else 5 / 3, abs=0.02), case
+    one_read = [r for r in traffic_rows if r["ratio"] <= 1.1 and r["input_mb"] >= 64]
+    assert len(one_read) == 31  # of 96 (all at least 64 MB): the fused plans and 3 looped bf16 forwards
+
+
+@needs_triton
+def test_traffic_model_serves_rereads_from_l2_when_they_fit():
+    """The cache model: a split forward re-reads x from L2 when x fits half of it, else from HBM."""
+    from normbench.kernels import trace, traffic
+
+    shape = (32, 64, 16, 16)  # 2 MB in float32
+    passes = trace.trace("bn", shape, torch.float32, "contiguous")
+    size = 32 * 64 * 16 * 16 * 4
+    small = traffic.pass_traffic(passes["fwd"], l2_bytes=8 * size, share=0.5)
+    big = traffic.pass_traffic(passes["fwd"], l2_bytes=size, share=0.5)
+    assert small.l2 >= size and small.hbm < 2.02 * size  # read x once, write y (l2: x and the partials)
+    assert big.l2 < 0.01 * size and big.hbm > 3 * size  # (the small partials still hit L2)
