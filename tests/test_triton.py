@@ -378,3 +378,73 @@ def test_traffic_model_serves_rereads_from_l2_when_they_fit():
     big = traffic.pass_traffic(passes["fwd"], l2_bytes=size, share=0.5)
     assert small.l2 >= size and small.hbm < 2.02 * size  # read x once, write y (l2: x and the partials)
     assert big.l2 < 0.01 * size and big.hbm > 3 * size  # (the small partials still hit L2)
+
+
+@needs_triton
+@pytest.mark.parametrize("virtual_batch", [None, 8])
+def test_batchnorm_launches_at_most_4_per_pass(virtual_batch):
+    """Launches (Triton kernels + torch operators) per pass at the GPU sweep's shapes, planned for an H100:
+    the running statistics are updated in the combine kernel, dweight and dbias come out of the
+    backward's combine kernel, and nothing is filled with zeros."""
+    from normbench.kernels import trace
+
+    for shape in trace.GPU_SHAPES.values():
+        for layout_name in trace.LAYOUTS:
+            # virtual_batch: B = N / 8 statistics per channel, which the combine kernels loop over
+            passes = trace.trace("bn", shape, torch.float32, layout_name, virtual_batch=virtual_batch)
+            for pass_name, p in passes.items():
+                assert p.count <= 4, (shape, layout_name, pass_name, [lc.name for lc in p.launches], p.torch_ops)
+
+
+@needs_triton
+def test_no_pass_fills_zeros():
+    from normbench.kernels import trace
+
+    for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
+        for p in trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name).values():
+            assert not {"zeros", "zeros_like", "fill", "zero"} & set(p.torch_ops), (norm, shape, p.torch_ops)
+
+
+@needs_triton
+@pytest.mark.parametrize("layout_name", ["contiguous", "channels_last"])
+def test_launch_counter_counts_a_real_call(layout_name):
+    """The counter around the launches, on a real (interpreted) training step of BatchNorm."""
+    from normbench.kernels import trace
+
+    layer = norms.build("bn", 6, impl="triton", device=DEVICE)
+    x = make_input((4, 6, 3, 5), torch.float32, layout_name).requires_grad_()
+    dy = torch.ones(x.shape)
+    with trace.recording(run=True, plan_for=None) as rec:
+        y = layer(x)  # (the module's num_batches_tracked += 1 counts too)
+        rec.append(trace.Pass())
+        torch.autograd.grad(y, (x, layer.weight, layer.bias), dy)  # leaves out autograd's own .grad copies
+    fwd, bwd = rec
+    assert fwd.count <= 4 and bwd.count <= 4, (fwd, bwd)
+    assert fwd.launches and bwd.launches and layer.num_batches_tracked == 1
+    assert not torch.equal(layer.running_mean, torch.zeros(6))  # updated inside a kernel
+
+
+if availability.triton_installed():
+    import triton
+    import triton.language as tl
+
+    from normbench.kernels.split import partial_offset, stat_offset
+
+    @triton.jit
+    def _offsets_kernel(out, B0, s, S, C, G, g):
+        b = tl.program_id(0) + B0  # a b derived from the program id (int32), as in the kernels
+        c = (C - 2) + tl.arange(0, 2)
+        tl.store(out + tl.arange(0, 2), partial_offset(b, s, S, C, c))
+        tl.store(out + 2, stat_offset(b, G, g))
+
+
+@needs_triton
+def test_partial_and_statistic_offsets_are_64_bit():
+    """The (B, S, C) partial-sum and (B, G) statistic offsets past 2**31 (an input of 2**31 or more values in
+    all, e.g. (N, C) rows with N x C >= 2**31) come out exact, not wrapped, without such a tensor."""
+    b, s, splits, c, groups, g = 2**21 + 3, 5, 7, 1024, 2**11, 9
+    out = torch.zeros(3, dtype=torch.int64, device=DEVICE)
+    _offsets_kernel[(1,)](out, b, s, splits, c, groups, g)
+    expected = [(b * splits + s) * c + c - 2, (b * splits + s) * c + c - 1, b * groups + g]
+    assert all(v >= 2**31 for v in expected)
+    assert out.tolist() == expected

@@ -21,7 +21,8 @@ import re
 import sys
 
 POINTERS = {"x", "y", "dy", "dx"}  # in the input's dtype; the other pointers are float32 here
-INTEGERS = {"C", "L", "G", "Cg", "sb", "sk", "sc", "sl", "T", "TPS", "S", "CB", "NLB", "SLABS"}
+INTEGERS = {"C", "L", "G", "Cg", "sb", "sk", "sc", "sl", "T", "TPS", "S", "CB", "NLB", "SLABS", "B"}
+FLOATS = {"eps", "inv_count", "factor", "unbias"}
 
 
 def _cases():
@@ -43,12 +44,16 @@ def _cases():
         (fused.looped_backward, {**nhwc, **dict(slab, GPB=16, BLOCK_C=32, BLOCK_L=128)}),
         (split.partial_moments, {**nchw, **tile_nchw}),
         (split.partial_moments, {**nhwc, **tile_nhwc}),
-        (split.combine_moments, {"BLOCK": 256}),
+        (split.combine_moments, {"BLOCK": 256, "RUNNING": False}),
+        (split.combine_moments, {"BLOCK": 256, "RUNNING": True}),
+        (split.update_running, {"BLOCK": 256}),
         (split.normalize, {**nchw, **tile_nchw, "HAS_AFFINE": True}),
         (split.normalize, {**nhwc, **tile_nhwc, "HAS_AFFINE": False}),
         (split.partial_grad_sums, {**nhwc, **tile_nhwc}),
-        (split.combine_grad_sums, {"BLOCK": 256, "HAS_AFFINE": True}),
-        (split.input_grad, {**nchw, **tile_nchw, "HAS_AFFINE": True}),
+        (split.combine_grad_sums, {"BLOCK": 256, "HAS_AFFINE": True, "PARAM_GRADS": False}),
+        (split.combine_grad_sums, {"BLOCK": 256, "HAS_AFFINE": True, "PARAM_GRADS": True}),
+        (split.input_grad, {**nchw, **tile_nchw, "HAS_AFFINE": True, "CONSTANT_STATS": False}),
+        (split.input_grad, {**nhwc, **tile_nhwc, "HAS_AFFINE": True, "CONSTANT_STATS": True}),
         # Triton turns an int argument equal to 1 into a constant: ln (G = 1), in (Cg = 1), one split.
         (fused.looped_forward, {**nchw, "G": 1, **slab, "GPB": 1}),
         (fused.fused_backward, {**nhwc, "Cg": 1, **dict(slab, GPB=32, BLOCK_C=32, BLOCK_L=64)}),
@@ -65,7 +70,7 @@ def compile_for_sm90(kernel, constants: dict, dtype: str = "bf16", num_warps: in
     for name in names:
         if name in constants:
             signature[name] = "constexpr"
-        elif name in ("eps", "inv_count"):
+        elif name in FLOATS:
             signature[name] = "fp32"
         elif name in POINTERS:
             signature[name], aligned = f"*{dtype}", aligned + [name]

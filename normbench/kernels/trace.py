@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 H100 = (132, 50 * 2**20)  # SMs, L2 bytes: an H100 SXM (NVIDIA H100 Tensor Core GPU datasheet)
 
@@ -27,6 +27,12 @@ NORMS = ("bn", "ln", "in", "gn")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = ("contiguous", "channels_last")
 GN_GROUPS = 32  # conf/norm/gn.yaml
+
+# The kernels norm_function launches.
+KERNELS = {
+    "fused_forward", "fused_backward", "looped_forward", "looped_backward", "partial_moments",
+    "combine_moments", "update_running", "normalize", "partial_grad_sums", "combine_grad_sums", "input_grad",
+}
 
 # Operators that allocate, reshape or alias: no kernel on a GPU.
 _NO_KERNEL = {
@@ -68,8 +74,9 @@ class _Recorder:
     def __getitem__(self, grid):
         def launch(*args, **meta):
             self.sink[-1].launches.append(Launch(self.kernel, tuple(grid), args, meta))
-            if self.run:
-                self.kernel[grid](*args, **meta)
+            if self.run:  # the interpreter's own tensor work is not the Function's: not counted
+                with _disable_current_modes():
+                    self.kernel[grid](*args, **meta)
 
         return launch
 
@@ -102,7 +109,7 @@ def recording(run: bool = False, plan_for: tuple[int, int] | None = H100):
     saved = {}
     for module in (fused, split):
         for name, obj in vars(module).items():
-            if hasattr(obj, "fn") and hasattr(obj, "__getitem__"):
+            if name in KERNELS:  # not the @triton.jit helpers: kernels call those by their global name
                 saved[(module, name)] = obj
                 setattr(module, name, _Recorder(obj, passes, run))
     old_plan = layout.PLAN_FOR
@@ -133,7 +140,7 @@ def make_input(shape, dtype: torch.dtype, layout_name: str, device="meta") -> to
 
 
 def trace(norm: str, shape, dtype: torch.dtype, layout_name: str, *, train: bool = True,
-          plan_for: tuple[int, int] = H100) -> dict[str, Pass]:
+          virtual_batch: int | None = None, plan_for: tuple[int, int] = H100) -> dict[str, Pass]:
     """{"fwd": Pass, "bwd": Pass} of one forward and backward of an affine layer, on meta tensors."""
     from normbench.kernels.norm_function import _TritonNorm
 
@@ -142,6 +149,8 @@ def trace(norm: str, shape, dtype: torch.dtype, layout_name: str, *, train: bool
     weight = torch.empty(c, device="meta", requires_grad=True)
     bias = torch.empty(c, device="meta", requires_grad=True)
     kw = norm_kwargs(norm, x, train)
+    if virtual_batch:  # BatchNorm's statistics over groups of this many samples
+        kw["samples"] = virtual_batch
     args = (kw["samples"], kw["groups"], kw["eps"], kw.get("running_mean"), kw.get("running_var"),
             kw.get("use_batch_stats", True), kw.get("factor", 0.0))
     with recording(plan_for=plan_for) as passes:
