@@ -1,6 +1,10 @@
 """Compile every kernel for an H100 (sm_90) on a machine without a GPU, and count its vector accesses.
 
     TRITON_INTERPRET=0 python -m normbench.kernels.compile_check [fp32] [bf16] [fp16]
+    TRITON_INTERPRET=0 python -m normbench.kernels.compile_check plans
+
+`plans` compiles exactly what the dispatch launches for the GPU sweep's shapes (kernels.trace: every
+norm x dtype x layout, forward and backward, as planned for an H100), each distinct specialization once.
 
 The interpreter runs kernels as Python and forgives what the compiler does not (the type of a value
 carried through a loop, a constexpr used as a tensor); this lowers each kernel through Triton's
@@ -17,7 +21,8 @@ import re
 import sys
 
 POINTERS = {"x", "y", "dy", "dx"}  # in the input's dtype; the other pointers are float32 here
-INTEGERS = {"C", "L", "G", "Cg", "sb", "sk", "sc", "sl", "T", "TPS", "S", "CB", "NLB", "SLABS"}
+INTEGERS = {"C", "L", "G", "Cg", "sb", "sk", "sc", "sl", "T", "TPS", "S", "CB", "NLB", "SLABS", "B"}
+FLOATS = {"eps", "inv_count", "factor", "unbias"}
 
 
 def _cases():
@@ -39,12 +44,16 @@ def _cases():
         (fused.looped_backward, {**nhwc, **dict(slab, GPB=16, BLOCK_C=32, BLOCK_L=128)}),
         (split.partial_moments, {**nchw, **tile_nchw}),
         (split.partial_moments, {**nhwc, **tile_nhwc}),
-        (split.combine_moments, {"BLOCK": 256}),
+        (split.combine_moments, {"BLOCK": 256, "RUNNING": False}),
+        (split.combine_moments, {"BLOCK": 256, "RUNNING": True}),
+        (split.update_running, {"BLOCK": 256}),
         (split.normalize, {**nchw, **tile_nchw, "HAS_AFFINE": True}),
         (split.normalize, {**nhwc, **tile_nhwc, "HAS_AFFINE": False}),
         (split.partial_grad_sums, {**nhwc, **tile_nhwc}),
-        (split.combine_grad_sums, {"BLOCK": 256, "HAS_AFFINE": True}),
-        (split.input_grad, {**nchw, **tile_nchw, "HAS_AFFINE": True}),
+        (split.combine_grad_sums, {"BLOCK": 256, "HAS_AFFINE": True, "PARAM_GRADS": False}),
+        (split.combine_grad_sums, {"BLOCK": 256, "HAS_AFFINE": True, "PARAM_GRADS": True}),
+        (split.input_grad, {**nchw, **tile_nchw, "HAS_AFFINE": True, "CONSTANT_STATS": False}),
+        (split.input_grad, {**nhwc, **tile_nhwc, "HAS_AFFINE": True, "CONSTANT_STATS": True}),
         # Triton turns an int argument equal to 1 into a constant: ln (G = 1), in (Cg = 1), one split.
         (fused.looped_forward, {**nchw, "G": 1, **slab, "GPB": 1}),
         (fused.fused_backward, {**nhwc, "Cg": 1, **dict(slab, GPB=32, BLOCK_C=32, BLOCK_L=64)}),
@@ -61,7 +70,7 @@ def compile_for_sm90(kernel, constants: dict, dtype: str = "bf16", num_warps: in
     for name in names:
         if name in constants:
             signature[name] = "constexpr"
-        elif name in ("eps", "inv_count"):
+        elif name in FLOATS:
             signature[name] = "fp32"
         elif name in POINTERS:
             signature[name], aligned = f"*{dtype}", aligned + [name]
@@ -76,6 +85,81 @@ def compile_for_sm90(kernel, constants: dict, dtype: str = "bf16", num_warps: in
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
+_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+
+
+def launch_source(launch):
+    """(ASTSource, options, key) for a recorded launch, specialized as Triton does at run time.
+
+    Integers equal to 1 become constants, integers and (aligned) pointers divisible by 16 get that
+    divisibility, floats are fp32: the same cubin the GPU would compile for this launch.
+    """
+    import triton
+
+    names = list(inspect.signature(launch.kernel.fn).parameters)
+    values = dict(zip(names, launch.args))
+    constexprs = {k: v for k, v in launch.meta.items() if k in names}
+    options = {k: v for k, v in launch.meta.items() if k not in names}
+    signature, aligned = {}, []
+    for name in names:
+        v = values.get(name, constexprs.get(name))
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif hasattr(v, "dtype"):  # a tensor: torch allocations are aligned to far more than 16 bytes
+            signature[name], aligned = "*" + _TYPES[str(v.dtype)], aligned + [name]
+        elif isinstance(v, bool):
+            signature[name] = "i1"
+        elif isinstance(v, int) and v == 1:
+            signature[name], constexprs[name] = "constexpr", 1
+        elif isinstance(v, int):
+            signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
+            if v % 16 == 0:
+                aligned.append(name)
+        else:
+            signature[name] = "fp32"
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    key = (launch.name, tuple(signature.items()), tuple(sorted(constexprs.items())), tuple(sorted(aligned)),
+           tuple(sorted(options.items())))
+    source = triton.compiler.ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
+    return source, options, key
+
+
+def sweep_launches():
+    """{key: (launch, first case that makes it)} over the GPU sweep, forward and backward, plus eval bn."""
+    from normbench.kernels import trace
+
+    distinct = {}
+    cases = [(*c, True) for c in trace.sweep_cases()]
+    cases += [("bn", s, shape, d, lay, False) for n, s, shape, d, lay, _ in cases if n == "bn"]
+    for norm, shape_name, shape, dtype_name, layout_name, train in cases:
+        passes = trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name, train=train)
+        for pass_name, p in passes.items():
+            for launch in p.launches:
+                _, _, key = launch_source(launch)
+                mode = "" if train else " eval"
+                distinct.setdefault(key, (launch, f"{norm}{mode} {shape_name} {dtype_name} {layout_name} {pass_name}"))
+    return distinct
+
+
+def compile_plans() -> int:
+    """Compile each distinct launch of the GPU sweep for sm_90; print the failures; 1 if any."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.errors import CompilationError
+
+    failed = 0
+    distinct = sweep_launches()
+    for launch, case in distinct.values():
+        source, options, _ = launch_source(launch)
+        try:
+            triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+        except (RuntimeError, CompilationError) as e:  # report every failing plan, not only the first
+            failed += 1
+            print(f"FAILED {launch.name} {launch.meta} ({case}): {type(e).__name__}: {str(e)[-300:]}")
+    print(f"{len(distinct) - failed} of {len(distinct)} distinct launches of the GPU sweep compile for sm_90")
+    return 1 if failed else 0
+
+
 def main() -> int:
     try:
         import triton.backends.nvidia  # noqa: F401
@@ -86,6 +170,8 @@ def main() -> int:
     if knobs.runtime.interpret:
         print("TRITON_INTERPRET is on: kernels are interpreted, not compiled; run with TRITON_INTERPRET=0")
         return 77
+    if sys.argv[1:] == ["plans"]:
+        return compile_plans()
     for dtype in sys.argv[1:] or ("fp32", "bf16"):
         for kernel, constants in _cases():
             ptx = compile_for_sm90(kernel, constants, dtype).asm["ptx"]

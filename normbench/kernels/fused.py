@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from normbench.kernels.split import merge_tile_moments
+from normbench.kernels.split import merge_tile_moments, partial_offset, stat_offset
 
 
 @triton.jit
@@ -48,7 +48,7 @@ def _slab(C, L, G, Cg, sb, sc, sl, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLO
 def _store_stats(mean_out, var_out, rstd_out, mean, var, rstd, b, j, c, cmask, G, Cg):
     """Save a slab's per-group statistics (for the backward and the running statistics)."""
     first = cmask & (j % Cg == 0)  # one lane per group writes its statistics
-    gi = b * G + c // Cg
+    gi = stat_offset(b, G, c // Cg)
     tl.store(mean_out + gi, mean, mask=first)
     tl.store(var_out + gi, var, mask=first)
     tl.store(rstd_out + gi, rstd, mask=first)
@@ -89,7 +89,7 @@ def fused_backward(
     dx = rstd * (dy * w - mean(dy * w) - xhat * mean(dy * w * xhat)), means over the group.
     """
     b, j, c, cmask, mask, offs = _slab(C, L, G, Cg, sb, sc, sl, GPB, BLOCK_C, BLOCK_L)
-    gi = b * G + c // Cg
+    gi = stat_offset(b, G, c // Cg)
     mu = tl.load(mean + gi, mask=cmask, other=0.0)
     r = tl.load(rstd + gi, mask=cmask, other=0.0)
     xhat = (tl.load(x + offs, mask=mask, other=0.0).to(tl.float32) - mu[:, None]) * r[:, None]
@@ -99,8 +99,8 @@ def fused_backward(
     wc = tl.full([BLOCK_C], 1.0, tl.float32)
     if HAS_AFFINE:
         wc = tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
-        tl.store(p_dy + b * C + c, s1, mask=cmask)
-        tl.store(p_dyxhat + b * C + c, s2, mask=cmask)
+        tl.store(p_dy + partial_offset(b, 0, 1, C, c), s1, mask=cmask)
+        tl.store(p_dyxhat + partial_offset(b, 0, 1, C, c), s2, mask=cmask)
     inv_n = 1.0 / (Cg * L * 1.0)
     mean_g = _group_sum(wc * s1, j, Cg, GPB) * inv_n
     mean_gx = _group_sum(wc * s2, j, Cg, GPB) * inv_n
@@ -169,22 +169,27 @@ def looped_backward(
     """fused_backward over streamed slabs (persistent, as looped_forward): sums of dy and dy * xhat, then dx."""
     for slab in range(tl.program_id(0), SLABS, tl.num_programs(0)):
         b, j, c, cmask, l, base = _slab_at(slab, C, L, G, Cg, sb, sc, sl, GPB, BLOCK_C, BLOCK_L)
-        gi = b * G + c // Cg
+        gi = stat_offset(b, G, c // Cg)
         mu = tl.load(mean + gi, mask=cmask, other=0.0)
         r = tl.load(rstd + gi, mask=cmask, other=0.0)
-        s1 = tl.zeros([BLOCK_C], tl.float32)
-        s2 = tl.zeros([BLOCK_C], tl.float32)
+        # Accumulate per thread and reduce once after the loop: no reduction inside the loop. (Also
+        # the fix for Triton <= 3.6, whose OptimizeThreadLocality pass crashes, "PassManager::run
+        # failed", on `s += tl.sum(load)` when s has two uses after the loop, as here with affine.)
+        a1 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
+        a2 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
         for l0 in range(0, L, BLOCK_L):
             mask = cmask[:, None] & (l0 + l < L)[None, :]
             xv = tl.load(x + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
             g = tl.load(dy + base + l0 * sl, mask=mask, other=0.0).to(tl.float32)
-            s1 += tl.sum(g, 1)
-            s2 += tl.sum(g * (xv - mu[:, None]) * r[:, None], 1)  # g is 0 where masked
+            a1 += g
+            a2 += g * (xv - mu[:, None])  # g is 0 where masked; times r after the sum
+        s1 = tl.sum(a1, 1)
+        s2 = tl.sum(a2, 1) * r
         wc = tl.full([BLOCK_C], 1.0, tl.float32)
         if HAS_AFFINE:
             wc = tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
-            tl.store(p_dy + b * C + c, s1, mask=cmask)
-            tl.store(p_dyxhat + b * C + c, s2, mask=cmask)
+            tl.store(p_dy + partial_offset(b, 0, 1, C, c), s1, mask=cmask)
+            tl.store(p_dyxhat + partial_offset(b, 0, 1, C, c), s2, mask=cmask)
         inv_n = 1.0 / (Cg * L * 1.0)
         mean_g = _group_sum(wc * s1, j, Cg, GPB) * inv_n
         mean_gx = _group_sum(wc * s2, j, Cg, GPB) * inv_n

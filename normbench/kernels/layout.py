@@ -48,6 +48,9 @@ MAX_LOOPED_PROGRAMS_PER_SM = 4
 INTERPRETER_PROGRAMS = 1  # under the CPU interpreter every program is slow Python: as few as possible
 INT32_LIMIT = 2**31
 FORCE_PATH: str | None = None  # tests set "looped" or "split" to run those kernels on tiny shapes
+# (SMs, L2 bytes): plan as if on that GPU whatever the tensors' device (kernels.trace sets it, so that
+# the traffic model, the launch counts and the compile checks see an H100's plans without one).
+PLAN_FOR: tuple[int, int] | None = None
 
 
 def next_pow2(n: int) -> int:
@@ -197,6 +200,8 @@ def looped_programs(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_
 
 
 def l2_bytes(device: torch.device) -> int:
+    if PLAN_FOR is not None:
+        return PLAN_FOR[1]
     if device.type == "cuda":
         return _cuda_l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
     return 50 * 2**20  # the interpreter: any size works; an H100's
@@ -208,6 +213,8 @@ def _cuda_l2_bytes(index: int) -> int:
 
 
 def sm_count(device: torch.device) -> int:
+    if PLAN_FOR is not None:
+        return PLAN_FOR[0]
     if device.type == "cuda":
         return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 1  # the interpreter: one program at a time anyway
@@ -219,7 +226,7 @@ def _cuda_sm_count(index: int) -> int:
 
 
 def target_programs(device: torch.device) -> int:
-    if device.type == "cuda" and not _interpreting():
+    if PLAN_FOR is not None or (device.type == "cuda" and not _interpreting()):
         return PROGRAMS_PER_SM * sm_count(device)
     return INTERPRETER_PROGRAMS
 

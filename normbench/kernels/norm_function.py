@@ -68,9 +68,14 @@ def _split_args(v: GroupedView, plan) -> tuple:
     return (v.sb, v.sk, v.sc, v.sl, plan.tiles, plan.tiles_per_split, plan.splits, plan.channel_blocks, plan.l_blocks)
 
 
-def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float):
-    """Normalize x into y with its own statistics; return (mean, biased var, rstd), each (B * G,) float32."""
+def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float, running=None, factor: float = 0.0):
+    """Normalize x into y with its own statistics; return (mean, biased var, rstd), each (B * G,) float32.
+
+    running: (running_mean, running_var) to update with core.update_running_stats' rule (unbiased
+    variance, averaged over the B virtual batches), in the combine kernel where there is one.
+    """
     stats = [torch.empty(v.B * v.G, device=x.device, dtype=torch.float32) for _ in range(3)]
+    unbias = v.count / (v.count - 1) if running is not None else 1.0
     affine = weight is not None
     w, b = (weight, bias) if affine else (x, x)  # never read without affine
     plan = slab_plan(v, x.device)
@@ -83,6 +88,11 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float):
             fused.looped_forward[grid](*args, plan.slabs, **meta)
         else:
             fused.fused_forward[(plan.slabs,)](*args, **meta)
+        if running is not None:
+            block = min(1024, next_pow2(v.G))
+            split.update_running[(-(-v.G // block),)](
+                stats[0], stats[1], *running, v.G, v.B, factor, unbias, BLOCK=block
+            )
         return stats
     sp = split_plan(v, x.device)
     mean_p = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
@@ -93,8 +103,10 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float):
         x, mean_p, m2_p, count_p, v.C, v.L, *_split_args(v, sp),
         BLOCK_C=sp.block_c, BLOCK_L=sp.block_l, num_warps=sp.num_warps,
     )
-    split.combine_moments[(v.B * v.G,)](
-        mean_p, m2_p, count_p, *stats, v.C, v.G, v.cg, sp.splits, eps, BLOCK=_combine_block(v, sp.splits)
+    run = running if running is not None else (stats[0], stats[1])  # not touched without RUNNING
+    split.combine_moments[(v.G if running is not None else v.B * v.G,)](
+        mean_p, m2_p, count_p, *stats, *run, v.C, v.G, v.cg, sp.splits, v.B, eps, factor, unbias,
+        RUNNING=running is not None, BLOCK=_combine_block(v, sp.splits),
     )
     mean, _, rstd = stats
     _normalize(x, y, weight, bias, mean, rstd, v)
@@ -111,16 +123,6 @@ def _normalize(x, y, weight, bias, mean, rstd, v: GroupedView) -> None:
     )
 
 
-@torch.no_grad()
-def _update_running(running_mean, running_var, mean, var, v: GroupedView, factor: float) -> None:
-    """core.update_running_stats on the kernels' (B * C,) statistics: unbiased, averaged over B."""
-    n = v.count
-    batch_mean = mean.view(v.B, v.G).mean(0)
-    batch_var = (var.view(v.B, v.G) * (n / (n - 1))).mean(0)
-    running_mean.mul_(1 - factor).add_(factor * batch_mean.to(running_mean.dtype))
-    running_var.mul_(1 - factor).add_(factor * batch_var.to(running_var.dtype))
-
-
 class _TritonNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor):
@@ -128,9 +130,8 @@ class _TritonNorm(torch.autograd.Function):
         y = torch.empty_like(x)  # x is dense, so y gets its strides (channels_last stays channels_last)
         if use_batch_stats:
             v = grouped_view(x, samples, groups, channels_last)
-            mean, var, rstd = _batch_statistics(x, y, weight, bias, v, eps)
-            if running_mean is not None:
-                _update_running(running_mean, running_var, mean, var, v, factor)
+            running = (running_mean, running_var) if running_mean is not None else None
+            mean, _, rstd = _batch_statistics(x, y, weight, bias, v, eps, running, factor)
         else:  # eval-mode BatchNorm: the running statistics are constants
             v = grouped_view(x, x.shape[0], groups, channels_last)
             mean = running_mean.detach().to(torch.float32, copy=True)  # a copy: later steps update the buffer
@@ -151,6 +152,7 @@ class _TritonNorm(torch.autograd.Function):
         dx = torch.empty_like(x)
         affine = weight is not None
         w = weight if affine else x  # never read without affine
+        dweight = dbias = None
         plan = None if ctx.constant_stats else slab_plan(v, x.device)
         if plan is not None:
             p_dy = torch.empty(v.B, 1, v.C, device=x.device, dtype=torch.float32)
@@ -168,24 +170,31 @@ class _TritonNorm(torch.autograd.Function):
             grid = (v.B * sp.programs,)
             p_dy = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
             p_dyxhat = torch.empty_like(p_dy)
-            mean_g = torch.zeros(v.B * v.G, device=x.device, dtype=torch.float32)
-            mean_gx = torch.zeros_like(mean_g)
+            # The group means are written by combine_grad_sums; with constant statistics input_grad
+            # does not read them (so no zeros to fill).
+            mean_g = torch.empty(v.B * v.G, device=x.device, dtype=torch.float32)
+            mean_gx = torch.empty_like(mean_g)
             if affine or not ctx.constant_stats:
                 split.partial_grad_sums[grid](
                     x, dy, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, *_split_args(v, sp),
                     BLOCK_C=sp.block_c, BLOCK_L=sp.block_l, num_warps=sp.num_warps,
                 )
             if not ctx.constant_stats:
-                split.combine_grad_sums[(v.B * v.G,)](
-                    p_dy, p_dyxhat, w, mean_g, mean_gx, v.C, v.G, v.cg, sp.splits, 1.0 / v.count,
-                    HAS_AFFINE=affine, BLOCK=_combine_block(v, sp.splits),
+                # One channel per group (bn, in): dweight and dbias come out of this kernel too.
+                param_grads = v.cg == 1
+                if affine and param_grads:
+                    dweight, dbias = torch.empty_like(weight), torch.empty_like(weight)
+                grads = (dweight, dbias) if affine and param_grads else (mean_g, mean_gx)  # else unused
+                split.combine_grad_sums[(v.G if param_grads else v.B * v.G,)](
+                    p_dy, p_dyxhat, w, mean_g, mean_gx, *grads, v.C, v.G, v.cg, sp.splits, v.B, 1.0 / v.count,
+                    HAS_AFFINE=affine, PARAM_GRADS=param_grads, BLOCK=_combine_block(v, sp.splits),
                 )
             split.input_grad[grid](
                 x, dy, dx, w, mean, rstd, mean_g, mean_gx, v.C, v.L, v.G, v.cg, *_split_args(v, sp),
-                HAS_AFFINE=affine, BLOCK_C=sp.block_c, BLOCK_L=sp.block_l, num_warps=sp.num_warps,
+                HAS_AFFINE=affine, CONSTANT_STATS=ctx.constant_stats, BLOCK_C=sp.block_c, BLOCK_L=sp.block_l,
+                num_warps=sp.num_warps,
             )
-        dweight = dbias = None
-        if affine:
+        if affine and dweight is None:
             dweight = p_dyxhat.sum((0, 1)).to(weight.dtype)
             dbias = p_dy.sum((0, 1)).to(weight.dtype)
         return dx, dweight, dbias, None, None, None, None, None, None, None

@@ -24,6 +24,19 @@ def _program(S, CB):
 
 
 @triton.jit
+def partial_offset(b, s, S, C, c):
+    """Where (b, split s, channel c) sits in a (B, S, C) partial-sum buffer, in int64: B x S x C can
+    pass 2**31 (on (N, C) rows B = N), where int32 would wrap to a negative offset."""
+    return (tl.cast(b, tl.int64) * S + s) * C + c
+
+
+@triton.jit
+def stat_offset(b, G, g):
+    """Index of (b, group g) among the B x G statistics, in int64 for the same reason."""
+    return tl.cast(b, tl.int64) * G + g
+
+
+@triton.jit
 def _tile_offsets(b, k, lb, c, sb, sk, sc, sl, L, BLOCK_L: tl.constexpr):
     l = lb * BLOCK_L + tl.arange(0, BLOCK_L)
     base = b.to(tl.int64) * sb + k.to(tl.int64) * sk
@@ -68,22 +81,15 @@ def partial_moments(
         mask = cmask[:, None] & lmask[None, :]
         v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
         n, mean, m2 = merge_tile_moments(n, mean, m2, v, mask, tl.minimum(L - lb * BLOCK_L, BLOCK_L))
-    out = (b * S + s) * C + c
+    out = partial_offset(b, s, S, C, c)
     tl.store(mean_p + out, mean, mask=cmask)
     tl.store(m2_p + out, m2, mask=cmask)
     tl.store(count_p + s, n, mask=(b == 0) & (cb == 0))
 
 
 @triton.jit
-def combine_moments(
-    mean_p, m2_p, count_p, mean_out, var_out, rstd_out,
-    C, G, Cg, S, eps,
-    BLOCK: tl.constexpr,
-):
-    """Mean, biased variance and 1/sqrt(var + eps) of one (b, group) from its S x Cg partials."""
-    pid = tl.program_id(0)
-    b = pid // G
-    g = pid % G
+def _group_moments(mean_p, m2_p, count_p, b, g, C, Cg, S, BLOCK: tl.constexpr):
+    """Mean and biased variance of one (b, group) from its S x Cg partials (Chan's combination)."""
     M = S * Cg
     acc_n = tl.zeros([BLOCK], tl.float32)
     acc_s = tl.zeros([BLOCK], tl.float32)
@@ -91,7 +97,7 @@ def combine_moments(
         i = i0 + tl.arange(0, BLOCK)
         m = i < M
         cnt = tl.load(count_p + i // Cg, mask=m, other=0.0)
-        mu = tl.load(mean_p + (b * S + i // Cg) * C + g * Cg + i % Cg, mask=m, other=0.0)
+        mu = tl.load(mean_p + partial_offset(b, i // Cg, S, C, g * Cg + i % Cg), mask=m, other=0.0)
         acc_n += cnt
         acc_s += cnt * mu
     n = tl.sum(acc_n, 0)
@@ -101,19 +107,75 @@ def combine_moments(
         i = i0 + tl.arange(0, BLOCK)
         m = i < M
         cnt = tl.load(count_p + i // Cg, mask=m, other=0.0)
-        p = (b * S + i // Cg) * C + g * Cg + i % Cg
+        p = partial_offset(b, i // Cg, S, C, g * Cg + i % Cg)
         mu = tl.load(mean_p + p, mask=m, other=0.0)
         q = tl.load(m2_p + p, mask=m, other=0.0)
         acc_q += q + cnt * (mu - mean) * (mu - mean)
-    var = tl.sum(acc_q, 0) / n
-    tl.store(mean_out + pid, mean)
-    tl.store(var_out + pid, var)
-    tl.store(rstd_out + pid, 1.0 / tl.sqrt(var + eps))
+    return mean, tl.sum(acc_q, 0) / n
+
+
+@triton.jit
+def _update_running(run_mean, run_var, g, batch_mean, batch_var, factor, unbias):
+    """running = (1 - factor) * running + factor * batch statistic; the variance made unbiased."""
+    rm = tl.load(run_mean + g).to(tl.float32)
+    rv = tl.load(run_var + g).to(tl.float32)
+    tl.store(run_mean + g, ((1.0 - factor) * rm + factor * batch_mean).to(run_mean.dtype.element_ty))
+    tl.store(run_var + g, ((1.0 - factor) * rv + factor * batch_var * unbias).to(run_var.dtype.element_ty))
+
+
+@triton.jit
+def combine_moments(
+    mean_p, m2_p, count_p, mean_out, var_out, rstd_out, run_mean, run_var,
+    C, G, Cg, S, B, eps, factor, unbias,
+    RUNNING: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Mean, biased variance and 1/sqrt(var + eps) per (b, group) from the S x Cg partials.
+
+    RUNNING (BatchNorm's running statistics): one program per group loops over the B (virtual)
+    batches and then updates running_mean/var[group] with their average, so the update costs no
+    launch of its own; otherwise one program per (b, group).
+    """
+    if RUNNING:
+        g = tl.program_id(0)
+        sum_mean = 0.0
+        sum_var = 0.0
+        for b in range(B):
+            mean, var = _group_moments(mean_p, m2_p, count_p, b, g, C, Cg, S, BLOCK)
+            tl.store(mean_out + stat_offset(b, G, g), mean)
+            tl.store(var_out + stat_offset(b, G, g), var)
+            tl.store(rstd_out + stat_offset(b, G, g), 1.0 / tl.sqrt(var + eps))
+            sum_mean += mean
+            sum_var += var
+        _update_running(run_mean, run_var, g, sum_mean / B, sum_var / B, factor, unbias)
+    else:
+        pid = tl.program_id(0)
+        mean, var = _group_moments(mean_p, m2_p, count_p, pid // G, pid % G, C, Cg, S, BLOCK)
+        tl.store(mean_out + pid, mean)
+        tl.store(var_out + pid, var)
+        tl.store(rstd_out + pid, 1.0 / tl.sqrt(var + eps))
+
+
+@triton.jit
+def update_running(mean, var, run_mean, run_var, G, B, factor, unbias, BLOCK: tl.constexpr):
+    """The running-statistics update after a slab kernel (no combine kernel to fold it into)."""
+    g = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = g < G
+    sum_mean = tl.zeros([BLOCK], tl.float32)
+    sum_var = tl.zeros([BLOCK], tl.float32)
+    for b in range(B):
+        sum_mean += tl.load(mean + stat_offset(b, G, g), mask=m, other=0.0)
+        sum_var += tl.load(var + stat_offset(b, G, g), mask=m, other=0.0)
+    rm = tl.load(run_mean + g, mask=m, other=0.0).to(tl.float32)
+    rv = tl.load(run_var + g, mask=m, other=0.0).to(tl.float32)
+    new_mean = (1.0 - factor) * rm + factor * (sum_mean / B)
+    new_var = (1.0 - factor) * rv + factor * (sum_var / B) * unbias
+    tl.store(run_mean + g, new_mean.to(run_mean.dtype.element_ty), mask=m)
+    tl.store(run_var + g, new_var.to(run_var.dtype.element_ty), mask=m)
 
 
 @triton.jit
 def _channel_stats(mean, rstd, b, c, cmask, G, Cg):
-    gi = b * G + c // Cg
+    gi = stat_offset(b, G, c // Cg)
     return tl.load(mean + gi, mask=cmask, other=0.0), tl.load(rstd + gi, mask=cmask, other=0.0)
 
 
@@ -154,32 +216,25 @@ def partial_grad_sums(
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
-    s1 = tl.zeros([BLOCK_C], tl.float32)
-    s2 = tl.zeros([BLOCK_C], tl.float32)
+    # Per-thread accumulators, reduced once after the loop (see fused.looped_backward for why).
+    a1 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
+    a2 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
     t_end = tl.minimum(s * TPS + TPS, T)
     for t in range(s * TPS, t_end):
         offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
         mask = cmask[:, None] & lmask[None, :]
         xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        xhat = (xv - mu[:, None]) * r[:, None]
-        s1 += tl.sum(g, 1)
-        s2 += tl.sum(g * xhat, 1)  # g is 0 where masked
-    out = (b * S + s) * C + c
-    tl.store(p_dy + out, s1, mask=cmask)
-    tl.store(p_dyxhat + out, s2, mask=cmask)
+        a1 += g
+        a2 += g * (xv - mu[:, None])  # g is 0 where masked; times r after the sum
+    out = partial_offset(b, s, S, C, c)
+    tl.store(p_dy + out, tl.sum(a1, 1), mask=cmask)
+    tl.store(p_dyxhat + out, tl.sum(a2, 1) * r, mask=cmask)
 
 
 @triton.jit
-def combine_grad_sums(
-    p_dy, p_dyxhat, w, a_out, b_out,
-    C, G, Cg, S, inv_count,
-    HAS_AFFINE: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """Per (b, group): the means of dy * w and of dy * w * xhat over the group's values."""
-    pid = tl.program_id(0)
-    b = pid // G
-    g = pid % G
+def _group_grad_sums(p_dy, p_dyxhat, w, b, g, C, Cg, S, HAS_AFFINE: tl.constexpr, BLOCK: tl.constexpr):
+    """Sums of w * dy and w * dy * xhat over one (b, group)'s S x Cg partials."""
     M = S * Cg
     acc1 = tl.zeros([BLOCK], tl.float32)
     acc2 = tl.zeros([BLOCK], tl.float32)
@@ -187,34 +242,72 @@ def combine_grad_sums(
         i = i0 + tl.arange(0, BLOCK)
         m = i < M
         c = g * Cg + i % Cg
-        p = (b * S + i // Cg) * C + c
+        p = partial_offset(b, i // Cg, S, C, c)
         wc = 1.0
         if HAS_AFFINE:
             wc = tl.load(w + c, mask=m, other=0.0).to(tl.float32)
         acc1 += wc * tl.load(p_dy + p, mask=m, other=0.0)
         acc2 += wc * tl.load(p_dyxhat + p, mask=m, other=0.0)
-    tl.store(a_out + pid, tl.sum(acc1, 0) * inv_count)
-    tl.store(b_out + pid, tl.sum(acc2, 0) * inv_count)
+    return tl.sum(acc1, 0), tl.sum(acc2, 0)
+
+
+@triton.jit
+def combine_grad_sums(
+    p_dy, p_dyxhat, w, a_out, b_out, dw_out, db_out,
+    C, G, Cg, S, B, inv_count,
+    HAS_AFFINE: tl.constexpr, PARAM_GRADS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Per (b, group): the means of dy * w and of dy * w * xhat over the group's values.
+
+    PARAM_GRADS (one channel per group, as in BatchNorm): one program per channel loops over the B
+    batches and also writes dweight and dbias (the sums of dy * xhat and dy over all of them), so
+    they cost no launch of their own; otherwise one program per (b, group).
+    """
+    if PARAM_GRADS:
+        g = tl.program_id(0)
+        wc = 1.0
+        if HAS_AFFINE:
+            wc = tl.load(w + g).to(tl.float32)
+        total1 = 0.0
+        total2 = 0.0
+        for b in range(B):
+            s1, s2 = _group_grad_sums(p_dy, p_dyxhat, w, b, g, C, 1, S, False, BLOCK)
+            tl.store(a_out + stat_offset(b, G, g), wc * s1 * inv_count)
+            tl.store(b_out + stat_offset(b, G, g), wc * s2 * inv_count)
+            total1 += s1
+            total2 += s2
+        if HAS_AFFINE:
+            tl.store(dw_out + g, total2.to(dw_out.dtype.element_ty))
+            tl.store(db_out + g, total1.to(db_out.dtype.element_ty))
+    else:
+        pid = tl.program_id(0)
+        s1, s2 = _group_grad_sums(p_dy, p_dyxhat, w, pid // G, pid % G, C, Cg, S, HAS_AFFINE, BLOCK)
+        tl.store(a_out + pid, s1 * inv_count)
+        tl.store(b_out + pid, s2 * inv_count)
 
 
 @triton.jit
 def input_grad(
     x, dy, dx, w, mean, rstd, mean_g, mean_gx,
     C, L, G, Cg, sb, sk, sc, sl, T, TPS, S, CB, NLB,
-    HAS_AFFINE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_AFFINE: tl.constexpr, CONSTANT_STATS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """dx = rstd * (dy * w - mean(dy * w) - xhat * mean(dy * w * xhat)), as two FMAs per value.
 
-    mean_g and mean_gx are those group means (zero where the statistics are constants, as in
-    eval-mode BatchNorm), so dx = dy * (rstd * w) - x * alpha + beta per channel.
+    mean_g and mean_gx are those group means; with CONSTANT_STATS (eval-mode BatchNorm: the
+    statistics do not depend on x) both terms vanish and they are not read.
+    So dx = dy * (rstd * w) - x * alpha + beta per channel.
     """
     b, cb, s = _program(S, CB)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
-    gi = b * G + c // Cg
-    a = tl.load(mean_g + gi, mask=cmask, other=0.0)
-    bb = tl.load(mean_gx + gi, mask=cmask, other=0.0)
+    a = tl.zeros([BLOCK_C], tl.float32)
+    bb = tl.zeros([BLOCK_C], tl.float32)
+    if not CONSTANT_STATS:
+        gi = stat_offset(b, G, c // Cg)
+        a = tl.load(mean_g + gi, mask=cmask, other=0.0)
+        bb = tl.load(mean_gx + gi, mask=cmask, other=0.0)
     rw = r
     if HAS_AFFINE:
         rw = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
