@@ -39,6 +39,7 @@ SETUP_S=${SETUP_S:-40} WARM_S=${WARM_S:-100} NATIVE_S=${NATIVE_S:-60} TRITON_S=$
 COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} REPORT_MIN_S=${REPORT_MIN_S:-25}
 STEPS=${STEPS:-warm native triton compiled graph check report}
 WARM_JOBS=${WARM_JOBS:-12}            # processes compiling side by side (the GPU machine has 16 cores)
+GRAPH_IMPLS=${GRAPH_IMPLS:-native,triton,compiled}   # what the graph step times
 export WORK=${WORK:-results/gpu-reference}   # under results/: ignored by git
 export SITE=${SITE:-$( ((TINY)) && echo /tmp/gpu_rehearsal_site || echo /tmp/site )}
 
@@ -128,7 +129,7 @@ grid() {
 impls_to_warm() {   # no triton timing on a CPU; compiled only when a step times it
     local impls=()
     [[ $TINY == 0 ]] && impls+=(triton)
-    [[ " $STEPS " == *" compiled "* || " $STEPS " == *" graph "* ]] && impls+=(compiled)
+    [[ " $STEPS " == *" compiled "* || (" $STEPS " == *" graph "* && $GRAPH_IMPLS == *compiled*) ]] && impls+=(compiled)
     (IFS=,; echo "${impls[*]}")
 }
 
@@ -154,7 +155,7 @@ step_triton() { [[ $TINY == 1 ]] && { echo "TINY: no triton timing on a CPU"; re
 step_compiled() { sweep compiled; }
 step_graph() {   # on a CPU there is no CUDA graph: the rehearsal only checks that the step is wired
     [[ $TINY == 1 ]] && { echo "TINY: no CUDA graphs on a CPU"; return 0; }
-    SWEEP_NAME=graph sweep native,triton,compiled speed.cuda_graph=true shape=resnet_c64
+    SWEEP_NAME=graph sweep "$GRAPH_IMPLS" speed.cuda_graph=true shape=resnet_c64
 }
 
 step_check() {
@@ -174,7 +175,7 @@ step_report() {
 }
 
 export -f step_setup step_warm step_native step_triton step_compiled step_graph step_check step_report grid impls_to_warm sweep
-export BUDGET_S STEPS WARM_JOBS
+export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS
 
 # ------------------------------------------------------------------------------------------- run
 say "gpu_reference_run: TINY=$TINY BUDGET_S=$BUDGET_S STEPS='$STEPS' WORK=$WORK OUT=$OUT"
