@@ -23,7 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from normbench import norms
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
-from normbench.timing import graph_replay, cache_bytes, peak_bandwidth, peak_memory_mib, time_fn
+from normbench.timing import (
+    cache_bytes,
+    graph_replay,
+    peak_bandwidth,
+    peak_memory_mib,
+    time_fn,
+)
 
 log = logging.getLogger("normbench")
 
@@ -278,8 +284,9 @@ def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) 
         fn, grads = pass_callable(layer, x, pass_)
         peak_mem = peak_memory_mib(fn, device, grads)  # of the call itself: a graph's replay allocates nothing
         compiles = _dynamo_compiles()
-        if graph:
-            fn, grads = graph_replay(fn, device, grads), []
+        if graph:  # the replay rewrites its gradients in place: nothing to clear between repeats
+            fn, _ = graph_replay(lambda p=pass_: pass_callable(layer, x, p), device)
+            grads = []
         t = time_fn(fn, device, grad_to_none=grads, **timing)
         if _dynamo_compiles() != compiles:
             raise RuntimeError(f"torch.compile compiled while timing {pass_}: the time includes compilation")

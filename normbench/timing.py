@@ -133,29 +133,32 @@ def _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device) -> Timing:
 
 
 def graph_replay(
-    fn: Callable[[], object], device: torch.device, grad_to_none: Sequence[Tensor] = (), warmup: int = 3
-) -> Callable[[], object]:
-    """Capture fn's GPU work in a CUDA graph and return its replay (tritonbench's --cudagraph).
+    make: Callable[[], tuple[Callable[[], object], Sequence[Tensor]]], device: torch.device, warmup: int = 3
+) -> tuple[Callable[[], object], Sequence[Tensor]]:
+    """Capture a pass's GPU work in a CUDA graph; return (its replay, the gradients it writes).
 
-    A replay launches the captured kernels at once, with none of the Python, dispatch and launch cost of
-    calling fn: the time of the GPU work alone. fn runs `warmup` times first on a side stream (lazy
-    initialization, autotuning and allocator growth cannot be captured). Gradients are set to None just
-    before capture, so the captured backward writes fresh gradients instead of adding to old ones; every
-    replay then rewrites the same memory.
+    `make()` builds the pass (fn, gradients to clear): it is called on the capture's own stream, so any
+    forward it runs ahead of time (the `bwd` pass) records its autograd nodes there, and the captured
+    backward does not wait on the legacy default stream, which capture forbids. fn runs `warmup` times
+    on that stream first (lazy initialization and allocator growth cannot be captured); the gradients
+    are then set to None, so the captured backward writes fresh gradients instead of adding to old
+    ones, and every replay rewrites the same memory. A replay launches the captured kernels at once,
+    with none of the Python, dispatch and launch cost of calling fn (tritonbench's --cudagraph).
     """
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
+        fn, grads = make()
         for _ in range(warmup):
-            _clear(grad_to_none)
+            _clear(grads)
             fn()
     torch.cuda.current_stream(device).wait_stream(stream)
-    _clear(grad_to_none)
+    _clear(grads)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph, stream=stream):
         fn()
     torch.cuda.synchronize(device)
-    return graph.replay
+    return graph.replay, grads
 
 
 def time_fn(
