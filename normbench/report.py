@@ -74,7 +74,7 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     """Per configuration and implementation: median ms, GB/s, % of roofline and the speedup over
     `native` (native's median / this median; > 1 is faster than native) for the same configuration."""
     keys = [k for k in SPEED_KEYS if k in speed and speed[k].notna().any()]
-    metrics = [m for m in ("median_ms", "gbps", "pct_of_peak") if m in speed]
+    metrics = [m for m in ("median_ms", "gbps", "pct_of_peak", "layers") if m in speed]
     d = speed.copy()
     for k in keys:
         if k != "batch_size":
@@ -107,6 +107,8 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
     t = stats[show].copy()
     t["batch_size"] = t["batch_size"].map(lambda b: f"{b:g}" if isinstance(b, (int, float)) else str(b))
     t = t.rename(columns={"batch_size": "batch", "device_name": "device"})
+    if "layers" in stats and stats["layers"].notna().any():  # shape=model: the model's layers a row stands for
+        t["layers"] = stats["layers"].map(label)
     t["median ms"] = stats["median_ms"].map(_sig)
     if "gbps" in stats:
         t["GB/s"] = stats["gbps"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
