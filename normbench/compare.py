@@ -25,7 +25,7 @@ from normbench.plots import _save, label
 
 # The columns that name a configuration, per kind (those present in the data are used).
 CONFIG_KEYS = {
-    "speed": ["norm", "impl", "pass", "batch_size", "shape", "dtype", "layout", "groups"],
+    "speed": ["model", "norm", "impl", "pass", "batch_size", "shape", "dtype", "layout", "groups"],
     "benchmark": ["group", "benchmark"],
     "accuracy": ["dataset", "model", "norm", "impl", "batch_size", "workers", "epochs", "norm_position"],
 }

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normbench import claims, results
+from normbench import claims, results, speed_tables
 from normbench.errors import UsageError
 from normbench.accuracy_tables import (
     accuracy_groups,
@@ -65,7 +65,8 @@ def ok_rows(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 # A configuration; `input` keeps measurements of different sources apart.
 SPEED_KEYS = [
-    "input", "norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "cuda_graph", "device", "device_name",
+    "input", "model", "norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "cuda_graph", "device",
+    "device_name",
 ]  # fmt: skip
 
 
@@ -73,7 +74,7 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     """Per configuration and implementation: median ms, GB/s, % of roofline and the speedup over
     `native` (native's median / this median; > 1 is faster than native) for the same configuration."""
     keys = [k for k in SPEED_KEYS if k in speed and speed[k].notna().any()]
-    metrics = [m for m in ("median_ms", "gbps", "pct_of_peak") if m in speed]
+    metrics = [m for m in ("median_ms", "gbps", "pct_of_peak", "layers") if m in speed]
     d = speed.copy()
     for k in keys:
         if k != "batch_size":
@@ -106,6 +107,8 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
     t = stats[show].copy()
     t["batch_size"] = t["batch_size"].map(lambda b: f"{b:g}" if isinstance(b, (int, float)) else str(b))
     t = t.rename(columns={"batch_size": "batch", "device_name": "device"})
+    if "layers" in stats and stats["layers"].notna().any():  # shape=model: the model's layers a row stands for
+        t["layers"] = stats["layers"].map(label)
     t["median ms"] = stats["median_ms"].map(_sig)
     if "gbps" in stats:
         t["GB/s"] = stats["gbps"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
@@ -329,6 +332,28 @@ def _claims_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> None
         doc.image(plot, "C5: train loss vs optimizer step, BatchNorm vs no norm, with the level judged at")
 
 
+def _speed_headline(doc: Document, speed: pd.DataFrame, steps: pd.DataFrame) -> None:
+    """The speed report opens here: the best implementation per norm and pass, then each model's step."""
+    doc.heading(2, "Headline")
+    if not speed.empty:
+        doc.para(
+            "Per norm and pass, at the largest input measured: the fastest implementation, its % of roofline "
+            "and its speedup over `native` at that same input (above 1x: faster). Every configuration is in the "
+            "Speed table below."
+        )
+        doc.table(speed_tables.headline_table(speed_stats(speed)))
+    if not steps.empty:
+        doc.heading(3, "A model's training step")
+        doc.para(
+            "Forward + backward of the whole model (no optimizer step) with each norm and implementation in "
+            "place of its norm layers, same weights and input. **norm layers ms**: the sum over its norm layers "
+            "of each one's fwdbwd time, timed alone (an estimate: in the step, caches and overlap differ); "
+            "**norm share**: that over the step. Speedup vs native: the same norm's native step / this one; "
+            "vs bn native: what switching from torch's BatchNorm buys (below 1x: costs)."
+        )
+        doc.table(speed_tables.step_table(speed_tables.step_stats(steps)))
+
+
 def build_report(
     paths: list[str | Path], out_dir: str | Path, *, title: str | None = None, notes: list[str] | None = None
 ) -> Path:
@@ -348,6 +373,8 @@ def build_report(
     bench = ok_rows(frame, "benchmark")
     for part in (acc, speed, bench):  # shown by a short name; `input` keeps each source apart
         part["input"] = part["input"].map(lambda i: labels.get(str(i), i))
+    # One layer's passes have a roofline; a model's step and the module wrapper are tables of their own.
+    speed, steps, wrapper = speed_tables.split(speed)
     if not acc.empty:
         acc["test_error"] = test_error(acc)
     # Speed against accuracy needs one source of each, or it would average sources together.
@@ -378,6 +405,8 @@ def build_report(
     )
     for note in notes or []:
         doc.para(f"**Note:** {note}")
+    if not speed.empty or not steps.empty:
+        _speed_headline(doc, speed, steps)
     _what_ran(doc, frame, inputs)
 
     if not acc.empty:
@@ -404,6 +433,15 @@ def build_report(
         for key, alt in (("latency", "Median latency vs batch size"), ("roofline", "% of roofline vs batch size")):
             if made[key]:
                 doc.image(made[key], alt)
+    if not wrapper.empty:
+        doc.heading(3, "normbench's module wrapper, on its own")
+        doc.para(
+            "No row above includes it: a pass times the implementation's call on input checked once before "
+            "timing, as a torch.nn user pays for F.batch_norm or F.group_norm. This is what normbench's module "
+            "adds to every call (input checks, registry dispatch, BatchNorm's call count), timed on the host "
+            "clock with an implementation that computes nothing (docs/speed.md, fair timing)."
+        )
+        doc.table(speed_tables.wrapper_table(wrapper, speed))
 
     if not bench.empty:
         doc.heading(2, "Other benchmarks")

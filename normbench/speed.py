@@ -9,10 +9,17 @@ Passes (the module in training mode, input and parameters requiring grad, as in 
   bwd     the backward alone: one forward, then `y.backward(dy, retain_graph=True)` per repeat, with
           the gradients set to None between repeats (tritonbench's get_bwd_fn / grad_to_none);
   fwdbwd  forward and backward together.
+
+Fair timing: a pass calls the implementation's function (`layer.impl_fn(layer, x)`, e.g. F.group_norm
+for native), on input the module's `forward` checked once before timing; normbench's wrapper (input
+checks, registry dispatch) is timed on its own, once per native job, as a row of pass `wrapper`.
+Shapes from a model and whole training steps: `normbench.model_speed`.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import logging
 import time
 from pathlib import Path
@@ -24,10 +31,12 @@ from normbench import norms
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
 from normbench.timing import (
+    Timing,
     cache_bytes,
     graph_replay,
     peak_bandwidth,
     peak_memory_mib,
+    time_cpu,
     time_fn,
 )
 
@@ -197,16 +206,44 @@ def check_impl(impl: str, device: torch.device) -> None:
 # The passes.
 
 
+def timed_call(layer):
+    """What a pass calls: the implementation's function alone, as a torch.nn user pays for a torch call
+    (F.batch_norm, F.group_norm, ...), not normbench's module with its checks and dispatch."""
+    if isinstance(layer, norms.Norm):
+        return functools.partial(layer.impl_fn, layer)
+    return layer
+
+
 def pass_callable(layer, x: torch.Tensor, pass_: str):
     """(fn, grad_to_none): what one repeat runs, and the gradients to reset between repeats."""
+    call = timed_call(layer)
     grads = [x] + [p for p in layer.parameters() if p.requires_grad]
     if pass_ == "fwd":
-        return (lambda: layer(x)), []
-    y = layer(x)
+        return (lambda: call(x)), []
+    y = call(x)
     dy = torch.randn_like(y)
     if pass_ == "bwd":
         return (lambda: y.backward(dy, retain_graph=True)), grads
-    return (lambda: layer(x).backward(dy)), grads
+    return (lambda: call(x).backward(dy)), grads
+
+
+def _identity(layer, x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def wrapper_overhead(layer, x: torch.Tensor, *, min_run_time: float = 0.2, min_repeats: int = 10) -> Timing | None:
+    """Per-call cost of normbench's module around an implementation: `forward` (input checks, dispatch,
+    BatchNorm's call count) on a copy whose implementation returns its input, so nothing is computed.
+
+    Timed on the host clock on every device: the wrapper is Python, which GPU events do not see.
+    None for a module without a wrapper (`none`).
+    """
+    if not isinstance(layer, norms.Norm):
+        return None
+    probe = copy.deepcopy(layer)  # the call count BatchNorm keeps changes on the copy, not the layer
+    probe._forward_impl = _identity
+    with torch.no_grad():
+        return time_cpu(lambda: probe.forward(x), min_run_time=min_run_time, min_repeats=min_repeats)
 
 
 def _dynamo_compiles() -> int:
@@ -222,15 +259,19 @@ def _hydra():
 
 
 def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
-    """Time cfg.norm with cfg.impl at one shape for each pass in cfg.pass; one row per pass."""
+    """Time cfg.norm with cfg.impl at one shape for each pass in cfg.pass; one row per pass. With
+    `shape=model`, at every input shape of a model's norm layers, and the model's whole step."""
     from hydra.types import RunMode
+
+    from normbench import model_speed
 
     hc = _hydra()
     multirun = hc is not None and hc.mode == RunMode.MULTIRUN
     check_speed_config(cfg.speed)
     passes = parse_passes(cfg["pass"])
     dtype = parse_dtype(cfg.dtype)
-    shape = input_shape(cfg.speed)
+    from_model = model_speed.model_mode(cfg)
+    shape = None if from_model else input_shape(cfg.speed)
     device = resolve_device(cfg.device, hc.job.num if multirun else None)
     check_speed_config(cfg.speed, device)
     check_impl(cfg.impl, device)
@@ -240,26 +281,35 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     if device.type == "cpu" and cfg.speed.get("threads"):
         torch.set_num_threads(int(cfg.speed.threads))
     try:
-        return _time_passes(cfg, passes, dtype, shape, device, peak_dir)
+        if from_model:
+            return model_speed.time_model(cfg, passes, dtype, device, peak_dir)
+        torch.manual_seed(cfg.seed)
+        layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
+        x = make_input(shape, dtype, cfg.layout, device)
+        first_call_s = _first_call(cfg, layer, x)  # before the peak: a bad combination fails fast
+        return time_layer(cfg, layer, x, passes, peak(cfg, device, peak_dir), first_call_s,
+                          wrapper=cfg.impl == "native")  # fmt: skip
     finally:
         torch.set_num_threads(threads)  # the next job of a sweep in this process starts from the default
 
 
-def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) -> list[dict]:
-    sp = cfg.speed
-    timing = {k: sp[k] for k in ("min_run_time", "min_repeats", "warmup_ms", "rep_ms")}
-    torch.manual_seed(cfg.seed)
-    layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
-    x = make_input(shape, dtype, cfg.layout, device)
-    first_call_s = _first_call(cfg, layer, x)
-    if sp.get("peak_gbps") is not None:
-        peak = {"peak_gbps": float(sp.peak_gbps), "peak_method": "given (speed.peak_gbps)"}
-    else:
-        warn_if_cached(int(sp.peak_copy_mb), device)
-        copy_timing = {**timing, "min_repeats": 5}  # each copy takes ~0.1 s on a CPU
-        peak = peak_bandwidth(device, device_name(device), peak_dir, sp.peak_copy_mb, **copy_timing)
+def timing_options(sp: DictConfig) -> dict:
+    return {k: sp[k] for k in ("min_run_time", "min_repeats", "warmup_ms", "rep_ms")}
 
-    base = {
+
+def peak(cfg: DictConfig, device: torch.device, peak_dir: Path) -> dict:
+    """The roofline: speed.peak_gbps if given, else the copy bandwidth measured once per sweep."""
+    sp = cfg.speed
+    if sp.get("peak_gbps") is not None:
+        return {"peak_gbps": float(sp.peak_gbps), "peak_method": "given (speed.peak_gbps)"}
+    warn_if_cached(int(sp.peak_copy_mb), device)
+    copy_timing = {**timing_options(sp), "min_repeats": 5}  # each copy takes ~0.1 s on a CPU
+    return peak_bandwidth(device, device_name(device), peak_dir, sp.peak_copy_mb, **copy_timing)
+
+
+def base_row(cfg: DictConfig, shape, device: torch.device) -> dict:
+    """The columns every row of this job shares, for an input of `shape`."""
+    return {
         "kind": "speed",
         **{k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"},  # groups, eps, ...
         "norm": cfg.norm.name,
@@ -273,46 +323,71 @@ def _time_passes(cfg: DictConfig, passes, dtype, shape, device, peak_dir: Path) 
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "compile_s": first_call_s if cfg.impl == "compiled" else None,
         "torch_version": torch.__version__,
         "triton_version": _triton_version(),
         "seed": cfg.seed,
     }
-    graph = bool(sp.get("cuda_graph"))
+
+
+def time_layer(cfg: DictConfig, layer, x: torch.Tensor, passes, peak: dict, first_call_s: float, *,
+               wrapper: bool = False, extra: dict | None = None) -> list[dict]:  # fmt: skip
+    """One row per pass for `layer` on `x`, after `_first_call` checked x through the module (plus a
+    row of the wrapper's own cost when `wrapper`); `extra` columns go on every row."""
+    base = {
+        **base_row(cfg, tuple(x.shape), x.device),
+        "layout": layout_of(x),
+        **(extra or {}),
+        "compile_s": first_call_s if cfg.impl == "compiled" else None,
+    }
     rows = []
     for pass_ in passes:
-        fn, grads = pass_callable(layer, x, pass_)
-        peak_mem = peak_memory_mib(fn, device, grads)  # of the call itself: a graph's replay allocates nothing
-        compiles = _dynamo_compiles()
-        if graph:  # the replay rewrites its gradients in place: nothing to clear between repeats
-            fn, _ = graph_replay(lambda p=pass_: pass_callable(layer, x, p), device)
-            grads = []
-        t = time_fn(fn, device, grad_to_none=grads, **timing)
-        if _dynamo_compiles() != compiles:
-            raise RuntimeError(f"torch.compile compiled while timing {pass_}: the time includes compilation")
         nbytes = bytes_moved(layer, x, pass_)
-        gbps = nbytes / (t.median_ms * 1e-3) / 1e9
-        row = {
-            **base,
-            "pass": pass_,
-            "median_ms": t.median_ms,
-            "p20_ms": t.p20_ms,
-            "p80_ms": t.p80_ms,
-            "repeats": t.repeats,
-            "timer": t.timer + (" of a CUDA graph replay" if graph else ""),
-            "cuda_graph": graph,
-            "bytes": nbytes,
-            "gbps": gbps,
-            **peak,
-            "pct_of_peak": 100 * gbps / peak["peak_gbps"],
-            "peak_mem_mib": peak_mem,
-        }
+        row = {**base, "pass": pass_, **time_pass(cfg, lambda p=pass_: pass_callable(layer, x, p), x.device, pass_)}
+        gbps = nbytes / (row["median_ms"] * 1e-3) / 1e9
+        row.update(bytes=nbytes, gbps=gbps, **peak, pct_of_peak=100 * gbps / peak["peak_gbps"])
         rows.append(row)
         log.info(
             "%s %s %s %s: %.3f ms, %.1f GB/s, %.0f%% of peak",
-            row["norm"], row["impl"], pass_, row["shape"], t.median_ms, gbps, row["pct_of_peak"],
+            row["norm"], row["impl"], pass_, row["shape"], row["median_ms"], gbps, row["pct_of_peak"],
         )  # fmt: skip
+    sp = cfg.speed
+    t = wrapper_overhead(layer, x, min_run_time=sp.min_run_time, min_repeats=sp.min_repeats) if wrapper else None
+    if t is not None:
+        own = {k: v for k, v in base.items() if k not in ("layers", "layer_names")}  # it stands for no layer
+        rows.append({**own, "pass": "wrapper", "compile_s": None, "cuda_graph": False,
+                     **_timing_columns(t, f"{t.timer}, host clock")})  # fmt: skip
+        log.info("%s wrapper (checks, dispatch): %.2f us per call", base["norm"], 1e3 * t.median_ms)
     return rows
+
+
+def time_pass(cfg: DictConfig, make, device: torch.device, what: str) -> dict:
+    """Time the pass `make()` builds, as (fn, gradients to set to None between calls): the timing
+    columns of a row (no bandwidth). With speed.cuda_graph, the pass is built again on the capture
+    stream and its replay is timed (normbench.timing.graph_replay)."""
+    fn, grads = make()
+    peak_mem = peak_memory_mib(fn, device, grads)  # of the call itself: a graph's replay allocates nothing
+    compiles = _dynamo_compiles()
+    graph = bool(cfg.speed.get("cuda_graph"))
+    if graph:  # the replay rewrites its gradients in place: nothing to clear between repeats
+        fn, grads = graph_replay(make, device)[0], []
+    t = time_fn(fn, device, grad_to_none=grads, **timing_options(cfg.speed))
+    if _dynamo_compiles() != compiles:
+        raise RuntimeError(f"torch.compile compiled while timing {what}: the time includes compilation")
+    timer = t.timer + (" of a CUDA graph replay" if graph else "")
+    return {**_timing_columns(t, timer), "cuda_graph": graph, "peak_mem_mib": peak_mem}
+
+
+def _timing_columns(t: Timing, timer: str) -> dict:
+    return {"median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms, "repeats": t.repeats, "timer": timer}
+
+
+def layout_of(x: torch.Tensor) -> str:
+    """contiguous, channels_last, or strided (neither; a model's view of another tensor)."""
+    if x.is_contiguous():
+        return "contiguous"
+    if x.dim() in CHANNELS_LAST and x.is_contiguous(memory_format=CHANNELS_LAST[x.dim()]):
+        return "channels_last"
+    return "strided"
 
 
 def _first_call(cfg: DictConfig, layer, x: torch.Tensor) -> float:

@@ -135,6 +135,10 @@ def test_tiny_sweep_writes_the_rows(hydra_configs, tmp_path):
     failure = (tmp_path / "4" / FAILURE_FILE).read_text()
     assert "groups" in failure and "divisors of 32" in failure
     rows = pd.concat(pd.read_csv(tmp_path / str(num) / ROWS_FILE) for num in range(4))
+    wrapper = rows[rows["pass"] == "wrapper"]  # the module's own cost, once per native job
+    assert sorted(wrapper.norm) == ["bn", "gn"] and (wrapper.impl == "native").all()
+    assert (wrapper.median_ms > 0).all() and wrapper.gbps.isna().all()
+    rows = rows[rows["pass"] != "wrapper"]
     assert len(rows) == 4 * 3
     assert set(COLUMNS) <= set(rows.columns)
     assert set(zip(rows.norm, rows.impl)) == {(n, i) for n in ("bn", "gn") for i in ("reference", "native")}

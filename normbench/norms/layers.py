@@ -86,6 +86,12 @@ class Norm(nn.Module):
         self._impl = impl
         self._forward_impl = self.implementations[impl]
 
+    @property
+    def impl_fn(self) -> Implementation:
+        """The implementation's function `(layer, x) -> y` alone, without `forward`'s input checks and
+        bookkeeping: what the speed job times, on input `forward` has checked once (docs/speed.md)."""
+        return self._forward_impl
+
     # The two numbers that make a norm what it is (see core.py's table).
     def groups(self) -> int:
         """G: channel groups that get statistics of their own."""
