@@ -13,7 +13,15 @@ from typing import Callable
 from torch import nn
 
 from normbench.errors import UsageError
-from normbench.norms.layers import BatchNorm, GroupNorm, Implementation, InstanceNorm, LayerNorm, NoNorm
+from normbench.norms.family import FAMILY
+from normbench.norms.layers import (
+    BatchNorm,
+    GroupNorm,
+    Implementation,
+    InstanceNorm,
+    LayerNorm,
+    NoNorm,
+)
 
 NORMS: dict[str, type] = {}
 
@@ -23,7 +31,7 @@ def add_norm(cls: type) -> type:
     return cls
 
 
-for _cls in (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, NoNorm):
+for _cls in (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, NoNorm, *FAMILY):
     add_norm(_cls)
 
 
@@ -70,13 +78,16 @@ def all_implementations() -> list[str]:
     return list(names)
 
 
-def build(name: str, num_features: int, *, impl: str = "native", **options) -> nn.Module:
-    """A `name` norm over `num_features` channels, computed by implementation `impl`.
+def build(name: str, num_features: int, *, impl: str | None = None, **options) -> nn.Module:
+    """A `name` norm over `num_features` channels, computed by implementation `impl` (default: `native`,
+    or `reference` for a norm torch has no primitive for, e.g. EvoNorm).
 
     Options are those of the torch.nn counterpart (`eps`, `affine`, `momentum`,
     `track_running_stats`, `device`, `dtype`) plus `groups` for gn and `virtual_batch` for bn.
     """
     cls = norm_class(name)
+    if impl is None:
+        impl = "native" if "native" in implementations(name) else "reference"
     if impl not in implementations(name):
         raise UsageError(
             f"{name} has no implementation {impl!r}; choose one of: {', '.join(implementations(name))}"
