@@ -354,3 +354,23 @@ def test_a_tiny_training_evaluates_batch_norms_three_ways(tmp_path, name):
     # PreciseBN and batch statistics exist for the norms with running statistics only.
     assert math.isnan(row["test_acc_precise_bn"]) == (name not in BATCH)
     assert math.isnan(row["test_acc_batch_stats"]) == (name not in BATCH)
+
+
+def test_a_sweep_skips_a_norm_without_the_implementation(tmp_path):
+    """EvoNorm has no `native`: the default speed sweep's native job is skipped with the reason, not failed."""
+    from normbench import results
+    from normbench.callbacks import failed_jobs
+
+    with pytest.raises(norms.registry.Unsupported):
+        norms.build("evonorm_b0", 4, impl="native")
+    with pytest.raises(UsageError) as typo:
+        norms.build("evonorm_b0", 4, impl="natve")
+    assert not isinstance(typo.value, norms.registry.Unsupported)  # a typo stays a failure
+    job = tmp_path / "0"
+    try:
+        norms.build("evonorm_s0", 4, impl="native")
+    except UsageError as exc:
+        results.write_failure(job, exc, ["norm=evonorm_s0", "impl=native"])
+    frame = results.read_sweep(tmp_path)
+    assert list(frame["status"]) == ["skipped"] and "no implementation 'native'" in frame["error"].iloc[0]
+    assert failed_jobs(tmp_path) is None

@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from normbench.errors import UsageError
+from normbench.errors import Unsupported, UsageError
 from normbench.norms.family import FAMILY
 from normbench.norms.layers import (
     BatchNorm,
@@ -89,9 +89,10 @@ def build(name: str, num_features: int, *, impl: str | None = None, **options) -
     if impl is None:
         impl = "native" if "native" in implementations(name) else "reference"
     if impl not in implementations(name):
-        raise UsageError(
-            f"{name} has no implementation {impl!r}; choose one of: {', '.join(implementations(name))}"
-        )
+        # An implementation other norms have (EvoNorm has no `native`) is a combination to skip; a
+        # name no norm has is a typo.
+        error = Unsupported if impl in all_implementations() else UsageError
+        raise error(f"{name} has no implementation {impl!r}; choose one of: {', '.join(implementations(name))}")
     if cls is not NoNorm:
         accepted = _options_of(cls)
         unknown = sorted(set(options) - accepted)
