@@ -80,21 +80,21 @@ def lr_at(step: int, total: int, warmup: int) -> float:
 
 
 def norm_factory(cfg: DictConfig, batch_size: int):
-    """channels -> norm module: the `norm` node, the model's per-norm options, and for BatchNorm the
-    per-worker statistics (virtual batch = K)."""
+    """channels -> norm module: the `norm` node, the model's per-norm options, and for norms with
+    statistics over samples (bn, brn, evonorm_b0) the per-worker statistics (virtual batch = K)."""
     name = cfg.norm.name
     per_norm = cfg.model.get("norm_options") or {}
     options = dict(OmegaConf.to_container(per_norm[name], resolve=True) if per_norm.get(name) else {})
-    if name == "bn":
+    if not norms.batch_independent(name):
         options["virtual_batch"] = batch_size
 
     def make(channels: int) -> nn.Module:
-        if name == "gn":
+        if "groups" in options or "groups" in cfg.norm:
             groups = options.get("groups", cfg.norm.get("groups", 32))
             if channels % groups:
                 raise UsageError(
-                    f"gn with {groups} groups cannot normalize this model's {channels}-channel layers: "
-                    f"set model.norm_options.gn.groups to a divisor of every width (e.g. 8 or 16)"
+                    f"{name} with {groups} groups cannot normalize this model's {channels}-channel layers: "
+                    f"set model.norm_options.{name}.groups to a divisor of every width (e.g. 8 or 16)"
                 )
         return norms.build_from_config(cfg.norm, channels, impl=cfg.impl, **options)
 

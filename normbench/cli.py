@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from normbench.errors import UsageError
+from normbench.errors import Unsupported, UsageError
 from normbench.results import write_failure, write_rows
 
 log = logging.getLogger("normbench")
@@ -49,6 +49,9 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
         rows = job(cfg, out)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, then reported or re-raised
         write_failure(out, exc, list(hc.overrides.task))
+        if hc.mode == RunMode.MULTIRUN and isinstance(exc, Unsupported):
+            log.warning("job %s skipped: %s", hc.job.num, str(exc).splitlines()[0])
+            return
         if hc.mode == RunMode.MULTIRUN:
             log.error("job %s failed: %s", hc.job.num, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return

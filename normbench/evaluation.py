@@ -5,6 +5,9 @@ A BatchNorm model can be evaluated with (Wu & Johnson 2021, "Rethinking 'Batch' 
 - its running statistics, the EMA that training kept (`model.eval()`; `accuracy`);
 - PreciseBN population statistics (Sec. 3.1), recomputed after training by `precise_bn`;
 - batch statistics at the normalization batch K, as in training (Sec. 4; `accuracy_with_batch_stats`).
+
+The same three apply to every BatchNorm subclass: Batch Renormalization and EvoNorm-B0, whose eval
+mode also reads running statistics.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from normbench.norms import BatchNorm
+from normbench.norms import BatchNorm, BatchRenorm
 
 
 @torch.no_grad()
@@ -47,6 +50,10 @@ def accuracy_with_batch_stats(model: nn.Module, x: Tensor, y: Tensor, k: int, se
     """
     bns = batch_norms(model)
     saved = [{k_: b.clone() for k_, b in m.named_buffers()} for m in bns]
+    # Batch statistics alone: Batch Renormalization's r and d would pull them toward the running ones.
+    renorms = [(m, m.rmax, m.dmax) for m in bns if isinstance(m, BatchRenorm)]
+    for m, _, _ in renorms:
+        m.rmax, m.dmax = 1.0, 0.0
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed)).to(x.device)
     x, y = x[order], y[order]
     full = (x.shape[0] // k) * k
@@ -64,6 +71,8 @@ def accuracy_with_batch_stats(model: nn.Module, x: Tensor, y: Tensor, k: int, se
             m.virtual_batch = k
             for name, value in buffers.items():
                 getattr(m, name).copy_(value)
+        for m, rmax, dmax in renorms:
+            m.rmax, m.dmax = rmax, dmax
     return correct / x.shape[0]
 
 

@@ -22,10 +22,20 @@ POSITIONS = ("before", "after")
 
 
 class ConvNormAct(nn.Sequential):
-    """conv -> norm -> ReLU, or conv -> ReLU -> norm; the conv has no bias (the norm, or the next one, shifts)."""
+    """conv -> norm -> ReLU, or conv -> ReLU -> norm; the conv has no bias (the norm, or the next one, shifts).
+
+    A norm that includes its activation (`includes_activation`: FRN + TLU, EvoNorm) replaces the
+    norm-and-ReLU pair, as in its paper: no ReLU is added, and where the unit has no activation the
+    norm drops its own (`apply_act = False`, timm's option).
+    """
 
     def __init__(self, conv: nn.Module, channels: int, norm: NormFactory, position: str, act: bool = True):
-        layers = [conv, norm(channels)] + ([nn.ReLU(inplace=True)] if act else [])
+        layer = norm(channels)
+        if getattr(layer, "includes_activation", False):
+            layer.apply_act = act
+            super().__init__(conv, layer)
+            return
+        layers = [conv, layer] + ([nn.ReLU(inplace=True)] if act else [])
         if position == "after" and act:
             layers[1], layers[2] = layers[2], layers[1]
         super().__init__(*layers)

@@ -23,9 +23,15 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from normbench.results import atomic_write_bytes  # noqa: E402
 
-NORM_ORDER = ["bn", "ln", "in", "gn", "none"]
-NORM_COLORS = {"bn": "#0072B2", "ln": "#009E73", "in": "#CC79A7", "gn": "#D55E00", "none": "#7F7F7F"}
-NORM_LABELS = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm", "none": "no norm"}
+NORM_ORDER = ["bn", "ln", "in", "gn", "brn", "evonorm_b0", "evonorm_s0", "frn", "ln2d", "rms", "none"]
+# The classics in Okabe-Ito; the wider family in colours apart from them (the batch-dependent ones
+# near BatchNorm's blue), so a figure holding all eleven still tells each apart.
+NORM_COLORS = {"bn": "#0072B2", "ln": "#009E73", "in": "#CC79A7", "gn": "#D55E00", "none": "#7F7F7F",
+               "brn": "#56B4E9", "evonorm_b0": "#332288", "evonorm_s0": "#AA4499", "frn": "#E69F00",
+               "ln2d": "#117733", "rms": "#882255"}  # fmt: skip
+NORM_LABELS = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm", "none": "no norm",
+               "brn": "BatchRenorm", "evonorm_b0": "EvoNorm-B0", "evonorm_s0": "EvoNorm-S0", "frn": "FRN + TLU",
+               "ln2d": "LayerNorm2d", "rms": "RMSNorm"}  # fmt: skip
 IMPL_ORDER = ["reference", "native", "compiled", "triton"]
 IMPL_COLORS = {"reference": "#7570B3", "native": "#1B9E77", "compiled": "#E6AB02", "triton": "#E7298A"}
 PASS_ORDER = ["fwd", "bwd", "fwdbwd"]

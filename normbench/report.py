@@ -463,8 +463,8 @@ def build_report(
     else:
         doc.para(
             f"{len(bad)} job(s) left no measurement (the rest of the sweep ran). `failed`: the job raised "
-            "(its traceback is in the job's `failure.json`); `missing`: no result file (interrupted or still "
-            "running)."
+            "(its traceback is in the job's `failure.json`); `skipped`: the implementation cannot run that "
+            "combination (not a failure); `missing`: no result file (interrupted or still running)."
         )
         doc.table(bad)
     if acc.empty and speed.empty and bench.empty and not frame.empty:

@@ -5,7 +5,8 @@ measurement (speed, benchmark) or per training run (accuracy), plus the columns 
 from:
 
 - `kind`: `speed`, `accuracy` or `benchmark` (a pytest-benchmark entry that is not one norm's pass);
-- `status`: `ok` (a measurement), `failed` (the job raised: `error` holds its line), `missing` (the job
+- `status`: `ok` (a measurement), `failed` (the job raised: `error` holds its line), `skipped` (the
+  implementation cannot run that combination, e.g. a norm without `native`: `error` says why), `missing` (the job
   started but left no result: interrupted or still running), `not_started` (planned by the sweep, never
   started), `unreadable` (a result file that cannot be parsed or was cut short), `empty` (no rows);
 - `error`, `sweep` (the input's name), `job` (the job's directory within it), `overrides` (the job's
@@ -32,6 +33,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from normbench.errors import Unsupported
+
 ROWS_FILE = "rows.csv"
 FAILURE_FILE = "failure.json"
 SUMMARY_CSV = "summary.csv"
@@ -43,7 +46,7 @@ RUN_FILE = "run.json"  # what ran: written by the sweep callback at multirun sta
 SCHEMA: dict[str, tuple[str, str, str]] = {
     # provenance: every row
     "kind": ("str", "", "speed, accuracy or benchmark (a pytest-benchmark entry that is not one norm's pass)"),
-    "status": ("str", "", "ok, failed, missing, not_started, unreadable or empty"),
+    "status": ("str", "", "ok, failed, skipped, missing, not_started, unreadable or empty"),
     "error": ("str", "", "why a job left no measurement (its error line)"),
     "sweep": ("str", "", "name of the sweep directory, run directory or JSON file"),
     "job": ("str", "", "the job's directory within its sweep (pytest-benchmark: the test's full name)"),
@@ -163,10 +166,12 @@ def write_rows(job_dir: str | Path, rows: list[dict]) -> Path:
 
 
 def write_failure(job_dir: str | Path, exc: BaseException, overrides: list[str] | None = None) -> Path:
-    """Record why a job failed: the error line a report shows, and the traceback for the curious."""
+    """Record why a job failed (or was skipped, for `Unsupported`): the error line a report shows, and the
+    traceback for the curious."""
     path = Path(job_dir) / FAILURE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     record = {
+        "status": "skipped" if isinstance(exc, Unsupported) else "failed",
         "error": f"{type(exc).__name__}: {exc}".splitlines()[0],
         "overrides": list(overrides or []),
         "traceback": "".join(traceback.format_exception(exc)),
@@ -245,7 +250,8 @@ def _read_job(root: Path, job: Path) -> pd.DataFrame:
         failure is None or rows_path.stat().st_mtime >= failure_path.stat().st_mtime
     )
     if failure is not None and not rows_newer:
-        return single("failed", str(failure.get("error") or "unknown error"), failure_path)
+        status = "skipped" if failure.get("status") == "skipped" else "failed"
+        return single(status, str(failure.get("error") or "unknown error"), failure_path)
     if not rows_path.is_file():
         return single("missing", f"no {ROWS_FILE} or {FAILURE_FILE}: the job was interrupted or is still running", None)
     try:

@@ -57,25 +57,25 @@ def byte_terms(layer: torch.nn.Module, x: torch.Tensor) -> dict[str, int]:
     """The pieces the passes are built from, in bytes.
 
     tensor   one pass over the input, E = x.numel() * x.element_size() (x, y, dy and dx each cost this)
-    params   weight and bias, C values each (0 without affine)
-    running  BatchNorm's running mean and variance, C values each (0 when not tracked / not training)
-    stats    the saved mean and rstd, one pair per statistic, in float32
+    params   the parameters: weight and bias, C values each (0 without affine), and any others (FRN's
+             tau, EvoNorm's v; RMSNorm has no bias)
+    running  running mean and variance (bn, brn, evonorm_b0), C values each (0 when not tracked / not
+             training)
+    stats    what a forward saves for backward, in float32 (`Norm.saved_stats`): a mean and an rstd
+             per statistic for the classics; an rstd alone for rms and frn; brn adds r and d;
+             evonorm_b0 a batch and an instance variance per channel
     """
-    n, c = x.shape[:2]
-    affine = getattr(layer, "weight", None) is not None
-    param_size = layer.weight.element_size() if affine else 0
+    c = x.shape[1]
     running = 0
     if isinstance(layer, norms.BatchNorm) and layer.track_running_stats and layer.use_batch_stats:
         running = 2 * c * layer.running_mean.element_size()
-    if isinstance(layer, norms.Norm):
-        statistics = (n // layer.samples(n)) * layer.groups()
-    else:
-        statistics = 0
+    saved = layer.saved_stats(x) if isinstance(layer, norms.Norm) else 0
     return {
         "tensor": x.numel() * x.element_size(),
-        "params": 2 * c * param_size,
+        # Every parameter the norm has: RMSNorm has no bias; FRN's tau and EvoNorm's v count too.
+        "params": sum(p.numel() * p.element_size() for p in layer.parameters()),
         "running": running,
-        "stats": 2 * statistics * STAT_BYTES,
+        "stats": saved * STAT_BYTES,
     }
 
 

@@ -8,6 +8,7 @@
 from normbench.norms import reference, native  # noqa: F401  (importing registers the implementations)
 from normbench.norms import compiled  # noqa: F401
 from normbench.norms import triton_impl  # noqa: F401
+from normbench.norms.family import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, LayerNorm2d, RMSNorm
 from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm
 from normbench.norms.registry import (
     add_norm,
@@ -23,11 +24,17 @@ from normbench.norms.registry import (
 
 __all__ = [
     "BatchNorm",
+    "BatchRenorm",
+    "EvoNormB0",
+    "EvoNormS0",
+    "FilterResponseNorm",
     "GroupNorm",
     "InstanceNorm",
     "LayerNorm",
+    "LayerNorm2d",
     "NoNorm",
     "Norm",
+    "RMSNorm",
     "add_norm",
     "all_implementations",
     "available",

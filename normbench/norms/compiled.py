@@ -36,7 +36,7 @@ from torch._functorch import config as functorch_config
 
 from normbench.norms.core import norm_forward
 from normbench.norms.layers import BatchNorm, Norm
-from normbench.norms.reference import functional_args
+from normbench.norms.reference import family_call, functional_args
 from normbench.norms.registry import register
 
 # The speed job's `bwd` pass times backward alone by calling it repeatedly on one retained graph;
@@ -69,14 +69,16 @@ _FACTORS: "weakref.WeakKeyDictionary[Norm, tuple[float, Tensor]]" = weakref.Weak
 def _fresh_copy(fn: Callable) -> Callable:
     """The same function on a new code object: dynamo keys its cache and recompile count on the code."""
     code = fn.__code__.replace()  # an equal but distinct code object
-    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__  # keyword-only defaults are not in __defaults__
+    return copy
 
 
-def graph_for(key: tuple) -> Callable:
-    """The compiled function for one configuration (built, not compiled, on first use)."""
+def graph_for(key: tuple, function: Callable = _forward) -> Callable:
+    """The compiled `function` for one configuration (built, not compiled, on first use)."""
     fn = _GRAPHS.get(key)
     if fn is None:
-        fn = _GRAPHS[key] = torch.compile(_fresh_copy(_forward), dynamic=False)
+        fn = _GRAPHS[key] = torch.compile(_fresh_copy(function), dynamic=False)
     return fn
 
 
@@ -128,3 +130,32 @@ def compiled(layer: Norm, x: Tensor) -> Tensor:
         x, layer.weight, layer.bias, running_mean, running_var, factor,
         samples, args["groups"], args["eps"], use_batch_stats,
     )  # fmt: skip
+
+
+# Numbers that change from step to step (BatchNorm's factor, Batch Renormalization's rmax and dmax
+# during their warm-up) go in as 0-d tensors, so they trigger no recompile.
+VARYING = ("factor", "rmax", "dmax")
+
+
+@register("rms", "compiled")
+@register("ln2d", "compiled")
+@register("brn", "compiled")
+@register("frn", "compiled")
+@register("evonorm_b0", "compiled")
+@register("evonorm_s0", "compiled")
+def compiled_family(layer: Norm, x: Tensor) -> Tensor:
+    fn, kwargs = family_call(layer, x)
+    if kwargs.get("samples") == x.shape[0]:
+        kwargs["samples"] = None  # the whole batch, taken from the dynamic size
+    for name in VARYING:
+        if name in kwargs:
+            kwargs[name] = torch.tensor(float(kwargs[name]), dtype=torch.float32, device=x.device)
+    if kwargs.get("training"):
+        # torch 2.13's partitioner may recompute r and d in backward from the running-statistics inputs,
+        # after the forward has updated them in place (wrong gradients, seen in tests/test_family.py):
+        # r and d read copies made here instead.
+        kwargs["correct_toward"] = (layer.running_mean.clone(), layer.running_var.clone())
+    static = tuple(sorted((k, v) for k, v in kwargs.items() if not isinstance(v, (Tensor, tuple))))
+    key = (type(layer).__name__, fn.__name__, static, x.dtype, x.device, tuple(x.shape[1:]), x.stride()[1:])
+    torch._dynamo.maybe_mark_dynamic(x, 0)
+    return graph_for(key, fn)(x, **kwargs)

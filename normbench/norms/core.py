@@ -13,6 +13,10 @@ with L = prod(spatial), each views x as (B, K, G, C // G, L) and takes the momen
 Then every value is normalized by its slice's moments and scaled and shifted per channel. Written
 with plain tensor ops, two-pass variance, statistics in float32 at least (float64 stays float64), so it
 reads as the formula does; speed is the other implementations' job.
+
+The wider family (normbench.norms.family) reuses these pieces: RMSNorm and FRN divide by the root mean
+square (`mean_square`, no centering), the channel norms take their statistics per position
+(`per_position`: each position becomes a sample), EvoNorm and Batch Renormalization combine moments.
 """
 
 from __future__ import annotations
@@ -42,9 +46,41 @@ def moments(x: Tensor, samples: int, groups: int) -> tuple[Tensor, Tensor]:
     return mean, var
 
 
+def mean_square(x: Tensor, samples: int, groups: int) -> Tensor:
+    """E[x^2] of each (B, G) slice, shaped (B, 1, G, 1, 1): the uncentered second moment (RMSNorm's
+    RMS^2, FRN's nu^2)."""
+    xv = grouped_view(x, samples, groups).to(compute_dtype(x.dtype))
+    return xv.square().mean(dim=STAT_DIMS, keepdim=True)
+
+
+def per_channel(t: Tensor, dim: int) -> Tensor:
+    """A (C,) parameter shaped to broadcast over a `dim`-dimensional (N, C, *spatial) tensor."""
+    return t.view((1, -1) + (1,) * (dim - 2))
+
+
+def affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """weight * y + bias per channel; either may be None (RMSNorm has no bias)."""
+    if weight is not None:
+        y = y * per_channel(weight, y.dim())
+    if bias is not None:
+        y = y + per_channel(bias, y.dim())
+    return y
+
+
+def per_position(x: Tensor) -> Tensor:
+    """(N, C, *spatial) -> (N * L, C): each position a sample, so that statistics over C with
+    samples=1, groups=1 are taken per position (ConvNeXt's channel LayerNorm, timm's RmsNorm2d)."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def from_positions(rows: Tensor, shape: torch.Size) -> Tensor:
+    """The inverse of `per_position` for an input of `shape`."""
+    return rows.reshape(shape[0], *shape[2:], shape[1]).movedim(-1, 1)
+
+
 def normalize(
     x: Tensor,
-    mean: Tensor,
+    mean: Tensor | None,
     var: Tensor,
     weight: Tensor | None,
     bias: Tensor | None,
@@ -52,13 +88,14 @@ def normalize(
     samples: int,
     groups: int,
 ) -> Tensor:
-    """(x - mean) / sqrt(var + eps) per slice, then weight * . + bias per channel, in x's dtype."""
+    """(x - mean) / sqrt(var + eps) per slice, then weight * . + bias per channel, in x's dtype.
+
+    mean=None divides without centering (var is then E[x^2]); eps may be a tensor (FRN's learned eps).
+    """
     xv = grouped_view(x, samples, groups).to(compute_dtype(x.dtype))
-    y = ((xv - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
-    if weight is not None:
-        per_channel = (1, -1) + (1,) * (x.dim() - 2)
-        y = y * weight.view(per_channel) + bias.view(per_channel)
-    return y.to(x.dtype)
+    centered = xv if mean is None else xv - mean
+    y = (centered * torch.rsqrt(var + eps)).reshape(x.shape)
+    return affine(y, weight, bias).to(x.dtype)
 
 
 @torch.no_grad()

@@ -34,6 +34,11 @@ class Norm(nn.Module):
     # is split into normalization batches cannot change what the layer computes. A norm that
     # overrides `samples` must say False.
     batch_independent: ClassVar[bool] = True
+    # True for norms that end in their own nonlinearity (FRN's TLU, EvoNorm): models then drop the
+    # ReLU after them, as the papers replace the norm-and-ReLU pair (see normbench.models).
+    includes_activation: ClassVar[bool] = False
+    has_bias: ClassVar[bool] = True  # RMSNorm scales only
+    default_eps: ClassVar[float] = 1e-5
     implementations: ClassVar[dict[str, Implementation]]
 
     def __init_subclass__(cls, **kwargs):
@@ -44,8 +49,8 @@ class Norm(nn.Module):
         self,
         num_features: int,
         *,
-        impl: str = "native",
-        eps: float = 1e-5,
+        impl: str | None = None,
+        eps: float | None = None,
         affine: bool = True,
         device=None,
         dtype=None,
@@ -56,6 +61,7 @@ class Norm(nn.Module):
                 f"{self.name}: num_features must be a positive int (the input's channel count), "
                 f"got {num_features!r}"
             )
+        eps = self.default_eps if eps is None else eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
             raise UsageError(f"{self.name}: eps must be a number > 0, got {eps!r}: e.g. eps=1e-5")
         if not isinstance(affine, bool):  # "no" would be truthy: a string must not pick the behaviour
@@ -65,11 +71,14 @@ class Norm(nn.Module):
         self.affine = affine
         if affine:
             self.weight = nn.Parameter(torch.ones(num_features, device=device, dtype=dtype))
-            self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+            if self.has_bias:
+                self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+            else:
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
-        self.impl = impl
+        self.impl = impl or ("native" if "native" in self.implementations else "reference")
 
     @property
     def impl(self) -> str:
@@ -145,6 +154,11 @@ class Norm(nn.Module):
 
     def values_per_statistic(self, x: Tensor) -> int:
         return self.samples(x.shape[0]) * (x.shape[1] // self.groups()) * math.prod(x.shape[2:])
+
+    def saved_stats(self, x: Tensor) -> int:
+        """float32 values a forward saves for backward (the byte model): a mean and an rstd per statistic."""
+        n = x.shape[0]
+        return 2 * (n // self.samples(n)) * self.groups()
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, impl={self.impl!r}, eps={self.eps}, affine={self.affine}"
@@ -290,11 +304,11 @@ class GroupNorm(Norm):
 
     def __init__(self, num_features: int, *, groups: int = 32, **options) -> None:
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise UsageError(f"gn: groups must be a positive int, got {groups!r}")
+            raise UsageError(f"{self.name}: groups must be a positive int, got {groups!r}")
         if isinstance(num_features, int) and num_features >= 1 and num_features % groups:
             divisors = [g for g in range(1, num_features + 1) if num_features % g == 0]
             raise UsageError(
-                f"gn: {num_features} channels do not split into {groups} groups; "
+                f"{self.name}: {num_features} channels do not split into {groups} groups; "
                 f"choose groups from the divisors of {num_features}: {divisors}"
             )
         self.num_groups = groups

@@ -1,10 +1,14 @@
-"""`native`: the fastest torch built-in that computes exactly each norm's function."""
+"""`native`: the fastest torch built-in that computes exactly each norm's function (EvoNorm has none)."""
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from normbench.errors import UsageError
+from normbench.norms.core import affine, per_channel
+from normbench.norms.family import BatchRenorm, FilterResponseNorm
 from normbench.norms.layers import BatchNorm, Norm
 from normbench.norms.registry import register
 
@@ -57,3 +61,53 @@ def instance_norm(layer: Norm, x: Tensor) -> Tensor:
 @register("gn", "native")
 def group_norm(layer: Norm, x: Tensor) -> Tensor:
     return F.group_norm(x, layer.groups(), layer.weight, layer.bias, layer.eps)
+
+
+# The wider family, where torch has a primitive for it.
+
+
+@register("rms", "native")
+def rms_norm(layer: Norm, x: Tensor) -> Tensor:
+    # F.rms_norm normalizes over trailing dimensions: put the channels last, and back.
+    return F.rms_norm(x.movedim(1, -1), (x.shape[1],), layer.weight, layer.eps).movedim(-1, 1)
+
+
+@register("ln2d", "native")
+def layer_norm_2d(layer: Norm, x: Tensor) -> Tensor:
+    return F.layer_norm(x.movedim(1, -1), (x.shape[1],), layer.weight, layer.bias, layer.eps).movedim(-1, 1)
+
+
+@register("frn", "native")
+def filter_response_norm(layer: FilterResponseNorm, x: Tensor) -> Tensor:
+    # nu^2 over the spatial dimensions is what F.rms_norm computes over trailing dimensions.
+    if layer.learned_eps:
+        raise UsageError("frn: impl=native (F.rms_norm) takes a fixed eps; with learned_eps=true use impl=reference or compiled")
+    y = affine(F.rms_norm(x, x.shape[2:], None, layer.eps), layer.weight, layer.bias)
+    return torch.maximum(y, per_channel(layer.tau, x.dim())) if layer.apply_act else y
+
+
+@register("brn", "native")
+def batch_renorm(layer: BatchRenorm, x: Tensor) -> Tensor:
+    """y = gamma * (x_hat_B * r + d) + beta = (gamma r) x_hat_B + (gamma d + beta): F.batch_norm with that
+    weight and bias, r and d (constants in backward) from a var_mean of the input."""
+    if not layer.training:
+        return batch_norm(layer, x)
+    n, c = x.shape[:2]
+    k = layer.samples(n)
+    b = n // k
+    xt = x.reshape(b, k, c, -1).transpose(0, 1).reshape(k, b * c, -1)  # virtual batches as channels
+    rm, rv = layer.running_mean.repeat(b), layer.running_var.repeat(b)
+    rmax, dmax = layer.clip_limits()
+    with torch.no_grad():
+        var, mean = torch.var_mean(xt, dim=(0, 2), unbiased=False)
+        run_std = torch.sqrt(rv + layer.eps)
+        r = torch.clamp(torch.sqrt(var + layer.eps) / run_std, 1 / rmax, rmax).to(x.dtype)
+        d = torch.clamp((mean - rm) / run_std, -dmax, dmax).to(x.dtype)
+    weight, bias = r, d
+    if layer.weight is not None:
+        w = layer.weight.repeat(b)
+        weight, bias = w * r, w * d + layer.bias.repeat(b)
+    y = F.batch_norm(xt, rm, rv, weight, bias, True, layer.update_factor, layer.eps)
+    layer.running_mean.copy_(rm.view(b, c).mean(0))
+    layer.running_var.copy_(rv.view(b, c).mean(0))
+    return y.reshape(k, b, c, -1).transpose(0, 1).reshape(x.shape)

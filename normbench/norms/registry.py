@@ -12,8 +12,16 @@ from typing import Callable
 
 from torch import nn
 
-from normbench.errors import UsageError
-from normbench.norms.layers import BatchNorm, GroupNorm, Implementation, InstanceNorm, LayerNorm, NoNorm
+from normbench.errors import Unsupported, UsageError
+from normbench.norms.family import FAMILY
+from normbench.norms.layers import (
+    BatchNorm,
+    GroupNorm,
+    Implementation,
+    InstanceNorm,
+    LayerNorm,
+    NoNorm,
+)
 
 NORMS: dict[str, type] = {}
 
@@ -23,7 +31,7 @@ def add_norm(cls: type) -> type:
     return cls
 
 
-for _cls in (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, NoNorm):
+for _cls in (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, NoNorm, *FAMILY):
     add_norm(_cls)
 
 
@@ -70,17 +78,21 @@ def all_implementations() -> list[str]:
     return list(names)
 
 
-def build(name: str, num_features: int, *, impl: str = "native", **options) -> nn.Module:
-    """A `name` norm over `num_features` channels, computed by implementation `impl`.
+def build(name: str, num_features: int, *, impl: str | None = None, **options) -> nn.Module:
+    """A `name` norm over `num_features` channels, computed by implementation `impl` (default: `native`,
+    or `reference` for a norm torch has no primitive for, e.g. EvoNorm).
 
     Options are those of the torch.nn counterpart (`eps`, `affine`, `momentum`,
     `track_running_stats`, `device`, `dtype`) plus `groups` for gn and `virtual_batch` for bn.
     """
     cls = norm_class(name)
+    if impl is None:
+        impl = "native" if "native" in implementations(name) else "reference"
     if impl not in implementations(name):
-        raise UsageError(
-            f"{name} has no implementation {impl!r}; choose one of: {', '.join(implementations(name))}"
-        )
+        # An implementation other norms have (EvoNorm has no `native`) is a combination to skip; a
+        # name no norm has is a typo.
+        error = Unsupported if impl in all_implementations() else UsageError
+        raise error(f"{name} has no implementation {impl!r}; choose one of: {', '.join(implementations(name))}")
     if cls is not NoNorm:
         accepted = _options_of(cls)
         unknown = sorted(set(options) - accepted)
