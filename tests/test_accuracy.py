@@ -114,6 +114,15 @@ def test_the_gn_paper_experiment_keeps_fixed_workers():
     assert accuracy.step_split(cfg.accuracy) == accuracy.Split(2, 8, 16, "workers")
 
 
+@pytest.mark.parametrize("k, workers", [(2, 16), (32, 1)])
+def test_the_cifar10_cpu_reference_fixes_32_samples_per_step(k, workers):
+    cfg = config("+experiment=cifar10_resnet20_cpu", f"accuracy.batch_size={k}", base=[], hydra=True)
+    assert accuracy.step_split(cfg.accuracy) == accuracy.Split(k, workers, 32, "global_batch")
+    assert cfg.model.name == "resnet20" and cfg.dataset.train_per_class == 1500
+    grid = cfg.hydra.sweeper.params
+    assert grid["accuracy.batch_size"] == "2,32,4,16,8" and grid.norm == "gn,bn,ln,in" and grid.seed == "0,1"
+
+
 def test_same_steps_and_lr_for_every_k_at_a_fixed_global_batch(tmp_path):
     rows = [train(tmp_path / str(k), "norm=bn", f"accuracy.batch_size={k}", "accuracy.global_batch=16")[0]
             for k in (2, 16)]  # fmt: skip
