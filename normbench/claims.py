@@ -179,21 +179,19 @@ def read_curve(row: pd.Series) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def convergence(acc: pd.DataFrame) -> tuple[Comparison, float, dict[str, list[pd.DataFrame]]] | None:
+def convergence(acc: pd.DataFrame) -> tuple[Comparison, float, dict[str, list[pd.DataFrame]], dict[str, float]] | None:
     """C5: steps to a train-loss level, BN vs no norm; the level is the highest final train loss of
-    any run compared, so that every run reaches it."""
+    any run compared, so that every run reaches it. Also returns the curves and each norm's steps
+    per epoch (for the plot)."""
     runs = {"bn": select(acc, "bn", LARGE_K, GLOBAL), "none": select(acc, "none", LARGE_K, GLOBAL)}
     curves = {name: [read_curve(r) for _, r in rs.iterrows()] for name, rs in runs.items()}
     if any(c is None for cs in curves.values() for c in cs):
         return None
     level = max(c["train_loss"].min() for cs in curves.values() for c in cs)
-    steps = {
-        name: np.array([steps_to_level(c, float(r["steps"]) / float(r["epochs"]), level)
-                        for c, (_, r) in zip(curves[name], rs.iterrows())])
-        for name, rs in runs.items()
-    }  # fmt: skip
+    per_epoch = {name: float(rs["steps"].iloc[0]) / float(rs["epochs"].iloc[0]) for name, rs in runs.items()}
+    steps = {name: np.array([steps_to_level(c, per_epoch[name], level) for c in curves[name]]) for name in runs}
     comp = Comparison("steps to reach the level, BN vs no norm", steps["bn"], steps["none"], "lower", unit="")
-    return comp, level, curves
+    return comp, level, curves, per_epoch
 
 
 # -------------------------------------------------------------------------------------------- claims
@@ -240,7 +238,7 @@ def judge(acc: pd.DataFrame) -> pd.DataFrame:
         rows.append({"claim": f"C5 {CLAIMS['C5']}", "what ran": "bn vs no norm", "verdict": INCONCLUSIVE,
                      "measurement": "no per-epoch curve (curve.csv) next to the runs' rows"})  # fmt: skip
     else:
-        comp, level, _ = c5
+        comp, level, _, _ = c5
         add("C5", f"steps until the per-epoch train loss reaches {level:.3f}: bn vs no norm, K = {LARGE_K}", [comp])
     (bn_range, bn_sd, bn_values), (no_range, no_sd, no_values) = _spread(acc, "bn"), _spread(acc, "none")
     d, s = bn_range - no_range, math.sqrt(bn_sd**2 + no_sd**2)

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from normbench import claims, results, speed_tables
-from normbench.errors import UsageError
 from normbench.accuracy_tables import (
     accuracy_groups,
     accuracy_stats,
@@ -35,6 +34,7 @@ from normbench.accuracy_tables import (
     test_error,
     with_setup,
 )
+from normbench.errors import UsageError
 from normbench.plots import IMPL_ORDER, NORM_ORDER, PASS_ORDER, label
 
 log = logging.getLogger("normbench")
@@ -309,9 +309,7 @@ def _claims_plot(acc: pd.DataFrame, path: Path) -> Path | None:
     c5 = claims.convergence(acc)
     if c5 is None:
         return None
-    _, level, curves = c5
-    runs = {n: claims.select(acc, n, claims.LARGE_K, claims.GLOBAL) for n in curves}
-    per_epoch = {n: float(r["steps"].iloc[0]) / float(r["epochs"].iloc[0]) for n, r in runs.items()}
+    _, level, curves, per_epoch = c5
     return plots.convergence_curves(curves, per_epoch, level, path)
 
 

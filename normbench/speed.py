@@ -165,11 +165,11 @@ def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bo
     return value
 
 
-def check_speed_config(sp: DictConfig, device: torch.device | None = None) -> None:
+def check_speed_config(sp: DictConfig, device: torch.device) -> None:
     """The speed.* keys, checked before anything is timed: one line naming the key that is wrong."""
     if sp.get("cuda_graph") not in (None, True, False):
         raise UsageError(f"speed.cuda_graph must be true or false, got {sp.get('cuda_graph')!r}")
-    if sp.get("cuda_graph") and device is not None and device.type != "cuda":
+    if sp.get("cuda_graph") and device.type != "cuda":
         raise UsageError(
             f"speed.cuda_graph=true times the replay of a captured CUDA graph, and the device is {device}: "
             "run it with device=cuda on a GPU, or leave speed.cuda_graph=false"
@@ -267,13 +267,12 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
 
     hc = _hydra()
     multirun = hc is not None and hc.mode == RunMode.MULTIRUN
-    check_speed_config(cfg.speed)
+    device = resolve_device(cfg.device, hc.job.num if multirun else None)
+    check_speed_config(cfg.speed, device)
     passes = parse_passes(cfg["pass"])
     dtype = parse_dtype(cfg.dtype)
     from_model = model_speed.model_mode(cfg)
     shape = None if from_model else input_shape(cfg.speed)
-    device = resolve_device(cfg.device, hc.job.num if multirun else None)
-    check_speed_config(cfg.speed, device)
     check_impl(cfg.impl, device)
     # The peak is measured once per sweep: in the sweep directory, or in a single run's own.
     peak_dir = Path(hc.sweep.dir) if multirun else Path(out_dir)
