@@ -118,7 +118,8 @@ def test_the_gn_paper_experiment_keeps_fixed_workers():
 def test_the_cifar10_cpu_reference_fixes_32_samples_per_step(k, workers):
     cfg = config("+experiment=cifar10_resnet20_cpu", f"accuracy.batch_size={k}", base=[], hydra=True)
     assert accuracy.step_split(cfg.accuracy) == accuracy.Split(k, workers, 32, "global_batch")
-    assert cfg.model.name == "resnet20" and cfg.dataset.train_per_class == 1500
+    assert cfg.model.name == "resnet20" and cfg.dataset.train_per_class == 2000
+    assert cfg.dataset.augment is False  # three passes over the data underfit: see the experiment file
     grid = cfg.hydra.sweeper.params
     assert grid["accuracy.batch_size"] == "2,32,4,16,8" and grid.norm == "gn,bn,ln,in" and grid.seed == "0,1"
 
