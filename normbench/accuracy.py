@@ -109,7 +109,7 @@ def job_index() -> int | None:
         from hydra.core.hydra_config import HydraConfig
 
         return HydraConfig.get().job.get("num")
-    except Exception:  # noqa: BLE001 - called outside a Hydra app (tests, notebooks)
+    except Exception:
         return None
 
 
@@ -126,7 +126,9 @@ class Split:
 def step_split(acc: DictConfig) -> Split:
     """K, W and the global batch from `accuracy.batch_size` and either `accuracy.global_batch` (the
     default protocol: W = global_batch / K) or `accuracy.workers` (the GN paper's: global = K x W)."""
-    k = positive_int(acc.batch_size, "accuracy.batch_size", "the samples per normalization batch, e.g. accuracy.batch_size=16")
+    k = positive_int(
+        acc.batch_size, "accuracy.batch_size", "the samples per normalization batch, e.g. accuracy.batch_size=16"
+    )
     global_batch, workers = acc.get("global_batch"), acc.get("workers")
     if global_batch is not None and workers is not None:
         raise UsageError(
@@ -135,10 +137,14 @@ def step_split(acc: DictConfig) -> Split:
             f"accuracy.global_batch=null for fixed workers, the GN paper's protocol)"
         )
     if global_batch is None and workers is None:
-        raise UsageError("set accuracy.global_batch (samples per step, e.g. 64) or accuracy.workers "
-                         "(fixed workers, e.g. 8): both are null")  # fmt: skip
+        raise UsageError(
+            "set accuracy.global_batch (samples per step, e.g. 64) or accuracy.workers "
+            "(fixed workers, e.g. 8): both are null"
+        )
     if workers is not None:
-        workers = positive_int(workers, "accuracy.workers", "the simulated data-parallel workers, e.g. accuracy.workers=8")
+        workers = positive_int(
+            workers, "accuracy.workers", "the simulated data-parallel workers, e.g. accuracy.workers=8"
+        )
         return Split(k, workers, k * workers, "workers")
     global_batch = positive_int(global_batch, "accuracy.global_batch", "the samples per optimizer step, e.g. 64")
     if global_batch % k:
@@ -184,8 +190,11 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         # spin-waiting costs up to 10x; a sweep runs jobs side by side instead (hydra/launcher: parallel).
         torch.set_num_threads(positive_int(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"))
     _, norm_options = norm_factory(cfg, split.k)
-    model_options = {key: v for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-                     if key not in ("name", "norm_options")}  # fmt: skip
+    model_options = {
+        key: v
+        for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+        if key not in ("name", "norm_options")
+    }
 
     def train_here() -> dict:
         return train(cfg, split, device)
@@ -233,9 +242,16 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
     }
     ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
     write_curve(out_dir, [{**ids, **point} for point in curve])
-    log.info("%s K=%d W=%d: test acc %.4f (PreciseBN %.4f, batch stats %.4f)%s", cfg.norm.name, split.k,
-             split.workers, row["test_acc"], row["test_acc_precise_bn"], row["test_acc_batch_stats"],
-             f", reused from job {reused_from}" if reused_from else "")  # fmt: skip
+    log.info(
+        "%s K=%d W=%d: test acc %.4f (PreciseBN %.4f, batch stats %.4f)%s",
+        cfg.norm.name,
+        split.k,
+        split.workers,
+        row["test_acc"],
+        row["test_acc_precise_bn"],
+        row["test_acc_batch_stats"],
+        f", reused from job {reused_from}" if reused_from else "",
+    )
     return [row]
 
 
@@ -264,18 +280,25 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
         )
     torch.manual_seed(cfg.seed)  # model initialization
     make_norm, _ = norm_factory(cfg, k)
-    model_options = {key: v for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-                     if key not in ("name", "norm_options")}  # fmt: skip
+    model_options = {
+        key: v
+        for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+        if key not in ("name", "norm_options")
+    }
     model = models.build(
-        cfg.model.name, input_shape=tuple(data.x_train.shape[1:]), num_classes=data.num_classes,
-        norm=make_norm, **model_options,
+        cfg.model.name,
+        input_shape=tuple(data.x_train.shape[1:]),
+        num_classes=data.num_classes,
+        norm=make_norm,
+        **model_options,
     ).to(device)
     # BatchNorm's other two evaluations (see normbench.evaluation); NaN where there is no BatchNorm.
     bn = bool(batch_norms(model)) and all(m.track_running_stats for m in batch_norms(model))
     precise_samples = acc.get("precise_bn_samples") if bn else None
     if precise_samples is not None:
-        precise_samples = positive_int(precise_samples, "accuracy.precise_bn_samples",
-                                       "the training samples PreciseBN averages over, e.g. 2048")  # fmt: skip
+        precise_samples = positive_int(
+            precise_samples, "accuracy.precise_bn_samples", "the training samples PreciseBN averages over, e.g. 2048"
+        )
         if not k <= precise_samples <= n_train:
             raise UsageError(
                 f"accuracy.precise_bn_samples={precise_samples} must lie between K={k} and the {n_train} "
@@ -294,12 +317,26 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
 
     label = f"{cfg.norm.name}/{cfg.impl} K={k} W={workers}"
     model_name = cfg.model.name
-    log.info("%s: %s on %s, lr %.4g, %d steps of %d samples, %s", label, cfg.model.name, data.name, lr,
-             total_steps, global_batch, device_name(device))
+    log.info(
+        "%s: %s on %s, lr %.4g, %d steps of %d samples, %s",
+        label,
+        cfg.model.name,
+        data.name,
+        lr,
+        total_steps,
+        global_batch,
+        device_name(device),
+    )
     curve, train_s, seen = [], 0.0, 0
     start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=label, file=sys.stderr, disable=None if acc.progress else True,
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        desc=label,
+        file=sys.stderr,
+        disable=None if acc.progress else True,
+        leave=False,
+        dynamic_ncols=True,
+    )
     with logging_redirect_tqdm(), contextlib.closing(bar):
         for epoch in range(1, epochs + 1):
             model.train()
@@ -326,12 +363,16 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
             seen += steps_per_epoch * global_batch
             model.eval()
             test_acc = accuracy(model, data.x_test, data.y_test, eval_batch)
-            curve.append({
-                "epoch": epoch, "train_loss": train_loss,
-                "train_acc": correct.item() / (steps_per_epoch * global_batch),
-                "test_acc": test_acc, "lr": schedule.get_last_lr()[0],
-                "wall_s": time.perf_counter() - start,
-            })
+            curve.append(
+                {
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_acc": correct.item() / (steps_per_epoch * global_batch),
+                    "test_acc": test_acc,
+                    "lr": schedule.get_last_lr()[0],
+                    "wall_s": time.perf_counter() - start,
+                }
+            )
             bar.set_postfix(loss=f"{train_loss:.3f}", test_acc=f"{test_acc:.3f}")
             log.info("%s epoch %d/%d: train loss %.4f, test acc %.4f", label, epoch, epochs, train_loss, test_acc)
 
@@ -343,9 +384,15 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
         population = precise_bn(model, precise_bn_batches(data, precise_samples, k, cfg.seed), k)
         precise = accuracy(population, data.x_test, data.y_test, eval_batch)
     return {
-        "dataset": data.name, "lr": lr, "steps": total_steps, "curve": curve,
-        "test_acc_precise_bn": precise, "test_acc_batch_stats": by_batch, "precise_bn_samples": used,
-        "wall_s": time.perf_counter() - start, "samples_per_s": seen / train_s,
+        "dataset": data.name,
+        "lr": lr,
+        "steps": total_steps,
+        "curve": curve,
+        "test_acc_precise_bn": precise,
+        "test_acc_batch_stats": by_batch,
+        "precise_bn_samples": used,
+        "wall_s": time.perf_counter() - start,
+        "samples_per_s": seen / train_s,
     }
 
 

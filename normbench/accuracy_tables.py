@@ -121,7 +121,9 @@ def _err(stats: pd.DataFrame, norm: str, evaluation: str, k) -> str | None:
 def _identical_across_k(runs: pd.DataFrame) -> bool:
     """Whether every seed's runs give the same test accuracy at every K (K-invariant, as it must be at
     a fixed global batch for a norm whose statistics do not span samples)."""
-    return bool((runs.groupby("seed")["test_acc"].nunique(dropna=False) == 1).all()) and runs["batch_size"].nunique() > 1
+    return (
+        bool((runs.groupby("seed")["test_acc"].nunique(dropna=False) == 1).all()) and runs["batch_size"].nunique() > 1
+    )
 
 
 def headline(acc: pd.DataFrame) -> str:
@@ -137,8 +139,11 @@ def headline(acc: pd.DataFrame) -> str:
     spread = f"mean ± sd over {seeds.min()} seeds" if seeds.min() > 1 else "one seed, so no spread"
     setup = acc["setup"].iloc[0]
     by_construction = setup.endswith("per step")  # at a fixed global batch, K cannot reach their training
-    fixed = (f"{setup}, the same steps and LR for every K" if by_construction
-             else f"{setup}: the global batch and LR grow with K")  # fmt: skip
+    fixed = (
+        f"{setup}, the same steps and LR for every K"
+        if by_construction
+        else f"{setup}: the global batch and LR grow with K"
+    )
     order = sorted(acc["norm"].unique(), key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0])
     invariant = [n for n in order if _independent(n) and _identical_across_k(acc[acc["norm"] == n])]
     sentences, others = [], []
@@ -172,8 +177,10 @@ def reuse_note(acc: pd.DataFrame) -> str | None:
     if "reused_from" not in acc or acc["reused_from"].isna().all():
         return None
     reused = acc[acc["reused_from"].notna()]
-    names = "/".join(NORM_LABELS.get(n, n) for n in sorted(reused["norm"].unique(),
-                                                           key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0]))  # fmt: skip
+    names = "/".join(
+        NORM_LABELS.get(n, n)
+        for n in sorted(reused["norm"].unique(), key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0])
+    )
     return (
         f"{len(reused)} of {len(acc)} rows ({names}) reuse the training of another job of the sweep (column "
         f"`reused_from` names it): these norms never take statistics across samples, so at a fixed global batch "

@@ -78,7 +78,7 @@ def visible_gpus() -> list[str]:
         import torch
 
         return [str(i) for i in range(torch.cuda.device_count())]
-    except Exception:  # noqa: BLE001 - no torch CUDA: no GPUs to share
+    except Exception:
         return []
 
 
@@ -94,11 +94,12 @@ def claim_sweep_dir(sweep: Path, run_json: bytes) -> None:
     taken = sorted(p.name for p in sweep.iterdir())[:5] if sweep.is_dir() else []
     if sweep.exists() and not sweep.is_dir():
         taken = [sweep.name]
-    how = ("pick a new hydra.sweep.dir (the default is stamped to the microsecond), or move the old "
-           "results away first")  # fmt: skip
+    how = "pick a new hydra.sweep.dir (the default is stamped to the microsecond), or move the old results away first"
     if taken:
-        raise SweepDirTaken(f"hydra.sweep.dir={sweep} already holds results ({', '.join(taken)}, ...): a sweep never "
-                            f"writes over another one's; {how}")  # fmt: skip
+        raise SweepDirTaken(
+            f"hydra.sweep.dir={sweep} already holds results ({', '.join(taken)}, ...): a sweep never "
+            f"writes over another one's; {how}"
+        )
     sweep.mkdir(parents=True, exist_ok=True)
     tmp = sweep / f".{RUN_FILE}.{os.getpid()}.tmp"
     tmp.write_bytes(run_json)
@@ -124,18 +125,18 @@ def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     try:
         overrides = OverridesParser.create().parse_overrides(arguments)
         batches = BasicSweeper.split_arguments(overrides, None)
-    except Exception:  # noqa: BLE001 - e.g. glob() needs the config loader: no plan recorded
+    except Exception:
         return None
     return [list(job) for batch in batches for job in batch]
 
 
 def failed_jobs(sweep: Path) -> str | None:
-    """"3 of 24 jobs failed: see .../report.md", or None when every job left its measurements."""
+    """ "3 of 24 jobs failed: see .../report.md", or None when every job left its measurements."""
     from normbench.results import read_sweep
 
     try:
         frame = read_sweep(sweep)
-    except Exception:  # noqa: BLE001 - an unreadable sweep is reported by the report itself
+    except Exception:
         return None
     if frame.empty:
         return None
@@ -178,12 +179,13 @@ class SweepReport(Callback):
             info = results.run_info(
                 app=hydra.job.config_name,
                 overrides=OmegaConf.to_container(hydra.overrides.task),
-                hydra_overrides=[o for o in OmegaConf.to_container(hydra.overrides.hydra)
-                                 if not str(o).startswith("hydra.mode=")],  # fmt: skip
+                hydra_overrides=[
+                    o for o in OmegaConf.to_container(hydra.overrides.hydra) if not str(o).startswith("hydra.mode=")
+                ],
                 launcher=OmegaConf.select(config, "hydra.launcher._target_"),
                 jobs=planned_jobs(config),
             )
-        except Exception:  # noqa: BLE001 - provenance is worth a warning, never the sweep
+        except Exception:
             log.warning("could not record what ran in %s:\n%s", results.RUN_FILE, traceback.format_exc())
         # Hydra raises nothing out of a callback (it warns), so a refusal is an exit of its own.
         try:
@@ -206,8 +208,11 @@ class SweepReport(Callback):
         if gpu is None:
             if not _CLAIM.get("warned"):
                 _CLAIM["warned"] = True
-                log.warning("more parallel jobs than GPUs (%d): set hydra.launcher.n_jobs=%d so that jobs do not "
-                            "share a GPU", len(self.gpus), len(self.gpus))  # fmt: skip
+                log.warning(
+                    "more parallel jobs than GPUs (%d): set hydra.launcher.n_jobs=%d so that jobs do not share a GPU",
+                    len(self.gpus),
+                    len(self.gpus),
+                )
             return
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
@@ -231,14 +236,19 @@ class SweepReport(Callback):
 
     def _at_exit(self) -> None:
         if self.sweep_dir and not self.done:
-            why = f"it was stopped by {self.stopped_by}" if self.stopped_by else (
-                "an exception escaped Hydra, or it was interrupted")  # fmt: skip
+            why = (
+                f"it was stopped by {self.stopped_by}"
+                if self.stopped_by
+                else ("an exception escaped Hydra, or it was interrupted")
+            )
             log.warning("the sweep did not end normally (%s): reporting what finished in %s", why, self.sweep_dir)
             self.write_report(
-                notes=[(
-                    f"the sweep did not end normally ({why}): this report holds the jobs that finished; "
-                    "the jobs that never started are listed as `not_started`; see the console or the jobs' logs."
-                )]
+                notes=[
+                    (
+                        f"the sweep did not end normally ({why}): this report holds the jobs that finished; "
+                        "the jobs that never started are listed as `not_started`; see the console or the jobs' logs."
+                    )
+                ]
             )
             summary = failed_jobs(Path(self.sweep_dir))
             if summary:
@@ -253,7 +263,7 @@ class SweepReport(Callback):
             from normbench.report import build_report
 
             md = build_report([sweep], sweep, notes=notes)
-        except Exception:  # noqa: BLE001 - Hydra would turn a raise into a one-line warning
+        except Exception:
             text = traceback.format_exc()
             log.error(
                 "the report of %s failed; rebuild it with `normbench-report %s` once fixed:\n%s", sweep, sweep, text

@@ -64,8 +64,10 @@ class Comparison:
         return decide(self.a, self.b, self.expect)
 
     def text(self) -> str:
-        return (f"{self.name}: {_ms(self.a, self.unit)} vs {_ms(self.b, self.unit)} "
-                f"(d = {self.d:+.2f}, 2s = {2 * self.s:.2f}: {self.verdict()})")
+        return (
+            f"{self.name}: {_ms(self.a, self.unit)} vs {_ms(self.b, self.unit)} "
+            f"(d = {self.d:+.2f}, 2s = {2 * self.s:.2f}: {self.verdict()})"
+        )
 
 
 def _sd(values: np.ndarray) -> float:
@@ -217,39 +219,66 @@ def judge(acc: pd.DataFrame) -> pd.DataFrame:
     def add(cid: str, ran: str, comps: list[Comparison], extra: str = "") -> None:
         verdicts = [c.verdict() for c in comps]
         measured = "; ".join(c.text() for c in comps) + (f". {extra}" if extra else "")
-        rows.append({"claim": f"{cid} {CLAIMS[cid]}", "what ran": ran, "measurement": measured,
-                     "verdict": combine(verdicts)})  # fmt: skip
+        rows.append(
+            {"claim": f"{cid} {CLAIMS[cid]}", "what ran": ran, "measurement": measured, "verdict": combine(verdicts)}
+        )
 
-    add("C1", f"bn with conv -> ReLU -> BN vs conv -> BN -> ReLU, K = {LARGE_K}, {GLOBAL} per step",
-        [Comparison("test error after vs before", _err(after), _err(bn64), "lower")])
-    add("C2", f"bn at K = {LARGE_K} and {SMALL_K}: eval on running averages vs PreciseBN (population statistics)",
-        [Comparison(f"K={k} running vs PreciseBN error", _err(r), _err(r, "test_acc_precise_bn"), "equal")
-         for k, r in ((LARGE_K, bn64), (SMALL_K, bn2))])
-    add("C3", f"train-test accuracy gap: bn vs no norm (K = {LARGE_K}); bn at K = {SMALL_K} vs {LARGE_K}",
-        [Comparison("gap (pp) with vs without BN", _gap(bn64), _gap(none), "lower", unit=" pp"),
-         Comparison(f"gap (pp) at K={SMALL_K} vs K={LARGE_K}", _gap(bn2), _gap(bn64), "lower", unit=" pp")],
-        f"Test error with BN {_ms(_err(bn64), '%')}, without {_ms(_err(none), '%')}")
-    add("C4", f"bn at K = {SMALL_K} vs {LARGE_K} ({GLOBAL} per step); ln, in, gn vs bn at K = {SMALL_K}",
+    add(
+        "C1",
+        f"bn with conv -> ReLU -> BN vs conv -> BN -> ReLU, K = {LARGE_K}, {GLOBAL} per step",
+        [Comparison("test error after vs before", _err(after), _err(bn64), "lower")],
+    )
+    add(
+        "C2",
+        f"bn at K = {LARGE_K} and {SMALL_K}: eval on running averages vs PreciseBN (population statistics)",
+        [
+            Comparison(f"K={k} running vs PreciseBN error", _err(r), _err(r, "test_acc_precise_bn"), "equal")
+            for k, r in ((LARGE_K, bn64), (SMALL_K, bn2))
+        ],
+    )
+    add(
+        "C3",
+        f"train-test accuracy gap: bn vs no norm (K = {LARGE_K}); bn at K = {SMALL_K} vs {LARGE_K}",
+        [
+            Comparison("gap (pp) with vs without BN", _gap(bn64), _gap(none), "lower", unit=" pp"),
+            Comparison(f"gap (pp) at K={SMALL_K} vs K={LARGE_K}", _gap(bn2), _gap(bn64), "lower", unit=" pp"),
+        ],
+        f"Test error with BN {_ms(_err(bn64), '%')}, without {_ms(_err(none), '%')}",
+    )
+    add(
+        "C4",
+        f"bn at K = {SMALL_K} vs {LARGE_K} ({GLOBAL} per step); ln, in, gn vs bn at K = {SMALL_K}",
         [Comparison(f"bn error at K={SMALL_K} vs K={LARGE_K}", _err(bn2), _err(bn64), "higher")]
-        + [Comparison(f"{n} vs bn K={SMALL_K} error", _err(select(acc, n, LARGE_K, GLOBAL)), _err(bn2), "lower")
-           for n in ("ln", "in", "gn")])
+        + [
+            Comparison(f"{n} vs bn K={SMALL_K} error", _err(select(acc, n, LARGE_K, GLOBAL)), _err(bn2), "lower")
+            for n in ("ln", "in", "gn")
+        ],
+    )
     c5 = convergence(acc)
     if c5 is None:
-        rows.append({"claim": f"C5 {CLAIMS['C5']}", "what ran": "bn vs no norm", "verdict": INCONCLUSIVE,
-                     "measurement": "no per-epoch curve (curve.csv) next to the runs' rows"})  # fmt: skip
+        rows.append(
+            {
+                "claim": f"C5 {CLAIMS['C5']}",
+                "what ran": "bn vs no norm",
+                "verdict": INCONCLUSIVE,
+                "measurement": "no per-epoch curve (curve.csv) next to the runs' rows",
+            }
+        )
     else:
         comp, level, _, _ = c5
         add("C5", f"steps until the per-epoch train loss reaches {level:.3f}: bn vs no norm, K = {LARGE_K}", [comp])
     (bn_range, bn_sd, bn_values), (no_range, no_sd, no_values) = _spread(acc, "bn"), _spread(acc, "none")
     d, s = bn_range - no_range, math.sqrt(bn_sd**2 + no_sd**2)
-    rows.append({
-        "claim": f"C6 {CLAIMS['C6']}",
-        "what ran": f"bn and no norm at optimizer batch {', '.join(map(str, OPTIMIZER_BATCHES))} (one worker, "
-                    "same epochs, LR scaled linearly)",
-        "measurement": f"range of mean error: bn {bn_range:.2f} pp ({bn_values}), no norm {no_range:.2f} pp "
-                       f"({no_values}) (d = {d:+.2f}, 2s = {2 * s:.2f}; s from the seeds of the extreme cells)",
-        "verdict": rule(d, s, "higher"),
-    })  # fmt: skip
+    rows.append(
+        {
+            "claim": f"C6 {CLAIMS['C6']}",
+            "what ran": f"bn and no norm at optimizer batch {', '.join(map(str, OPTIMIZER_BATCHES))} (one worker, "
+            "same epochs, LR scaled linearly)",
+            "measurement": f"range of mean error: bn {bn_range:.2f} pp ({bn_values}), no norm {no_range:.2f} pp "
+            f"({no_values}) (d = {d:+.2f}, 2s = {2 * s:.2f}; s from the seeds of the extreme cells)",
+            "verdict": rule(d, s, "higher"),
+        }
+    )
     table = pd.DataFrame(rows)
     table.attrs["seeds"] = seeds
     return table

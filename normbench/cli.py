@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -47,7 +47,7 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
     try:
         check_common(cfg)
         rows = job(cfg, out)
-    except Exception as exc:  # noqa: BLE001 - every failure is recorded, then reported or re-raised
+    except Exception as exc:
         write_failure(out, exc, list(hc.overrides.task))
         if hc.mode == RunMode.MULTIRUN and isinstance(exc, Unsupported):
             log.warning("job %s skipped: %s", hc.job.num, str(exc).splitlines()[0])

@@ -44,7 +44,9 @@ def side_stats(rows: pd.DataFrame, kind: str, keys: list[str]) -> pd.DataFrame:
         out["sd"] = out["sd"].where(out["n"] > 1)
         out["lo"], out["hi"] = out["value"] - out["sd"], out["value"] + out["sd"]
         return out.drop(columns="sd")
-    lo_col, hi_col = ("p20_ms", "p80_ms") if d.get("p20_ms", pd.Series(dtype=float)).notna().any() else ("q1_ms", "q3_ms")
+    lo_col, hi_col = (
+        ("p20_ms", "p80_ms") if d.get("p20_ms", pd.Series(dtype=float)).notna().any() else ("q1_ms", "q3_ms")
+    )
     for col in ("median_ms", lo_col, hi_col):
         d[col] = pd.to_numeric(d[col], errors="coerce") if col in d else np.nan
     out = d.groupby(keys, dropna=False).agg(
@@ -149,8 +151,9 @@ def plot(table: pd.DataFrame, path: Path, names: tuple[str, str]) -> Path | None
     kinds = list(dict.fromkeys(t["kind"]))
     sns.set_theme(style="whitegrid", context="notebook")
     heights = [max(1.5, 0.22 * (t["kind"] == k).sum() + 0.8) for k in kinds]
-    fig, axes = plt.subplots(len(kinds), 1, figsize=(9, sum(heights)), squeeze=False,
-                             gridspec_kw={"height_ratios": heights})  # fmt: skip
+    fig, axes = plt.subplots(
+        len(kinds), 1, figsize=(9, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
     colors = {"B faster": "#1B9E77", "B better": "#1B9E77", "B slower": "#D95F02", "B worse": "#D95F02"}
     for ax, kind in zip(axes[:, 0], kinds):
         part = t[t["kind"] == kind]
@@ -167,8 +170,9 @@ def plot(table: pd.DataFrame, path: Path, names: tuple[str, str]) -> Path | None
         ax.invert_yaxis()
         ax.set_xscale("log")
         what = "test error" if kind == "accuracy" else "median time"
-        ax.set_xlabel(f"{what}: {names[1]} / {names[0]} (below 1: {names[1]} is "
-                      f"{'better' if kind == 'accuracy' else 'faster'})")  # fmt: skip
+        ax.set_xlabel(
+            f"{what}: {names[1]} / {names[0]} (below 1: {names[1]} is {'better' if kind == 'accuracy' else 'faster'})"
+        )
         ax.set_title(f"{kind}: B/A per configuration (bar: the range the two spreads allow)", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -17,9 +17,9 @@ import io
 import pickle
 import random
 import zipfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class Dataset:
     def in_channels(self) -> int:
         return self.x_train.shape[1]
 
-    def to(self, device: torch.device) -> "Dataset":
+    def to(self, device: torch.device) -> Dataset:
         return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
 
 
@@ -110,9 +110,7 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
             f"mnist1d: num_samples must be >= 20 and 0 < train_split < 1, got {num_samples} and {train_split}"
         )
     xs, ys, xt, yt = _mnist1d_arrays(int(num_samples), int(seed), float(train_split))
-    x_train, x_test = standardize(
-        torch.from_numpy(xs).float().unsqueeze(1), torch.from_numpy(xt).float().unsqueeze(1)
-    )
+    x_train, x_test = standardize(torch.from_numpy(xs).float().unsqueeze(1), torch.from_numpy(xt).float().unsqueeze(1))
     return Dataset("mnist1d", x_train, torch.from_numpy(ys).long(), x_test, torch.from_numpy(yt).long(), 10)
 
 
@@ -232,9 +230,7 @@ def _image_folder_arrays(root: str, train_per_class: int | None, test_per_class:
         if not by_class:
             raise _layout_error(root, f"no images under {split}/<class>/")
     if list(splits["train"]) != list(splits["test"]):
-        raise _layout_error(
-            root, f"train has classes {list(splits['train'])} but test has {list(splits['test'])}"
-        )
+        raise _layout_error(root, f"train has classes {list(splits['train'])} but test has {list(splits['test'])}")
     out = []
     for split, limit in (("train", train_per_class), ("test", test_per_class)):
         images, labels = [], []
@@ -264,11 +260,15 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickles what a CIFAR-10 python batch holds (a dict of numpy arrays, lists, bytes and strings)
     and nothing else: a pickle naming any other class or function could run code, so it is refused."""
 
-    ALLOWED = frozenset({
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("_codecs", "encode"),  # how protocol 2 spells bytes from Python 3: text in, bytes out
-    })  # fmt: skip
+    ALLOWED = frozenset(
+        {
+            ("numpy", "ndarray"),
+            ("numpy", "dtype"),
+            ("numpy.core.multiarray", "_reconstruct"),
+            ("numpy._core.multiarray", "_reconstruct"),
+            ("_codecs", "encode"),  # how protocol 2 spells bytes from Python 3: text in, bytes out
+        }
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self.ALLOWED:
@@ -300,11 +300,13 @@ def _torchvision_cifar10_arrays(download_dir: Path, train_per_class: int | None,
         )
         try:
             from torchvision.datasets import CIFAR10  # only for downloading; reading needs no torchvision
-        except Exception as exc:  # noqa: BLE001 - missing or broken torchvision: same advice
-            raise UsageError(f"cifar10 is not in {batches} and torchvision is unavailable ({type(exc).__name__}): {how}") from None
+        except Exception as exc:
+            raise UsageError(
+                f"cifar10 is not in {batches} and torchvision is unavailable ({type(exc).__name__}): {how}"
+            ) from None
         try:
             CIFAR10(str(download_dir), train=True, download=True)
-        except Exception as exc:  # noqa: BLE001 - no network, proxy, disk: one clear line
+        except Exception as exc:
             raise UsageError(f"cifar10 download failed ({type(exc).__name__}: {exc}); {how}") from None
 
     def read(names: list[str], limit: int | None):

@@ -32,7 +32,11 @@ def resolve_device(name: str = "auto", job_index: int | None = None) -> torch.de
             raise UsageError(f"device={name}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
         return torch.device(name)
     count = torch.cuda.device_count()
-    if job_index is None or count == 1 or "CUDA_VISIBLE_DEVICES" in os.environ and "," not in os.environ["CUDA_VISIBLE_DEVICES"]:
+    if (
+        job_index is None
+        or count == 1
+        or ("CUDA_VISIBLE_DEVICES" in os.environ and "," not in os.environ["CUDA_VISIBLE_DEVICES"])
+    ):
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cuda", job_index % count)
 

@@ -136,8 +136,9 @@ def model_input(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> to
     """A batch of speed.batch_size random samples of shape.input (C, *spatial), in the job's layout."""
     sample = list(cfg.shape.get("input") or [])
     if not sample or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sample):
-        raise UsageError(f"shape.input must be one sample's (C, *spatial) as positive ints, got {sample}: "
-                         "e.g. shape.input=[3,32,32]")  # fmt: skip
+        raise UsageError(
+            f"shape.input must be one sample's (C, *spatial) as positive ints, got {sample}: e.g. shape.input=[3,32,32]"
+        )
     shape = (speed._number(cfg.speed.batch_size, "speed.batch_size", "e.g. 8", integer=True), *sample)
     x = speed.make_input(shape, dtype, cfg.layout, device)
     return x.detach()  # the step needs no input gradient: a network's input is data
@@ -157,16 +158,18 @@ def time_model(cfg: DictConfig, passes, dtype: torch.dtype, device: torch.device
     options = norm_options(cfg)
     pk, rows = None, []
     for i, (inp, layers) in enumerate(sorted(inputs.items(), key=lambda kv: -len(kv[1]))):
-        layer = norms.build_from_config(cfg.norm, inp.shape[1], impl=cfg.impl, device=device, dtype=inp.dtype,
-                                        **options).train()  # fmt: skip
+        layer = norms.build_from_config(
+            cfg.norm, inp.shape[1], impl=cfg.impl, device=device, dtype=inp.dtype, **options
+        ).train()
         layout = inp.layout if inp.layout in speed.LAYOUTS else "contiguous"  # a strided view: timed contiguous
         lx = speed.make_input(inp.shape, inp.dtype, layout, device)
         first_call_s = speed._first_call(cfg, layer, lx)
         pk = pk or speed.peak(cfg, device, peak_dir)
         extra = {**options, "model": name, "layers": len(layers), "layer_names": " ".join(layers)}
         # The wrapper costs the same at every shape: measured once, at the first.
-        rows += speed.time_layer(cfg, layer, lx, passes, pk, first_call_s, extra=extra,
-                                 wrapper=cfg.impl == "native" and i == 0)  # fmt: skip
+        rows += speed.time_layer(
+            cfg, layer, lx, passes, pk, first_call_s, extra=extra, wrapper=cfg.impl == "native" and i == 0
+        )
     rows.append({**step_row(cfg, model, x, names, rows), **options})
     return rows
 
@@ -206,8 +209,14 @@ def step_row(cfg: DictConfig, model: nn.Module, x: torch.Tensor, names: list[str
         "norm_ms": share,
         "norm_share": None if share is None else 100 * share / timed["median_ms"],
     }
-    log.info("%s step with %s %s: %.3f ms, norm layers ~%s ms", row["model"], row["norm"], row["impl"],
-             row["median_ms"], "?" if share is None else f"{share:.3f}")  # fmt: skip
+    log.info(
+        "%s step with %s %s: %.3f ms, norm layers ~%s ms",
+        row["model"],
+        row["norm"],
+        row["impl"],
+        row["median_ms"],
+        "?" if share is None else f"{share:.3f}",
+    )
     return row
 
 

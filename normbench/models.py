@@ -9,7 +9,7 @@ from the registry plugs in, and where it goes relative to the activation:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -153,8 +153,16 @@ class MLP(nn.Module):
     """Linear -> norm -> ReLU units on flattened input: norms see (N, C) with no spatial positions,
     so BatchNorm's statistics come from the batch alone."""
 
-    def __init__(self, in_features: int, num_classes: int, norm: NormFactory, *, width: int = 64, depth: int = 2,
-                 norm_position: str = "before"):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        norm: NormFactory,
+        *,
+        width: int = 64,
+        depth: int = 2,
+        norm_position: str = "before",
+    ):
         super().__init__()
         units, cin = [], in_features
         for _ in range(depth):

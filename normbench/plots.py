@@ -16,22 +16,42 @@ import matplotlib
 
 matplotlib.use("Agg")  # reports are drawn headless: in a Hydra callback, on a cluster node, in CI
 
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+from matplotlib.ticker import FuncFormatter
 
-from normbench.results import atomic_write_bytes  # noqa: E402
+from normbench.results import atomic_write_bytes
 
 NORM_ORDER = ["bn", "ln", "in", "gn", "brn", "evonorm_b0", "evonorm_s0", "frn", "ln2d", "rms", "none"]
 # The classics in Okabe-Ito; the wider family in colours apart from them (the batch-dependent ones
 # near BatchNorm's blue), so a figure holding all eleven still tells each apart.
-NORM_COLORS = {"bn": "#0072B2", "ln": "#009E73", "in": "#CC79A7", "gn": "#D55E00", "none": "#7F7F7F",
-               "brn": "#56B4E9", "evonorm_b0": "#332288", "evonorm_s0": "#AA4499", "frn": "#E69F00",
-               "ln2d": "#117733", "rms": "#882255"}  # fmt: skip
-NORM_LABELS = {"bn": "BatchNorm", "ln": "LayerNorm", "in": "InstanceNorm", "gn": "GroupNorm", "none": "no norm",
-               "brn": "BatchRenorm", "evonorm_b0": "EvoNorm-B0", "evonorm_s0": "EvoNorm-S0", "frn": "FRN + TLU",
-               "ln2d": "LayerNorm2d", "rms": "RMSNorm"}  # fmt: skip
+NORM_COLORS = {
+    "bn": "#0072B2",
+    "ln": "#009E73",
+    "in": "#CC79A7",
+    "gn": "#D55E00",
+    "none": "#7F7F7F",
+    "brn": "#56B4E9",
+    "evonorm_b0": "#332288",
+    "evonorm_s0": "#AA4499",
+    "frn": "#E69F00",
+    "ln2d": "#117733",
+    "rms": "#882255",
+}
+NORM_LABELS = {
+    "bn": "BatchNorm",
+    "ln": "LayerNorm",
+    "in": "InstanceNorm",
+    "gn": "GroupNorm",
+    "none": "no norm",
+    "brn": "BatchRenorm",
+    "evonorm_b0": "EvoNorm-B0",
+    "evonorm_s0": "EvoNorm-S0",
+    "frn": "FRN + TLU",
+    "ln2d": "LayerNorm2d",
+    "rms": "RMSNorm",
+}
 IMPL_ORDER = ["reference", "native", "compiled", "triton"]
 IMPL_COLORS = {"reference": "#7570B3", "native": "#1B9E77", "compiled": "#E6AB02", "triton": "#E7298A"}
 PASS_ORDER = ["fwd", "bwd", "fwdbwd"]
@@ -101,6 +121,7 @@ def _plain_log(axis) -> None:
 def _varying(frame: pd.DataFrame, columns: list[str], within: str | None = None) -> list[str]:
     """The columns that take more than one value (within one value of `within`, e.g. within a norm:
     gn's `groups` varies only if two gn rows differ, not because bn has none)."""
+
     def varies(col: str) -> bool:
         if within and within in frame:
             return bool((frame.groupby(within)[col].nunique(dropna=True) > 1).any())
@@ -154,13 +175,23 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
         have = set(stats.index.droplevel(2))
         for norm in palette:
             several = sum((norm, e) in have for e in EVALUATION_STYLE) > 1
-            for evaluation, (ls, marker, suffix) in EVALUATION_STYLE.items():
+            for evaluation, (ls, marker, style_suffix) in EVALUATION_STYLE.items():
                 if (norm, evaluation) not in have:
                     continue
-                suffix = suffix or (" running EMA" if several else "")
+                suffix = style_suffix or (" running EMA" if several else "")
                 s = stats.loc[(norm, evaluation)]
-                ax.errorbar(s.index, s["mean"], yerr=s["std"].fillna(0), ls=ls, marker=marker, color=palette[norm],
-                            capsize=3, ms=6, lw=1.6, label=NORM_LABELS.get(norm, norm) + suffix)  # fmt: skip
+                ax.errorbar(
+                    s.index,
+                    s["mean"],
+                    yerr=s["std"].fillna(0),
+                    ls=ls,
+                    marker=marker,
+                    color=palette[norm],
+                    capsize=3,
+                    ms=6,
+                    lw=1.6,
+                    label=NORM_LABELS.get(norm, norm) + suffix,
+                )
         _log2_axis(ax, data["batch_size"], invert=True)
         first = data.iloc[0]
         what = ", ".join(str(first[c]) for c in ("dataset", "model") if c in data and pd.notna(first[c]))
@@ -183,8 +214,11 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
         for norm, errors in GN_PAPER_ERROR.items():
             ax.plot(GN_PAPER_BATCH, errors, marker="o", ls="--", color=NORM_COLORS[norm], label=NORM_LABELS[norm])
         _log2_axis(ax, GN_PAPER_BATCH, invert=True)
-        ax.set_title("reference, a different protocol: GN paper (Wu & He 2018, Fig. 1)\nResNet-50 on ImageNet, "
-                     "8 GPUs fixed: global batch = 8K,\nLR scaled with it", fontsize=10)  # fmt: skip
+        ax.set_title(
+            "reference, a different protocol: GN paper (Wu & He 2018, Fig. 1)\nResNet-50 on ImageNet, "
+            "8 GPUs fixed: global batch = 8K,\nLR scaled with it",
+            fontsize=10,
+        )
         ax.set_xlabel("K: images per GPU")
         ax.set_ylabel("validation error (%)")
         ax.legend(title="norm", fontsize=9)
@@ -224,15 +258,31 @@ def _speed_grid(speed: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool
     if d.empty or y not in d or d[y].notna().sum() == 0:
         return None
     norms = _ordered(d["norm"], NORM_ORDER)
-    facets = sorted(d["facet"].unique(), key=lambda f: (PASS_ORDER.index(f.split(" · ")[0])
-                                                         if f.split(" · ")[0] in PASS_ORDER else 99, f))  # fmt: skip
+    facets = sorted(
+        d["facet"].unique(),
+        key=lambda f: (PASS_ORDER.index(f.split(" · ")[0]) if f.split(" · ")[0] in PASS_ORDER else 99, f),
+    )
     palette = impl_palette(d["impl"])
     sns.set_theme(style="whitegrid", context="notebook")
     g = sns.relplot(
-        data=d, kind="line", x="batch_size", y=y, hue="impl", hue_order=list(palette), palette=palette,
-        style=style, row="norm", row_order=norms, col="facet", col_order=facets, marker="o",
-        height=2.9, aspect=1.35, facet_kws={"sharey": False, "margin_titles": False}, errorbar=None,
-    )  # fmt: skip
+        data=d,
+        kind="line",
+        x="batch_size",
+        y=y,
+        hue="impl",
+        hue_order=list(palette),
+        palette=palette,
+        style=style,
+        row="norm",
+        row_order=norms,
+        col="facet",
+        col_order=facets,
+        marker="o",
+        height=2.9,
+        aspect=1.35,
+        facet_kws={"sharey": False, "margin_titles": False},
+        errorbar=None,
+    )
     g.set_titles("{row_name} · {col_name}")
     for (norm, _), ax in g.axes_dict.items():
         ax.title.set_color(NORM_COLORS.get(norm, "#000000"))
@@ -261,9 +311,12 @@ def speed_roofline(speed: pd.DataFrame, path: str | Path) -> Path | None:
     if "pct_of_peak" not in speed or speed["pct_of_peak"].notna().sum() == 0:
         return None
     g = _speed_grid(
-        speed, "pct_of_peak", "% of roofline (bandwidth)",
-        "Achieved memory bandwidth as % of the measured copy bandwidth (roofline = 100%)", False,
-    )  # fmt: skip
+        speed,
+        "pct_of_peak",
+        "% of roofline (bandwidth)",
+        "Achieved memory bandwidth as % of the measured copy bandwidth (roofline = 100%)",
+        False,
+    )
     if g is None:
         return None
     top = max(110.0, float(speed["pct_of_peak"].max()) * 1.08)
@@ -285,9 +338,10 @@ def pick_speed(speed: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if passes:
         d = d[d["pass"] == passes[0]]
     rows, impls = [], set()
-    for norm, g in d.groupby("norm"):
-        g = g[g["batch_size"] == g["batch_size"].max()]
-        g = g[g["impl"] == "native"] if (g["impl"] == "native").any() else g.nsmallest(1, "median_ms")
+    for norm, runs in d.groupby("norm"):
+        largest = runs[runs["batch_size"] == runs["batch_size"].max()]
+        native = largest["impl"] == "native"
+        g = largest[native] if native.any() else largest.nsmallest(1, "median_ms")
         impls |= set(g["impl"])
         rows.append({"norm": norm, "median_ms": g["median_ms"].median(), "batch_size": g["batch_size"].iloc[0]})
     label = f"{passes[0] if passes else 'all passes'} latency of {', '.join(sorted(impls))}"
@@ -314,8 +368,15 @@ def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) 
         ax.plot([x, x], [y_large, y_small], color=palette[norm], lw=1.5, alpha=0.6)
         ax.scatter([x], [y_large], color=palette[norm], marker="o", s=60, zorder=3)
         ax.scatter([x], [y_small], color=palette[norm], marker="v", s=70, zorder=3)
-        ax.annotate(NORM_LABELS.get(norm, norm), (x, y_small), textcoords="offset points", xytext=(6, 0),
-                    color=palette[norm], fontsize=9, va="center")  # fmt: skip
+        ax.annotate(
+            NORM_LABELS.get(norm, norm),
+            (x, y_small),
+            textcoords="offset points",
+            xytext=(6, 0),
+            color=palette[norm],
+            fontsize=9,
+            va="center",
+        )
     ax.scatter([], [], color="grey", marker="o", label=f"batch {large:g} per worker")
     ax.scatter([], [], color="grey", marker="v", label=f"batch {small:g} per worker")
     ax.legend(title="test error at", fontsize=9)
@@ -331,8 +392,9 @@ def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) 
 # ----------------------------------------------------------------------------------------- the claims
 
 
-def convergence_curves(curves: dict[str, list[pd.DataFrame]], steps_per_epoch: dict[str, float], level: float,
-                       path: str | Path) -> Path | None:
+def convergence_curves(
+    curves: dict[str, list[pd.DataFrame]], steps_per_epoch: dict[str, float], level: float, path: str | Path
+) -> Path | None:
     """Train loss vs optimizer step per norm (one thin line per seed, per-epoch points), with the loss
     level that the notebook's claim C5 is judged at (normbench.claims)."""
     if not curves:
@@ -341,8 +403,16 @@ def convergence_curves(curves: dict[str, list[pd.DataFrame]], steps_per_epoch: d
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for norm, runs in curves.items():
         for i, curve in enumerate(runs):
-            ax.plot(curve["epoch"] * steps_per_epoch[norm], curve["train_loss"], marker="o", ms=3, lw=1.2,
-                    color=colors[norm], alpha=0.8, label=NORM_LABELS.get(norm, norm) if i == 0 else None)
+            ax.plot(
+                curve["epoch"] * steps_per_epoch[norm],
+                curve["train_loss"],
+                marker="o",
+                ms=3,
+                lw=1.2,
+                color=colors[norm],
+                alpha=0.8,
+                label=NORM_LABELS.get(norm, norm) if i == 0 else None,
+            )
     ax.axhline(level, color="black", ls="--", lw=0.8)
     ax.annotate(f"level {level:.3f}", (ax.get_xlim()[1], level), ha="right", va="bottom", fontsize=8)
     ax.set_xlabel("optimizer step (end of each epoch)")

@@ -65,9 +65,19 @@ def ok_rows(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
 
 # A configuration; `input` keeps measurements of different sources apart.
 SPEED_KEYS = [
-    "input", "model", "norm", "pass", "batch_size", "shape", "dtype", "layout", "groups", "cuda_graph", "device",
+    "input",
+    "model",
+    "norm",
+    "pass",
+    "batch_size",
+    "shape",
+    "dtype",
+    "layout",
+    "groups",
+    "cuda_graph",
+    "device",
     "device_name",
-]  # fmt: skip
+]
 
 
 def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
@@ -120,12 +130,18 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
 
 def benchmarks_table(bench: pd.DataFrame) -> pd.DataFrame:
     """pytest-benchmark entries that are not one norm's pass: one row each, under its own name."""
-    t = pd.DataFrame({
-        "input": bench["input"], "group": bench["group"].fillna(""), "benchmark": bench["benchmark"],
-        "median ms": bench["median_ms"].map(_sig),
-        "q1-q3 ms": [f"{_sig(a)}-{_sig(b)}" for a, b in zip(bench.get("q1_ms", np.nan), bench.get("q3_ms", np.nan))],
-        "rounds": bench["rounds"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
-    })  # fmt: skip
+    t = pd.DataFrame(
+        {
+            "input": bench["input"],
+            "group": bench["group"].fillna(""),
+            "benchmark": bench["benchmark"],
+            "median ms": bench["median_ms"].map(_sig),
+            "q1-q3 ms": [
+                f"{_sig(a)}-{_sig(b)}" for a, b in zip(bench.get("q1_ms", np.nan), bench.get("q3_ms", np.nan))
+            ],
+            "rounds": bench["rounds"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+        }
+    )
     return t.drop(columns=[] if t["input"].nunique() > 1 else ["input"]).reset_index(drop=True)
 
 
@@ -141,7 +157,9 @@ def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
     if frame.empty:
         return frame
     # a job is its directory; jobs that never started have none, only their overrides
-    jobs = frame.assign(input=frame["input"].fillna("").astype(str)).drop_duplicates(["input", "sweep", "job", "overrides"])
+    jobs = frame.assign(input=frame["input"].fillna("").astype(str)).drop_duplicates(
+        ["input", "sweep", "job", "overrides"]
+    )
     # the overrides every job of its sweep shares (e.g. dataset=...) say nothing about the failure
     common = {
         key: set.intersection(*(set(str(o).split()) for o in g["overrides"].fillna("")))
@@ -224,8 +242,10 @@ class Document:
                 body.append(value.to_html(index=False, escape=True, border=0, classes="t"))
             elif kind == "img":
                 data = base64.b64encode(value[0].read_bytes()).decode()
-                body.append(f'<figure><img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}">'
-                            f"<figcaption>{html.escape(value[1])}</figcaption></figure>")  # fmt: skip
+                body.append(
+                    f'<figure><img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}">'
+                    f"<figcaption>{html.escape(value[1])}</figcaption></figure>"
+                )
         style = (
             "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
             "table.t{border-collapse:collapse;margin:1em 0;font-size:14px}"
@@ -296,8 +316,8 @@ def _accuracy_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> No
     stats = accuracy_stats(acc)
     for key, g in stats.groupby(groups, dropna=False) if groups else [((), stats)]:
         if groups:
-            key = key if isinstance(key, tuple) else (key,)
-            doc.heading(3, ", ".join(f"{c} = {v}" for c, v in zip(groups, key)))
+            values = key if isinstance(key, tuple) else (key,)
+            doc.heading(3, ", ".join(f"{c} = {v}" for c, v in zip(groups, values)))
         doc.table(accuracy_table(g))
     if plot:
         doc.image(plot, "Test error vs K per norm (BatchNorm: three evaluations); the GN paper's protocol beside")
@@ -397,9 +417,7 @@ def build_report(
     doc.para(
         f"Built {now} by normbench {results.versions().get('normbench') or '?'} "
         f"(commit `{results.git_commit() or 'unknown'}`). Every measurement: `{results.SUMMARY_CSV}` "
-        f"(also `{results.SUMMARY_PARQUET}`); rebuild with `normbench-report "
-        + " ".join(str(p) for p in inputs)
-        + "`."
+        f"(also `{results.SUMMARY_PARQUET}`); rebuild with `normbench-report " + " ".join(str(p) for p in inputs) + "`."
     )
     for note in notes or []:
         doc.para(f"**Note:** {note}")
@@ -443,8 +461,10 @@ def build_report(
 
     if not bench.empty:
         doc.heading(2, "Other benchmarks")
-        doc.para("pytest-benchmark entries that are not one norm's pass, each under its own name: median and "
-                 "quartiles of its rounds.")  # fmt: skip
+        doc.para(
+            "pytest-benchmark entries that are not one norm's pass, each under its own name: median and "
+            "quartiles of its rounds."
+        )
         doc.table(benchmarks_table(bench))
 
     if made["tradeoff"]:
@@ -513,8 +533,12 @@ def main(argv: list[str] | None = None) -> int:
         "With --compare A B: B against A per configuration (compare.md, .html, .csv, .png).",
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="sweep/run/report directory or JSON file")
-    parser.add_argument("--out", type=Path, help="output directory (default: the one directory given, "
-                        "else results/report/<date>; --compare: results/compare/<date>)")  # fmt: skip
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: the one directory given, "
+        "else results/report/<date>; --compare: results/compare/<date>)",
+    )
     parser.add_argument("--title", help="the report's title")
     parser.add_argument("--compare", action="store_true", help="compare two inputs, A B: B/A per configuration")
     args = parser.parse_args(argv)

@@ -28,8 +28,9 @@ import math
 import os
 import re
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pandas as pd
 
@@ -56,7 +57,11 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     # what was measured
     "norm": ("str", "", "norm name: bn, ln, in, gn, none"),
     "impl": ("str", "", "implementation: reference, native, compiled, triton"),
-    "pass": ("str", "", "speed: fwd, bwd, fwdbwd; step (a model's forward + backward) or wrapper (the module's own cost)"),
+    "pass": (
+        "str",
+        "",
+        "speed: fwd, bwd, fwdbwd; step (a model's forward + backward) or wrapper (the module's own cost)",
+    ),
     "batch_size": ("int", "samples", "speed: N of the input; accuracy: K, samples per normalization batch"),
     "channels": ("int", "", "speed: C of the input"),
     "spatial": ("str", "", "speed: spatial sizes, e.g. 28x28"),
@@ -125,18 +130,56 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "q3_ms": ("float", "ms", "third quartile of the rounds"),
     "rounds": ("int", "", "rounds timed"),
     "iterations": ("int", "", "calls per round"),
-}  # fmt: skip
+}
 META_COLUMNS = ["kind", "status", "error", "sweep", "job", "overrides", "source", "input"]
 SPEED_COLUMNS = [
-    "norm", "impl", "pass", "batch_size", "shape", "dtype", "layout", "groups", "device", "device_name",
-    "median_ms", "p20_ms", "p80_ms", "bytes", "gbps", "peak_gbps", "pct_of_peak", "peak_mem_mib",
-    "compile_s", "torch_version", "triton_version",
-]  # fmt: skip
+    "norm",
+    "impl",
+    "pass",
+    "batch_size",
+    "shape",
+    "dtype",
+    "layout",
+    "groups",
+    "device",
+    "device_name",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "bytes",
+    "gbps",
+    "peak_gbps",
+    "pct_of_peak",
+    "peak_mem_mib",
+    "compile_s",
+    "torch_version",
+    "triton_version",
+]
 ACCURACY_COLUMNS = [
-    "norm", "impl", "dataset", "model", "protocol", "batch_size", "workers", "global_batch", "lr", "epochs",
-    "steps", "seed", "test_acc", "test_acc_precise_bn", "test_acc_batch_stats", "precise_bn_samples",
-    "train_loss", "reused_from", "wall_s", "samples_per_s", "device", "device_name", "torch_version",
-]  # fmt: skip
+    "norm",
+    "impl",
+    "dataset",
+    "model",
+    "protocol",
+    "batch_size",
+    "workers",
+    "global_batch",
+    "lr",
+    "epochs",
+    "steps",
+    "seed",
+    "test_acc",
+    "test_acc_precise_bn",
+    "test_acc_batch_stats",
+    "precise_bn_samples",
+    "train_loss",
+    "reused_from",
+    "wall_s",
+    "samples_per_s",
+    "device",
+    "device_name",
+    "torch_version",
+]
 RENAMED = {"peak_mem_mb": "peak_mem_mib"}  # older rows.csv files: the values were MiB all along
 # Columns that hold names even when they look like numbers (a job directory `3`, not 3.0).
 TEXT_COLUMNS = {"reused_from": str}
@@ -242,13 +285,12 @@ def _read_job(root: Path, job: Path) -> pd.DataFrame:
     kind = _app_kind(root, job)
 
     def single(status: str, error: str | None, source: Path | None) -> pd.DataFrame:
-        return pd.DataFrame([{"kind": kind, "status": status, "error": error, **meta,
-                              "source": str(source) if source else str(job)}])  # fmt: skip
+        return pd.DataFrame(
+            [{"kind": kind, "status": status, "error": error, **meta, "source": str(source) if source else str(job)}]
+        )
 
     # A job re-run in the same directory may hold both files: the newer one is the job's outcome.
-    rows_newer = rows_path.is_file() and (
-        failure is None or rows_path.stat().st_mtime >= failure_path.stat().st_mtime
-    )
+    rows_newer = rows_path.is_file() and (failure is None or rows_path.stat().st_mtime >= failure_path.stat().st_mtime)
     if failure is not None and not rows_newer:
         status = "skipped" if failure.get("status") == "skipped" else "failed"
         return single(status, str(failure.get("error") or "unknown error"), failure_path)
@@ -353,9 +395,17 @@ def _not_started(root: Path, frames: list[pd.DataFrame]) -> pd.DataFrame:
         if key in started:
             started.remove(key)
             continue
-        rows.append({"kind": kind, "status": "not_started", "error": "planned, but the sweep ended before it started",
-                     "sweep": root.name, "job": None, "overrides": " ".join(map(str, overrides)),
-                     "source": str(root / RUN_FILE)})  # fmt: skip
+        rows.append(
+            {
+                "kind": kind,
+                "status": "not_started",
+                "error": "planned, but the sweep ended before it started",
+                "sweep": root.name,
+                "job": None,
+                "overrides": " ".join(map(str, overrides)),
+                "source": str(root / RUN_FILE),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -438,8 +488,15 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
             row.setdefault("device_name", cpu)
         rows.append(row)
     if not rows:
-        empty = {"kind": "speed", "status": "empty", "error": "no benchmarks in file", "sweep": path.stem, "job": ".",
-                 "overrides": "", "source": str(path)}  # fmt: skip
+        empty = {
+            "kind": "speed",
+            "status": "empty",
+            "error": "no benchmarks in file",
+            "sweep": path.stem,
+            "job": ".",
+            "overrides": "",
+            "source": str(path),
+        }
         return _concat([pd.DataFrame([empty])])
     return _concat([pd.DataFrame(rows)])
 
@@ -547,11 +604,19 @@ def git_commit(where: str | Path | None = None) -> str | None:
 
     cwd = Path(where) if where else Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/results"],
-                               cwd=cwd, capture_output=True, text=True, timeout=10)  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":!/results"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")

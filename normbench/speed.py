@@ -134,9 +134,7 @@ def input_shape(speed: DictConfig) -> tuple[int, ...]:
             "e.g. speed.batch_size=8 speed.channels=64 speed.spatial=[28,28]"
         )
     if len(spatial) > 3:
-        raise UsageError(
-            f"speed.spatial has {len(spatial)} dimensions; norms take 0 to 3, e.g. speed.spatial=[28,28]"
-        )
+        raise UsageError(f"speed.spatial has {len(spatial)} dimensions; norms take 0 to 3, e.g. speed.spatial=[28,28]")
     return shape
 
 
@@ -179,8 +177,12 @@ def check_speed_config(sp: DictConfig, device: torch.device) -> None:
     _number(sp.get("warmup_ms"), "speed.warmup_ms", "e.g. 25")
     _number(sp.get("rep_ms"), "speed.rep_ms", "e.g. 100")
     _number(sp.get("threads"), "speed.threads", "CPU threads, e.g. 1", integer=True, allow_none=True)
-    _number(sp.get("peak_gbps"), "speed.peak_gbps", "the roofline in GB/s, e.g. 3350, or null to measure it",
-            allow_none=True)  # fmt: skip
+    _number(
+        sp.get("peak_gbps"),
+        "speed.peak_gbps",
+        "the roofline in GB/s, e.g. 3350, or null to measure it",
+        allow_none=True,
+    )
     _number(sp.get("peak_copy_mb"), "speed.peak_copy_mb", "MiB per copy buffer, e.g. 512", integer=True)
 
 
@@ -189,9 +191,14 @@ def warn_if_cached(copy_mb: int, device: torch.device) -> None:
     cache = cache_bytes(device)
     if copy_mb * 2**20 < (cache or 64 * 2**20):  # each buffer smaller than the cache: the pair may fit
         where = f"the {cache / 2**20:.0f} MiB last-level cache" if cache else "a last-level cache"
-        log.warning("speed.peak_copy_mb=%d may sit in %s of %s: the peak would measure the cache, not memory, "
-                    "and %% of roofline would read low; use at least %d", copy_mb, where, device,
-                    max(512, 4 * (cache or 0) // 2**20))  # fmt: skip
+        log.warning(
+            "speed.peak_copy_mb=%d may sit in %s of %s: the peak would measure the cache, not memory, "
+            "and %% of roofline would read low; use at least %d",
+            copy_mb,
+            where,
+            device,
+            max(512, 4 * (cache or 0) // 2**20),
+        )
 
 
 def check_impl(impl: str, device: torch.device) -> None:
@@ -286,8 +293,9 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
         layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
         x = make_input(shape, dtype, cfg.layout, device)
         first_call_s = _first_call(cfg, layer, x)  # before the peak: a bad combination fails fast
-        return time_layer(cfg, layer, x, passes, peak(cfg, device, peak_dir), first_call_s,
-                          wrapper=cfg.impl == "native")  # fmt: skip
+        return time_layer(
+            cfg, layer, x, passes, peak(cfg, device, peak_dir), first_call_s, wrapper=cfg.impl == "native"
+        )
     finally:
         torch.set_num_threads(threads)  # the next job of a sweep in this process starts from the default
 
@@ -328,8 +336,17 @@ def base_row(cfg: DictConfig, shape, device: torch.device) -> dict:
     }
 
 
-def time_layer(cfg: DictConfig, layer, x: torch.Tensor, passes, peak: dict, first_call_s: float, *,
-               wrapper: bool = False, extra: dict | None = None) -> list[dict]:  # fmt: skip
+def time_layer(
+    cfg: DictConfig,
+    layer,
+    x: torch.Tensor,
+    passes,
+    peak: dict,
+    first_call_s: float,
+    *,
+    wrapper: bool = False,
+    extra: dict | None = None,
+) -> list[dict]:
     """One row per pass for `layer` on `x`, after `_first_call` checked x through the module (plus a
     row of the wrapper's own cost when `wrapper`); `extra` columns go on every row."""
     base = {
@@ -347,14 +364,27 @@ def time_layer(cfg: DictConfig, layer, x: torch.Tensor, passes, peak: dict, firs
         rows.append(row)
         log.info(
             "%s %s %s %s: %.3f ms, %.1f GB/s, %.0f%% of peak",
-            row["norm"], row["impl"], pass_, row["shape"], row["median_ms"], gbps, row["pct_of_peak"],
-        )  # fmt: skip
+            row["norm"],
+            row["impl"],
+            pass_,
+            row["shape"],
+            row["median_ms"],
+            gbps,
+            row["pct_of_peak"],
+        )
     sp = cfg.speed
     t = wrapper_overhead(layer, x, min_run_time=sp.min_run_time, min_repeats=sp.min_repeats) if wrapper else None
     if t is not None:
         own = {k: v for k, v in base.items() if k not in ("layers", "layer_names")}  # it stands for no layer
-        rows.append({**own, "pass": "wrapper", "compile_s": None, "cuda_graph": False,
-                     **_timing_columns(t, f"{t.timer}, host clock")})  # fmt: skip
+        rows.append(
+            {
+                **own,
+                "pass": "wrapper",
+                "compile_s": None,
+                "cuda_graph": False,
+                **_timing_columns(t, f"{t.timer}, host clock"),
+            }
+        )
         log.info("%s wrapper (checks, dispatch): %.2f us per call", base["norm"], 1e3 * t.median_ms)
     return rows
 
@@ -416,5 +446,3 @@ def _triton_version() -> str | None:
     except ImportError:
         return None
     return triton.__version__
-
-

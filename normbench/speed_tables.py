@@ -67,8 +67,11 @@ def headline_table(stats: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     d = stats.assign(elements=stats["shape"].map(_elements) if "shape" in stats else stats["batch_size"])
     extra = _varying(d, ["input", "model", "dtype", "layout", "cuda_graph", "device_name"])
-    groups = [c for c in ["input", "model", "norm", "pass", "dtype", "layout", "cuda_graph", "device_name"]
-              if c in d and (c in ("norm", "pass") or c in extra)]  # fmt: skip
+    groups = [
+        c
+        for c in ["input", "model", "norm", "pass", "dtype", "layout", "cuda_graph", "device_name"]
+        if c in d and (c in ("norm", "pass") or c in extra)
+    ]
     picked = []
     for _, g in d.groupby(groups, dropna=False, sort=False):
         largest = g[g["elements"] == g["elements"].max()] if g["elements"].notna().any() else g
@@ -130,8 +133,10 @@ def wrapper_table(wrapper: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     t = wrapper.groupby(keys, dropna=False)["median_ms"].median().reset_index()
     native = layers[(layers.get("impl") == "native") & (layers.get("pass") == "fwd")] if not layers.empty else layers
     fastest = native.groupby(keys, dropna=False)["median_ms"].min() if not native.empty else pd.Series(dtype=float)
-    ref = np.asarray([fastest.get(tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]], np.nan)
-                      for _, r in t.iterrows()], dtype=float)  # fmt: skip
+    ref = np.asarray(
+        [fastest.get(tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]], np.nan) for _, r in t.iterrows()],
+        dtype=float,
+    )
     out = _order(t.assign(ref=ref), keys)
     shown = out[keys].copy()
     if len(shown.get("input", pd.Series()).unique()) <= 1:

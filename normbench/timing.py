@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -98,9 +98,7 @@ def time_cuda(
     except ImportError:
         do_bench = None
     if do_bench is not None:
-        q = do_bench(
-            fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(grad_to_none), quantiles=list(QUANTILES)
-        )
+        q = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(grad_to_none), quantiles=list(QUANTILES))
         return Timing(*map(float, q), repeats=None, timer="triton.testing.do_bench")
     return _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device or torch.device("cuda"))
 
@@ -251,7 +249,9 @@ def peak_bandwidth(
         if not isinstance(records, dict):
             records = {}
         if not _valid_peak(records.get(key)):
-            records[key] = _PEAKS[key] if _valid_peak(_PEAKS.get(key)) else measure_copy_bandwidth(device, copy_mb, **timing)
+            records[key] = (
+                _PEAKS[key] if _valid_peak(_PEAKS.get(key)) else measure_copy_bandwidth(device, copy_mb, **timing)
+            )
             atomic_write_bytes(path, json.dumps(records, indent=2).encode())
     _PEAKS[key] = records[key]
     return records[key]

@@ -99,7 +99,7 @@ def check(write, shapes, device):
                     where = (name, "x".join(map(str, shape)), layout, str(dtype).replace("torch.", ""))
                     try:
                         errors = check_one(name, shape, layout, dtype, device)
-                    except Exception as exc:  # noqa: BLE001 - one configuration's failure is a row
+                    except Exception as exc:
                         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                         write("check", *where, "error", float("nan"), False, f"{type(exc).__name__}: {first}")
                         if device.type == "cuda":
@@ -158,8 +158,10 @@ def main() -> int:
             failures += not ok
             out.writerow([section, name, shape, layout, dtype, quantity, f"{value:.6g}", ok, note])
             f.flush()
-            print(f"{'ok  ' if ok else 'FAIL'} {section} {name} {shape} {layout} {dtype} {quantity} = "
-                  f"{value:.3g} {note}", flush=True)
+            print(
+                f"{'ok  ' if ok else 'FAIL'} {section} {name} {shape} {layout} {dtype} {quantity} = {value:.3g} {note}",
+                flush=True,
+            )
 
         scaling(write, device, args.tiny)
         check(write, TINY_SHAPES if args.tiny else list(sweep_shapes()), device)

@@ -44,9 +44,7 @@ def min_std64(x, name, eps=1e-5, groups=32, virtual_batch=None):
     """The smallest sqrt(var + eps) over the slices: rounding errors in dx grow as its inverse."""
     flat = x.detach().double().reshape(*x.shape[:2], -1)
     n, c = x.shape[:2]
-    return min(
-        float(torch.sqrt(flat[i].var(unbiased=False) + eps)) for i in _slices(name, n, c, groups, virtual_batch)
-    )
+    return min(float(torch.sqrt(flat[i].var(unbiased=False) + eps)) for i in _slices(name, n, c, groups, virtual_batch))
 
 
 def batch_moments64(x, virtual_batch=None):

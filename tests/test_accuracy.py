@@ -19,13 +19,39 @@ from normbench.errors import UsageError
 
 # A synthetic task small enough for a run in well under a second.
 TINY = [
-    "dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "device=cpu",
-    "accuracy.epochs=2", "accuracy.progress=false", "accuracy.precise_bn_samples=64",
+    "dataset=synthetic",
+    "dataset.train_size=128",
+    "dataset.test_size=64",
+    "device=cpu",
+    "accuracy.epochs=2",
+    "accuracy.progress=false",
+    "accuracy.precise_bn_samples=64",
 ]
 
-COLUMNS = ["kind", "norm", "impl", "dataset", "model", "protocol", "batch_size", "workers", "global_batch", "lr",
-           "epochs", "steps", "seed", "test_acc", "test_acc_precise_bn", "test_acc_batch_stats", "precise_bn_samples",
-           "train_loss", "reused_from", "wall_s", "samples_per_s", "device"]
+COLUMNS = [
+    "kind",
+    "norm",
+    "impl",
+    "dataset",
+    "model",
+    "protocol",
+    "batch_size",
+    "workers",
+    "global_batch",
+    "lr",
+    "epochs",
+    "steps",
+    "seed",
+    "test_acc",
+    "test_acc_precise_bn",
+    "test_acc_batch_stats",
+    "precise_bn_samples",
+    "train_loss",
+    "reused_from",
+    "wall_s",
+    "samples_per_s",
+    "device",
+]
 TIMING = {"wall_s", "samples_per_s"}
 
 
@@ -41,6 +67,7 @@ def train(tmp_path, *overrides: str, shared=None) -> tuple[dict, pd.DataFrame]:
 
 def same_row(a: dict, b: dict, ignore: set) -> bool:
     """Equal in every column but `ignore`, NaN equal to NaN (BatchNorm-only columns of other norms)."""
+
     def same(x, y) -> bool:
         return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
 
@@ -100,9 +127,10 @@ def split(*overrides: str) -> accuracy.Split:
 
 def test_global_batch_fixes_the_samples_per_step_and_derives_the_workers():
     assert [split(f"accuracy.batch_size={k}") for k in (2, 16, 64)] == [
-        accuracy.Split(2, 32, 64, "global_batch"), accuracy.Split(16, 4, 64, "global_batch"),
+        accuracy.Split(2, 32, 64, "global_batch"),
+        accuracy.Split(16, 4, 64, "global_batch"),
         accuracy.Split(64, 1, 64, "global_batch"),
-    ]  # fmt: skip
+    ]
     # The GN paper's protocol: fixed workers, the global batch grows with K.
     assert split("accuracy.batch_size=4", "accuracy.global_batch=null", "accuracy.workers=8") == accuracy.Split(
         4, 8, 32, "workers"
@@ -125,8 +153,9 @@ def test_the_cifar10_cpu_reference_fixes_32_samples_per_step(k, workers):
 
 
 def test_same_steps_and_lr_for_every_k_at_a_fixed_global_batch(tmp_path):
-    rows = [train(tmp_path / str(k), "norm=bn", f"accuracy.batch_size={k}", "accuracy.global_batch=16")[0]
-            for k in (2, 16)]  # fmt: skip
+    rows = [
+        train(tmp_path / str(k), "norm=bn", f"accuracy.batch_size={k}", "accuracy.global_batch=16")[0] for k in (2, 16)
+    ]
     assert [(r["workers"], r["global_batch"]) for r in rows] == [(8, 16), (1, 16)]
     assert rows[0]["steps"] == rows[1]["steps"] == 16 and rows[0]["lr"] == rows[1]["lr"] == 0.025
     assert rows[0]["train_loss"] != rows[1]["train_loss"]  # BatchNorm does see K
@@ -184,9 +213,16 @@ def test_a_reused_row_equals_a_trained_one(tmp_path, built):
 
 def test_batchnorm_and_other_settings_are_never_reused(tmp_path, built):
     sweep = tmp_path / "sweep"
-    for job, extra in enumerate([["norm=bn", "accuracy.batch_size=2"], ["norm=bn", "accuracy.batch_size=16"],
-                                 ["norm=gn", "seed=0"], ["norm=gn", "seed=1"], ["norm=ln", "seed=0"],
-                                 ["norm=gn", "seed=0", "accuracy.global_batch=32"]]):  # fmt: skip
+    for job, extra in enumerate(
+        [
+            ["norm=bn", "accuracy.batch_size=2"],
+            ["norm=bn", "accuracy.batch_size=16"],
+            ["norm=gn", "seed=0"],
+            ["norm=gn", "seed=1"],
+            ["norm=ln", "seed=0"],
+            ["norm=gn", "seed=0", "accuracy.global_batch=32"],
+        ]
+    ):
         row, _ = train(sweep / str(job), "accuracy.global_batch=16", *extra, shared=sweep)
         assert row["reused_from"] is None, extra
     assert len(built) == 6
@@ -204,8 +240,10 @@ def test_train_once_waits_for_a_running_training_and_survives_a_failed_one(tmp_p
         return {"acc": 0.5, "nan": math.nan}
 
     out: dict = {}
-    jobs = [threading.Thread(target=lambda j=j: out.__setitem__(j, reuse.train_once(tmp_path, {"a": 1}, j, slow)),
-                             name=j) for j in ("x", "y")]  # fmt: skip
+    jobs = [
+        threading.Thread(target=lambda j=j: out.__setitem__(j, reuse.train_once(tmp_path, {"a": 1}, j, slow)), name=j)
+        for j in ("x", "y")
+    ]
     for t in jobs:
         t.start()
         time.sleep(0.05)
@@ -228,9 +266,12 @@ def test_train_once_waits_for_a_running_training_and_survives_a_failed_one(tmp_p
 def tiny_bn_model(k: int) -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv1d(2, 4, 3), norms.build("bn", 4, virtual_batch=k), torch.nn.ReLU(),
-        torch.nn.Conv1d(4, 3, 3), norms.build("bn", 3, virtual_batch=k),
-    )  # fmt: skip
+        torch.nn.Conv1d(2, 4, 3),
+        norms.build("bn", 4, virtual_batch=k),
+        torch.nn.ReLU(),
+        torch.nn.Conv1d(4, 3, 3),
+        norms.build("bn", 3, virtual_batch=k),
+    )
 
 
 def test_precise_bn_equals_a_direct_full_pass():
@@ -265,21 +306,37 @@ def test_precise_bn_equals_a_direct_full_pass():
 def test_precise_bn_at_small_k_is_not_the_ema_and_its_accuracy_is_reported(tmp_path):
     row, _ = train(tmp_path, "norm=bn", "accuracy.batch_size=2", "accuracy.global_batch=16")
     assert row["precise_bn_samples"] == 64 and 0 <= row["test_acc_precise_bn"] <= 1
-    off, _ = train(tmp_path / "off", "norm=bn", "accuracy.batch_size=2", "accuracy.global_batch=16",
-                   "accuracy.precise_bn_samples=null")  # fmt: skip
+    off, _ = train(
+        tmp_path / "off",
+        "norm=bn",
+        "accuracy.batch_size=2",
+        "accuracy.global_batch=16",
+        "accuracy.precise_bn_samples=null",
+    )
     assert math.isnan(off["test_acc_precise_bn"]) and off["test_acc"] == row["test_acc"]
 
 
 def test_resnet20_on_augmented_images_runs(tmp_path):
-    row, _ = train(tmp_path, "model=resnet20", "norm=gn", "dataset.shape=[3,8,8]", "dataset.augment=true",
-                   "accuracy.batch_size=8", "accuracy.global_batch=16", "accuracy.epochs=1", "dataset.train_size=32",
-                   "accuracy.warmup_epochs=0.5")
+    row, _ = train(
+        tmp_path,
+        "model=resnet20",
+        "norm=gn",
+        "dataset.shape=[3,8,8]",
+        "dataset.augment=true",
+        "accuracy.batch_size=8",
+        "accuracy.global_batch=16",
+        "accuracy.epochs=1",
+        "dataset.train_size=32",
+        "accuracy.warmup_epochs=0.5",
+    )
     assert row["model"] == "resnet20" and row["norm_options"] == "groups=8" and row["steps"] == 2
 
 
 def test_batch_stats_accuracy_leaves_running_statistics_untouched():
     torch.manual_seed(0)
-    model = models.build("cnn1d", input_shape=(1, 40), num_classes=3, norm=lambda c: norms.build("bn", c, virtual_batch=4))
+    model = models.build(
+        "cnn1d", input_shape=(1, 40), num_classes=3, norm=lambda c: norms.build("bn", c, virtual_batch=4)
+    )
     model.train()
     for _ in range(3):
         model(torch.randn(8, 1, 40))
@@ -313,14 +370,20 @@ def test_lr_schedule_warms_up_then_anneals_to_zero():
     ("overrides", "message"),
     [
         (["accuracy.batch_size=0"], "accuracy.batch_size must be a positive int"),
-        (["accuracy.batch_size=12"], r"global_batch=64 does not split .* accuracy.batch_size=12: .* 1, 2, 4, 8, 16, 32, 64"),
+        (
+            ["accuracy.batch_size=12"],
+            r"global_batch=64 does not split .* accuracy.batch_size=12: .* 1, 2, 4, 8, 16, 32, 64",
+        ),
         (["accuracy.workers=4"], "both fix the samples per step: keep one .*accuracy.workers=null"),
         (["accuracy.global_batch=null"], "set accuracy.global_batch .* or accuracy.workers"),
         (["accuracy.global_batch=0"], "accuracy.global_batch must be a positive int"),
         (["accuracy.global_batch=null", "accuracy.workers=0"], "accuracy.workers must be a positive int"),
         (["accuracy.batch_size=64", "accuracy.global_batch=256"], "more than the 128 training samples"),
         (["accuracy.precise_bn_samples=1000"], "precise_bn_samples=1000 must lie between K=16 and the 128"),
-        (["model=mlp", "norm=bn", "accuracy.batch_size=1"], "accuracy.batch_size=1 x workers=64, mlp: bn .* needs more than one"),
+        (
+            ["model=mlp", "norm=bn", "accuracy.batch_size=1"],
+            "accuracy.batch_size=1 x workers=64, mlp: bn .* needs more than one",
+        ),
         (["dataset.name=imagenet"], "available: mnist1d, synthetic, cifar10"),
         (["model.name=vgg"], "available: cnn1d, resnet20, mlp"),
         (["norm=gn", "model.norm_options.gn.groups=5"], "model.norm_options.gn.groups"),

@@ -41,7 +41,10 @@ def test_the_rule_is_two_seed_spreads():
     a, b = np.array([0.0, 2.0]), np.array([10.0, 12.0])  # sd sqrt(2) each: s = 2, so 2s = 4
     assert claims.rule(-10.0, 2.0, "lower") == claims.SUPPORTED
     assert claims.rule(-3.9, 2.0, "lower") == claims.INCONCLUSIVE
-    assert claims.decide(a, b, "lower") == claims.SUPPORTED and claims.decide(a, b + (-10 + 3.9), "lower") == claims.INCONCLUSIVE
+    assert (
+        claims.decide(a, b, "lower") == claims.SUPPORTED
+        and claims.decide(a, b + (-10 + 3.9), "lower") == claims.INCONCLUSIVE
+    )
 
 
 def test_combine():
@@ -70,12 +73,24 @@ def _runs(tmp_path: Path, errors: dict, gaps: dict, losses: dict) -> pd.DataFram
             job = tmp_path / f"{name}-{seed}"
             job.mkdir()
             acc = 1 - e / 100
-            row = {"kind": "accuracy", "norm": norm, "batch_size": k, "global_batch": g, "norm_position": pos,
-                   "seed": seed, "test_acc": acc, "test_acc_precise_bn": acc + 0.001 * (seed - 1) if norm == "bn" else None,
-                   "train_acc": acc + gaps.get(name, 1.0) / 100, "steps": 500, "epochs": 5,
-                   "source": str(job / "rows.csv")}  # fmt: skip
+            row = {
+                "kind": "accuracy",
+                "norm": norm,
+                "batch_size": k,
+                "global_batch": g,
+                "norm_position": pos,
+                "seed": seed,
+                "test_acc": acc,
+                "test_acc_precise_bn": acc + 0.001 * (seed - 1) if norm == "bn" else None,
+                "train_acc": acc + gaps.get(name, 1.0) / 100,
+                "steps": 500,
+                "epochs": 5,
+                "source": str(job / "rows.csv"),
+            }
             if name in losses:
-                pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "train_loss": losses[name][seed]}).to_csv(job / "curve.csv", index=False)
+                pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "train_loss": losses[name][seed]}).to_csv(
+                    job / "curve.csv", index=False
+                )
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -123,11 +138,21 @@ def test_missing_runs_mean_no_claims_section(tmp_path):
 def test_the_experiment_runs_every_claim_and_reports_it(tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-c", "from normbench.cli import accuracy; accuracy()", "-m", "+experiment=seed_claims",
-           "dataset=synthetic",
-           "dataset.train_size=512", "accuracy.epochs=2", "accuracy.precise_bn_samples=256", "seed=0,1",
-           "accuracy.progress=false", f"hydra.sweep.dir={sweep}"]  # fmt: skip
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [
+        sys.executable,
+        "-c",
+        "from normbench.cli import accuracy; accuracy()",
+        "-m",
+        "+experiment=seed_claims",
+        "dataset=synthetic",
+        "dataset.train_size=512",
+        "accuracy.epochs=2",
+        "accuracy.precise_bn_samples=256",
+        "seed=0,1",
+        "accuracy.progress=false",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     frame = results.read([sweep])
     acc = report.ok_rows(frame, "accuracy")

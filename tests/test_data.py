@@ -71,7 +71,7 @@ def write_image_folder(root: Path, classes=("cat", "dog", "frog"), train=3, test
 def test_image_folder_loads_classes_in_sorted_order_with_limits(tmp_path):
     pixels = write_image_folder(tmp_path / "tree")
     arrays = data._image_folder_arrays(str(tmp_path / "tree"), None, None)
-    x_train, y_train, x_test, y_test = arrays
+    x_train, y_train, x_test, _y_test = arrays
     assert x_train.shape == (9, 8, 8, 3) and x_test.shape == (6, 8, 8, 3)
     assert y_train.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # cat, dog, frog
     assert np.array_equal(x_train[4], pixels[("train", "dog", 1)])

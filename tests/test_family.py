@@ -57,8 +57,12 @@ def randomized(name, c, impl="reference", seed=0, dtype=torch.float32, **options
     layer = norms.build(name, c, impl=impl, dtype=dtype, **options)
     with torch.no_grad():
         for pname, p in layer.named_parameters():
-            p.copy_({"weight": 1 + 0.5 * torch.randn(p.shape, generator=g),
-                     "v": 1 + 0.5 * torch.randn(p.shape, generator=g)}.get(pname, 0.5 * torch.randn(p.shape, generator=g)))  # fmt: skip
+            p.copy_(
+                {
+                    "weight": 1 + 0.5 * torch.randn(p.shape, generator=g),
+                    "v": 1 + 0.5 * torch.randn(p.shape, generator=g),
+                }.get(pname, 0.5 * torch.randn(p.shape, generator=g))
+            )
         if name == "brn":
             layer.running_mean.copy_(torch.randn(c, generator=g))
             layer.running_var.copy_(0.5 + 2 * torch.rand(c, generator=g))
@@ -115,7 +119,9 @@ def test_forward_and_backward_match_float64(name, impl, data):
     twin_grads = {n: p.grad for n, p in twin.named_parameters()}
     for n, p in layer.named_parameters():
         if p.grad is not None or twin_grads[n] is not None:
-            torch.testing.assert_close(p.grad.double(), twin_grads[n], rtol=1e-3, atol=1e-3 * (1 + twin_grads[n].abs().max().item()))
+            torch.testing.assert_close(
+                p.grad.double(), twin_grads[n], rtol=1e-3, atol=1e-3 * (1 + twin_grads[n].abs().max().item())
+            )
 
 
 @pytest.mark.parametrize(
@@ -146,7 +152,9 @@ def test_reference_passes_gradcheck_in_float64(name, shape, options):
         for p, v in zip(params, values):
             p.data = v
         try:  # the module with its parameters replaced by `values`, differentiable in them
-            return torch.func.functional_call(layer, dict(zip([n for n, _ in layer.named_parameters()], values)), (x.detach(),))
+            return torch.func.functional_call(
+                layer, dict(zip([n for n, _ in layer.named_parameters()], values)), (x.detach(),)
+            )
         finally:
             for p, s in zip(params, saved):
                 p.data = s
@@ -231,14 +239,19 @@ def test_registry_and_batch_dependence():
     # Per-position norms on (N, C) input are the transformer ones.
     rows = torch.randn(5, 8)
     torch.testing.assert_close(norms.build("ln2d", 8, eps=1e-5)(rows), nn.LayerNorm(8)(rows), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(norms.build("rms", 8, eps=1e-6)(rows), nn.RMSNorm(8, eps=1e-6)(rows), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        norms.build("rms", 8, eps=1e-6)(rows), nn.RMSNorm(8, eps=1e-6)(rows), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
     "call, message",
     [
         (lambda: norms.build("frn", 4)(torch.randn(3, 4)), r"frn normalizes over spatial positions"),
-        (lambda: norms.build("evonorm_b0", 4, impl="reference")(torch.randn(3, 4)), r"evonorm_b0 normalizes over spatial positions"),
+        (
+            lambda: norms.build("evonorm_b0", 4, impl="reference")(torch.randn(3, 4)),
+            r"evonorm_b0 normalizes over spatial positions",
+        ),
         (lambda: norms.build("rms", 1)(torch.randn(3, 1, 4)), r"rms takes each mean and variance over 1 value"),
         (lambda: norms.build("ln2d", 1, impl="reference")(torch.randn(3, 1)), r"more than one channel"),
         (lambda: norms.build("brn", 4)(torch.randn(1, 4)), r"brn takes each mean and variance over 1 value"),
@@ -247,7 +260,10 @@ def test_registry_and_batch_dependence():
         (lambda: norms.build("brn", 4, warmup_steps=1.5), r"warmup_steps must be an int"),
         (lambda: norms.build("evonorm_s0", 6, groups=4), r"evonorm_s0: 6 channels do not split into 4 groups"),
         (lambda: norms.build("frn", 4, learned_eps="yes"), r"learned_eps must be true or false"),
-        (lambda: norms.build("frn", 4, learned_eps=True)(torch.randn(2, 4, 3)), r"impl=native \(F.rms_norm\) takes a fixed eps"),
+        (
+            lambda: norms.build("frn", 4, learned_eps=True)(torch.randn(2, 4, 3)),
+            r"impl=native \(F.rms_norm\) takes a fixed eps",
+        ),
         (lambda: norms.build("evonorm_s0", 4, impl="native"), r"evonorm_s0 has no implementation 'native'"),
         (lambda: norms.build("evonorm_s0", 4, impl="triton"), r"choose one of: reference, compiled"),
         (lambda: norms.build("rms", 4, groups=2), r"rms takes no option 'groups'"),
@@ -262,8 +278,9 @@ def test_models_drop_their_activation_after_norms_that_include_one():
     cnn = models.build("cnn1d", input_shape=(1, 40), num_classes=10, norm=lambda c: norms.build("frn", c))
     assert not any(isinstance(m, nn.ReLU) for m in cnn.modules())
     assert all(m.apply_act for m in cnn.modules() if isinstance(m, norms.Norm))
-    resnet = models.build("resnet20", input_shape=(3, 8, 8), num_classes=10,
-                          norm=lambda c: norms.build("evonorm_s0", c, groups=8))  # fmt: skip
+    resnet = models.build(
+        "resnet20", input_shape=(3, 8, 8), num_classes=10, norm=lambda c: norms.build("evonorm_s0", c, groups=8)
+    )
     block = resnet.blocks[0]
     assert block.unit1[1].apply_act and not block.unit2[1].apply_act  # no ReLU followed unit2's norm
     assert not any(isinstance(m, nn.ReLU) for m in resnet.modules())
@@ -290,7 +307,7 @@ def test_byte_model_counts_each_norms_parameters_and_statistics():
 def _timm_layers():
     try:
         from timm import layers
-    except Exception as exc:  # noqa: BLE001 - not installed, or its own dependencies are missing
+    except Exception as exc:
         pytest.skip(f"timm is not importable here ({type(exc).__name__}: {exc}); pip install timm to cross-check")
     return layers
 
@@ -333,7 +350,11 @@ def test_family_experiment_sweeps_every_norm_and_gives_batch_norms_their_k():
     with initialize_config_module("normbench.conf", version_base="1.3"):
         cfg = compose(config_name="accuracy", overrides=["+experiment=norm_family"], return_hydra_config=True)
     swept = cfg.hydra.sweeper.params
-    assert swept.norm.split(",") == ["bn", "ln", "in", "gn", *FAMILY] and "seed" in swept and "accuracy.batch_size" in swept
+    assert (
+        swept.norm.split(",") == ["bn", "ln", "in", "gn", *FAMILY]
+        and "seed" in swept
+        and "accuracy.batch_size" in swept
+    )
     for name in FAMILY:
         with initialize_config_module("normbench.conf", version_base="1.3"):
             job = compose(config_name="accuracy", overrides=["+experiment=norm_family", f"norm={name}"])

@@ -172,18 +172,38 @@ def test_rebuilding_a_combined_report_keeps_its_data(tmp_path, capsys):
 
 
 def bench_entry(name: str, median: float, params: dict | None = None, extra: dict | None = None) -> dict:
-    return {"group": name.split("[")[0], "name": name, "fullname": f"tests/benchmarks/x.py::{name}",
-            "params": params, "param": None, "extra_info": extra or {},
-            "stats": {"min": median * 0.9, "max": median * 1.2, "mean": median, "stddev": median / 10,
-                      "median": median, "q1": median * 0.95, "q3": median * 1.05, "rounds": 5, "iterations": 1}}  # fmt: skip
+    return {
+        "group": name.split("[")[0],
+        "name": name,
+        "fullname": f"tests/benchmarks/x.py::{name}",
+        "params": params,
+        "param": None,
+        "extra_info": extra or {},
+        "stats": {
+            "min": median * 0.9,
+            "max": median * 1.2,
+            "mean": median,
+            "stddev": median / 10,
+            "median": median,
+            "q1": median * 0.95,
+            "q3": median * 1.05,
+            "rounds": 5,
+            "iterations": 1,
+        },
+    }
 
 
 def virtual_batch_json(path: Path) -> Path:
     """What tests/benchmarks/test_virtual_batch.py writes: no norm, impl or batch_size in extra_info."""
-    cases = [f"test_layer[{c}]" for c in ("one batch of 64", "32 workers x 2 (virtual_batch)", "32 workers x 2 (python loop)")]
+    cases = [
+        f"test_layer[{c}]"
+        for c in ("one batch of 64", "32 workers x 2 (virtual_batch)", "32 workers x 2 (python loop)")
+    ]
     entries = [bench_entry(n, 0.01 * (i + 1), {"case": n}) for i, n in enumerate(cases)]
-    entries += [bench_entry(f"test_model_step[{k}-{w}]", 0.002 * (i + 1), {"k": k, "workers": w})
-                for i, (k, w) in enumerate([(64, 1), (2, 32), (8, 8)])]  # fmt: skip
+    entries += [
+        bench_entry(f"test_model_step[{k}-{w}]", 0.002 * (i + 1), {"k": k, "workers": w})
+        for i, (k, w) in enumerate([(64, 1), (2, 32), (8, 8)])
+    ]
     norm = {"norm": "bn", "impl": "native", "pass": "fwd", "shape": "4x32x16x16", "batch_size": 4}
     entries.append(bench_entry("test_norm[bn-native-fwd-S]", 0.001, extra=norm))
     path.write_text(json.dumps({"benchmarks": entries, "machine_info": {}, "version": "5.1.0"}))
@@ -227,10 +247,14 @@ print(timing.peak_bandwidth(torch.device("cpu"), "cpu", Path(sys.argv[1]), 8)["p
 
 
 def test_every_process_of_a_sweep_gets_the_same_peak(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}  # fmt: skip
-    procs = [subprocess.Popen([sys.executable, "-c", PEAK_WORKER, str(tmp_path)], stdout=subprocess.PIPE,
-                              text=True, env=env) for _ in range(3)]  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen([sys.executable, "-c", PEAK_WORKER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(3)
+    ]
     peaks = {p.communicate(timeout=120)[0].strip() for p in procs}
     assert len(peaks) == 1 and float(peaks.pop()) > 0
 
@@ -247,9 +271,12 @@ def test_a_broken_peak_cache_is_measured_again(tmp_path, monkeypatch, cached):
 
 
 def test_peak_settings_are_checked(tmp_path, caplog, hydra_configs):
-    for bad, match in (("speed.peak_gbps=0", "peak_gbps must be a positive number"),
-                       ("speed.peak_gbps=-3", "peak_gbps"), ("speed.peak_gbps=abc", "peak_gbps.*'abc'"),
-                       ("speed.peak_copy_mb=0", "peak_copy_mb must be a positive int")):  # fmt: skip
+    for bad, match in (
+        ("speed.peak_gbps=0", "peak_gbps must be a positive number"),
+        ("speed.peak_gbps=-3", "peak_gbps"),
+        ("speed.peak_gbps=abc", "peak_gbps.*'abc'"),
+        ("speed.peak_copy_mb=0", "peak_copy_mb must be a positive int"),
+    ):
         cfg = configure([*TINY, bad], tmp_path)
         with pytest.raises(UsageError, match=match):
             speed.run(cfg, tmp_path)
@@ -264,8 +291,14 @@ def test_peak_settings_are_checked(tmp_path, caplog, hydra_configs):
 def test_sigterm_writes_the_partial_report_with_jobs_never_started(toy):
     sweep = toy / "sweep"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "app.py", "-m", "x=1,2,3", "sleep=4", f"hydra.sweep.dir={sweep}"],
-                            cwd=toy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "app.py", "-m", "x=1,2,3", "sleep=4", f"hydra.sweep.dir={sweep}"],
+        cwd=toy,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     while not (sweep / "0" / "rows.csv").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -364,10 +397,15 @@ def test_seed_must_be_an_int(seed):
         check_common({"seed": seed})
 
 
-@pytest.mark.parametrize(("options", "match"), [
-    ({"eps": "abc"}, "eps must be a number"), ({"momentum": "fast"}, "momentum must be in"),
-    ({"affine": "no"}, "affine must be true or false"), ({"track_running_stats": "yes"}, "track_running_stats"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"eps": "abc"}, "eps must be a number"),
+        ({"momentum": "fast"}, "momentum must be in"),
+        ({"affine": "no"}, "affine must be true or false"),
+        ({"track_running_stats": "yes"}, "track_running_stats"),
+    ],
+)
 def test_norm_options_of_the_wrong_type_are_one_line(options, match):
     with pytest.raises(UsageError, match=match):
         norms.build("bn", 4, **options)
@@ -415,7 +453,7 @@ def test_a_truncated_rows_csv_is_not_a_result(tmp_path):
 
 def test_schema_is_documented():
     doc = (DOCS / "schema.md").read_text()
-    for col, (kind, unit, _) in results.SCHEMA.items():
+    for col, (kind, _unit, _) in results.SCHEMA.items():
         assert f"| `{col}` | {kind} |" in doc, col
 
 

@@ -40,7 +40,7 @@ hydra:
     - {CONFIGS if CONFIGS.startswith("pkg://") else "file://" + CONFIGS}
 """
 
-TOY_APP = '''
+TOY_APP = """
 import hydra
 from omegaconf import DictConfig
 from normbench.cli import run_job
@@ -71,7 +71,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
 
 @pytest.fixture
@@ -83,7 +83,7 @@ def toy(tmp_path) -> Path:
 
 def run(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 def app_command(app: str) -> list[str]:
@@ -113,8 +113,9 @@ def test_apps_compose_with_every_launcher(app, launcher):
 
 def test_normbench_launcher_configs(toy):
     with initialize_config_dir(str(toy), version_base="1.3"):
-        slurm = compose("app", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
-                        return_hydra_config=True).hydra.launcher  # fmt: skip
+        slurm = compose(
+            "app", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        ).hydra.launcher
         parallel = compose("app", overrides=["hydra/launcher=parallel"], return_hydra_config=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher") and slurm.partition == "gpu"
     assert (slurm.tasks_per_node, slurm.gpus_per_node, slurm.nodes) == (1, 1, 1)  # one job per GPU
@@ -148,9 +149,20 @@ def test_claim_gpu_gives_each_process_its_own(tmp_path):
 def test_joblib_workers_never_share_a_gpu(toy):
     """Jobs of unequal length on 2 (pretend) GPUs: jobs that overlap in time never share a GPU."""
     sweep = toy / "sweep"
-    proc = run([sys.executable, "app.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                "hydra.callbacks.report.gpus=[0,1]", "x=1,2,3,4,5", "sleep=0.3,0.9", f"hydra.sweep.dir={sweep}"],
-               cwd=toy)  # fmt: skip
+    proc = run(
+        [
+            sys.executable,
+            "app.py",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "hydra.callbacks.report.gpus=[0,1]",
+            "x=1,2,3,4,5",
+            "sleep=0.3,0.9",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=toy,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = pd.read_csv(sweep / "summary.csv", dtype={"gpu": str})
     assert len(jobs) == 10 and set(jobs["gpu"]) == {"0", "1"}
@@ -162,18 +174,30 @@ def test_joblib_workers_never_share_a_gpu(toy):
                 assert a.gpu != b.gpu, (a, b)
 
 
-
 @pytest.mark.slow
 @pytest.mark.skipif("accuracy" not in APPS, reason="needs normbench-accuracy")
 def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
     """`hydra/launcher=joblib` from a plain install; gn with 7 groups on 32 channels fails, the rest reports."""
     sweep = tmp_path / "sweep"
-    proc = run(app_command("accuracy") + [
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=gn", "model.norm_options.gn.groups=8,7",
-        "accuracy.batch_size=4", "seed=0", "accuracy.epochs=1", "dataset=synthetic", "device=cpu",
-        "accuracy.progress=false", "accuracy.precise_bn_samples=64",
-        f"hydra.sweep.dir={sweep}",
-    ], cwd=tmp_path)  # fmt: skip
+    proc = run(
+        app_command("accuracy")
+        + [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "norm=gn",
+            "model.norm_options.gn.groups=8,7",
+            "accuracy.batch_size=4",
+            "seed=0",
+            "accuracy.epochs=1",
+            "dataset=synthetic",
+            "device=cpu",
+            "accuracy.progress=false",
+            "accuracy.precise_bn_samples=64",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "1 of 2 jobs failed" in proc.stderr, proc.stderr[-3000:]
     md = assert_report(sweep)
     frame = pd.read_csv(sweep / "summary.csv")
@@ -190,12 +214,26 @@ def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
 def test_parallel_accuracy_sweep_trains_a_k_invariant_norm_once(tmp_path):
     """Two jobs at a time, gn at three K: one training, two rows reusing it; bn trains at every K."""
     sweep = tmp_path / "sweep"
-    proc = run(app_command("accuracy") + [
-        "-m", "hydra/launcher=parallel", "norm=gn,bn", "accuracy.batch_size=2,4,8", "seed=0",
-        "accuracy.global_batch=16", "dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64",
-        "accuracy.epochs=1", "accuracy.precise_bn_samples=32", "device=cpu", "accuracy.progress=false",
-        f"hydra.sweep.dir={sweep}",
-    ], cwd=tmp_path)  # fmt: skip
+    proc = run(
+        app_command("accuracy")
+        + [
+            "-m",
+            "hydra/launcher=parallel",
+            "norm=gn,bn",
+            "accuracy.batch_size=2,4,8",
+            "seed=0",
+            "accuracy.global_batch=16",
+            "dataset=synthetic",
+            "dataset.train_size=128",
+            "dataset.test_size=64",
+            "accuracy.epochs=1",
+            "accuracy.precise_bn_samples=32",
+            "device=cpu",
+            "accuracy.progress=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = assert_report(sweep)
     rows = pd.read_csv(sweep / "summary.csv", dtype={"job": str, "reused_from": str})
@@ -215,11 +253,25 @@ def test_parallel_accuracy_sweep_trains_a_k_invariant_norm_once(tmp_path):
 def test_joblib_speed_sweep_with_a_failing_job(tmp_path):
     """The issue's fault sweep: gn with 7 groups on 8 channels fails; the report holds the rest."""
     sweep = tmp_path / "sweep"
-    proc = run(app_command("speed") + [
-        "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "norm=gn", "norm.groups=8,7", "speed.channels=8",
-        "impl=reference,native", "speed.batch_size=2", "pass=fwd", "device=cpu", "speed.min_run_time=0.02",
-        "speed.peak_gbps=10", f"hydra.sweep.dir={sweep}",
-    ], cwd=tmp_path)  # fmt: skip
+    proc = run(
+        app_command("speed")
+        + [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "norm=gn",
+            "norm.groups=8,7",
+            "speed.channels=8",
+            "impl=reference,native",
+            "speed.batch_size=2",
+            "pass=fwd",
+            "device=cpu",
+            "speed.min_run_time=0.02",
+            "speed.peak_gbps=10",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 1 and "2 of 4 jobs failed" in proc.stderr, proc.stderr[-3000:]
     md = assert_report(sweep)
     frame = pd.read_csv(sweep / "summary.csv")
@@ -236,8 +288,18 @@ def test_joblib_speed_sweep_with_a_failing_job(tmp_path):
 @pytest.mark.slow
 def test_submitit_local_sweep(toy):
     sweep = toy / "sweep"
-    proc = run([sys.executable, "app.py", "-m", "hydra/launcher=submitit_local", "x=2,7", "seed=0,1",
-                f"hydra.sweep.dir={sweep}"], cwd=toy)  # fmt: skip
+    proc = run(
+        [
+            sys.executable,
+            "app.py",
+            "-m",
+            "hydra/launcher=submitit_local",
+            "x=2,7",
+            "seed=0,1",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=toy,
+    )
     assert proc.returncode == 1 and "2 of 4 jobs failed" in proc.stderr, proc.stderr[-3000:]
     md = assert_report(sweep)
     frame = pd.read_csv(sweep / "summary.csv")

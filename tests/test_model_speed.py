@@ -102,10 +102,16 @@ def test_the_same_weights_and_input_for_every_norm(hydra_configs, tmp_path):  # 
 
 def test_torch_nn_norms_are_found_swapped_and_captured():
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.Conv2d(8, 4, 1), nn.InstanceNorm2d(4),
-        nn.Flatten(), nn.LayerNorm(4 * 5 * 5),  # over the last dimension: not a norm over C, left alone
-    )  # fmt: skip
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.GroupNorm(2, 8),
+        nn.Conv2d(8, 4, 1),
+        nn.InstanceNorm2d(4),
+        nn.Flatten(),
+        nn.LayerNorm(4 * 5 * 5),  # over the last dimension: not a norm over C, left alone
+    )
     names = model_speed.swap_norms(model, lambda c: norms.build("gn", c, groups=2))
     assert names == ["1", "4", "6"]
     assert all(isinstance(model[int(n)], norms.GroupNorm) for n in names)
@@ -149,10 +155,19 @@ def test_bad_model_input_is_one_line(hydra_configs, tmp_path, overrides, fix):  
 def test_torchvision_model(hydra_configs, tmp_path):  # noqa: F811
     try:
         import torchvision  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - absent, or a build that does not match this torch
+    except Exception as exc:
         pytest.skip(f"torchvision cannot be imported: {type(exc).__name__}")
-    rows = run(["shape=model", "shape.model._target_=torchvision.models.resnet18", "shape.input=[3,16,16]",
-                "norm=bn", "impl=native", "pass=fwdbwd"], tmp_path)  # fmt: skip
+    rows = run(
+        [
+            "shape=model",
+            "shape.model._target_=torchvision.models.resnet18",
+            "shape.input=[3,16,16]",
+            "norm=bn",
+            "impl=native",
+            "pass=fwdbwd",
+        ],
+        tmp_path,
+    )
     (step,) = [r for r in rows if r["pass"] == "step"]
     assert step["model"] == "resnet18" and step["layers"] == 20  # 1 stem + 8 blocks x 2 + 3 downsample
     assert sum(r["layers"] for r in rows if r["pass"] == "fwdbwd") == 20

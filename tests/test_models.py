@@ -62,8 +62,14 @@ def test_norm_position_before_and_after_the_activation():
 @pytest.mark.parametrize("position", ["before", "after"])
 def test_zero_init_makes_each_residual_branch_start_at_zero(position):
     torch.manual_seed(0)
-    m = models.build("resnet20", input_shape=(3, 8, 8), num_classes=10, norm=factory("gn"),
-                     norm_position=position, zero_init_residual=True)
+    m = models.build(
+        "resnet20",
+        input_shape=(3, 8, 8),
+        num_classes=10,
+        norm=factory("gn"),
+        norm_position=position,
+        zero_init_residual=True,
+    )
     for block in m.blocks:
         last = block.unit2[-1] if position == "after" else block.unit2[1]
         assert isinstance(last, norms.GroupNorm) and torch.all(last.weight == 0)

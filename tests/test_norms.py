@@ -57,7 +57,7 @@ def random_problem(shape, seed):
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", NORMS)
-@settings(max_examples=int(os.environ.get('NORMBENCH_EXAMPLES', 25)), deadline=None)
+@settings(max_examples=int(os.environ.get("NORMBENCH_EXAMPLES", "25")), deadline=None)
 @given(data=st.data())
 def test_forward_and_backward_match_float64(name, impl, data):
     shape, seed, options = data.draw(problems(name))
@@ -110,7 +110,12 @@ def test_reference_passes_gradcheck_in_float64(name, shape, options):
         layer.bias.normal_(0, 0.5)
     x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(layer, (x,))
-    assert torch.autograd.gradcheck(lambda w, b: norms.core.norm_forward(x.detach(), w, b, samples=layer.samples(shape[0]), groups=layer.groups(), eps=layer.eps), (layer.weight, layer.bias))
+    assert torch.autograd.gradcheck(
+        lambda w, b: norms.core.norm_forward(
+            x.detach(), w, b, samples=layer.samples(shape[0]), groups=layer.groups(), eps=layer.eps
+        ),
+        (layer.weight, layer.bias),
+    )
     assert torch.autograd.gradgradcheck(layer, (x,))
 
 
@@ -142,7 +147,9 @@ def test_virtual_batches_take_statistics_per_batch_and_average_running_stats(imp
     x = torch.randn(8, 3, 4, 4) * 2 + 1
     layer = norms.build("bn", 3, impl=impl, virtual_batch=2, momentum=0.5)
     y = layer(x)
-    torch.testing.assert_close(y.double(), norm64(x, "bn", layer.weight, layer.bias, virtual_batch=2), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        y.double(), norm64(x, "bn", layer.weight, layer.bias, virtual_batch=2), rtol=1e-5, atol=1e-5
+    )
     mean, var = batch_moments64(x, virtual_batch=2)
     torch.testing.assert_close(layer.running_mean.double(), 0.5 * mean, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(layer.running_var.double(), 0.5 + 0.5 * var, rtol=1e-6, atol=1e-6)
@@ -174,9 +181,7 @@ def test_seed_notebook_worked_example(impl):
     x = torch.arange(0, 27, dtype=torch.float32).reshape(1, 3, 3, 3)
     layer = norms.build("bn", 3, impl=impl)
     y = layer(x)
-    first_channel = torch.tensor(
-        [[-1.5492, -1.1619, -0.7746], [-0.3873, 0.0000, 0.3873], [0.7746, 1.1619, 1.5492]]
-    )
+    first_channel = torch.tensor([[-1.5492, -1.1619, -0.7746], [-0.3873, 0.0000, 0.3873], [0.7746, 1.1619, 1.5492]])
     for c in range(3):
         torch.testing.assert_close(y[0, c], first_channel, rtol=0, atol=1e-4)
     torch.testing.assert_close(layer.running_mean, torch.tensor([0.4, 1.3, 2.2]))
@@ -197,7 +202,9 @@ def test_matches_torch_nn_modules():
     for ours, theirs in pairs:
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-5)
     rows = torch.randn(5, 16)
-    torch.testing.assert_close(norms.build("ln", 16, impl="reference")(rows), nn.LayerNorm(16)(rows), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        norms.build("ln", 16, impl="reference")(rows), nn.LayerNorm(16)(rows), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float16, 2e-3), (torch.float64, 1e-12)])
@@ -227,7 +234,9 @@ def test_state_dict_moves_between_implementations(name, options):
     target.eval()
     x = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(target(x), source(x), rtol=1e-5, atol=1e-5)
-    expected_keys = {"weight", "bias"} | ({"running_mean", "running_var", "num_batches_tracked"} if name == "bn" else set())
+    expected_keys = {"weight", "bias"} | (
+        {"running_mean", "running_var", "num_batches_tracked"} if name == "bn" else set()
+    )
     assert set(source.state_dict()) == expected_keys
     # Switching the implementation in place keeps parameters and buffers too.
     target.impl = "reference"
@@ -272,10 +281,16 @@ def test_registry_lists_norms_and_accepts_new_implementations():
     "call, message",
     [
         (lambda: norms.build("batchnorm", 4), r"unknown norm 'batchnorm'; available: bn, ln, in, gn, none"),
-        (lambda: norms.build("gn", 4, impl="cuda-magic"), r"gn has no implementation 'cuda-magic'; choose one of: reference, native"),
+        (
+            lambda: norms.build("gn", 4, impl="cuda-magic"),
+            r"gn has no implementation 'cuda-magic'; choose one of: reference, native",
+        ),
         (lambda: norms.build("bn", 0), r"num_features must be a positive int"),
         (lambda: norms.build("ln", 2.5), r"num_features must be a positive int"),
-        (lambda: norms.build("gn", 6, groups=4), r"6 channels do not split into 4 groups; choose groups from the divisors of 6: \[1, 2, 3, 6\]"),
+        (
+            lambda: norms.build("gn", 6, groups=4),
+            r"6 channels do not split into 4 groups; choose groups from the divisors of 6: \[1, 2, 3, 6\]",
+        ),
         (lambda: norms.build("ln", 4, groups=2), r"ln takes no option 'groups'; its options are: .*eps"),
         (lambda: norms.build("bn", 4, momentum=1.5), r"momentum must be in \[0, 1\] or None"),
     ],

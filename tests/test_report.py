@@ -32,8 +32,9 @@ def assert_png(path: Path, min_w: int = 400, min_h: int = 300) -> None:
 def sweeps(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sweeps")
     return {
-        "speed": speed_sweep(root / "speed", failures={"norm=gn norm.groups=7": "groups=7 does not divide 64"},
-                             missing=1),  # fmt: skip
+        "speed": speed_sweep(
+            root / "speed", failures={"norm=gn norm.groups=7": "groups=7 does not divide 64"}, missing=1
+        ),
         "accuracy": accuracy_sweep(root / "accuracy"),
     }
 
@@ -73,12 +74,20 @@ def k_sweep(protocol: str = "global_batch") -> pd.DataFrame:
         for seed in (0, 1, 2):
             for norm in ("bn", "gn"):
                 acc = 0.80 + 0.1 * (k >= 8) + 0.01 * seed if norm == "bn" else 0.90 + 0.01 * seed
-                rows.append({"norm": norm, "batch_size": k, "seed": seed, "test_acc": acc, "protocol": protocol,
-                             "global_batch": 64 if protocol == "global_batch" else 8 * k,
-                             "workers": 64 // k if protocol == "global_batch" else 8,
-                             "test_acc_precise_bn": acc + 0.01 if norm == "bn" else float("nan"),
-                             "test_acc_batch_stats": acc - 0.05 if norm == "bn" else float("nan"),
-                             "reused_from": "0" if norm == "gn" and k != 2 else None})  # fmt: skip
+                rows.append(
+                    {
+                        "norm": norm,
+                        "batch_size": k,
+                        "seed": seed,
+                        "test_acc": acc,
+                        "protocol": protocol,
+                        "global_batch": 64 if protocol == "global_batch" else 8 * k,
+                        "workers": 64 // k if protocol == "global_batch" else 8,
+                        "test_acc_precise_bn": acc + 0.01 if norm == "bn" else float("nan"),
+                        "test_acc_batch_stats": acc - 0.05 if norm == "bn" else float("nan"),
+                        "reused_from": "0" if norm == "gn" and k != 2 else None,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -117,16 +126,33 @@ def test_speed_table_holds_metrics_and_speedup(sweeps):
     assert (stats.loc[stats.impl == "native", "speedup_vs_native"] == 1).all()
     table = report.speed_table(stats)
     # the shape varies only by its batch dimension here, so it is not a column of its own
-    assert list(table.columns) == ["norm", "impl", "pass", "batch", "median ms", "GB/s", "% of roofline",
-                                   "speedup vs native"]  # fmt: skip
+    assert list(table.columns) == [
+        "norm",
+        "impl",
+        "pass",
+        "batch",
+        "median ms",
+        "GB/s",
+        "% of roofline",
+        "speedup vs native",
+    ]
     first = table.iloc[0]
     assert (first["norm"], first["impl"], first["pass"], first["batch"]) == ("bn", "reference", "fwd", "4")
     assert first["median ms"] == "2" and first["speedup vs native"] == "0.50x"
 
 
 def test_speed_without_native_has_no_speedup():
-    speed = pd.DataFrame({"norm": ["bn"], "impl": ["reference"], "pass": ["fwd"], "batch_size": [4],
-                          "median_ms": [1.0], "gbps": [2.0], "pct_of_peak": [10.0]})  # fmt: skip
+    speed = pd.DataFrame(
+        {
+            "norm": ["bn"],
+            "impl": ["reference"],
+            "pass": ["fwd"],
+            "batch_size": [4],
+            "median_ms": [1.0],
+            "gbps": [2.0],
+            "pct_of_peak": [10.0],
+        }
+    )
     table = report.speed_table(report.speed_stats(speed))
     assert table["speedup vs native"].tolist() == [""]
 
@@ -180,8 +206,7 @@ def test_markdown_links_resolve_and_tables_render(both):
     assert "ValueError: groups=7 does not divide 64" in md and "missing" in md
     assert "git commit:" in md and "device: Test CPU" in md
     assert (out / "summary.csv").is_file() and (out / "summary.parquet").is_file()
-    assert len(pd.read_csv(out / "summary.csv")) == len(results.read(
-        [p for p in re.findall(r"input: `([^`]+)`", md)]))  # fmt: skip
+    assert len(pd.read_csv(out / "summary.csv")) == len(results.read(list(re.findall(r"input: `([^`]+)`", md))))
 
 
 def test_html_is_self_contained(both):
@@ -244,8 +269,18 @@ def test_callback_failure_is_logged_and_left_on_disk(tmp_path, monkeypatch, capl
 
 def test_speed_table_shows_what_varies_within_a_norm():
     def row(norm, groups, shape="8x64x28x28"):
-        return {"norm": norm, "impl": "native", "pass": "fwd", "batch_size": 8, "shape": shape, "groups": groups,
-                "dtype": "float32", "median_ms": 1.0, "gbps": 1.0, "pct_of_peak": 5.0}  # fmt: skip
+        return {
+            "norm": norm,
+            "impl": "native",
+            "pass": "fwd",
+            "batch_size": 8,
+            "shape": shape,
+            "groups": groups,
+            "dtype": "float32",
+            "median_ms": 1.0,
+            "gbps": 1.0,
+            "pct_of_peak": 5.0,
+        }
 
     only_gn_has_groups = pd.DataFrame([row("bn", None), row("gn", 32)])
     assert "groups" not in report.speed_table(report.speed_stats(only_gn_has_groups)).columns

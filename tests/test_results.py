@@ -25,13 +25,30 @@ def speed_rows(norm: str, impl: str, pass_: str, batch: int) -> list[dict]:
     ms = SPEED_MS[impl] * batch / 4 * (3 if pass_ == "fwdbwd" else 1) * (1.5 if norm == "gn" else 1)
     nbytes = batch * 64 * 32 * 32 * 4 * (2 if pass_ == "fwd" else 5)
     gbps = nbytes / (ms / 1e3) / 1e9
-    return [{
-        "kind": "speed", "norm": norm, "impl": impl, "pass": pass_, "batch_size": batch,
-        "shape": f"({batch}, 64, 32, 32)", "dtype": "float32", "layout": "contiguous", "device": "cpu",
-        "device_name": "Test CPU", "median_ms": ms, "p20_ms": ms * 0.95, "p80_ms": ms * 1.05,
-        "bytes": nbytes, "gbps": gbps, "peak_gbps": PEAK_GBPS, "pct_of_peak": 100 * gbps / PEAK_GBPS,
-        "peak_mem_mb": float("nan"), "torch_version": "2.13.0", "triton_version": None,
-    }]  # fmt: skip
+    return [
+        {
+            "kind": "speed",
+            "norm": norm,
+            "impl": impl,
+            "pass": pass_,
+            "batch_size": batch,
+            "shape": f"({batch}, 64, 32, 32)",
+            "dtype": "float32",
+            "layout": "contiguous",
+            "device": "cpu",
+            "device_name": "Test CPU",
+            "median_ms": ms,
+            "p20_ms": ms * 0.95,
+            "p80_ms": ms * 1.05,
+            "bytes": nbytes,
+            "gbps": gbps,
+            "peak_gbps": PEAK_GBPS,
+            "pct_of_peak": 100 * gbps / PEAK_GBPS,
+            "peak_mem_mb": float("nan"),
+            "torch_version": "2.13.0",
+            "triton_version": None,
+        }
+    ]
 
 
 def made_acc(norm: str, batch: int, seed: int) -> float:
@@ -41,13 +58,27 @@ def made_acc(norm: str, batch: int, seed: int) -> float:
 
 
 def accuracy_rows(norm: str, batch: int, seed: int) -> list[dict]:
-    return [{
-        "kind": "accuracy", "norm": norm, "impl": "native", "dataset": "synthetic", "model": "mlp",
-        "batch_size": batch, "workers": 1, "global_batch": batch, "lr": 0.1 * batch / 64, "epochs": 2,
-        "seed": seed, "test_acc": made_acc(norm, batch, seed),
-        "test_acc_batch_stats": 0.5 if norm == "bn" else float("nan"),
-        "train_loss": 0.3, "wall_s": 1.0, "samples_per_s": 1000.0, "device": "Test CPU",
-    }]  # fmt: skip
+    return [
+        {
+            "kind": "accuracy",
+            "norm": norm,
+            "impl": "native",
+            "dataset": "synthetic",
+            "model": "mlp",
+            "batch_size": batch,
+            "workers": 1,
+            "global_batch": batch,
+            "lr": 0.1 * batch / 64,
+            "epochs": 2,
+            "seed": seed,
+            "test_acc": made_acc(norm, batch, seed),
+            "test_acc_batch_stats": 0.5 if norm == "bn" else float("nan"),
+            "train_loss": 0.3,
+            "wall_s": 1.0,
+            "samples_per_s": 1000.0,
+            "device": "Test CPU",
+        }
+    ]
 
 
 def make_sweep(root: Path, app: str, jobs: list, failures: dict | None = None, missing: int = 0) -> Path:
@@ -55,9 +86,16 @@ def make_sweep(root: Path, app: str, jobs: list, failures: dict | None = None, m
     per job with `.hydra/overrides.yaml` and `rows.csv`, `failure.json` for each failure
     (overrides -> error), and `missing` jobs that started but left nothing."""
     root.mkdir(parents=True)
-    (root / "multirun.yaml").write_text(yaml.safe_dump({
-        "hydra": {"job": {"config_name": app}, "overrides": {"hydra": ["hydra.mode=MULTIRUN"],
-                                                           "task": ["norm=bn,gn"]}}}))  # fmt: skip
+    (root / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "hydra": {
+                    "job": {"config_name": app},
+                    "overrides": {"hydra": ["hydra.mode=MULTIRUN"], "task": ["norm=bn,gn"]},
+                }
+            }
+        )
+    )
     num = 0
 
     def job_dir(overrides: list[str]) -> Path:
@@ -82,15 +120,25 @@ def make_sweep(root: Path, app: str, jobs: list, failures: dict | None = None, m
 
 
 def speed_sweep(root: Path, **kw) -> Path:
-    jobs = [([f"norm={n}", f"impl={i}", f"speed.batch_size={b}"],
-             [r for p in ("fwd", "fwdbwd") for r in speed_rows(n, i, p, b)])
-            for n in ("bn", "gn") for i in ("reference", "native") for b in (4, 16)]  # fmt: skip
+    jobs = [
+        (
+            [f"norm={n}", f"impl={i}", f"speed.batch_size={b}"],
+            [r for p in ("fwd", "fwdbwd") for r in speed_rows(n, i, p, b)],
+        )
+        for n in ("bn", "gn")
+        for i in ("reference", "native")
+        for b in (4, 16)
+    ]
     return make_sweep(root, "speed", jobs, **kw)
 
 
 def accuracy_sweep(root: Path, **kw) -> Path:
-    jobs = [([f"norm={n}", f"accuracy.batch_size={b}", f"seed={s}"], accuracy_rows(n, b, s))
-            for n in ("bn", "gn") for b in (2, 8, 32) for s in (0, 1)]  # fmt: skip
+    jobs = [
+        ([f"norm={n}", f"accuracy.batch_size={b}", f"seed={s}"], accuracy_rows(n, b, s))
+        for n in ("bn", "gn")
+        for b in (2, 8, 32)
+        for s in (0, 1)
+    ]
     return make_sweep(root, "accuracy", jobs, **kw)
 
 
@@ -107,8 +155,9 @@ def test_read_sweep_keeps_failed_and_missing_jobs(tmp_path):
     assert len(ok) == 2 * 2 * 2 * 2  # norms x impls x batch sizes x passes
     assert list(frame.columns[:9]) == results.META_COLUMNS + ["norm"]
     assert set(ok["kind"]) == {"speed"}
-    assert ok.loc[(ok.norm == "gn") & (ok.impl == "native") & (ok["pass"] == "fwd") & (ok.batch_size == 16),
-                  "median_ms"].item() == pytest.approx(6.0)  # fmt: skip
+    assert ok.loc[
+        (ok.norm == "gn") & (ok.impl == "native") & (ok["pass"] == "fwd") & (ok.batch_size == 16), "median_ms"
+    ].item() == pytest.approx(6.0)
 
     failed = frame[frame.status == "failed"]
     assert len(failed) == 1
@@ -183,7 +232,7 @@ def test_run_info_and_git_commit(tmp_path):
 
 # ------------------------------------------------------------------------------- pytest-benchmark JSON
 
-BENCH_FILE = '''
+BENCH_FILE = """
 import time
 import pytest
 
@@ -193,7 +242,7 @@ def test_norm(benchmark, impl):
     benchmark.extra_info.update(norm="bn", impl=impl, **{"pass": "fwd"}, shape="(8, 16, 4, 4)",
                                 dtype="float32", layout="contiguous", bytes=8_000_000, peak_gbps=10.0)
     benchmark.pedantic(time.sleep, args=(0.002 if impl == "reference" else 0.001,), rounds=5, iterations=1)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -206,10 +255,27 @@ def bench_json(tmp_path_factory) -> Path:
     d.mkdir(exist_ok=True)
     (d / "test_tiny_bench.py").write_text(textwrap.dedent(BENCH_FILE))
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-only",
-         f"--benchmark-json={out}", "-o", "addopts=", "--rootdir", str(d), str(d / "test_tiny_bench.py")],
-        cwd=d, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--benchmark-only",
+            f"--benchmark-json={out}",
+            "-o",
+            "addopts=",
+            "--rootdir",
+            str(d),
+            str(d / "test_tiny_bench.py"),
+        ],
+        cwd=d,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
 

@@ -31,10 +31,28 @@ TINY = [
     "speed.threads=1",
 ]
 COLUMNS = [
-    "kind", "norm", "impl", "pass", "batch_size", "shape", "dtype", "layout", "device", "device_name",
-    "median_ms", "p20_ms", "p80_ms", "bytes", "gbps", "peak_gbps", "pct_of_peak", "peak_mem_mib",
-    "torch_version", "triton_version", "compile_s",
-]  # fmt: skip
+    "kind",
+    "norm",
+    "impl",
+    "pass",
+    "batch_size",
+    "shape",
+    "dtype",
+    "layout",
+    "device",
+    "device_name",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "bytes",
+    "gbps",
+    "peak_gbps",
+    "pct_of_peak",
+    "peak_mem_mib",
+    "torch_version",
+    "triton_version",
+    "compile_s",
+]
 
 
 @pytest.fixture(scope="module")

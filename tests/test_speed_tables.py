@@ -14,29 +14,70 @@ STEP_MS = {("bn", "native"): 10.0, ("bn", "compiled"): 8.0, ("gn", "native"): 12
 
 def step_row(norm: str, impl: str, batch: int = 8) -> dict:
     ms = STEP_MS[norm, impl] * batch / 8
-    return {"kind": "speed", "norm": norm, "impl": impl, "pass": "step", "model": "resnet20", "batch_size": batch,
-            "shape": f"{batch}x3x32x32", "dtype": "float32", "layout": "contiguous", "device": "cpu",
-            "device_name": "Test CPU", "median_ms": ms, "layers": 19, "norm_ms": ms / 4, "norm_share": 25.0}  # fmt: skip
+    return {
+        "kind": "speed",
+        "norm": norm,
+        "impl": impl,
+        "pass": "step",
+        "model": "resnet20",
+        "batch_size": batch,
+        "shape": f"{batch}x3x32x32",
+        "dtype": "float32",
+        "layout": "contiguous",
+        "device": "cpu",
+        "device_name": "Test CPU",
+        "median_ms": ms,
+        "layers": 19,
+        "norm_ms": ms / 4,
+        "norm_share": 25.0,
+    }
 
 
 def wrapper_row(norm: str, us: float) -> dict:
-    return {"kind": "speed", "norm": norm, "impl": "native", "pass": "wrapper", "batch_size": 4,
-            "shape": "(4, 64, 32, 32)", "device": "cpu", "device_name": "Test CPU", "median_ms": us / 1e3}  # fmt: skip
+    return {
+        "kind": "speed",
+        "norm": norm,
+        "impl": "native",
+        "pass": "wrapper",
+        "batch_size": 4,
+        "shape": "(4, 64, 32, 32)",
+        "device": "cpu",
+        "device_name": "Test CPU",
+        "median_ms": us / 1e3,
+    }
 
 
 def test_headline_picks_the_fastest_impl_at_the_largest_input():
-    rows = [r for n in ("bn", "gn") for i in ("reference", "native") for b in (4, 16) for p in ("fwd", "fwdbwd")
-            for r in speed_rows(n, i, p, b)]  # fmt: skip
+    rows = [
+        r
+        for n in ("bn", "gn")
+        for i in ("reference", "native")
+        for b in (4, 16)
+        for p in ("fwd", "fwdbwd")
+        for r in speed_rows(n, i, p, b)
+    ]
     faster = speed_rows("gn", "reference", "fwd", 16)[0] | {"median_ms": 3.0, "pct_of_peak": 80.0}
     rows = [r for r in rows if (r["norm"], r["impl"], r["pass"], r["batch_size"]) != ("gn", "reference", "fwd", 16)]
     table = speed_tables.headline_table(report.speed_stats(pd.DataFrame(rows + [faster])))
-    assert list(table.columns) == ["norm", "pass", "largest input", "best impl", "median ms", "% of roofline",
-                                   "speedup vs native"]  # fmt: skip
+    assert list(table.columns) == [
+        "norm",
+        "pass",
+        "largest input",
+        "best impl",
+        "median ms",
+        "% of roofline",
+        "speedup vs native",
+    ]
     assert len(table) == 4 and (table["largest input"] == "(16, 64, 32, 32)").all()  # the largest only
     best = table.set_index(["norm", "pass"])
     assert best.loc[("gn", "fwd"), "best impl"] == "reference"  # 3 ms against native's 1 x 4 x 1.5 = 6 ms
-    assert best.loc[("gn", "fwd"), "speedup vs native"] == "2.00x" and best.loc[("gn", "fwd"), "% of roofline"] == "80.0"
-    assert best.loc[("bn", "fwdbwd"), "best impl"] == "native" and best.loc[("bn", "fwdbwd"), "speedup vs native"] == "1.00x"
+    assert (
+        best.loc[("gn", "fwd"), "speedup vs native"] == "2.00x" and best.loc[("gn", "fwd"), "% of roofline"] == "80.0"
+    )
+    assert (
+        best.loc[("bn", "fwdbwd"), "best impl"] == "native"
+        and best.loc[("bn", "fwdbwd"), "speedup vs native"] == "1.00x"
+    )
 
 
 def test_step_table_gives_speedups_over_native_and_over_bn_native():
@@ -46,10 +87,23 @@ def test_step_table_gives_speedups_over_native_and_over_bn_native():
     assert by.loc[("gn", "compiled"), "speedup_vs_native"] == pytest.approx(12 / 9)
     assert by.loc[("gn", "native"), "speedup_vs_bn_native"] == pytest.approx(10 / 12)  # switching to gn costs
     table = speed_tables.step_table(stats)
-    assert list(table.columns) == ["model", "batch", "norm", "impl", "step ms", "norm layers ms", "norm share %",
-                                   "speedup vs native", "speedup vs bn native"]  # fmt: skip
-    assert table[["norm", "impl"]].values.tolist() == [["bn", "native"], ["bn", "compiled"], ["gn", "native"],
-                                                         ["gn", "compiled"]]  # fmt: skip
+    assert list(table.columns) == [
+        "model",
+        "batch",
+        "norm",
+        "impl",
+        "step ms",
+        "norm layers ms",
+        "norm share %",
+        "speedup vs native",
+        "speedup vs bn native",
+    ]
+    assert table[["norm", "impl"]].values.tolist() == [
+        ["bn", "native"],
+        ["bn", "compiled"],
+        ["gn", "native"],
+        ["gn", "compiled"],
+    ]
     assert table["step ms"].tolist() == ["10", "8", "12", "9"] and table["norm share %"].eq("25.0").all()
 
 
@@ -63,10 +117,13 @@ def test_wrapper_table_in_us_and_against_the_fastest_native_fwd():
 
 def test_model_report_opens_with_the_headline_and_step_tables(tmp_path):
     jobs = [
-        ([f"norm={n}", f"impl={i}"], [*speed_rows(n, "native" if i == "native" else "reference", "fwdbwd", 8),
-                                      step_row(n, i)] + ([wrapper_row(n, 6.0)] if i == "native" else []))
+        (
+            [f"norm={n}", f"impl={i}"],
+            [*speed_rows(n, "native" if i == "native" else "reference", "fwdbwd", 8), step_row(n, i)]
+            + ([wrapper_row(n, 6.0)] if i == "native" else []),
+        )
         for n, i in STEP_MS
-    ]  # fmt: skip
+    ]
     md = report.build_report([make_sweep(tmp_path / "s", "speed", jobs)], tmp_path / "out").read_text()
     headline, ran, full = md.index("## Headline"), md.index("## What ran"), md.index("## Speed")
     step = md.index("### A model's training step")

@@ -118,8 +118,13 @@ def launch_source(launch):
         else:
             signature[name] = "fp32"
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
-    key = (launch.name, tuple(signature.items()), tuple(sorted(constexprs.items())), tuple(sorted(aligned)),
-           tuple(sorted(options.items())))
+    key = (
+        launch.name,
+        tuple(signature.items()),
+        tuple(sorted(constexprs.items())),
+        tuple(sorted(aligned)),
+        tuple(sorted(options.items())),
+    )
     source = triton.compiler.ASTSource(fn=launch.kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return source, options, key
 

@@ -56,9 +56,25 @@ def _store_stats(mean_out, var_out, rstd_out, mean, var, rstd, b, j, c, cmask, G
 
 @triton.jit
 def fused_forward(
-    x, y, w, bias, mean_out, var_out, rstd_out,
-    C, L, G, Cg, sb, sc, sl, eps,
-    HAS_AFFINE: tl.constexpr, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    y,
+    w,
+    bias,
+    mean_out,
+    var_out,
+    rstd_out,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sc,
+    sl,
+    eps,
+    HAS_AFFINE: tl.constexpr,
+    GPB: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """One read of x: mean, then the variance around it (two passes over registers), normalize, affine."""
     b, j, c, cmask, mask, offs = _slab(C, L, G, Cg, sb, sc, sl, GPB, BLOCK_C, BLOCK_L)
@@ -80,9 +96,25 @@ def fused_forward(
 
 @triton.jit
 def fused_backward(
-    x, dy, dx, w, mean, rstd, p_dy, p_dyxhat,
-    C, L, G, Cg, sb, sc, sl,
-    HAS_AFFINE: tl.constexpr, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    dy,
+    dx,
+    w,
+    mean,
+    rstd,
+    p_dy,
+    p_dyxhat,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sc,
+    sl,
+    HAS_AFFINE: tl.constexpr,
+    GPB: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """One read of x and dy: dx, plus this b's per-channel sums of dy and dy * xhat (for dbias, dweight).
 
@@ -123,9 +155,26 @@ def _slab_at(slab, C, L, G, Cg, sb, sc, sl, GPB: tl.constexpr, BLOCK_C: tl.const
 
 @triton.jit
 def looped_forward(
-    x, y, w, bias, mean_out, var_out, rstd_out,
-    C, L, G, Cg, sb, sc, sl, eps, SLABS,
-    HAS_AFFINE: tl.constexpr, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    y,
+    w,
+    bias,
+    mean_out,
+    var_out,
+    rstd_out,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sc,
+    sl,
+    eps,
+    SLABS,
+    HAS_AFFINE: tl.constexpr,
+    GPB: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """Per slab: per-channel moments over its steps (Chan's update), combined per group; then normalize.
 
@@ -162,9 +211,26 @@ def looped_forward(
 
 @triton.jit
 def looped_backward(
-    x, dy, dx, w, mean, rstd, p_dy, p_dyxhat,
-    C, L, G, Cg, sb, sc, sl, SLABS,
-    HAS_AFFINE: tl.constexpr, GPB: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    dy,
+    dx,
+    w,
+    mean,
+    rstd,
+    p_dy,
+    p_dyxhat,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sc,
+    sl,
+    SLABS,
+    HAS_AFFINE: tl.constexpr,
+    GPB: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """fused_backward over streamed slabs (persistent, as looped_forward): sums of dy and dy * xhat, then dx."""
     for slab in range(tl.program_id(0), SLABS, tl.num_programs(0)):

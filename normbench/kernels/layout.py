@@ -207,7 +207,7 @@ def l2_bytes(device: torch.device) -> int:
     return 50 * 2**20  # the interpreter: any size works; an H100's
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_l2_bytes(index: int) -> int:
     return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 50 * 2**20)
 
@@ -220,7 +220,7 @@ def sm_count(device: torch.device) -> int:
     return 1  # the interpreter: one program at a time anyway
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 

@@ -31,7 +31,6 @@ from normbench.kernels.layout import (
     split_plan,
 )
 
-
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -55,9 +54,7 @@ def norm_forward(
             f"impl=triton computes in float32 and takes float32, float16 or bfloat16 input, got {x.dtype}: "
             "use impl=reference or impl=native for it"
         )
-    return _TritonNorm.apply(
-        x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor
-    )
+    return _TritonNorm.apply(x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor)
 
 
 def _combine_block(v: GroupedView, splits: int) -> int:
@@ -80,8 +77,13 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float, running=No
     w, b = (weight, bias) if affine else (x, x)  # never read without affine
     plan = slab_plan(v, x.device)
     if plan is not None:
-        meta = dict(HAS_AFFINE=affine, GPB=plan.groups_per_program, BLOCK_C=plan.block_c, BLOCK_L=plan.block_l,
-                    num_warps=plan.num_warps)
+        meta = dict(
+            HAS_AFFINE=affine,
+            GPB=plan.groups_per_program,
+            BLOCK_C=plan.block_c,
+            BLOCK_L=plan.block_l,
+            num_warps=plan.num_warps,
+        )
         args = (x, y, w, b, *stats, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl, eps)
         if plan.looped:
             grid = (looped_programs(plan, v, x.device, x.element_size()),)
@@ -100,13 +102,34 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float, running=No
     count_p = torch.empty(sp.splits, device=x.device, dtype=torch.float32)
     grid = (v.B * sp.programs,)
     split.partial_moments[grid](
-        x, mean_p, m2_p, count_p, v.C, v.L, *_split_args(v, sp),
-        BLOCK_C=sp.block_c, BLOCK_L=sp.block_l, num_warps=sp.num_warps,
+        x,
+        mean_p,
+        m2_p,
+        count_p,
+        v.C,
+        v.L,
+        *_split_args(v, sp),
+        BLOCK_C=sp.block_c,
+        BLOCK_L=sp.block_l,
+        num_warps=sp.num_warps,
     )
     run = running if running is not None else (stats[0], stats[1])  # not touched without RUNNING
     split.combine_moments[(v.G if running is not None else v.B * v.G,)](
-        mean_p, m2_p, count_p, *stats, *run, v.C, v.G, v.cg, sp.splits, v.B, eps, factor, unbias,
-        RUNNING=running is not None, BLOCK=_combine_block(v, sp.splits),
+        mean_p,
+        m2_p,
+        count_p,
+        *stats,
+        *run,
+        v.C,
+        v.G,
+        v.cg,
+        sp.splits,
+        v.B,
+        eps,
+        factor,
+        unbias,
+        RUNNING=running is not None,
+        BLOCK=_combine_block(v, sp.splits),
     )
     mean, _, rstd = stats
     _normalize(x, y, weight, bias, mean, rstd, v)
@@ -118,8 +141,21 @@ def _normalize(x, y, weight, bias, mean, rstd, v: GroupedView) -> None:
     w, b = (weight, bias) if affine else (x, x)
     sp = split_plan(v, x.device)
     split.normalize[(v.B * sp.programs,)](
-        x, y, w, b, mean, rstd, v.C, v.L, v.G, v.cg, *_split_args(v, sp),
-        HAS_AFFINE=affine, BLOCK_C=sp.block_c, BLOCK_L=sp.block_l, num_warps=sp.num_warps,
+        x,
+        y,
+        w,
+        b,
+        mean,
+        rstd,
+        v.C,
+        v.L,
+        v.G,
+        v.cg,
+        *_split_args(v, sp),
+        HAS_AFFINE=affine,
+        BLOCK_C=sp.block_c,
+        BLOCK_L=sp.block_l,
+        num_warps=sp.num_warps,
     )
 
 
@@ -157,8 +193,13 @@ class _TritonNorm(torch.autograd.Function):
         if plan is not None:
             p_dy = torch.empty(v.B, 1, v.C, device=x.device, dtype=torch.float32)
             p_dyxhat = torch.empty_like(p_dy)
-            meta = dict(HAS_AFFINE=affine, GPB=plan.groups_per_program, BLOCK_C=plan.block_c,
-                        BLOCK_L=plan.block_l, num_warps=plan.num_warps)
+            meta = dict(
+                HAS_AFFINE=affine,
+                GPB=plan.groups_per_program,
+                BLOCK_C=plan.block_c,
+                BLOCK_L=plan.block_l,
+                num_warps=plan.num_warps,
+            )
             args = (x, dy, dx, w, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl)
             if plan.looped:
                 grid = (looped_programs(plan, v, x.device, 2 * x.element_size()),)
@@ -176,8 +217,20 @@ class _TritonNorm(torch.autograd.Function):
             mean_gx = torch.empty_like(mean_g)
             if affine or not ctx.constant_stats:
                 split.partial_grad_sums[grid](
-                    x, dy, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, *_split_args(v, sp),
-                    BLOCK_C=sp.block_c, BLOCK_L=sp.block_l, num_warps=sp.num_warps,
+                    x,
+                    dy,
+                    mean,
+                    rstd,
+                    p_dy,
+                    p_dyxhat,
+                    v.C,
+                    v.L,
+                    v.G,
+                    v.cg,
+                    *_split_args(v, sp),
+                    BLOCK_C=sp.block_c,
+                    BLOCK_L=sp.block_l,
+                    num_warps=sp.num_warps,
                 )
             if not ctx.constant_stats:
                 # One channel per group (bn, in): dweight and dbias come out of this kernel too.
@@ -186,12 +239,40 @@ class _TritonNorm(torch.autograd.Function):
                     dweight, dbias = torch.empty_like(weight), torch.empty_like(weight)
                 grads = (dweight, dbias) if affine and param_grads else (mean_g, mean_gx)  # else unused
                 split.combine_grad_sums[(v.G if param_grads else v.B * v.G,)](
-                    p_dy, p_dyxhat, w, mean_g, mean_gx, *grads, v.C, v.G, v.cg, sp.splits, v.B, 1.0 / v.count,
-                    HAS_AFFINE=affine, PARAM_GRADS=param_grads, BLOCK=_combine_block(v, sp.splits),
+                    p_dy,
+                    p_dyxhat,
+                    w,
+                    mean_g,
+                    mean_gx,
+                    *grads,
+                    v.C,
+                    v.G,
+                    v.cg,
+                    sp.splits,
+                    v.B,
+                    1.0 / v.count,
+                    HAS_AFFINE=affine,
+                    PARAM_GRADS=param_grads,
+                    BLOCK=_combine_block(v, sp.splits),
                 )
             split.input_grad[grid](
-                x, dy, dx, w, mean, rstd, mean_g, mean_gx, v.C, v.L, v.G, v.cg, *_split_args(v, sp),
-                HAS_AFFINE=affine, CONSTANT_STATS=ctx.constant_stats, BLOCK_C=sp.block_c, BLOCK_L=sp.block_l,
+                x,
+                dy,
+                dx,
+                w,
+                mean,
+                rstd,
+                mean_g,
+                mean_gx,
+                v.C,
+                v.L,
+                v.G,
+                v.cg,
+                *_split_args(v, sp),
+                HAS_AFFINE=affine,
+                CONSTANT_STATS=ctx.constant_stats,
+                BLOCK_C=sp.block_c,
+                BLOCK_L=sp.block_l,
                 num_warps=sp.num_warps,
             )
         if affine and dweight is None:

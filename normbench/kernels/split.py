@@ -62,9 +62,23 @@ def merge_tile_moments(n, mean, m2, v, mask, valid):
 
 @triton.jit
 def partial_moments(
-    x, mean_p, m2_p, count_p,
-    C, L, sb, sk, sc, sl, T, TPS, S, CB, NLB,
-    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    mean_p,
+    m2_p,
+    count_p,
+    C,
+    L,
+    sb,
+    sk,
+    sc,
+    sl,
+    T,
+    TPS,
+    S,
+    CB,
+    NLB,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """Mean and sum of squared deviations per channel over this program's tiles, and their count."""
     b, cb, s = _program(S, CB)
@@ -125,9 +139,24 @@ def _update_running(run_mean, run_var, g, batch_mean, batch_var, factor, unbias)
 
 @triton.jit
 def combine_moments(
-    mean_p, m2_p, count_p, mean_out, var_out, rstd_out, run_mean, run_var,
-    C, G, Cg, S, B, eps, factor, unbias,
-    RUNNING: tl.constexpr, BLOCK: tl.constexpr,
+    mean_p,
+    m2_p,
+    count_p,
+    mean_out,
+    var_out,
+    rstd_out,
+    run_mean,
+    run_var,
+    C,
+    G,
+    Cg,
+    S,
+    B,
+    eps,
+    factor,
+    unbias,
+    RUNNING: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Mean, biased variance and 1/sqrt(var + eps) per (b, group) from the S x Cg partials.
 
@@ -181,9 +210,28 @@ def _channel_stats(mean, rstd, b, c, cmask, G, Cg):
 
 @triton.jit
 def normalize(
-    x, y, w, bias, mean, rstd,
-    C, L, G, Cg, sb, sk, sc, sl, T, TPS, S, CB, NLB,
-    HAS_AFFINE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    y,
+    w,
+    bias,
+    mean,
+    rstd,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sk,
+    sc,
+    sl,
+    T,
+    TPS,
+    S,
+    CB,
+    NLB,
+    HAS_AFFINE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """y = x * scale[c] + shift[c], the per-(b, channel) scale and shift folded from stats and affine."""
     b, cb, s = _program(S, CB)
@@ -207,9 +255,27 @@ def normalize(
 
 @triton.jit
 def partial_grad_sums(
-    x, dy, mean, rstd, p_dy, p_dyxhat,
-    C, L, G, Cg, sb, sk, sc, sl, T, TPS, S, CB, NLB,
-    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    dy,
+    mean,
+    rstd,
+    p_dy,
+    p_dyxhat,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sk,
+    sc,
+    sl,
+    T,
+    TPS,
+    S,
+    CB,
+    NLB,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """Per-channel sums of dy and dy * xhat over this program's tiles."""
     b, cb, s = _program(S, CB)
@@ -253,9 +319,22 @@ def _group_grad_sums(p_dy, p_dyxhat, w, b, g, C, Cg, S, HAS_AFFINE: tl.constexpr
 
 @triton.jit
 def combine_grad_sums(
-    p_dy, p_dyxhat, w, a_out, b_out, dw_out, db_out,
-    C, G, Cg, S, B, inv_count,
-    HAS_AFFINE: tl.constexpr, PARAM_GRADS: tl.constexpr, BLOCK: tl.constexpr,
+    p_dy,
+    p_dyxhat,
+    w,
+    a_out,
+    b_out,
+    dw_out,
+    db_out,
+    C,
+    G,
+    Cg,
+    S,
+    B,
+    inv_count,
+    HAS_AFFINE: tl.constexpr,
+    PARAM_GRADS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Per (b, group): the means of dy * w and of dy * w * xhat over the group's values.
 
@@ -288,9 +367,31 @@ def combine_grad_sums(
 
 @triton.jit
 def input_grad(
-    x, dy, dx, w, mean, rstd, mean_g, mean_gx,
-    C, L, G, Cg, sb, sk, sc, sl, T, TPS, S, CB, NLB,
-    HAS_AFFINE: tl.constexpr, CONSTANT_STATS: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr,
+    x,
+    dy,
+    dx,
+    w,
+    mean,
+    rstd,
+    mean_g,
+    mean_gx,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sk,
+    sc,
+    sl,
+    T,
+    TPS,
+    S,
+    CB,
+    NLB,
+    HAS_AFFINE: tl.constexpr,
+    CONSTANT_STATS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     """dx = rstd * (dy * w - mean(dy * w) - xhat * mean(dy * w * xhat)), as two FMAs per value.
 

@@ -30,15 +30,41 @@ GN_GROUPS = 32  # conf/norm/gn.yaml
 
 # The kernels norm_function launches.
 KERNELS = {
-    "fused_forward", "fused_backward", "looped_forward", "looped_backward", "partial_moments",
-    "combine_moments", "update_running", "normalize", "partial_grad_sums", "combine_grad_sums", "input_grad",
+    "fused_forward",
+    "fused_backward",
+    "looped_forward",
+    "looped_backward",
+    "partial_moments",
+    "combine_moments",
+    "update_running",
+    "normalize",
+    "partial_grad_sums",
+    "combine_grad_sums",
+    "input_grad",
 }
 
 # Operators that allocate, reshape or alias: no kernel on a GPU.
 _NO_KERNEL = {
-    "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "view", "_unsafe_view",
-    "as_strided", "detach", "alias", "t", "permute", "expand", "unsqueeze", "squeeze", "select", "slice",
-    "reshape", "_reshape_alias", "clone_meta",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "new_empty",
+    "new_empty_strided",
+    "view",
+    "_unsafe_view",
+    "as_strided",
+    "detach",
+    "alias",
+    "t",
+    "permute",
+    "expand",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "slice",
+    "reshape",
+    "_reshape_alias",
+    "clone_meta",
 }
 
 
@@ -139,8 +165,16 @@ def make_input(shape, dtype: torch.dtype, layout_name: str, device="meta") -> to
     return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
 
 
-def trace(norm: str, shape, dtype: torch.dtype, layout_name: str, *, train: bool = True,
-          virtual_batch: int | None = None, plan_for: tuple[int, int] = H100) -> dict[str, Pass]:
+def trace(
+    norm: str,
+    shape,
+    dtype: torch.dtype,
+    layout_name: str,
+    *,
+    train: bool = True,
+    virtual_batch: int | None = None,
+    plan_for: tuple[int, int] = H100,
+) -> dict[str, Pass]:
     """{"fwd": Pass, "bwd": Pass} of one forward and backward of an affine layer, on meta tensors."""
     from normbench.kernels.norm_function import _TritonNorm
 
@@ -151,8 +185,15 @@ def trace(norm: str, shape, dtype: torch.dtype, layout_name: str, *, train: bool
     kw = norm_kwargs(norm, x, train)
     if virtual_batch:  # BatchNorm's statistics over groups of this many samples
         kw["samples"] = virtual_batch
-    args = (kw["samples"], kw["groups"], kw["eps"], kw.get("running_mean"), kw.get("running_var"),
-            kw.get("use_batch_stats", True), kw.get("factor", 0.0))
+    args = (
+        kw["samples"],
+        kw["groups"],
+        kw["eps"],
+        kw.get("running_mean"),
+        kw.get("running_var"),
+        kw.get("use_batch_stats", True),
+        kw.get("factor", 0.0),
+    )
     with recording(plan_for=plan_for) as passes:
         y = _TritonNorm.apply(x, weight, bias, *args)
         dy = torch.empty_like(y)

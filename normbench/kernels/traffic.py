@@ -26,20 +26,33 @@ import torch
 # Which tensor arguments each kernel reads (r), reads twice within one program (rr: looped) or writes.
 ROLES = {
     "fused_forward": {"x": "r", "y": "w", "w": "r", "bias": "r", "mean_out": "w", "var_out": "w", "rstd_out": "w"},
-    "looped_forward": {"x": "rr", "y": "w", "w": "r", "bias": "r", "mean_out": "w", "var_out": "w",
-                       "rstd_out": "w"},
-    "fused_backward": {"x": "r", "dy": "r", "dx": "w", "w": "r", "mean": "r", "rstd": "r", "p_dy": "w",
-                       "p_dyxhat": "w"},
-    "looped_backward": {"x": "rr", "dy": "rr", "dx": "w", "w": "r", "mean": "r", "rstd": "r", "p_dy": "w",
-                        "p_dyxhat": "w"},
+    "looped_forward": {"x": "rr", "y": "w", "w": "r", "bias": "r", "mean_out": "w", "var_out": "w", "rstd_out": "w"},
+    "fused_backward": {
+        "x": "r",
+        "dy": "r",
+        "dx": "w",
+        "w": "r",
+        "mean": "r",
+        "rstd": "r",
+        "p_dy": "w",
+        "p_dyxhat": "w",
+    },
+    "looped_backward": {
+        "x": "rr",
+        "dy": "rr",
+        "dx": "w",
+        "w": "r",
+        "mean": "r",
+        "rstd": "r",
+        "p_dy": "w",
+        "p_dyxhat": "w",
+    },
     "partial_moments": {"x": "r", "mean_p": "w", "m2_p": "w", "count_p": "w"},
-    "combine_moments": {"mean_p": "r", "m2_p": "r", "count_p": "r", "mean_out": "w", "var_out": "w",
-                        "rstd_out": "w"},
+    "combine_moments": {"mean_p": "r", "m2_p": "r", "count_p": "r", "mean_out": "w", "var_out": "w", "rstd_out": "w"},
     "normalize": {"x": "r", "y": "w", "w": "r", "bias": "r", "mean": "r", "rstd": "r"},
     "partial_grad_sums": {"x": "r", "dy": "r", "mean": "r", "rstd": "r", "p_dy": "w", "p_dyxhat": "w"},
     "combine_grad_sums": {"p_dy": "r", "p_dyxhat": "r", "w": "r", "a_out": "w", "b_out": "w"},
-    "input_grad": {"x": "r", "dy": "r", "dx": "w", "w": "r", "mean": "r", "rstd": "r", "mean_g": "r",
-                   "mean_gx": "r"},
+    "input_grad": {"x": "r", "dy": "r", "dx": "w", "w": "r", "mean": "r", "rstd": "r", "mean_g": "r", "mean_gx": "r"},
 }
 
 
@@ -77,7 +90,7 @@ def pass_traffic(p, l2_bytes: int, share: float) -> Traffic:
         key, size = id(t), _nbytes(t)  # the Function passes the same tensor objects to each launch
         ids = [k for k, _ in recent]
         if read and key in ids:
-            since = sum(s for _, s in recent[ids.index(key):])  # it and everything touched after it
+            since = sum(s for _, s in recent[ids.index(key) :])  # it and everything touched after it
             if since <= share * l2_bytes:
                 l2 += size
             else:
@@ -129,22 +142,36 @@ def table(l2_bytes: int | None = None, share: float | None = None) -> list[dict]
             t = pass_traffic(p, l2_bytes, share)
             model = model_bytes(norm, shape, dtype, pass_name)
             size = torch.Size(shape).numel() * dtype.itemsize
-            rows.append({
-                "shape": shape_name, "layout": layout_name, "dtype": dtype_name, "norm": norm, "pass": pass_name,
-                "path": "+".join(dict.fromkeys(launch.name for launch in p.launches)),
-                "input_mb": size / 1e6, "planned_mb": t.hbm / 1e6, "model_mb": model / 1e6,
-                "ratio": t.hbm / model, "launches": p.count,
-            })
+            rows.append(
+                {
+                    "shape": shape_name,
+                    "layout": layout_name,
+                    "dtype": dtype_name,
+                    "norm": norm,
+                    "pass": pass_name,
+                    "path": "+".join(dict.fromkeys(launch.name for launch in p.launches)),
+                    "input_mb": size / 1e6,
+                    "planned_mb": t.hbm / 1e6,
+                    "model_mb": model / 1e6,
+                    "ratio": t.hbm / model,
+                    "launches": p.count,
+                }
+            )
     return rows
 
 
 def main() -> int:
     rows = table()
-    print("| shape | layout | dtype | norm | pass | kernels | input MB | planned HBM MB | model MB | planned / model | launches |")
+    print(
+        "| shape | layout | dtype | norm | pass | kernels | input MB | planned HBM MB | model MB "
+        "| planned / model | launches |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['shape']} | {r['layout']} | {r['dtype']} | {r['norm']} | {r['pass']} | {r['path']} | "
-              f"{r['input_mb']:.0f} | {r['planned_mb']:.0f} | {r['model_mb']:.0f} | {r['ratio']:.2f} | {r['launches']} |")
+        print(
+            f"| {r['shape']} | {r['layout']} | {r['dtype']} | {r['norm']} | {r['pass']} | {r['path']} | "
+            f"{r['input_mb']:.0f} | {r['planned_mb']:.0f} | {r['model_mb']:.0f} | {r['ratio']:.2f} | {r['launches']} |"
+        )
     return 0
 
 

@@ -5,9 +5,12 @@
 >>> y = layer(torch.randn(2, 64, 8, 8))
 """
 
-from normbench.norms import reference, native  # noqa: F401  (importing registers the implementations)
-from normbench.norms import compiled  # noqa: F401
-from normbench.norms import triton_impl  # noqa: F401
+from normbench.norms import (  # noqa: F401  (importing registers the implementations)
+    compiled,
+    native,
+    reference,
+    triton_impl,
+)
 from normbench.norms.family import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, LayerNorm2d, RMSNorm
 from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm
 from normbench.norms.registry import (

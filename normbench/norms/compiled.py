@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import types
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -63,7 +63,7 @@ def _forward(x, weight, bias, running_mean, running_var, factor, samples, groups
 
 
 _GRAPHS: dict[tuple, Callable] = {}
-_FACTORS: "weakref.WeakKeyDictionary[Norm, tuple[float, Tensor]]" = weakref.WeakKeyDictionary()
+_FACTORS: weakref.WeakKeyDictionary[Norm, tuple[float, Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _fresh_copy(fn: Callable) -> Callable:
@@ -127,9 +127,17 @@ def compiled(layer: Norm, x: Tensor) -> Tensor:
     torch._dynamo.maybe_mark_dynamic(x, 0)
     fn = graph_for(key)
     return fn(
-        x, layer.weight, layer.bias, running_mean, running_var, factor,
-        samples, args["groups"], args["eps"], use_batch_stats,
-    )  # fmt: skip
+        x,
+        layer.weight,
+        layer.bias,
+        running_mean,
+        running_var,
+        factor,
+        samples,
+        args["groups"],
+        args["eps"],
+        use_batch_stats,
+    )
 
 
 # Numbers that change from step to step (BatchNorm's factor, Batch Renormalization's rmax and dmax

@@ -38,9 +38,13 @@ def rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
 
 
 def filter_response_norm(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, tau: Tensor | None, eps: float,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    tau: Tensor | None,
+    eps: float,
     eps_learned: Tensor | None = None,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Singh & Krishnan 2020: nu^2 = mean_spatial(x^2) (Eq. 1), x_hat = x / sqrt(nu^2 + eps) (Eq. 2),
     y = gamma x_hat + beta, z = max(y, tau) (Eq. 3, the TLU; tau=None leaves it out)."""
     c = x.shape[1]
@@ -62,10 +66,18 @@ def evonorm_s0(
 
 
 def evonorm_b0(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, v: Tensor | None, eps: float, *, samples: int | None = None,
-    running_mean: Tensor | None = None, running_var: Tensor | None = None, use_batch_stats: bool = True,
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    v: Tensor | None,
+    eps: float,
+    *,
+    samples: int | None = None,
+    running_mean: Tensor | None = None,
+    running_var: Tensor | None = None,
+    use_batch_stats: bool = True,
     factor: float | Tensor = 0.0,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """Liu et al. 2020, Table 1: x / max(sqrt(s^2_{b,w,h}(x) + eps), v x + sqrt(s^2_{w,h}(x) + eps)) * gamma + beta.
 
     The batch variance is taken over each `samples` consecutive samples (a virtual batch) per
@@ -92,10 +104,20 @@ def evonorm_b0(
 
 
 def batch_renorm(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, *, samples: int | None = None,
-    running_mean: Tensor, running_var: Tensor, training: bool, factor: float | Tensor = 0.0,
-    rmax: float | Tensor = 1.0, dmax: float | Tensor = 0.0, correct_toward: tuple[Tensor, Tensor] | None = None,
-) -> Tensor:  # fmt: skip
+    x: Tensor,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    eps: float,
+    *,
+    samples: int | None = None,
+    running_mean: Tensor,
+    running_var: Tensor,
+    training: bool,
+    factor: float | Tensor = 0.0,
+    rmax: float | Tensor = 1.0,
+    dmax: float | Tensor = 0.0,
+    correct_toward: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Ioffe 2017, Algorithm 1. Training: x_hat = (x - mu_B) / sigma_B * r + d with
     r = stop_gradient(clip(sigma_B / sigma, 1/rmax, rmax)), d = stop_gradient(clip((mu_B - mu) / sigma, -dmax, dmax)),
     then the running statistics move toward the batch's. Eval: (x - mu) / sigma, BatchNorm's.
@@ -105,8 +127,17 @@ def batch_renorm(
     c = x.shape[1]
     samples = x.shape[0] if samples is None else samples
     if not training:
-        return norm_forward(x, weight, bias, samples=x.shape[0], groups=c, eps=eps,
-                            running_mean=running_mean, running_var=running_var, use_batch_stats=False)  # fmt: skip
+        return norm_forward(
+            x,
+            weight,
+            bias,
+            samples=x.shape[0],
+            groups=c,
+            eps=eps,
+            running_mean=running_mean,
+            running_var=running_var,
+            use_batch_stats=False,
+        )
     dtype = compute_dtype(x.dtype)
     mean, var = moments(x, samples, c)  # (B, 1, C, 1, 1)
     std = torch.sqrt(var + eps)

@@ -176,7 +176,9 @@ class BatchRenorm(BatchNorm):
         self.rmax_steps = _number("brn", "rmax_steps", rmax_steps, 0, hint, integer=True)
         self.dmax_steps = _number("brn", "dmax_steps", dmax_steps, 0, hint, integer=True)
         if options.get("track_running_stats") is False:
-            raise UsageError("brn: r and d compare each batch with the running statistics: track_running_stats must be true")
+            raise UsageError(
+                "brn: r and d compare each batch with the running statistics: track_running_stats must be true"
+            )
         super().__init__(num_features, **options)
 
     def clip_limits(self) -> tuple[float, float]:

@@ -8,7 +8,8 @@ class, so parameters and buffers are named as in torch.nn and a `state_dict` mov
 from __future__ import annotations
 
 import math
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -58,8 +59,7 @@ class Norm(nn.Module):
         super().__init__()
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
             raise UsageError(
-                f"{self.name}: num_features must be a positive int (the input's channel count), "
-                f"got {num_features!r}"
+                f"{self.name}: num_features must be a positive int (the input's channel count), got {num_features!r}"
             )
         eps = self.default_eps if eps is None else eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
@@ -89,8 +89,7 @@ class Norm(nn.Module):
     def impl(self, impl: str) -> None:
         if impl not in self.implementations:
             raise UsageError(
-                f"{self.name} has no implementation {impl!r}; "
-                f"choose one of: {', '.join(sorted(self.implementations))}"
+                f"{self.name} has no implementation {impl!r}; choose one of: {', '.join(sorted(self.implementations))}"
             )
         self._impl = impl
         self._forward_impl = self.implementations[impl]
@@ -117,13 +116,13 @@ class Norm(nn.Module):
     def check_input(self, x: Tensor) -> None:
         if not torch.is_tensor(x) or not x.is_floating_point():
             got = x.dtype if torch.is_tensor(x) else type(x).__name__
-            raise UsageError(
-                f"{self.name} takes a floating-point tensor, got {got}: convert it first, e.g. x.float()"
-            )
+            raise UsageError(f"{self.name} takes a floating-point tensor, got {got}: convert it first, e.g. x.float()")
         if x.numel() == 0:
             # torch.nn disagrees with itself here (BatchNorm returns an empty tensor, InstanceNorm raises
             # IndexError): every implementation of every norm refuses it the same way instead.
-            raise UsageError(f"{self.name} got an empty input of shape {tuple(x.shape)}: skip the call for an empty batch")
+            raise UsageError(
+                f"{self.name} got an empty input of shape {tuple(x.shape)}: skip the call for an empty batch"
+            )
         if not 2 <= x.dim() <= 5:
             raise UsageError(
                 f"{self.name} takes (N, C, *spatial) with 0 to 3 spatial dimensions, got shape "
@@ -206,9 +205,7 @@ class BatchNorm(Norm):
             like = {"device": options.get("device"), "dtype": options.get("dtype")}
             self.register_buffer("running_mean", torch.zeros(num_features, **like))
             self.register_buffer("running_var", torch.ones(num_features, **like))
-            self.register_buffer(
-                "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=options.get("device"))
-            )
+            self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=options.get("device")))
         else:
             self.register_buffer("running_mean", None)
             self.register_buffer("running_var", None)
@@ -231,9 +228,7 @@ class BatchNorm(Norm):
         self.update_factor = 0.0
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            self.update_factor = (
-                1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            )
+            self.update_factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
         return self._forward_impl(self, x)
 
     too_few_values_hint = "use a larger batch (or virtual_batch), call .eval(), or pick ln/gn"
@@ -248,17 +243,13 @@ class BatchNorm(Norm):
         k = self.samples(n)
         if self.use_batch_stats and n and n % k:
             raise UsageError(
-                f"bn: a batch of {n} does not split into virtual batches of {k}: "
-                f"make the batch size a multiple of {k}"
+                f"bn: a batch of {n} does not split into virtual batches of {k}: make the batch size a multiple of {k}"
             )
         super().check_input(x)
 
     def extra_repr(self) -> str:
         vb = f", virtual_batch={self.virtual_batch}" if self.virtual_batch else ""
-        return (
-            f"{super().extra_repr()}, momentum={self.momentum}, "
-            f"track_running_stats={self.track_running_stats}{vb}"
-        )
+        return f"{super().extra_repr()}, momentum={self.momentum}, track_running_stats={self.track_running_stats}{vb}"
 
 
 class LayerNorm(Norm):

@@ -81,7 +81,9 @@ def layer_norm_2d(layer: Norm, x: Tensor) -> Tensor:
 def filter_response_norm(layer: FilterResponseNorm, x: Tensor) -> Tensor:
     # nu^2 over the spatial dimensions is what F.rms_norm computes over trailing dimensions.
     if layer.learned_eps:
-        raise UsageError("frn: impl=native (F.rms_norm) takes a fixed eps; with learned_eps=true use impl=reference or compiled")
+        raise UsageError(
+            "frn: impl=native (F.rms_norm) takes a fixed eps; with learned_eps=true use impl=reference or compiled"
+        )
     y = affine(F.rms_norm(x, x.shape[2:], None, layer.eps), layer.weight, layer.bias)
     return torch.maximum(y, per_channel(layer.tau, x.dim())) if layer.apply_act else y
 

@@ -46,15 +46,27 @@ def family_call(layer: Norm, x: Tensor) -> tuple[Callable[..., Tensor], dict]:
     common["bias"] = layer.bias
     act = getattr(layer, "apply_act", False)
     if isinstance(layer, family.FilterResponseNorm):
-        return equations.filter_response_norm, {**common, "tau": layer.tau if act else None, "eps_learned": layer.eps_learned}
+        return equations.filter_response_norm, {
+            **common,
+            "tau": layer.tau if act else None,
+            "eps_learned": layer.eps_learned,
+        }
     if isinstance(layer, family.EvoNormS0):
         return equations.evonorm_s0, {**common, "v": layer.v if act else None, "groups": layer.groups()}
     batch = functional_args(layer, x)
-    stats = {"samples": batch["samples"], "running_mean": layer.running_mean, "running_var": layer.running_var,
-             "factor": layer.update_factor}  # fmt: skip
+    stats = {
+        "samples": batch["samples"],
+        "running_mean": layer.running_mean,
+        "running_var": layer.running_var,
+        "factor": layer.update_factor,
+    }
     if isinstance(layer, family.EvoNormB0):
-        return equations.evonorm_b0, {**common, **stats, "v": layer.v if act else None,
-                                      "use_batch_stats": layer.use_batch_stats}  # fmt: skip
+        return equations.evonorm_b0, {
+            **common,
+            **stats,
+            "v": layer.v if act else None,
+            "use_batch_stats": layer.use_batch_stats,
+        }
     if isinstance(layer, family.BatchRenorm):
         rmax, dmax = layer.clip_limits() if layer.training else (1.0, 0.0)
         return equations.batch_renorm, {**common, **stats, "training": layer.training, "rmax": rmax, "dmax": dmax}

@@ -8,7 +8,7 @@ through `build` and never knows more.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -97,11 +97,20 @@ def test_norm(benchmark, peak, norm, impl, pass_, size):
     nbytes = bytes_moved(layer, x, pass_)
     benchmark.group = f"{norm} {pass_} {size}"
     benchmark.extra_info.update(
-        norm=norm, impl=impl, **{"pass": pass_}, shape="x".join(map(str, shape)), batch_size=shape[0],
-        dtype="float32", layout="contiguous", device=str(DEVICE), device_name=device_name(DEVICE),
-        bytes=nbytes, peak_gbps=peak["peak_gbps"], torch_version=torch.__version__,
+        norm=norm,
+        impl=impl,
+        **{"pass": pass_},
+        shape="x".join(map(str, shape)),
+        batch_size=shape[0],
+        dtype="float32",
+        layout="contiguous",
+        device=str(DEVICE),
+        device_name=device_name(DEVICE),
+        bytes=nbytes,
+        peak_gbps=peak["peak_gbps"],
+        torch_version=torch.__version__,
         threads=None if CUDA else torch.get_num_threads(),
-    )  # fmt: skip
+    )
     benchmark(call)
     median = benchmark.stats.stats.median
     benchmark.extra_info["gbps"] = nbytes / median / 1e9

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from normbench import models, norms
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """One intra-op thread, as the accuracy job trains on CPU (accuracy.cpu_threads): on a shared
@@ -57,8 +58,9 @@ def chunked_layer_step(k: int):
 
 def model_step(k: int, workers: int):
     torch.manual_seed(0)
-    model = models.build("cnn1d", input_shape=(1, 40), num_classes=10,
-                         norm=lambda c: norms.build("bn", c, virtual_batch=k))
+    model = models.build(
+        "cnn1d", input_shape=(1, 40), num_classes=10, norm=lambda c: norms.build("bn", c, virtual_batch=k)
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(k * workers, 1, 40), torch.randint(10, (k * workers,))
 
