@@ -38,7 +38,7 @@ def _step(layer, x, dy):
 @pytest.mark.parametrize("name", ["bn", "ln", "in", "gn"])
 def test_compiled_matches_reference(name):
     ref, comp = _pair(name)
-    for _step, n in enumerate((4, 6)):  # two steps: BatchNorm's factor is 1, then 1/2 (momentum=None)
+    for n in (4, 6):  # two steps: BatchNorm's factor is 1, then 1/2 (momentum=None)
         x = torch.randn(n, C, *SPATIAL) * 3 + 1
         dy = torch.randn_like(x)
         y_ref, dx_ref = _step(ref, x, dy)
