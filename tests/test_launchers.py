@@ -115,6 +115,9 @@ def test_apps_compose_with_every_launcher(app, launcher):
         cfg = compose(app, overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.callbacks.report._target_ == "normbench.callbacks.SweepReport"
     assert ("joblib" in cfg.hydra.launcher._target_) == (launcher in ("joblib", "parallel"))
+    assert cfg.hydra.job.name == f"normbench-{app}"  # names the job log and, on SLURM, the job
+    if "slurm" in launcher:
+        assert cfg.hydra.launcher.name == f"normbench-{app}"
 
 
 def test_normbench_launcher_configs(toy):
