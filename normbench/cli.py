@@ -1,4 +1,9 @@
-"""The console scripts: thin Hydra entry points that compose a config and hand it to a job.
+"""The console scripts, all of them: `normbench-speed` and `normbench-accuracy` (Hydra apps that compose
+a config and hand it to a job) and `normbench-report` (argparse).
+
+Each Hydra app also answers `--list` (what it can sweep, and which implementations run here:
+normbench.catalog) and `--version` (normbench's, torch's, triton's and hydra's), read before Hydra
+parses the command line: Hydra's own `--version` would print Hydra's.
 
 A job that fails records `failure.json` in its output directory. In a multirun it then returns, so
 the other jobs and the end-of-sweep report still run; a single run exits non-zero. Bad input
@@ -7,6 +12,8 @@ the other jobs and the end-of-sweep report still run; a single run exits non-zer
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import logging
 import sys
 from collections.abc import Callable
@@ -15,10 +22,11 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from normbench import catalog
 from normbench.errors import Unsupported, UsageError
-from normbench.results import write_failure, write_rows
+from normbench.results import versions, write_failure, write_rows
 
 log = logging.getLogger("normbench")
 
@@ -31,6 +39,19 @@ def _configs() -> str:
 
 
 CONFIGS = _configs()
+
+# Each app's help template (conf/hydra/help/<app>.yaml) lists its own config groups through this.
+if not OmegaConf.has_resolver("normbench.config_groups"):
+    OmegaConf.register_new_resolver("normbench.config_groups", lambda app: catalog.config_groups(CONFIGS, app))
+
+
+def version_text(command: str) -> str:
+    """What --version prints: the command, normbench's version, and those of what it measures with."""
+    v = {name: version or "not installed" for name, version in versions().items()}
+    return (
+        f"{command} (normbench {v['normbench']})\n"
+        f"torch {v['torch']}, triton {v['triton']}, hydra-core {v['hydra-core']}, python {v['python']}"
+    )
 
 
 def check_common(cfg: DictConfig) -> None:
@@ -63,15 +84,35 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
     log.info("wrote %d row(s) to %s", len(rows), out / "rows.csv")
 
 
+def speed() -> None:
+    """`normbench-speed`: time one norm x implementation at one shape (docs/speed.md)."""
+    _app("speed", _speed)
+
+
+def accuracy() -> None:
+    """`normbench-accuracy`: train one model per norm per normalization batch size (docs/accuracy.md)."""
+    _app("accuracy", _accuracy)
+
+
+def _app(app: str, hydra_main: Callable[[], None]) -> None:
+    flags = sys.argv[1:]
+    if "--version" in flags:
+        print(version_text(f"normbench-{app}"))
+    elif "--list" in flags:
+        print(catalog.listing(CONFIGS, app))
+    else:
+        hydra_main()
+
+
 @hydra.main(config_path=CONFIGS, config_name="speed", version_base="1.3")
-def speed(cfg: DictConfig) -> None:
+def _speed(cfg: DictConfig) -> None:
     from normbench import speed as speed_job
 
     run_job(speed_job.run, cfg)
 
 
 @hydra.main(config_path=CONFIGS, config_name="accuracy", version_base="1.3")
-def accuracy(cfg: DictConfig) -> None:
+def _accuracy(cfg: DictConfig) -> None:
     from functools import partial
 
     from normbench import accuracy as accuracy_job
@@ -82,7 +123,56 @@ def accuracy(cfg: DictConfig) -> None:
     run_job(partial(accuracy_job.run, shared_dir=shared), cfg)
 
 
-def report(argv: list[str] | None = None) -> None:
+def report(argv: list[str] | None = None) -> int:
+    """`normbench-report`: a report from sweep, run or report directories or pytest-benchmark JSON files
+    (normbench.report.build_report), or with --compare A B, B against A (normbench.compare)."""
+    parser = argparse.ArgumentParser(
+        prog="normbench-report",
+        description="Build report.md, report.html, plots and summary.csv from sweep directories\n"
+        "(normbench-speed/-accuracy -m ...), run or report directories, or pytest-benchmark JSON files.\n"
+        "With --compare A B: B against A per configuration (compare.md, .html, .csv, .png).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # and --version's two lines stay two
+    )
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="sweep/run/report directory or JSON file")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default: the one directory given, "
+        "else results/report/<date>; --compare: results/compare/<date>)",
+    )
+    parser.add_argument("--title", help="the report's title")
+    parser.add_argument("--compare", action="store_true", help="compare two inputs, A B: B/A per configuration")
+    parser.add_argument("--version", action="version", version=version_text("normbench-report"))
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    from normbench import compare  # after parsing: --help and --version need neither
     from normbench import report as report_job
 
-    sys.exit(report_job.main(sys.argv[1:] if argv is None else argv))
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"error: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    if args.compare and len(args.paths) != 2:
+        print(f"error: --compare takes two inputs, A B; got {len(args.paths)}", file=sys.stderr)
+        return 2
+    try:
+        if args.compare:
+            md = compare.write(*args.paths, args.out or _stamped("compare"))
+            print(f"wrote {md}, {md.with_name(compare.COMPARE_HTML)} and {md.with_name(compare.COMPARE_CSV)}")
+            return 0
+        md = report_job.build_report(args.paths, args.out or default_out(args.paths), title=args.title)
+    except ValueError as exc:  # bad input (UsageError), e.g. a JSON file that is not pytest-benchmark's
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {md} and {md.with_name(report_job.REPORT_HTML)}")
+    return 0
+
+
+def default_out(paths: list[Path]) -> Path:
+    """Where a report goes without --out: into the one directory given; else a new results/report/ dir."""
+    if len(paths) == 1 and paths[0].is_dir():
+        return paths[0]
+    return _stamped("report")
+
+
+def _stamped(name: str) -> Path:
+    return Path("results") / name / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")

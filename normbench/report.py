@@ -3,19 +3,17 @@
 
 `build_report(paths, out_dir)` reads sweep, run and report directories and pytest-benchmark JSON files
 (`normbench.results.read`); the sweep callback calls it at the end of every multirun, and
-`normbench-report PATH... [--out DIR]` calls it by hand (`main`). Rows from different inputs are shown
+`normbench-report PATH... [--out DIR]` calls it by hand (`normbench.cli.report`). Rows from different inputs are shown
 side by side, never pooled; `normbench-report --compare A B` (`normbench.compare`) sets two inputs
 against each other.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import html
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -509,56 +507,3 @@ def keep_data(out: Path, frame: pd.DataFrame) -> None:
             f"{out} holds a report of {had} measurement(s); these inputs give {has}, and rebuilding would lose "
             f"the rest: rebuild it with `normbench-report {out}`, or write elsewhere with --out"
         )
-
-
-# ------------------------------------------------------------------------------------------ command line
-
-
-def default_out(paths: list[Path]) -> Path:
-    """Where a report goes without --out: into the one directory given; else a new results/report/ dir."""
-    if len(paths) == 1 and paths[0].is_dir():
-        return paths[0]
-    return _stamped("report")
-
-
-def _stamped(name: str) -> Path:
-    return Path("results") / name / dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="normbench-report",
-        description="Build report.md, report.html, plots and summary.csv from sweep directories "
-        "(normbench-speed/-accuracy -m ...), run or report directories, or pytest-benchmark JSON files. "
-        "With --compare A B: B against A per configuration (compare.md, .html, .csv, .png).",
-    )
-    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="sweep/run/report directory or JSON file")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="output directory (default: the one directory given, "
-        "else results/report/<date>; --compare: results/compare/<date>)",
-    )
-    parser.add_argument("--title", help="the report's title")
-    parser.add_argument("--compare", action="store_true", help="compare two inputs, A B: B/A per configuration")
-    args = parser.parse_args(argv)
-    missing = [p for p in args.paths if not p.exists()]
-    if missing:
-        print(f"error: no such file or directory: {', '.join(map(str, missing))}", file=sys.stderr)
-        return 2
-    if args.compare and len(args.paths) != 2:
-        print(f"error: --compare takes two inputs, A B; got {len(args.paths)}", file=sys.stderr)
-        return 2
-    try:
-        if args.compare:
-            from normbench import compare
-
-            md = compare.write(*args.paths, args.out or _stamped("compare"))
-            print(f"wrote {md}, {md.with_name(compare.COMPARE_HTML)} and {md.with_name(compare.COMPARE_CSV)}")
-            return 0
-        md = build_report(args.paths, args.out or default_out(args.paths), title=args.title)
-    except ValueError as exc:  # bad input (UsageError), e.g. a JSON file that is not pytest-benchmark's
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {md} and {md.with_name(REPORT_HTML)}")
-    return 0

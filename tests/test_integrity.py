@@ -22,7 +22,7 @@ from test_launchers import TOY_APP, TOY_CONFIG, assert_report, run
 from test_results import accuracy_rows, make_sweep, speed_rows, speed_sweep
 from test_speed import TINY, configure
 
-from normbench import data, norms, report, results, speed, timing
+from normbench import cli, data, norms, report, results, speed, timing
 from normbench.callbacks import SweepDirTaken, claim_sweep_dir
 from normbench.cli import check_common
 from normbench.errors import UsageError
@@ -128,14 +128,14 @@ def test_accuracy_of_two_sweeps_is_not_pooled_as_seeds(tmp_path):
 
 def test_the_same_input_twice_is_refused(tmp_path, capsys):
     a = speed_sweep(tmp_path / "A")
-    assert report.main([str(a), str(tmp_path / "." / "A"), "--out", str(tmp_path / "out")]) == 2
+    assert cli.report([str(a), str(tmp_path / "." / "A"), "--out", str(tmp_path / "out")]) == 2
     assert "given twice" in capsys.readouterr().err
 
 
 def test_compare_gives_b_over_a_with_each_sides_spread(tmp_path, capsys):
     a, b = scaled_speed_sweep(tmp_path / "A", 1.0), scaled_speed_sweep(tmp_path / "B", 2.0)
     out = tmp_path / "cmp"
-    assert report.main(["--compare", str(a), str(b), "--out", str(out)]) == 0
+    assert cli.report(["--compare", str(a), str(b), "--out", str(out)]) == 0
     table = pd.read_csv(out / "compare.csv")
     assert len(table) == 4 and table["ratio"].round(6).eq(2.0).all()
     assert (table["verdict"] == "B slower").all()  # p20-p80 bands (+-5%) do not overlap at 2x
@@ -144,9 +144,9 @@ def test_compare_gives_b_over_a_with_each_sides_spread(tmp_path, capsys):
     assert "B/A" in md and "2.000" in md and "[0.95" in md  # A's spread shown
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG" and (out / "compare.html").is_file()
     near = scaled_speed_sweep(tmp_path / "C", 1.02)
-    assert report.main(["--compare", str(a), str(near), "--out", str(tmp_path / "cmp2")]) == 0
+    assert cli.report(["--compare", str(a), str(near), "--out", str(tmp_path / "cmp2")]) == 0
     assert (pd.read_csv(tmp_path / "cmp2" / "compare.csv")["verdict"] == "within noise").all()
-    assert report.main(["--compare", str(a)]) == 2
+    assert cli.report(["--compare", str(a)]) == 2
     assert "two inputs" in capsys.readouterr().err
 
 
@@ -156,14 +156,14 @@ def test_compare_gives_b_over_a_with_each_sides_spread(tmp_path, capsys):
 def test_rebuilding_a_combined_report_keeps_its_data(tmp_path, capsys):
     a, b = scaled_speed_sweep(tmp_path / "A", 1.0), scaled_speed_sweep(tmp_path / "B", 3.0)
     c = tmp_path / "C"
-    assert report.main([str(a), str(b), "--out", str(c)]) == 0
+    assert cli.report([str(a), str(b), "--out", str(c)]) == 0
     before = results.read_summary(c / "summary.csv")
     pngs = sorted(p.name for p in c.glob("*.png"))
-    assert report.main([str(c)]) == 0  # rebuild in place, from its own summary
+    assert cli.report([str(c)]) == 0  # rebuild in place, from its own summary
     after = results.read_summary(c / "summary.csv")
     assert len(after) == len(before) == 8 and sorted(after["input"].unique()) == [str(a), str(b)]
     assert sorted(p.name for p in c.glob("*.png")) == pngs and pngs
-    assert report.main([str(a), "--out", str(c)]) == 2  # would shrink it: refused
+    assert cli.report([str(a), "--out", str(c)]) == 2  # would shrink it: refused
     assert "would lose" in capsys.readouterr().err
     assert len(results.read_summary(c / "summary.csv")) == 8
 

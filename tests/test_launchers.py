@@ -98,6 +98,12 @@ def assert_report(sweep: Path) -> str:
     return (sweep / "report.md").read_text()
 
 
+def assert_job_log(job_dir: Path, name: str, says: str) -> None:
+    """A job's log is named after its app (Hydra's job name; it was cli.log, after cli.py) and holds its lines."""
+    assert [p.name for p in job_dir.glob("*.log")] == [name]
+    assert says in (job_dir / name).read_text()
+
+
 # ------------------------------------------------------------------------------------------ configs
 
 
@@ -109,6 +115,9 @@ def test_apps_compose_with_every_launcher(app, launcher):
         cfg = compose(app, overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
     assert cfg.hydra.callbacks.report._target_ == "normbench.callbacks.SweepReport"
     assert ("joblib" in cfg.hydra.launcher._target_) == (launcher in ("joblib", "parallel"))
+    assert cfg.hydra.job.name == f"normbench-{app}"  # names the job log and, on SLURM, the job
+    if "slurm" in launcher:
+        assert cfg.hydra.launcher.name == f"normbench-{app}"
 
 
 def test_normbench_launcher_configs(toy):
@@ -207,6 +216,8 @@ def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
     assert (sweep / "accuracy_vs_batch.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((sweep / "run.json").read_text())
     assert "hydra/launcher=joblib" in info["command"] and info["launcher"].endswith("JoblibLauncher")
+    assert_job_log(sweep / "0", "normbench-accuracy.log", "wrote 1 row(s)")
+    assert_job_log(sweep / "1", "normbench-accuracy.log", "failed")
 
 
 @pytest.mark.slow
@@ -283,6 +294,7 @@ def test_joblib_speed_sweep_with_a_failing_job(tmp_path):
     assert "norm.groups=7" in md and "1.00x" in md  # native's own speedup in the table
     for png in ("speed_latency.png", "speed_roofline.png"):
         assert (sweep / png).read_bytes()[:4] == b"\x89PNG"
+    assert_job_log(sweep / str(ok["job"].iloc[0]), "normbench-speed.log", "row(s)")
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_results import accuracy_sweep, bench_json, made_acc, speed_sweep  # noqa: F401 - bench_json: fixture
 
-from normbench import plots, report, results
+from normbench import cli, plots, report, results
 from normbench.callbacks import ERROR_FILE, SweepReport
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -220,7 +220,7 @@ def test_html_is_self_contained(both):
 
 def test_report_from_benchmark_json(bench_json, tmp_path):  # noqa: F811 - the fixture
     out = tmp_path / "out"
-    assert report.main([str(bench_json), "--out", str(out)]) == 0
+    assert cli.report([str(bench_json), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
     assert "## Speed" in md and "| bn " in md and "0.50x" not in md.split("## Speed")[0]
     table = md.split("## Speed")[1]
@@ -235,11 +235,11 @@ def test_report_cli_on_interrupted_sweep(tmp_path, capsys):
     sweep = accuracy_sweep(tmp_path / "s", missing=2)
     for job in ("0", "1", "2"):  # interrupted before these wrote their rows
         (sweep / job / "rows.csv").unlink()
-    assert report.main([str(sweep)]) == 0  # default out: the sweep itself
+    assert cli.report([str(sweep)]) == 0  # default out: the sweep itself
     md = (sweep / "report.md").read_text()
     assert "5 missing" in md and "9 ok" in md
     assert not [p for p in sweep.rglob("*") if p.name.endswith(".tmp")]
-    assert report.main([str(tmp_path / "nope")]) == 2
+    assert cli.report([str(tmp_path / "nope")]) == 2
     assert "no such file" in capsys.readouterr().err
 
 

@@ -1,0 +1,120 @@
+"""The console scripts' own flags: --version, --list and each app's --help (its config groups only)."""
+
+from __future__ import annotations
+
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+import normbench
+from normbench import catalog, cli, norms
+from normbench.kernels import availability
+
+CONF = Path(cli.CONFIGS) if not cli.CONFIGS.startswith("pkg://") else None
+pytestmark = pytest.mark.skipif(CONF is None, reason="reads conf/ of a checkout")
+
+
+def run_app(app: str, *args: str, monkeypatch, capsys) -> str:
+    """Run a console script in this process as its command line would, and return what it printed."""
+    monkeypatch.setattr(sys, "argv", [f"normbench-{app}", *args])
+    try:
+        getattr(cli, app)()
+    except SystemExit as exc:  # Hydra's --help and argparse's --version exit 0
+        assert exc.code in (0, None)
+    return capsys.readouterr().out
+
+
+def conf_options(group: str) -> set[str]:
+    return {p.stem for p in (CONF / group).glob("*.yaml")}
+
+
+def help_groups(text: str) -> dict[str, set[str]]:
+    """The `group: a, b` lines of a --help's configuration groups section."""
+    section = text.split("== Configuration groups ==")[1].split("== Config ==")[0]
+    lines = [line for line in section.splitlines()[1:] if ": " in line]
+    return {g: set(opts.split(", ")) for g, opts in (line.split(": ", 1) for line in lines)}
+
+
+@pytest.mark.parametrize("app", ["speed", "accuracy", "report"])
+def test_version_names_normbench_and_what_it_measures_with(app, monkeypatch, capsys):
+    out = run_app(app, "--version", monkeypatch=monkeypatch, capsys=capsys)
+    assert out.startswith(f"normbench-{app} (normbench {normbench.__version__})")
+    assert normbench.__version__ == metadata.version("normbench")
+    for dist in ("torch", "hydra-core"):
+        assert f"{dist} {metadata.version(dist)}" in out
+    assert "Hydra 1." not in out  # Hydra's own --version answer
+
+
+@pytest.mark.parametrize(
+    ("app", "groups"),
+    [("speed", ["shape", "sweep"]), ("accuracy", ["dataset", "model", "sweep", "experiment", "claim_run"])],
+)
+def test_list_shows_the_registry_and_the_apps_groups(app, groups, monkeypatch, capsys):
+    out = run_app(app, "--list", monkeypatch=monkeypatch, capsys=capsys)
+    first_column = {line.split()[0] for line in out.splitlines() if line.startswith("  ") and line.strip()}
+    assert set(norms.available()) <= first_column
+    table = next(line for line in out.splitlines() if "reference" in line and "native" in line)
+    assert set(table.split()) == set(norms.all_implementations())
+    for group in groups:
+        assert f"{group}=  (conf/{group}/)" in out
+        assert set(catalog.options(cli.CONFIGS, app, group)) <= first_column
+    if app == "speed":
+        assert conf_options("shape") <= first_column
+        assert "(8, 64, 28, 28)" in out  # conf/shape/cpu.yaml's tensor
+    else:
+        assert conf_options("dataset") | conf_options("model") <= first_column
+    evonorm = next(line for line in out.splitlines() if line.startswith("  evonorm_b0 ") and "yes" in line)
+    assert evonorm.split()[1:] == ["yes" if i in norms.implementations("evonorm_b0") else "-" for i in table.split()]
+
+
+def test_what_runs_here(monkeypatch):
+    assert catalog.unsupported_here("bn", "native") is None
+    assert "no native" in catalog.unsupported_here("evonorm_b0", "native")
+    monkeypatch.setattr(availability, "cuda_available", lambda: False)
+    monkeypatch.setattr(availability, "interpreter_on", lambda: False)
+    assert "CUDA GPU" in catalog.unsupported_here("gn", "triton")
+    monkeypatch.setattr(availability, "cuda_available", lambda: True)
+    assert catalog.unsupported_here("gn", "triton") is None
+    monkeypatch.setattr(availability, "triton_installed", lambda: False)
+    assert "pip install" in catalog.unsupported_here("gn", "triton")
+
+
+def test_list_says_why_an_implementation_cannot_run_here(monkeypatch):
+    monkeypatch.setattr(availability, "cuda_available", lambda: False)
+    monkeypatch.setattr(availability, "interpreter_on", lambda: False)
+    out = catalog.listing(cli.CONFIGS, "speed")
+    gn = next(line for line in out.splitlines() if line.startswith("  gn ") and "yes" in line)
+    assert gn.split()[-2:] == ["no", "[1]"]
+    assert "  [1] needs a CUDA GPU" in out
+
+
+def test_each_apps_help_lists_its_own_groups(monkeypatch, capsys):
+    speed = run_app("speed", "--help", monkeypatch=monkeypatch, capsys=capsys)
+    accuracy = run_app("accuracy", "--help", monkeypatch=monkeypatch, capsys=capsys)
+    assert speed.startswith("normbench-speed: ") and accuracy.startswith("normbench-accuracy: ")
+    assert help_groups(speed) == {
+        "norm": conf_options("norm"),
+        "shape": conf_options("shape"),
+        "sweep": set(catalog.APP_GROUPS["speed"]["sweep"]),
+    }
+    got = help_groups(accuracy)
+    assert set(got) == {"norm", "dataset", "model", "sweep", "+experiment", "+claim_run"}
+    assert got["dataset"] == conf_options("dataset") and got["+experiment"] == conf_options("experiment")
+    assert not got["sweep"] & help_groups(speed)["sweep"]  # sweeps are each app's own
+    for text in (speed, accuracy):
+        assert "--list" in text and "--version" in text
+        assert "batch_size" in text  # the composed config follows ($CONFIG)
+
+
+def test_every_config_option_belongs_to_an_app():
+    """A new file in conf/<group>/ shows in some app's --help; an app's named option exists."""
+    groups = [p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "__pycache__")]
+    for group in groups:
+        listed = set()
+        for app, app_groups in catalog.APP_GROUPS.items():
+            if group in app_groups:
+                listed |= set(catalog.options(cli.CONFIGS, app, group))
+                assert set(app_groups[group] or ()) <= conf_options(group), (app, group)
+        assert listed == conf_options(group), group
