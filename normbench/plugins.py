@@ -2,8 +2,8 @@
 
 `build(node, key, **runtime)` is `hydra.utils.instantiate(node, **runtime)` with the errors a user can
 act on: no `_target_`, a target that cannot be imported, an option it does not take or an argument
-of the job's it does not accept is one UsageError naming the key; a UsageError the target raises
-passes through as itself; any other exception inside the target keeps its traceback (a bug there).
+of the job's it does not accept is one UsageError naming the key; an exception the target raises
+(a UsageError, or a bug's) passes through as itself, not wrapped in Hydra's InstantiationException.
 So a user's own model or dataset is a YAML file in a `--config-dir` (docs/plugins.md).
 """
 
@@ -45,12 +45,14 @@ def build(node, key: str, example: str, **runtime):
         return instantiate(node, **runtime, _convert_="all")
     except InstantiationException as exc:
         cause = exc.__cause__
-        if isinstance(cause, UsageError):
-            raise cause from None
         # A target taking **kwargs was not checked above: an option it rejects surfaces here.
         if takes_any and isinstance(cause, TypeError) and "keyword argument" in str(cause):
             raise UsageError(f"{key}._target_={target}: {cause}; remove or rename that option") from exc
-        raise
+        if cause is None:
+            raise
+        # The target's own exception, not Hydra's wrapper: a UsageError stays one line, a bug keeps its
+        # type and its traceback into the target.
+        raise cause from None
 
 
 def _check_arguments(fn, target, key: str, options: list[str], runtime: dict) -> bool:
