@@ -104,7 +104,7 @@ def norm_factory(cfg: DictConfig, batch_size: int):
     def make(channels: int) -> nn.Module:
         if groups is not None and channels % groups:
             raise UsageError(
-                f"{name} with norm.groups={groups} cannot normalize this model's {channels}-channel layers: "
+                f"{name} with {groups} groups (norm.groups) cannot normalize this model's {channels}-channel layers: "
                 f"set norm.groups to a divisor of every width (e.g. 8 or 16)"
             )
         return norms.build_from_config(cfg.norm, channels, impl=cfg.impl, **options)

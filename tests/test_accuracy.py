@@ -78,13 +78,13 @@ def same_row(a: dict, b: dict, ignore: set) -> bool:
 @pytest.fixture
 def built(monkeypatch) -> list:
     """Every model the accuracy job builds, kept so a test can look at its trained weights."""
-    models_built, real = [], models.build
+    models_built, real = [], models.from_config
 
     def build(*args, **kwargs):
         models_built.append(real(*args, **kwargs))
         return models_built[-1]
 
-    monkeypatch.setattr(accuracy.models, "build", build)
+    monkeypatch.setattr(accuracy.models, "from_config", build)
     return models_built
 
 
@@ -416,7 +416,7 @@ def test_lr_schedule_warms_up_linearly_then_anneals_to_zero(total, warmup):
         (["model._target_=torch.nn.Linear"], r"does not take input_shape, num_classes, norm.*docs/plugins.md"),
         (["model._target_=builtins.dict"], "model._target_=builtins.dict built a dict, not a torch.nn.Module"),
         (["+model.depth=3"], "model cnn1d: .*depth.*conf/model/cnn1d.yaml"),
-        (["norm=gn", "norm.groups=5"], "gn with norm.groups=5 cannot normalize .* 32-channel layers"),
+        (["norm=gn", "norm.groups=5"], r"gn with 5 groups \(norm.groups\) cannot normalize .* 32-channel layers"),
         (["norm=gn", "+norm_options.gn.groups=4"], "one key, norm.groups.*set norm.groups=4"),
     ],
 )
@@ -462,6 +462,6 @@ def test_the_default_sweep_is_in_the_config():
     assert params["norm"].split(",") == ["bn", "ln", "in", "gn"]
     assert [int(b) for b in params["accuracy.batch_size"].split(",")] == [2, 4, 8, 16, 32, 64]
     assert params["seed"].split(",") == ["0", "1", "2"] and list(params)[-1] == "seed"  # seeds vary fastest
-    assert cfg.dataset.name == "mnist1d" and cfg.model.name == "cnn1d"
+    assert cfg.dataset._target_ == "normbench.data.mnist1d" and cfg.model._target_ == "normbench.models.cnn1d"
     assert (cfg.accuracy.global_batch, cfg.accuracy.workers, cfg.accuracy.reuse) == (64, None, True)
     assert all(64 % int(k) == 0 for k in params["accuracy.batch_size"].split(","))
