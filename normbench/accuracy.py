@@ -70,35 +70,46 @@ def scaled_lr(reference_lr: float, reference_batch: int, global_batch: int) -> f
     return reference_lr * global_batch / reference_batch
 
 
-def lr_at(step: int, total: int, warmup: int) -> float:
-    """The schedule's factor at `step`: linear warmup over `warmup` steps (Goyal et al. 2017, Sec. 2.2),
-    then cosine decay to 0 at `total` (Loshchilov & Hutter 2017), so every run ends annealed."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress))
+def lr_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup over `warmup` steps (Goyal et al. 2017, Sec. 2.2), then cosine decay to 0 at step
+    `total` (Loshchilov & Hutter 2017), so every run ends annealed: the LR factor at step s is
+    (s + 1) / warmup for s < warmup, then (1 + cos(pi (s - warmup) / max(1, total - warmup))) / 2."""
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup), eta_min=0.0)
+    if warmup < 1:
+        return cosine
+    # start_factor must be > 0: the first step already takes 1/warmup of the LR, the last warmup step all of it.
+    linear = torch.optim.lr_scheduler.LinearLR(
+        optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=max(1, warmup - 1)
+    )
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
 def norm_factory(cfg: DictConfig, batch_size: int):
-    """channels -> norm module: the `norm` node, the model's per-norm options, and for norms with
-    statistics over samples (bn, brn, evonorm_b0) the per-worker statistics (virtual batch = K)."""
+    """channels -> norm module, from the `norm` node (its `groups` the only groups key), the sweep's
+    options for this norm (`norm_options.<norm>`), and for norms with statistics over samples (bn, brn,
+    evonorm_b0) the per-worker statistics (virtual batch = K). Also returns those options, with groups."""
     name = cfg.norm.name
-    per_norm = cfg.model.get("norm_options") or {}
-    options = dict(OmegaConf.to_container(per_norm[name], resolve=True) if per_norm.get(name) else {})
+    node = cfg.get("norm_options") or {}
+    extra = dict(OmegaConf.to_container(node[name], resolve=True) if node.get(name) else {})
+    if "groups" in extra:
+        raise UsageError(
+            f"norm_options.{name}.groups: a norm's groups have one key, norm.groups (a model's default is in "
+            f"conf/model_norm/<model>_{name}.yaml): set norm.groups={extra['groups']} instead"
+        )
+    options = dict(extra)
     if not norms.batch_independent(name):
         options["virtual_batch"] = batch_size
+    groups = cfg.norm.get("groups")
 
     def make(channels: int) -> nn.Module:
-        if "groups" in options or "groups" in cfg.norm:
-            groups = options.get("groups", cfg.norm.get("groups", 32))
-            if channels % groups:
-                raise UsageError(
-                    f"{name} with {groups} groups cannot normalize this model's {channels}-channel layers: "
-                    f"set model.norm_options.{name}.groups to a divisor of every width (e.g. 8 or 16)"
-                )
+        if groups is not None and channels % groups:
+            raise UsageError(
+                f"{name} with {groups} groups (norm.groups) cannot normalize this model's {channels}-channel layers: "
+                f"set norm.groups to a divisor of every width (e.g. 8 or 16)"
+            )
         return norms.build_from_config(cfg.norm, channels, impl=cfg.impl, **options)
 
-    return make, options
+    return make, {**({"groups": groups} if groups is not None else {}), **options}
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -190,11 +201,6 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         # spin-waiting costs up to 10x; a sweep runs jobs side by side instead (hydra/launcher: parallel).
         torch.set_num_threads(positive_int(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"))
     _, norm_options = norm_factory(cfg, split.k)
-    model_options = {
-        key: v
-        for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-        if key not in ("name", "norm_options")
-    }
 
     def train_here() -> dict:
         return train(cfg, split, device)
@@ -215,8 +221,8 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "norm": cfg.norm.name,
         "impl": cfg.impl,
         "dataset": result["dataset"],
-        "model": cfg.model.name,
-        "norm_position": model_options.get("norm_position", "before"),
+        "model": models.name_of(cfg.model),
+        "norm_position": cfg.model.get("norm_position", "before"),
         "norm_options": " ".join(f"{key}={v}" for key, v in sorted(norm_options.items()) if key != "virtual_batch"),
         "protocol": split.protocol,
         "batch_size": split.k,
@@ -280,17 +286,8 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
         )
     torch.manual_seed(cfg.seed)  # model initialization
     make_norm, _ = norm_factory(cfg, k)
-    model_options = {
-        key: v
-        for key, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-        if key not in ("name", "norm_options")
-    }
-    model = models.build(
-        cfg.model.name,
-        input_shape=tuple(data.x_train.shape[1:]),
-        num_classes=data.num_classes,
-        norm=make_norm,
-        **model_options,
+    model = models.from_config(
+        cfg.model, input_shape=tuple(data.x_train.shape[1:]), num_classes=data.num_classes, norm=make_norm
     ).to(device)
     # BatchNorm's other two evaluations (see normbench.evaluation); NaN where there is no BatchNorm.
     bn = bool(batch_norms(model)) and all(m.track_running_stats for m in batch_norms(model))
@@ -311,16 +308,16 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
     )
     total_steps = epochs * steps_per_epoch
     warmup = round(float(acc.warmup_epochs) * steps_per_epoch)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, total_steps, warmup))
+    schedule = lr_schedule(optimizer, total_steps, warmup)
     order = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation, on the CPU for any device
     eval_batch = int(acc.eval_batch)
 
     label = f"{cfg.norm.name}/{cfg.impl} K={k} W={workers}"
-    model_name = cfg.model.name
+    model_name = models.name_of(cfg.model)
     log.info(
         "%s: %s on %s, lr %.4g, %d steps of %d samples, %s",
         label,
-        cfg.model.name,
+        model_name,
         data.name,
         lr,
         total_steps,

@@ -1,23 +1,23 @@
-"""Datasets by name: `mnist1d` (the embedded default), `synthetic` (for tests) and `cifar10`.
+"""Datasets: `mnist1d` (the embedded default), `synthetic` (for tests) and `cifar10`, each a function
+that conf/dataset/ names by `_target_` (a user's own is one more: docs/plugins.md).
 
 Every loader returns a `Dataset`: float32 tensors standardized per channel with the training split's
 statistics, integer labels, fixed seeded splits. Images are decoded once and kept as tensors (on the
 training device when asked), batches are drawn by index, and augmentation (random crop with 4-pixel
 padding, horizontal flip) runs on whole batches of tensors, never per image in Python.
 
-    >>> data = load({"name": "synthetic", "shape": [1, 40]})
+    >>> data = load({"_target_": "normbench.data.synthetic", "shape": [1, 40]})
     >>> data.x_train.shape, data.num_classes
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import io
 import pickle
 import random
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from normbench import plugins
 from normbench.errors import UsageError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -43,10 +44,6 @@ class Dataset:
     num_classes: int
     augment: bool = False  # random crop with padding + horizontal flip at training time (images only)
 
-    @property
-    def in_channels(self) -> int:
-        return self.x_train.shape[1]
-
     def to(self, device: torch.device) -> Dataset:
         return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
 
@@ -55,22 +52,14 @@ class Dataset:
 
 
 def load(cfg, device: torch.device | str = "cpu") -> Dataset:
-    """The dataset a Hydra `dataset` node (or a plain dict) names, standardized, on `device`."""
-    options = dict(cfg)
-    name = options.pop("name", None)
-    if name not in LOADERS:
-        raise UsageError(f"unknown dataset {name!r}; available: {', '.join(LOADERS)} (e.g. dataset=mnist1d)")
-    loader = LOADERS[name]
-    # Checked against the signature, not by catching TypeError: a loader's own TypeError is a bug and
-    # keeps its traceback.
-    accepted = inspect.signature(loader).parameters
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
+    """The dataset a Hydra `dataset` node (or a plain dict) names by `_target_`, on `device`."""
+    data = plugins.build(cfg, "dataset", "normbench.data.mnist1d")
+    if not isinstance(data, Dataset):
         raise UsageError(
-            f"dataset {name} takes no option {', '.join(map(repr, unknown))}; its options are: "
-            f"{', '.join(accepted)} (see conf/dataset/{name}.yaml)"
+            f"dataset._target_={cfg.get('_target_')} returned a {type(data).__name__}, not a normbench.data.Dataset "
+            "(see docs/plugins.md)"
         )
-    return loader(**options).to(torch.device(device))
+    return data.to(torch.device(device))
 
 
 def standardize(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
@@ -169,9 +158,6 @@ def cifar10(
     to_float = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255)  # noqa: E731
     x_train, x_test = standardize(to_float(xs), to_float(xt))
     return Dataset("cifar10", x_train, torch.from_numpy(ys), x_test, torch.from_numpy(yt), 10, augment=augment)
-
-
-LOADERS: dict[str, Callable[..., Dataset]] = {"mnist1d": mnist1d, "synthetic": synthetic, "cifar10": cifar10}
 
 
 # ------------------------------------------------------------------------------------- image folders

@@ -3,8 +3,9 @@
 A user's question is "what does switching my model's BatchNorm to GroupNorm (or to the compiled one)
 cost per training step?". So a job with `shape.model` set:
 
-1. builds the model (a Hydra `_target_`: normbench.models.resnet20, torchvision.models.resnet50, ...)
-   and swaps every norm layer for the job's norm x implementation (same seed, so the same weights);
+1. builds the model (a Hydra `_target_`: normbench.models.resnet20, torchvision.models.resnet50, ...;
+   `models.from_config`, as the accuracy job does, with no arguments of the job's) and swaps every
+   norm layer for the job's norm x implementation (same seed, so the same weights);
 2. runs one forward with hooks on those layers, collecting each one's input shape, dtype and layout;
 3. times every distinct input as a standalone layer, per pass, as the single-shape job does; a row
    says which model and which layers (`layers`, `layer_names`) it stands for;
@@ -21,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from normbench import norms, speed
+from normbench import models, norms, speed
 from normbench.errors import UsageError
 
 log = logging.getLogger("normbench")
@@ -51,10 +52,8 @@ def model_mode(cfg: DictConfig) -> bool:
 
 
 def model_name(cfg: DictConfig) -> str:
-    """The model as rows name it: its `_target_`'s last part (resnet20, resnet50), plus timm's model_name."""
-    node = cfg.shape.model
-    name = str(node.get("_target_", "?")).rsplit(".", 1)[-1]
-    return str(node.get("model_name") or name)
+    """The model as rows name it (resnet20, resnet50), as the accuracy job names it."""
+    return models.name_of(cfg.shape.model)
 
 
 def num_features(module: nn.Module) -> int:
@@ -92,39 +91,15 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[
     return seen
 
 
-def norm_options(cfg: DictConfig) -> dict:
-    """The model's options for the job's norm (shape.norm_options.<norm>), over the norm node's."""
-    return dict(OmegaConf.to_container(cfg.shape.get("norm_options") or {}).get(cfg.norm.name) or {})
-
-
 def build_model(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, list[str]]:
     """The model with cfg.norm x cfg.impl in place of its norm layers, in training mode on `device`."""
-    from hydra.utils import instantiate
-
-    node = cfg.shape.model
-    target = node.get("_target_")
-    if not target:
-        raise UsageError("shape.model needs a _target_: e.g. shape.model._target_=normbench.models.resnet20")
-    try:
-        model = instantiate(node)
-    except Exception as exc:  # a missing package or a wrong option: one line naming the key
-        cause = exc.__cause__ or exc
-        raise UsageError(
-            f"shape.model._target_={target} could not be built ({type(cause).__name__}: "
-            f"{str(cause).strip().splitlines()[0] if str(cause).strip() else ''}): install its package, or "
-            "set shape.model._target_=normbench.models.resnet20"
-        ) from exc
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"shape.model._target_={target} built a {type(model).__name__}, not a torch.nn.Module")
-    options = norm_options(cfg)
-    names = swap_norms(
-        model,
-        lambda c: norms.build_from_config(cfg.norm, c, impl=cfg.impl, device=device, dtype=dtype, **options),
-    )
+    model = models.from_config(cfg.shape.model, key="shape.model", example="normbench.models.resnet20")
+    # The norm node alone gives the options: norm.groups, 8 for resnet20 (conf/model_norm/model_gn.yaml).
+    names = swap_norms(model, lambda c: norms.build_from_config(cfg.norm, c, impl=cfg.impl, device=device, dtype=dtype))
     if not names:
         raise UsageError(
-            f"model {target} has no norm layer normbench can swap (BatchNorm*d, InstanceNorm*d, GroupNorm or a "
-            "normbench norm): pick a model with some"
+            f"model {cfg.shape.model._target_} has no norm layer normbench can swap (BatchNorm*d, InstanceNorm*d, "
+            "GroupNorm or a normbench norm): pick a model with some"
         )
     model = model.to(device=device, dtype=dtype).train()
     if cfg.layout == "channels_last":
@@ -155,22 +130,19 @@ def time_model(cfg: DictConfig, passes, dtype: torch.dtype, device: torch.device
         raise UsageError(f"norm={cfg.norm.name} cannot run in model {model_name(cfg)}: {exc}") from None
     name = model_name(cfg)
     log.info("%s: %d norm layers, %d distinct inputs", name, len(names), len(inputs))
-    options = norm_options(cfg)
     pk, rows = None, []
     for i, (inp, layers) in enumerate(sorted(inputs.items(), key=lambda kv: -len(kv[1]))):
-        layer = norms.build_from_config(
-            cfg.norm, inp.shape[1], impl=cfg.impl, device=device, dtype=inp.dtype, **options
-        ).train()
+        layer = norms.build_from_config(cfg.norm, inp.shape[1], impl=cfg.impl, device=device, dtype=inp.dtype).train()
         layout = inp.layout if inp.layout in speed.LAYOUTS else "contiguous"  # a strided view: timed contiguous
         lx = speed.make_input(inp.shape, inp.dtype, layout, device)
         first_call_s = speed._first_call(cfg, layer, lx)
         pk = pk or speed.peak(cfg, device, peak_dir)
-        extra = {**options, "model": name, "layers": len(layers), "layer_names": " ".join(layers)}
+        extra = {"model": name, "layers": len(layers), "layer_names": " ".join(layers)}
         # The wrapper costs the same at every shape: measured once, at the first.
         rows += speed.time_layer(
             cfg, layer, lx, passes, pk, first_call_s, extra=extra, wrapper=cfg.impl == "native" and i == 0
         )
-    rows.append({**step_row(cfg, model, x, names, rows), **options})
+    rows.append(step_row(cfg, model, x, names, rows))
     return rows
 
 

@@ -1,20 +1,25 @@
-"""Models by name. Each takes a norm factory (channels -> nn.Module), so every norm and implementation
+"""Models that take a norm factory (channels -> nn.Module), so every norm and implementation
 from the registry plugs in, and where it goes relative to the activation:
 
 - `before` (standard; Ioffe & Szegedy 2015, He et al. 2016): conv -> norm -> ReLU
 - `after` (the seed notebook's advice, here something to measure): conv -> ReLU -> norm
 
-    >>> model = build("resnet20", in_channels=3, num_classes=10, norm=lambda c: norms.build("gn", c, groups=8))
+    >>> model = resnet20((3, 32, 32), num_classes=10, norm=lambda c: norms.build("gn", c, groups=8))
+
+The configs in conf/model/ name them by `_target_`; `from_config` builds any model a config names,
+normbench's or a user's (docs/plugins.md).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from normbench import plugins
 from normbench.errors import UsageError
 
 NormFactory = Callable[[int], nn.Module]
@@ -175,49 +180,94 @@ class MLP(nn.Module):
         return self.classifier(self.features(x))
 
 
-MODELS = {"cnn1d": SmallCNN1d, "resnet20": ResNet20, "mlp": MLP}
+# The `_target_`s of conf/model/: each takes the job's input shape (C, *spatial), classes and norm
+# factory, plus its options. Defaults for all three let the speed app build one bare (`shape=model`),
+# where it swaps each norm layer for the one it times: torch.nn's BatchNorm is only a placeholder.
+def resnet20(
+    input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10, norm: NormFactory | None = None, **options
+) -> ResNet20:
+    """ResNet-20 for (C, H, W) input, with torch.nn BatchNorm unless `norm` is given."""
+    channels = _spatial(input_shape, 2, "resnet20", options)[0]
+    return _construct(ResNet20, "resnet20", channels, num_classes, norm or nn.BatchNorm2d, **options)
 
 
-# Hydra `_target_`s with defaults for every argument (`shape=model` in the speed app): the speed job
-# swaps each norm layer for the one it times, so torch.nn's BatchNorm is only a placeholder here.
-def resnet20(in_channels: int = 3, num_classes: int = 10, norm: NormFactory | None = None, **options) -> ResNet20:
-    """ResNet-20 for (N, 3, 32, 32) input, with torch.nn BatchNorm unless `norm` is given."""
-    return ResNet20(in_channels, num_classes, norm or nn.BatchNorm2d, **options)
+def cnn1d(
+    input_shape: tuple[int, ...] = (1, 40), num_classes: int = 10, norm: NormFactory | None = None, **options
+) -> SmallCNN1d:
+    """The MNIST-1D CNN for (C, L) input, with torch.nn BatchNorm unless `norm` is given."""
+    channels, length = _spatial(input_shape, 1, "cnn1d", options)
+    return _construct(SmallCNN1d, "cnn1d", channels, num_classes, norm or nn.BatchNorm1d, length=length, **options)
 
 
-def cnn1d(in_channels: int = 1, num_classes: int = 10, norm: NormFactory | None = None, **options) -> SmallCNN1d:
-    """The MNIST-1D CNN for (N, 1, 40) input (`length=` for others), with torch.nn BatchNorm unless `norm` is given."""
-    return SmallCNN1d(in_channels, num_classes, norm or nn.BatchNorm1d, **options)
+def mlp(
+    input_shape: tuple[int, ...] = (1, 40), num_classes: int = 10, norm: NormFactory | None = None, **options
+) -> MLP:
+    """The MLP on flattened input of any shape, with torch.nn BatchNorm unless `norm` is given."""
+    _spatial(input_shape, None, "mlp", options)
+    return _construct(MLP, "mlp", math.prod(input_shape), num_classes, norm or nn.BatchNorm1d, **options)
 
 
-def available() -> list[str]:
-    return list(MODELS)
+def timm_model(
+    model_name: str, input_shape: tuple[int, ...], num_classes: int, norm: NormFactory, **options
+) -> nn.Module:
+    """A timm model (`timm.create_model`, untrained) with `norm` as its `norm_layer`: for models that
+    call norm_layer(channels), such as resnet18 or resnet50 (docs/plugins.md). Needs timm installed."""
+    try:
+        import timm  # optional: only this target needs it
+    except Exception as exc:  # timm missing, or a dependency of its (torchvision) missing
+        raise UsageError(
+            f"model {model_name} needs timm, which cannot be imported ({type(exc).__name__}: {exc}): "
+            "pip install timm torchvision, or pick another model (e.g. model=resnet20)"
+        ) from None
+
+    def norm_layer(channels: int, device=None, dtype=None) -> nn.Module:
+        # timm passes the device and dtype it builds on to every layer it makes
+        return norm(channels).to(device=device, dtype=dtype)
+
+    return timm.create_model(
+        model_name, pretrained=False, num_classes=num_classes, in_chans=input_shape[0], norm_layer=norm_layer, **options
+    )
 
 
-def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, norm: NormFactory, **options) -> nn.Module:
-    """Model `name` for inputs of shape (C, *spatial), with `norm(channels)` as its normalization layers."""
-    if name not in MODELS:
-        raise UsageError(f"unknown model {name!r}; available: {', '.join(MODELS)} (e.g. model=cnn1d)")
+def _spatial(input_shape, needed: int | None, name: str, options: dict) -> tuple[int, ...]:
+    """`input_shape` as ints, checked against the model's spatial dimensions and norm position."""
     position = options.get("norm_position", "before")
     if position not in POSITIONS:
         raise UsageError(f"model.norm_position must be one of {', '.join(POSITIONS)}, got {position!r}")
-    spatial = len(input_shape) - 1
-    needed = {"cnn1d": 1, "resnet20": 2}.get(name)
-    if needed is not None and spatial != needed:
+    shape = tuple(int(s) for s in input_shape)
+    if needed is not None and len(shape) - 1 != needed:
         raise UsageError(
             f"model {name} takes inputs with {needed} spatial dimension(s), but the dataset's are "
-            f"{tuple(input_shape)} (C, *spatial): pick a model for this dataset, e.g. "
-            f"{'model=resnet20' if spatial == 2 else 'model=cnn1d'}"
+            f"{shape} (C, *spatial): pick a model for this dataset, e.g. "
+            f"{'model=resnet20' if len(shape) == 3 else 'model=cnn1d'}"
         )
-    cls = MODELS[name]
+    return shape
+
+
+def _construct(cls, name: str, *args, **options) -> nn.Module:
     try:
-        if name == "cnn1d":
-            return cls(input_shape[0], num_classes, norm, length=input_shape[1], **options)
-        if name == "mlp":
-            flat = 1
-            for s in input_shape:
-                flat *= s
-            return cls(flat, num_classes, norm, **options)
-        return cls(input_shape[0], num_classes, norm, **options)
+        return cls(*args, **options)
     except TypeError as exc:  # an option the model does not take
         raise UsageError(f"model {name}: {exc}; see conf/model/{name}.yaml for its options") from None
+
+
+def from_config(node, key: str = "model", example: str = "normbench.models.cnn1d", **runtime) -> nn.Module:
+    """The model a config node names by `_target_`, built with the job's `runtime` arguments: the one
+    way both apps build a model (the accuracy job passes input_shape, num_classes and norm; the speed
+    job's `shape=model` passes none and swaps the norm layers)."""
+    model = plugins.build(node, key, example, **runtime)
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{key}._target_={node.get('_target_')} built a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, norm: NormFactory, **options) -> nn.Module:
+    """This module's model `name` (resnet20, cnn1d, mlp) from Python, through `from_config`."""
+    return from_config(
+        {"_target_": f"normbench.models.{name}", **options}, input_shape=input_shape, num_classes=num_classes, norm=norm
+    )
+
+
+def name_of(node) -> str:
+    """The model as rows name it: its `_target_`'s last part (resnet20, resnet50), or a `model_name` option (timm's)."""
+    return str(node.get("model_name") or str(node.get("_target_", "?")).rsplit(".", 1)[-1])

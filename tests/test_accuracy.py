@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -77,13 +78,13 @@ def same_row(a: dict, b: dict, ignore: set) -> bool:
 @pytest.fixture
 def built(monkeypatch) -> list:
     """Every model the accuracy job builds, kept so a test can look at its trained weights."""
-    models_built, real = [], models.build
+    models_built, real = [], models.from_config
 
     def build(*args, **kwargs):
         models_built.append(real(*args, **kwargs))
         return models_built[-1]
 
-    monkeypatch.setattr(accuracy.models, "build", build)
+    monkeypatch.setattr(accuracy.models, "from_config", build)
     return models_built
 
 
@@ -146,7 +147,9 @@ def test_the_gn_paper_experiment_keeps_fixed_workers():
 def test_the_cifar10_cpu_reference_fixes_32_samples_per_step(k, workers):
     cfg = config("+experiment=cifar10_resnet20_cpu", f"accuracy.batch_size={k}", base=[], hydra=True)
     assert accuracy.step_split(cfg.accuracy) == accuracy.Split(k, workers, 32, "global_batch")
-    assert cfg.model.name == "resnet20" and cfg.dataset.train_per_class == 2000
+    assert cfg.model._target_ == "normbench.models.resnet20" and cfg.dataset.train_per_class == 2000
+    gn = config("+experiment=cifar10_resnet20_cpu", "norm=gn", base=[])
+    assert gn.norm.groups == 8  # ResNet-20 with GroupNorm at 8 groups, as the reference ran
     assert cfg.dataset.augment is False  # three passes over the data underfit: see the experiment file
     grid = cfg.hydra.sweeper.params
     assert grid["accuracy.batch_size"] == "2,32,4,16,8" and grid.norm == "gn,bn,ln,in" and grid.seed == "0,1"
@@ -360,10 +363,34 @@ def test_batch_stats_accuracy_leaves_running_statistics_untouched():
     assert acc == correct / 30
 
 
-def test_lr_schedule_warms_up_then_anneals_to_zero():
+def test_linear_scaling_rule():
     assert accuracy.scaled_lr(0.1, 128, 16) == pytest.approx(0.0125)
-    assert [accuracy.lr_at(s, 10, 2) for s in (0, 1, 2)] == [0.5, 1.0, 1.0]
-    assert accuracy.lr_at(10, 10, 2) == pytest.approx(0.0)
+
+
+def closed_form_schedule(total: int, warmup: int) -> np.ndarray:
+    """The LR factor at steps 0..total in float64, written out independently of torch's schedulers."""
+    s = np.arange(total + 1, dtype=np.float64)
+    cosine = 0.5 * (1 + np.cos(np.pi * (s - warmup) / max(1, total - warmup)))
+    return np.where(s < warmup, (s + 1) / max(warmup, 1), cosine)
+
+
+@pytest.mark.parametrize(("total", "warmup"), [(10, 2), (10, 0), (10, 1), (7, 7), (310, 5), (1, 0)])
+def test_lr_schedule_warms_up_linearly_then_anneals_to_zero(total, warmup):
+    weight = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    schedule = accuracy.lr_schedule(optimizer, total, warmup)
+    factors = [optimizer.param_groups[0]["lr"]]
+    for _ in range(total):  # as in training: optimizer.step(), then schedule.step()
+        optimizer.step()
+        schedule.step()
+        factors.append(optimizer.param_groups[0]["lr"])
+    expected = closed_form_schedule(total, warmup)
+    np.testing.assert_allclose(factors, expected, rtol=1e-12, atol=1e-12)
+    assert schedule.get_last_lr()[0] == pytest.approx(expected[-1], abs=1e-12)
+    if warmup < total:
+        assert factors[-1] == pytest.approx(0.0, abs=1e-12)  # every run ends annealed
+    if warmup:
+        assert factors[0] == pytest.approx(1 / warmup) and factors[warmup - 1] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(
@@ -384,9 +411,13 @@ def test_lr_schedule_warms_up_then_anneals_to_zero():
             ["model=mlp", "norm=bn", "accuracy.batch_size=1"],
             "accuracy.batch_size=1 x workers=64, mlp: bn .* needs more than one",
         ),
-        (["dataset.name=imagenet"], "available: mnist1d, synthetic, cifar10"),
-        (["model.name=vgg"], "available: cnn1d, resnet20, mlp"),
-        (["norm=gn", "model.norm_options.gn.groups=5"], "model.norm_options.gn.groups"),
+        (["dataset._target_=normbench.data.imagenet"], "dataset._target_=normbench.data.imagenet could not be built"),
+        (["model._target_=normbench.models.vgg"], "model._target_=normbench.models.vgg could not be built"),
+        (["model._target_=torch.nn.Linear"], r"does not take input_shape, num_classes, norm.*docs/plugins.md"),
+        (["model._target_=builtins.dict"], "model._target_=builtins.dict built a dict, not a torch.nn.Module"),
+        (["+model.depth=3"], "model cnn1d: .*depth.*conf/model/cnn1d.yaml"),
+        (["norm=gn", "norm.groups=5"], r"gn with 5 groups \(norm.groups\) cannot normalize .* 32-channel layers"),
+        (["norm=gn", "+norm_options.gn.groups=4"], "one key, norm.groups.*set norm.groups=4"),
     ],
 )
 def test_bad_input_is_one_clear_usage_error(tmp_path, overrides, message):
@@ -431,6 +462,6 @@ def test_the_default_sweep_is_in_the_config():
     assert params["norm"].split(",") == ["bn", "ln", "in", "gn"]
     assert [int(b) for b in params["accuracy.batch_size"].split(",")] == [2, 4, 8, 16, 32, 64]
     assert params["seed"].split(",") == ["0", "1", "2"] and list(params)[-1] == "seed"  # seeds vary fastest
-    assert cfg.dataset.name == "mnist1d" and cfg.model.name == "cnn1d"
+    assert cfg.dataset._target_ == "normbench.data.mnist1d" and cfg.model._target_ == "normbench.models.cnn1d"
     assert (cfg.accuracy.global_batch, cfg.accuracy.workers, cfg.accuracy.reuse) == (64, None, True)
     assert all(64 % int(k) == 0 for k in params["accuracy.batch_size"].split(","))

@@ -24,7 +24,7 @@ def test_mnist1d_is_generated_offline_with_fixed_split_and_leaves_global_rngs_al
     expected_np, expected_py = np.random.rand(), random.random()
     np.random.seed(123)
     random.seed(123)
-    d = data.load({"name": "mnist1d", "num_samples": 400, "seed": 7, "train_split": 0.75})
+    d = data.load({"_target_": "normbench.data.mnist1d", "num_samples": 400, "seed": 7, "train_split": 0.75})
     # make_dataset reseeds numpy and random globally; the loader must restore the caller's streams.
     assert np.random.rand() == expected_np and random.random() == expected_py
     assert d.x_train.shape == (300, 1, 40) and d.x_test.shape == (100, 1, 40)
@@ -32,26 +32,36 @@ def test_mnist1d_is_generated_offline_with_fixed_split_and_leaves_global_rngs_al
     assert set(d.y_train.tolist()) == set(range(10)) and d.num_classes == 10
     # Standardized with the training split's own statistics.
     assert abs(d.x_train.mean().item()) < 1e-5 and abs(d.x_train.std().item() - 1) < 1e-3
-    again = data.load({"name": "mnist1d", "num_samples": 400, "seed": 7, "train_split": 0.75})
+    again = data.load({"_target_": "normbench.data.mnist1d", "num_samples": 400, "seed": 7, "train_split": 0.75})
     assert torch.equal(d.x_train, again.x_train) and torch.equal(d.y_test, again.y_test)
-    other = data.load({"name": "mnist1d", "num_samples": 400, "seed": 8, "train_split": 0.75})
+    other = data.load({"_target_": "normbench.data.mnist1d", "num_samples": 400, "seed": 8, "train_split": 0.75})
     assert not torch.equal(d.x_train, other.x_train)
 
 
 def test_synthetic_is_seeded_and_learnable_shape():
-    a = data.load({"name": "synthetic", "shape": [3, 6, 6], "train_size": 20, "test_size": 10, "seed": 1})
-    b = data.load({"name": "synthetic", "shape": [3, 6, 6], "train_size": 20, "test_size": 10, "seed": 1})
+    a = data.load(
+        {"_target_": "normbench.data.synthetic", "shape": [3, 6, 6], "train_size": 20, "test_size": 10, "seed": 1}
+    )
+    b = data.load(
+        {"_target_": "normbench.data.synthetic", "shape": [3, 6, 6], "train_size": 20, "test_size": 10, "seed": 1}
+    )
     assert a.x_train.shape == (20, 3, 6, 6) and a.x_test.shape == (10, 3, 6, 6)
     assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_train, b.y_train)
     per_channel = a.x_train.transpose(0, 1).flatten(1)
     assert torch.allclose(per_channel.mean(1), torch.zeros(3), atol=1e-5)
 
 
-def test_unknown_dataset_lists_the_names():
-    with pytest.raises(UsageError, match="mnist1d, synthetic, cifar10"):
-        data.load({"name": "imagenet"})
-    with pytest.raises(UsageError, match="conf/dataset/synthetic.yaml"):
-        data.load({"name": "synthetic", "colour": "blue"})
+def test_a_bad_dataset_node_is_one_clear_usage_error():
+    with pytest.raises(
+        UsageError, match=r"dataset._target_=normbench.data.imagenet could not be built \(ModuleNotFoundError"
+    ):
+        data.load({"_target_": "normbench.data.imagenet"})
+    with pytest.raises(UsageError, match="takes no option 'colour'; its options are: num_classes, shape"):
+        data.load({"_target_": "normbench.data.synthetic", "colour": "blue"})
+    with pytest.raises(UsageError, match="dataset needs a _target_.*normbench.data.mnist1d"):
+        data.load({"num_samples": 100})
+    with pytest.raises(UsageError, match="returned a Tensor, not a normbench.data.Dataset"):
+        data.load({"_target_": "torch.zeros", "_args_": [2]})
 
 
 def write_image_folder(root: Path, classes=("cat", "dog", "frog"), train=3, test=2, size=8) -> dict:
@@ -156,7 +166,7 @@ def test_augment_is_a_padded_crop_or_its_mirror_of_each_image():
 
 
 def test_train_batches_are_full_shuffled_and_disjoint():
-    d = data.load({"name": "synthetic", "train_size": 50, "test_size": 10})
+    d = data.load({"_target_": "normbench.data.synthetic", "train_size": 50, "test_size": 10})
     g = torch.Generator().manual_seed(0)
     batches = list(data.train_batches(d, 8, g))
     assert len(batches) == 6 and all(x.shape[0] == 8 for x, _ in batches)  # 50 // 8, remainder dropped

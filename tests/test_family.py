@@ -369,7 +369,7 @@ def test_family_experiment_sweeps_every_norm_and_gives_batch_norms_their_k():
 def test_a_tiny_training_evaluates_batch_norms_three_ways(tmp_path, name):
     from tests.test_accuracy import train
 
-    brn_schedule = ["+model.norm_options.brn={warmup_steps:1,rmax_steps:3,dmax_steps:2}"] if name == "brn" else []
+    brn_schedule = ["+norm_options.brn={warmup_steps:1,rmax_steps:3,dmax_steps:2}"] if name == "brn" else []
     row, _ = train(tmp_path, f"norm={name}", "impl=reference", "accuracy.batch_size=4", *brn_schedule)
     assert 0 <= row["test_acc"] <= 1
     # PreciseBN and batch statistics exist for the norms with running statistics only.

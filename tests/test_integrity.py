@@ -356,11 +356,11 @@ def test_a_loaders_own_type_error_keeps_its_traceback(monkeypatch):
     def broken(num_classes: int = 4):
         return len(None)  # a bug inside the loader: TypeError
 
-    monkeypatch.setitem(data.LOADERS, "synthetic", broken)
+    monkeypatch.setattr(data, "synthetic", broken)
     with pytest.raises(TypeError, match="NoneType"):
-        data.load({"name": "synthetic"})
+        data.load({"_target_": "normbench.data.synthetic"})
     with pytest.raises(UsageError, match="takes no option 'colour'.*num_classes"):
-        data.load({"name": "synthetic", "colour": 1})
+        data.load({"_target_": "normbench.data.synthetic", "colour": 1})
 
 
 # --------------------------------------------------------------------- 9. errors name the thing that is wrong

@@ -195,7 +195,7 @@ def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
             "norm=gn",
-            "model.norm_options.gn.groups=8,7",
+            "norm.groups=8,7",
             "accuracy.batch_size=4",
             "seed=0",
             "accuracy.epochs=1",
@@ -212,7 +212,7 @@ def test_joblib_accuracy_sweep_with_a_failing_job(tmp_path):
     frame = pd.read_csv(sweep / "summary.csv")
     assert frame.set_index("job")["status"].to_dict() == {0: "ok", 1: "failed"}
     assert frame.loc[0, "kind"] == "accuracy" and 0 <= frame.loc[0, "test_acc"] <= 1
-    assert "failed" in md and "model.norm_options.gn.groups=7" in md and "7 groups" in md
+    assert "failed" in md and "norm.groups=7" in md and "7 groups" in md
     assert (sweep / "accuracy_vs_batch.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((sweep / "run.json").read_text())
     assert "hydra/launcher=joblib" in info["command"] and info["launcher"].endswith("JoblibLauncher")

@@ -143,7 +143,8 @@ def test_norm_share_takes_fwdbwd_else_fwd_plus_bwd():
         (["shape.model._target_=no_such_package.resnet"], "could not be built.*shape.model._target_="),
         (["shape.model._target_=torch.nn.Identity"], "no norm layer"),
         (["shape.input=[3,0,8]"], "shape.input"),
-        (["norm=gn", "shape.norm_options.gn.groups=32"], "divisors of 16"),
+        (["norm=gn", "norm.groups=32"], "divisors of 16"),
+        (["shape.model._target_=normbench.models.resnet20", "+shape.model.depth=3"], "model resnet20: .*depth"),
     ],
 )
 def test_bad_model_input_is_one_line(hydra_configs, tmp_path, overrides, fix):  # noqa: F811

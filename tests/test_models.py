@@ -87,7 +87,7 @@ def test_zero_init_tolerates_norms_without_weight():
 
 
 def test_bad_model_input():
-    with pytest.raises(UsageError, match="cnn1d, resnet20, mlp"):
+    with pytest.raises(UsageError, match="model._target_=normbench.models.vgg could not be built"):
         models.build("vgg", input_shape=(3, 8, 8), num_classes=10, norm=factory("bn"))
     with pytest.raises(UsageError, match="model=resnet20"):
         models.build("cnn1d", input_shape=(3, 8, 8), num_classes=10, norm=factory("bn"))

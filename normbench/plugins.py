@@ -1,0 +1,84 @@
+"""Models and datasets are Hydra `_target_`s: one way to build either from its config node.
+
+`build(node, key, **runtime)` is `hydra.utils.instantiate(node, **runtime)` with the errors a user can
+act on: no `_target_`, a target that cannot be imported, an option it does not take or an argument
+of the job's it does not accept is one UsageError naming the key; an exception the target raises
+(a UsageError, or a bug's) passes through as itself, not wrapped in Hydra's InstantiationException.
+So a user's own model or dataset is a YAML file in a `--config-dir` (docs/plugins.md).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from hydra._internal.utils import _locate  # get_object's quiet core: get_object also logs the failure
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from normbench.errors import UsageError
+
+
+def build(node, key: str, example: str, **runtime):
+    """The object `node` (a DictConfig or dict with `_target_`) builds, called with `runtime` too.
+
+    `key` is the node's place in the config (`model`, `dataset`, `shape.model`) and `example` a target
+    that works there, both for messages. Lists and dicts reach the target as plain Python ones.
+    """
+    node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
+    target = node.get("_target_")
+    if not target:
+        raise UsageError(
+            f"{key} needs a _target_ (the class or function that builds it): e.g. {key}._target_={example}"
+        )
+    try:
+        fn = _locate(str(target))
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        raise UsageError(
+            f"{key}._target_={target} could not be built ({type(cause).__name__}: {_first_line(cause)}): "
+            f"install its package or fix the name, e.g. {key}._target_={example}"
+        ) from None
+    options = [k for k in node if not str(k).startswith("_")]
+    takes_any = _check_arguments(fn, target, key, options, runtime)
+    try:
+        return instantiate(node, **runtime, _convert_="all")
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        # A target taking **kwargs was not checked above: an option it rejects surfaces here.
+        if takes_any and isinstance(cause, TypeError) and "keyword argument" in str(cause):
+            raise UsageError(f"{key}._target_={target}: {cause}; remove or rename that option") from exc
+        if cause is None:
+            raise
+        # The target's own exception, not Hydra's wrapper: a UsageError stays one line, a bug keeps its
+        # type and its traceback into the target.
+        raise cause from None
+
+
+def _check_arguments(fn, target, key: str, options: list[str], runtime: dict) -> bool:
+    """Whether `fn` takes **kwargs; else every option and runtime argument must be one of its parameters."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: let the call decide
+        return True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    named = [n for n, p in params.items() if p.kind not in (inspect.Parameter.VAR_POSITIONAL,)]
+    lacking = [a for a in runtime if a not in params]
+    if lacking:
+        raise UsageError(
+            f"{key}._target_={target} does not take {', '.join(lacking)}: the job passes "
+            f"{', '.join(runtime)} as keyword arguments, so its signature needs them (docs/plugins.md)"
+        )
+    unknown = [o for o in options if o not in params]
+    if unknown:
+        raise UsageError(
+            f"{key} ({target}) takes no option {', '.join(map(repr, unknown))}; its options are: "
+            f"{', '.join(n for n in named if n not in runtime)}"
+        )
+    return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
