@@ -33,6 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,30 +42,25 @@ log = logging.getLogger("normbench")
 ERROR_FILE = "report-error.txt"
 GPU_LOCKS = ".gpu-locks"
 
-_CLAIM: dict[str, Any] = {}  # this process's GPU: {"dir": lock dir, "gpu": id, "fd": the locked file}
+_CLAIM: dict[str, Any] = {}  # this process's GPU: {"dir": lock dir, "gpu": id, "lock": the FileLock held}
 
 
 def claim_gpu(lock_dir: str | Path, gpus: list[str], start: int = 0, claims: dict | None = None) -> str | None:
     """Lock one of `gpus` (CUDA_VISIBLE_DEVICES entries) for this process, trying `start` first (mod
-    the count); the same GPU again on later calls; None when every one is taken (or no flock here).
-    The lock holds until the process exits."""
+    the count); the same GPU again on later calls; None when every one is taken. Each try does not
+    wait: a taken GPU is skipped. The lock holds until the process exits (`claims` keeps it referenced)."""
     claims = _CLAIM if claims is None else claims
     if claims.get("dir") == str(lock_dir):
         return claims["gpu"]
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no claiming, jobs spread by number
-        return None
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
     for k in range(len(gpus)):
         gpu = str(gpus[(start + k) % len(gpus)])
-        fd = os.open(Path(lock_dir) / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        lock = FileLock(Path(lock_dir) / f"gpu{gpu}.lock", timeout=0)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+            lock.acquire()
+        except Timeout:
             continue
-        claims.update(dir=str(lock_dir), gpu=gpu, fd=fd)
+        claims.update(dir=str(lock_dir), gpu=gpu, lock=lock)
         return gpu
     return None
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import Tensor
 from torch.utils.benchmark import Timer
 
@@ -237,8 +238,6 @@ def peak_bandwidth(
         if not _valid_peak(_PEAKS.get(key)):
             _PEAKS[key] = measure_copy_bandwidth(device, copy_mb, **timing)
         return _PEAKS[key]
-    from filelock import FileLock  # ships with torch
-
     path = Path(cache_dir) / PEAK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
