@@ -79,11 +79,15 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "threads": ("int", "", "CPU intra-op threads"),
     "seed": ("int", "", "random seed"),
     # speed
-    "median_ms": ("float", "ms", "median time per call"),
+    "median_ms": ("float", "ms", "median time per call (CPU: over blocks of calls, each block's time / its calls)"),
     "p20_ms": ("float", "ms", "20th percentile of the time per call"),
     "p80_ms": ("float", "ms", "80th percentile of the time per call"),
-    "repeats": ("int", "calls", "calls timed"),
-    "timer": ("str", "", "what timed them"),
+    "repeats": ("int", "calls", "calls timed (CPU: in all blocks; empty where triton's do_bench does not say)"),
+    "timer": (
+        "str",
+        "",
+        "what timed them, e.g. triton.testing.do_bench, cuda events, torch.utils.benchmark.Timer.blocked_autorange",
+    ),
     "cuda_graph": ("bool", "", "speed.cuda_graph: the time is of a captured CUDA graph's replay"),
     "bytes": ("int", "bytes", "the fewest bytes the pass must move (docs/speed.md)"),
     "gbps": ("float", "GB/s (1e9 bytes/s)", "bytes / median time"),
