@@ -15,6 +15,8 @@ import base64
 import datetime as dt
 import html
 import logging
+import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,85 +180,85 @@ def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------------- documents
 
 
+# Markdown punctuation that would turn a table cell's text into markup (or split its row); an
+# underscore only at a word's edge, as CommonMark reads `evonorm_b0` as plain text already.
+_MARKUP = re.compile(r"([\\`*|<\[\]])|(?<!\w)_|_(?!\w)")
+
+
+def literal(text: str) -> str:
+    """`text` escaped for Markdown: shown as written, never read as emphasis, code, a link or a column."""
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), text)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 @dataclass
 class Document:
-    """Blocks rendered twice: Markdown with relative image links, HTML with images embedded."""
+    """Blocks written as Markdown (`report.md`, images linked by relative path); `html` renders that same
+    Markdown with markdown-it-py (CommonMark plus tables) into one page, images embedded."""
 
     out_dir: Path
-    blocks: list[tuple[str, Any]] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)
 
     def heading(self, level: int, text: str) -> None:
-        self.blocks.append(("h", (level, text)))
+        self.blocks.append("#" * level + " " + text)
 
     def para(self, text: str) -> None:
-        self.blocks.append(("p", text))
+        self.blocks.append(text)
 
     def code(self, text: str) -> None:
-        self.blocks.append(("code", text))
+        fence = "`" * max([3, *(len(run) + 1 for run in re.findall(r"`+", text))])  # longer than any run inside
+        self.blocks.append(f"{fence}\n{text}\n{fence}")
 
     def bullets(self, items: list[str]) -> None:
-        self.blocks.append(("ul", items))
+        self.blocks.append("\n".join(f"- {item}" for item in items))
 
     def table(self, frame: pd.DataFrame) -> None:
-        self.blocks.append(("table", frame))
+        """Cells are data (error lines, paths, names), shown as written."""
+        shown = frame.rename(columns=lambda c: literal(str(c))).map(lambda v: "" if _missing(v) else literal(str(v)))
+        self.blocks.append(shown.to_markdown(index=False, disable_numparse=True))
 
     def image(self, path: Path, alt: str) -> None:
-        self.blocks.append(("img", (path, alt)))
+        self.blocks.append(f"![{literal(alt)}]({path.relative_to(self.out_dir).as_posix()})")
 
     def markdown(self) -> str:
-        out = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                out.append("#" * value[0] + " " + value[1])
-            elif kind == "p":
-                out.append(value)
-            elif kind == "code":
-                out.append("```\n" + value + "\n```")
-            elif kind == "ul":
-                out.append("\n".join(f"- {item}" for item in value))
-            elif kind == "table":
-                out.append(value.to_markdown(index=False, disable_numparse=True))
-            elif kind == "img":
-                out.append(f"![{value[1]}]({value[0].relative_to(self.out_dir).as_posix()})")
-        return "\n\n".join(out) + "\n"
+        return "\n\n".join(self.blocks) + "\n"
 
     def html(self, title: str) -> str:
-        import re
+        from markdown_it import MarkdownIt
 
-        def inline(text: str) -> str:  # the little Markdown the blocks use: `code` and **bold**
-            text = html.escape(text)
-            text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-            return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+        md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
-        body = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                body.append(f"<h{value[0]}>{inline(value[1])}</h{value[0]}>")
-            elif kind == "p":
-                body.append(f"<p>{inline(value)}</p>")
-            elif kind == "code":
-                body.append(f"<pre><code>{html.escape(value)}</code></pre>")
-            elif kind == "ul":
-                body.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in value) + "</ul>")
-            elif kind == "table":
-                body.append(value.to_html(index=False, escape=True, border=0, classes="t"))
-            elif kind == "img":
-                data = base64.b64encode(value[0].read_bytes()).decode()
-                body.append(
-                    f'<figure><img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(value[1])}</figcaption></figure>"
-                )
-        style = (
-            "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-            "table.t{border-collapse:collapse;margin:1em 0;font-size:14px}"
-            "table.t th,table.t td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-            "table.t th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
-            "img{max-width:100%}figcaption{color:#666;font-size:13px}"
-        )
+        def image(renderer, tokens, idx, options, env) -> str:  # markdown-it binds it to its renderer
+            return self._embedded_image(
+                tokens[idx], renderer.renderInlineAsText(tokens[idx].children or [], options, env)
+            )
+
+        md.add_render_rule("image", image)
         return (
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+            f"<style>{STYLE}</style></head><body>\n" + md.render(self.markdown()) + "</body></html>\n"
         )
+
+    def _embedded_image(self, token, alt: str) -> str:
+        """An image as one self-contained file needs it: the PNG inline, its caption under it."""
+        name = str(token.attrGet("src"))
+        data = base64.b64encode((self.out_dir / name).read_bytes()).decode()
+        return (
+            f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" data-file="{html.escape(name)}">'
+            f'<br><span class="caption">{html.escape(alt)}</span>'
+        )
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right!important}"
+    "th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
+    "img{max-width:100%}.caption{color:#666;font-size:13px}"
+)
 
 
 def _unique(frame: pd.DataFrame, col: str) -> str:

@@ -218,6 +218,33 @@ def test_html_is_self_contained(both):
     assert "ValueError: groups=7 does not divide 64" in text
 
 
+def test_html_renders_the_markdown_not_its_marks(tmp_path):
+    png = tmp_path / "plot.png"
+    png.write_bytes(PNG_SIGNATURE + b"\0" * 16)
+    doc = report.Document(tmp_path)
+    doc.heading(2, "Speed of `gn`")
+    doc.para("**supported** and *mixed*; `a*b` and `x**2` are code")
+    doc.table(pd.DataFrame({"job": ["test_bn[native]", None], "error": ["a*b | c", "_x_"]}))
+    doc.image(png, "latency *per* norm")
+    md, page = doc.markdown(), doc.html("t")
+    assert "**supported**" in md and "![latency \\*per\\* norm](plot.png)" in md  # report.md stays Markdown
+    para = "<p><strong>supported</strong> and <em>mixed</em>; <code>a*b</code> and <code>x**2</code> are code</p>"
+    assert para in page and "<h2>Speed of <code>gn</code></h2>" in page
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", page)
+    assert cells == ["test_bn[native]", "a*b | c", "", "_x_"]  # data, shown as written, one row each
+    img = re.search(r"<img [^>]+>", page).group(0)
+    assert 'src="data:image/png;base64,' in img and 'data-file="plot.png"' in img and 'alt="latency *per* norm"' in img
+
+
+def test_report_html_has_no_literal_markup(both):
+    page = both.with_name(report.REPORT_HTML).read_text()
+    body = re.sub(r"<code>.*?</code>|<pre>.*?</pre>", "", page.split("<body>")[1], flags=re.S)
+    assert "**" not in body and "<strong>PreciseBN</strong>" in page
+    assert set(re.findall(r'data-file="([^"]+)"', page)) == {
+        name for key, name in report.PLOTS.items() if key != "claims"
+    }
+
+
 def test_report_from_benchmark_json(bench_json, tmp_path):  # noqa: F811 - the fixture
     out = tmp_path / "out"
     assert report.main([str(bench_json), "--out", str(out)]) == 0
