@@ -85,7 +85,7 @@ class SweepDirTaken(Exception):
 def claim_sweep_dir(sweep: Path, run_json: bytes) -> None:
     """Make `sweep` this sweep's own, or raise SweepDirTaken: it must be empty or absent, and `run.json`
     is created with a hard link, which fails if the file exists, so two sweeps cannot both claim it."""
-    from normbench.results import RUN_FILE
+    from normbench.provenance import RUN_FILE
 
     taken = sorted(p.name for p in sweep.iterdir())[:5] if sweep.is_dir() else []
     if sweep.exists() and not sweep.is_dir():
@@ -159,7 +159,7 @@ class SweepReport(Callback):
         self.stopped_by: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from normbench import results
+        from normbench import provenance
 
         # Resolving the sweep dir here fixes its `${now:...}` stamp (Hydra caches the resolver) for
         # the launcher that creates it next.
@@ -172,7 +172,7 @@ class SweepReport(Callback):
         hydra = config.hydra
         info = {"command": None}
         try:
-            info = results.run_info(
+            info = provenance.run_info(
                 app=hydra.job.config_name,
                 overrides=OmegaConf.to_container(hydra.overrides.task),
                 hydra_overrides=[
@@ -182,7 +182,7 @@ class SweepReport(Callback):
                 jobs=planned_jobs(config),
             )
         except Exception:
-            log.warning("could not record what ran in %s:\n%s", results.RUN_FILE, traceback.format_exc())
+            log.warning("could not record what ran in %s:\n%s", provenance.RUN_FILE, traceback.format_exc())
         # Hydra raises nothing out of a callback (it warns), so a refusal is an exit of its own.
         try:
             claim_sweep_dir(sweep, json.dumps(info, indent=2).encode())

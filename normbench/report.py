@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normbench import claims, results, speed_tables
+from normbench import claims, provenance, results, speed_tables
 from normbench.accuracy_tables import (
     accuracy_groups,
     accuracy_stats,
@@ -181,12 +181,13 @@ def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 # Markdown punctuation that would turn a table cell's text into markup (or split its row); an
-# underscore only at a word's edge, as CommonMark reads `evonorm_b0` as plain text already.
-_MARKUP = re.compile(r"([\\`*|<\[\]])|(?<!\w)_|_(?!\w)")
+# underscore only at a word's edge, as CommonMark reads `evonorm_b0` as plain text already, and no
+# bracket: without a link definition, `test_bn[native]` is plain text too.
+_MARKUP = re.compile(r"([\\`*|<])|(?<!\w)_|_(?!\w)")
 
 
 def literal(text: str) -> str:
-    """`text` escaped for Markdown: shown as written, never read as emphasis, code, a link or a column."""
+    """`text` escaped for Markdown: shown as written, never read as emphasis, code, HTML or a column."""
     return _MARKUP.sub(lambda m: "\\" + m.group(0), text)
 
 
@@ -272,7 +273,7 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
     # The inputs the rows name (a report directory given as input passes on those of its rows).
     named = [str(i) for i in pd.unique(frame["input"].dropna())] if "input" in frame else []
     for path in [Path(i) for i in dict.fromkeys(named + [str(p) for p in inputs])]:
-        info = results.read_run_info(path)
+        info = provenance.read_run_info(path)
         rows = frame[frame["input"] == str(path)] if not frame.empty else frame
         counts = rows.drop_duplicates(["sweep", "job", "overrides"])["status"].value_counts() if not rows.empty else {}
         jobs = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no jobs found"
@@ -417,8 +418,8 @@ def build_report(
     doc.heading(1, title)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     doc.para(
-        f"Built {now} by normbench {results.versions().get('normbench') or '?'} "
-        f"(commit `{results.git_commit() or 'unknown'}`). Every measurement: `{results.SUMMARY_CSV}` "
+        f"Built {now} by normbench {provenance.versions().get('normbench') or '?'} "
+        f"(commit `{provenance.git_commit() or 'unknown'}`). Every measurement: `{results.SUMMARY_CSV}` "
         f"(also `{results.SUMMARY_PARQUET}`); rebuild with `normbench-report " + " ".join(str(p) for p in inputs) + "`."
     )
     for note in notes or []:
