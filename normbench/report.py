@@ -37,7 +37,7 @@ from normbench.accuracy_tables import (
     with_setup,
 )
 from normbench.errors import UsageError
-from normbench.plots import IMPL_ORDER, NORM_ORDER, PASS_ORDER, label
+from normbench.plots import PASS_ORDER, impl_order, label, norm_order, rank
 
 log = logging.getLogger("normbench")
 
@@ -51,11 +51,6 @@ PLOTS = {
 }
 
 # ----------------------------------------------------------------------------------------------- tables
-
-
-def _rank(values: pd.Series, order: list[str]) -> pd.Series:
-    pos = {v: i for i, v in enumerate(order)}
-    return values.map(lambda v: (pos.get(str(v), len(order)), str(v)))
 
 
 def ok_rows(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -95,9 +90,9 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     native = stats[stats["impl"] == "native"].set_index(keys)["median_ms"]
     base = stats.set_index(keys).index.map(lambda k: native.get(k, np.nan))
     stats["speedup_vs_native"] = np.asarray(base, dtype=float) / stats["median_ms"].to_numpy(dtype=float)
-    order = {"norm": NORM_ORDER, "impl": IMPL_ORDER, "pass": PASS_ORDER}
+    order = {"norm": norm_order(), "impl": impl_order(), "pass": PASS_ORDER}
     sort = [k for k in ("norm", "pass", "dtype", "layout", "batch_size", "shape", "impl") if k in stats]
-    return stats.sort_values(sort, key=lambda s: _rank(s, order[s.name]) if s.name in order else s).reset_index(
+    return stats.sort_values(sort, key=lambda s: rank(s, order[s.name]) if s.name in order else s).reset_index(
         drop=True
     )
 

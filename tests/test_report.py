@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_results import accuracy_sweep, bench_json, made_acc, speed_sweep  # noqa: F401 - bench_json: fixture
 
-from normbench import plots, report, results
+from normbench import norms, plots, report, results
 from normbench.callbacks import ERROR_FILE, SweepReport
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -168,10 +168,45 @@ def test_failures_table_lists_error_lines(sweeps):
 
 
 def test_norm_colours_are_fixed():
-    assert plots.norm_palette(["gn", "bn"]) == {"bn": plots.NORM_COLORS["bn"], "gn": plots.NORM_COLORS["gn"]}
+    colours = plots.norm_colors()
+    assert plots.norm_palette(["gn", "bn"]) == {"bn": colours["bn"], "gn": colours["gn"]}
     many = plots.norm_palette(["zz", "in", "none", "ln", "bn", "gn"])
     assert list(many) == ["bn", "ln", "in", "gn", "none", "zz"] and len(set(many.values())) == 6
-    assert plots.impl_palette(["native"])["native"] == plots.IMPL_COLORS["native"]
+    assert len(set(colours.values())) == len(norms.available())  # every registered norm its own colour
+    assert plots.impl_palette(["native"])["native"] == plots.impl_colors()["native"]
+    assert plots.norm_label("gn") == "GroupNorm" and plots.norm_label("zz") == "zz"
+
+
+@pytest.fixture
+def registered_norm():
+    """A norm registered the way a user adds one (normbench.norms.add_norm), removed afterwards."""
+    from normbench.norms import registry
+    from normbench.norms.layers import LayerNorm
+
+    class ScaledLayerNorm(LayerNorm):
+        name = "sln"
+        title = "Scaled LayerNorm"
+
+    registry.add_norm(ScaledLayerNorm)
+    yield ScaledLayerNorm
+    del registry.NORMS["sln"]
+
+
+def test_a_newly_registered_norm_appears_in_plots_and_tables(registered_norm):
+    assert plots.norm_order()[-2:] == ["sln", "none"]  # in registry order, the no-op baseline last
+    assert plots.norm_label("sln") == "Scaled LayerNorm"
+    assert plots.norm_colors()["sln"] not in {c for n, c in plots.norm_colors().items() if n != "sln"}
+    rows = [
+        {"norm": n, "impl": "reference", "pass": "fwd", "batch_size": b, "median_ms": 0.1 * b}
+        for n in ("sln", "bn")
+        for b in (2, 4)
+    ]
+    grid = plots._speed_grid(pd.DataFrame(rows), "median_ms", "ms", "t", False)
+    assert grid.row_names == ["bn", "sln"]  # a facet row of its own, after bn as the registry orders them
+    assert grid.axes_dict[("sln", "fwd")].title.get_color() == plots.norm_colors()["sln"]
+    plots.plt.close(grid.figure)
+    stats = report.speed_stats(pd.DataFrame(rows).assign(input="x"))
+    assert stats["norm"].tolist() == ["bn", "bn", "sln", "sln"]
 
 
 def test_plots_are_pngs(both):
