@@ -13,15 +13,10 @@ from typing import Any
 import pandas as pd
 
 from normbench import norms
-from normbench.plots import NORM_LABELS, NORM_ORDER
+from normbench.plots import norm_label, norm_order, position, rank
 
 EVALUATIONS = {"test_acc": "running", "test_acc_precise_bn": "PreciseBN", "test_acc_batch_stats": "batch stats"}
 EVALUATION_ORDER = list(EVALUATIONS.values())
-
-
-def _rank(values: pd.Series, order: list[str]) -> pd.Series:
-    pos = {v: i for i, v in enumerate(order)}
-    return values.map(lambda v: (pos.get(str(v), len(order)), str(v)))
 
 
 def test_error(acc: pd.DataFrame, column: str = "test_acc") -> pd.Series:
@@ -69,8 +64,14 @@ def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
     long = long_errors(with_setup(acc))
     keys = accuracy_groups(long) + ["batch_size", "norm", "evaluation"]
     stats = long.groupby(keys, dropna=False)["test_error"].agg(n="count", mean="mean", sd="std").reset_index()
-    order = {"norm": NORM_ORDER, "evaluation": EVALUATION_ORDER}
-    return stats.sort_values(keys, key=lambda s: _rank(s, order[s.name]) if s.name in order else s)
+    order = {"norm": norm_order(), "evaluation": EVALUATION_ORDER}
+    return stats.sort_values(keys, key=lambda s: rank(s, order[s.name]) if s.name in order else s)
+
+
+def _in_order(names: pd.Series) -> list[str]:
+    """The distinct norm names, in registry order."""
+    order = norm_order()
+    return sorted(names.unique(), key=lambda name: position(name, order))
 
 
 def series_name(norm: str, evaluation: str) -> str:
@@ -144,13 +145,13 @@ def headline(acc: pd.DataFrame) -> str:
         if by_construction
         else f"{setup}: the global batch and LR grow with K"
     )
-    order = sorted(acc["norm"].unique(), key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0])
+    order = _in_order(acc["norm"])
     invariant = [n for n in order if _independent(n) and _identical_across_k(acc[acc["norm"] == n])]
     sentences, others = [], []
     for norm in order:
         if norm in invariant:
             continue
-        name = NORM_LABELS.get(norm, norm)
+        name = norm_label(norm)
         a, b = _err(stats, norm, "running", small), _err(stats, norm, "running", large)
         if a is None or b is None:
             continue
@@ -163,8 +164,8 @@ def headline(acc: pd.DataFrame) -> str:
     if text:
         text += f" (eval mode, running statistics; {spread}; {fixed})."
     if invariant:
-        names = "/".join(NORM_LABELS.get(n, n) for n in invariant)
-        values = ", ".join(f"{NORM_LABELS.get(n, n)} {_err(stats, n, 'running', small)}" for n in invariant)
+        names = "/".join(norm_label(n) for n in invariant)
+        values = ", ".join(f"{norm_label(n)} {_err(stats, n, 'running', small)}" for n in invariant)
         why = "identical by construction" if by_construction else "the same in every run of these rows"
         text += f" {names} do not depend on it ({why} at every K: {values})."
     if others:
@@ -177,10 +178,7 @@ def reuse_note(acc: pd.DataFrame) -> str | None:
     if "reused_from" not in acc or acc["reused_from"].isna().all():
         return None
     reused = acc[acc["reused_from"].notna()]
-    names = "/".join(
-        NORM_LABELS.get(n, n)
-        for n in sorted(reused["norm"].unique(), key=lambda n: _rank(pd.Series([n]), NORM_ORDER).iloc[0])
-    )
+    names = "/".join(norm_label(n) for n in _in_order(reused["norm"]))
     return (
         f"{len(reused)} of {len(acc)} rows ({names}) reuse the training of another job of the sweep (column "
         f"`reused_from` names it): these norms never take statistics across samples, so at a fixed global batch "

@@ -33,6 +33,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -41,30 +42,25 @@ log = logging.getLogger("normbench")
 ERROR_FILE = "report-error.txt"
 GPU_LOCKS = ".gpu-locks"
 
-_CLAIM: dict[str, Any] = {}  # this process's GPU: {"dir": lock dir, "gpu": id, "fd": the locked file}
+_CLAIM: dict[str, Any] = {}  # this process's GPU: {"dir": lock dir, "gpu": id, "lock": the FileLock held}
 
 
 def claim_gpu(lock_dir: str | Path, gpus: list[str], start: int = 0, claims: dict | None = None) -> str | None:
     """Lock one of `gpus` (CUDA_VISIBLE_DEVICES entries) for this process, trying `start` first (mod
-    the count); the same GPU again on later calls; None when every one is taken (or no flock here).
-    The lock holds until the process exits."""
+    the count); the same GPU again on later calls; None when every one is taken. Each try does not
+    wait: a taken GPU is skipped. The lock holds until the process exits (`claims` keeps it referenced)."""
     claims = _CLAIM if claims is None else claims
     if claims.get("dir") == str(lock_dir):
         return claims["gpu"]
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no claiming, jobs spread by number
-        return None
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
     for k in range(len(gpus)):
         gpu = str(gpus[(start + k) % len(gpus)])
-        fd = os.open(Path(lock_dir) / f"gpu{gpu}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        lock = FileLock(Path(lock_dir) / f"gpu{gpu}.lock", timeout=0)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
+            lock.acquire()
+        except Timeout:
             continue
-        claims.update(dir=str(lock_dir), gpu=gpu, fd=fd)
+        claims.update(dir=str(lock_dir), gpu=gpu, lock=lock)
         return gpu
     return None
 
@@ -89,7 +85,7 @@ class SweepDirTaken(Exception):
 def claim_sweep_dir(sweep: Path, run_json: bytes) -> None:
     """Make `sweep` this sweep's own, or raise SweepDirTaken: it must be empty or absent, and `run.json`
     is created with a hard link, which fails if the file exists, so two sweeps cannot both claim it."""
-    from normbench.results import RUN_FILE
+    from normbench.provenance import RUN_FILE
 
     taken = sorted(p.name for p in sweep.iterdir())[:5] if sweep.is_dir() else []
     if sweep.exists() and not sweep.is_dir():
@@ -163,7 +159,7 @@ class SweepReport(Callback):
         self.stopped_by: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from normbench import results
+        from normbench import provenance
 
         # Resolving the sweep dir here fixes its `${now:...}` stamp (Hydra caches the resolver) for
         # the launcher that creates it next.
@@ -176,7 +172,7 @@ class SweepReport(Callback):
         hydra = config.hydra
         info = {"command": None}
         try:
-            info = results.run_info(
+            info = provenance.run_info(
                 app=hydra.job.config_name,
                 overrides=OmegaConf.to_container(hydra.overrides.task),
                 hydra_overrides=[
@@ -186,7 +182,7 @@ class SweepReport(Callback):
                 jobs=planned_jobs(config),
             )
         except Exception:
-            log.warning("could not record what ran in %s:\n%s", results.RUN_FILE, traceback.format_exc())
+            log.warning("could not record what ran in %s:\n%s", provenance.RUN_FILE, traceback.format_exc())
         # Hydra raises nothing out of a callback (it warns), so a refusal is an exit of its own.
         try:
             claim_sweep_dir(sweep, json.dumps(info, indent=2).encode())

@@ -1,6 +1,8 @@
 """The report's figures (seaborn, PNG), each drawn from a tidy frame of `normbench.results` rows.
 
-Every norm has one colour in every figure (`NORM_COLORS`); in the speed figures, where colour means
+Norms and implementations are named, ordered and coloured from the registry (`norm_order`,
+`norm_label`, `norm_colors`, `impl_order`), so a newly registered norm appears without a change here.
+Every norm has one colour in every figure; in the speed figures, where colour means
 the implementation, each implementation has one colour too and the norm names the facet row (its title
 in the norm's colour). Each function writes one PNG (atomically) and returns its path, or None when the
 frame holds nothing to draw.
@@ -21,41 +23,49 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter
 
+from normbench import norms
+from normbench.errors import UsageError
+from normbench.norms.layers import NoNorm
 from normbench.results import atomic_write_bytes
+from normbench.speed import PASSES
 
-NORM_ORDER = ["bn", "ln", "in", "gn", "brn", "evonorm_b0", "evonorm_s0", "frn", "ln2d", "rms", "none"]
-# The classics in Okabe-Ito; the wider family in colours apart from them (the batch-dependent ones
-# near BatchNorm's blue), so a figure holding all eleven still tells each apart.
-NORM_COLORS = {
-    "bn": "#0072B2",
-    "ln": "#009E73",
-    "in": "#CC79A7",
-    "gn": "#D55E00",
-    "none": "#7F7F7F",
-    "brn": "#56B4E9",
-    "evonorm_b0": "#332288",
-    "evonorm_s0": "#AA4499",
-    "frn": "#E69F00",
-    "ln2d": "#117733",
-    "rms": "#882255",
-}
-NORM_LABELS = {
-    "bn": "BatchNorm",
-    "ln": "LayerNorm",
-    "in": "InstanceNorm",
-    "gn": "GroupNorm",
-    "none": "no norm",
-    "brn": "BatchRenorm",
-    "evonorm_b0": "EvoNorm-B0",
-    "evonorm_s0": "EvoNorm-S0",
-    "frn": "FRN + TLU",
-    "ln2d": "LayerNorm2d",
-    "rms": "RMSNorm",
-}
-IMPL_ORDER = ["reference", "native", "compiled", "triton"]
-IMPL_COLORS = {"reference": "#7570B3", "native": "#1B9E77", "compiled": "#E6AB02", "triton": "#E7298A"}
-PASS_ORDER = ["fwd", "bwd", "fwdbwd"]
-_SPARE = ["#66A61E", "#A6761D", "#1F78B4", "#B15928", "#6A3D9A", "#FB9A99", "#333333", "#B2DF8A"]
+# Colours handed out in registry order (normbench.norms.available(); the no-op baseline grey): the
+# classics in Okabe-Ito, the wider family in Paul Tol's colours apart from them, then spares, so a
+# figure holding every registered norm still tells each apart. A norm registered later takes the next.
+NORM_PALETTE = ["#0072B2", "#009E73", "#CC79A7", "#D55E00", "#882255", "#117733", "#56B4E9", "#E69F00", "#332288"]
+NORM_PALETTE += ["#AA4499", "#66A61E", "#A6761D", "#1F78B4", "#B15928", "#6A3D9A", "#FB9A99", "#B2DF8A"]
+BASELINE_COLOR = "#7F7F7F"
+IMPL_PALETTE = ["#7570B3", "#E6AB02", "#1B9E77", "#E7298A", "#66A61E", "#A6761D", "#1F78B4", "#B15928"]
+PASS_ORDER = list(PASSES)
+
+
+def norm_order() -> list[str]:
+    """The registered norms in registry order, the no-op baseline (`none`) last."""
+    return sorted(norms.available(), key=lambda name: norms.norm_class(name) is NoNorm)
+
+
+def impl_order() -> list[str]:
+    """Every registered implementation name, in registry order."""
+    return norms.all_implementations()
+
+
+def norm_label(name: str) -> str:
+    """A norm's name in a legend or sentence: its class's `title` (a name the registry lacks: as is)."""
+    try:
+        return norms.norm_class(name).title
+    except UsageError:  # rows of a norm this version no longer registers
+        return str(name)
+
+
+def position(value, order: list[str]) -> tuple[int, str]:
+    """A sort key: the value's place in `order`, a value not in it after them all, by name."""
+    return (order.index(str(value)) if str(value) in order else len(order), str(value))
+
+
+def rank(values: pd.Series, order: list[str]) -> pd.Series:
+    """`position` of each value: sort keys for DataFrame.sort_values."""
+    return values.map(lambda v: position(v, order))
+
 
 # Wu & He, "Group Normalization", ECCV 2018, Figure 1 (ResNet-50 on ImageNet, validation error %,
 # batch size = images per worker); the same numbers are in its Table 2.
@@ -77,19 +87,33 @@ def _ordered(values, order: list[str]) -> list[str]:
     return [v for v in order if v in values] + sorted(v for v in values if v not in order)
 
 
-def _palette(names: list[str], fixed: dict[str, str]) -> dict[str, str]:
-    spare = iter(c for c in _SPARE if c not in fixed.values())
+def _palette(names: list[str], fixed: dict[str, str], colours: list[str]) -> dict[str, str]:
+    spare = iter(c for c in colours if c not in fixed.values())
     return {n: fixed.get(n) or next(spare, "#000000") for n in names}
 
 
+def norm_colors() -> dict[str, str]:
+    """Every registered norm's colour: the same one in every figure, as long as the registry holds it."""
+    real = [n for n in norm_order() if norms.norm_class(n) is not NoNorm]
+    baseline = {n: BASELINE_COLOR for n in norm_order() if n not in real}
+    return {**dict(zip(real, NORM_PALETTE)), **baseline}
+
+
+def impl_colors() -> dict[str, str]:
+    """Every registered implementation's colour."""
+    return dict(zip(impl_order(), IMPL_PALETTE))
+
+
 def norm_palette(names) -> dict[str, str]:
-    """A colour per norm name; the five known norms always get the same one."""
-    return _palette(_ordered(names, NORM_ORDER), NORM_COLORS)
+    """A colour per norm name, in registry order; a name the registry lacks takes a spare colour."""
+    fixed = norm_colors()
+    return _palette(_ordered(names, norm_order()), fixed, NORM_PALETTE)
 
 
 def impl_palette(names) -> dict[str, str]:
-    """A colour per implementation name; the known implementations always get the same one."""
-    return _palette(_ordered(names, IMPL_ORDER), IMPL_COLORS)
+    """A colour per implementation name, in registry order; an unknown name takes a spare colour."""
+    fixed = impl_colors()
+    return _palette(_ordered(names, impl_order()), fixed, IMPL_PALETTE)
 
 
 def _save(fig, path: Path) -> Path:
@@ -166,7 +190,7 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
         acc = acc.assign(evaluation="running")
     panels = _varying(acc, ["input", "dataset", "model", "impl", "setup", "epochs", "norm_position"])
     groups = list(acc.groupby(panels, dropna=False)) if panels else [((), acc)]
-    palette = norm_palette(acc["norm"])
+    palette = norm_palette([*acc["norm"], *(GN_PAPER_ERROR if reference else [])])
     ncols = len(groups) + int(reference)
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
@@ -190,7 +214,7 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
                     capsize=3,
                     ms=6,
                     lw=1.6,
-                    label=NORM_LABELS.get(norm, norm) + suffix,
+                    label=norm_label(norm) + suffix,
                 )
         _log2_axis(ax, data["batch_size"], invert=True)
         first = data.iloc[0]
@@ -212,7 +236,14 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
     if reference:
         ax = axes[0][-1]
         for norm, errors in GN_PAPER_ERROR.items():
-            ax.plot(GN_PAPER_BATCH, errors, marker="o", ls="--", color=NORM_COLORS[norm], label=NORM_LABELS[norm])
+            ax.plot(
+                GN_PAPER_BATCH,
+                errors,
+                marker="o",
+                ls="--",
+                color=palette.get(norm, BASELINE_COLOR),
+                label=norm_label(norm),
+            )
         _log2_axis(ax, GN_PAPER_BATCH, invert=True)
         ax.set_title(
             "reference, a different protocol: GN paper (Wu & He 2018, Fig. 1)\nResNet-50 on ImageNet, "
@@ -257,7 +288,7 @@ def _speed_grid(speed: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool
     d, style = _speed_frame(speed)
     if d.empty or y not in d or d[y].notna().sum() == 0:
         return None
-    norms = _ordered(d["norm"], NORM_ORDER)
+    rows = _ordered(d["norm"], norm_order())
     facets = sorted(
         d["facet"].unique(),
         key=lambda f: (PASS_ORDER.index(f.split(" · ")[0]) if f.split(" · ")[0] in PASS_ORDER else 99, f),
@@ -274,7 +305,7 @@ def _speed_grid(speed: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool
         palette=palette,
         style=style,
         row="norm",
-        row_order=norms,
+        row_order=rows,
         col="facet",
         col_order=facets,
         marker="o",
@@ -284,8 +315,9 @@ def _speed_grid(speed: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool
         errorbar=None,
     )
     g.set_titles("{row_name} · {col_name}")
+    colours = norm_palette(rows)
     for (norm, _), ax in g.axes_dict.items():
-        ax.title.set_color(NORM_COLORS.get(norm, "#000000"))
+        ax.title.set_color(colours[norm])
         ax.title.set_fontweight("bold")
         _log2_axis(ax, d["batch_size"])
         if logy:
@@ -295,7 +327,7 @@ def _speed_grid(speed: pd.DataFrame, y: str, ylabel: str, title: str, logy: bool
     if g.legend is not None:
         g.legend.set_title("implementation" + (" / config" if style else ""))
     g.figure.suptitle(title, fontsize=12)
-    g.figure.subplots_adjust(top=1 - 0.6 / (2.9 * len(norms)) - 0.02)
+    g.figure.subplots_adjust(top=1 - 0.6 / (2.9 * len(rows)) - 0.02)
     return g
 
 
@@ -356,7 +388,7 @@ def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) 
     lat, label = pick_speed(speed)
     small, large = acc["batch_size"].min(), acc["batch_size"].max()
     err = acc[acc["batch_size"].isin([small, large])].groupby(["norm", "batch_size"])["test_error"].mean()
-    both = [n for n in _ordered(lat["norm"], NORM_ORDER) if n in err.index.get_level_values(0)]
+    both = [n for n in _ordered(lat["norm"], norm_order()) if n in err.index.get_level_values(0)]
     if not both:
         return None
     palette = norm_palette(both)
@@ -369,7 +401,7 @@ def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) 
         ax.scatter([x], [y_large], color=palette[norm], marker="o", s=60, zorder=3)
         ax.scatter([x], [y_small], color=palette[norm], marker="v", s=70, zorder=3)
         ax.annotate(
-            NORM_LABELS.get(norm, norm),
+            norm_label(norm),
             (x, y_small),
             textcoords="offset points",
             xytext=(6, 0),
@@ -411,7 +443,7 @@ def convergence_curves(
                 lw=1.2,
                 color=colors[norm],
                 alpha=0.8,
-                label=NORM_LABELS.get(norm, norm) if i == 0 else None,
+                label=norm_label(norm) if i == 0 else None,
             )
     ax.axhline(level, color="black", ls="--", lw=0.8)
     ax.annotate(f"level {level:.3f}", (ax.get_xlim()[1], level), ha="right", va="bottom", fontsize=8)

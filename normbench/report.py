@@ -14,6 +14,8 @@ import base64
 import datetime as dt
 import html
 import logging
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normbench import claims, results, speed_tables
+from normbench import claims, provenance, results, speed_tables
 from normbench.accuracy_tables import (
     accuracy_groups,
     accuracy_stats,
@@ -33,7 +35,7 @@ from normbench.accuracy_tables import (
     with_setup,
 )
 from normbench.errors import UsageError
-from normbench.plots import IMPL_ORDER, NORM_ORDER, PASS_ORDER, label
+from normbench.plots import PASS_ORDER, impl_order, label, norm_order, rank
 
 log = logging.getLogger("normbench")
 
@@ -47,11 +49,6 @@ PLOTS = {
 }
 
 # ----------------------------------------------------------------------------------------------- tables
-
-
-def _rank(values: pd.Series, order: list[str]) -> pd.Series:
-    pos = {v: i for i, v in enumerate(order)}
-    return values.map(lambda v: (pos.get(str(v), len(order)), str(v)))
 
 
 def ok_rows(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
@@ -91,9 +88,9 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     native = stats[stats["impl"] == "native"].set_index(keys)["median_ms"]
     base = stats.set_index(keys).index.map(lambda k: native.get(k, np.nan))
     stats["speedup_vs_native"] = np.asarray(base, dtype=float) / stats["median_ms"].to_numpy(dtype=float)
-    order = {"norm": NORM_ORDER, "impl": IMPL_ORDER, "pass": PASS_ORDER}
+    order = {"norm": norm_order(), "impl": impl_order(), "pass": PASS_ORDER}
     sort = [k for k in ("norm", "pass", "dtype", "layout", "batch_size", "shape", "impl") if k in stats]
-    return stats.sort_values(sort, key=lambda s: _rank(s, order[s.name]) if s.name in order else s).reset_index(
+    return stats.sort_values(sort, key=lambda s: rank(s, order[s.name]) if s.name in order else s).reset_index(
         drop=True
     )
 
@@ -176,85 +173,86 @@ def failures_table(frame: pd.DataFrame) -> pd.DataFrame:
 # -------------------------------------------------------------------------------------------- documents
 
 
+# Markdown punctuation that would turn a table cell's text into markup (or split its row); an
+# underscore only at a word's edge, as CommonMark reads `evonorm_b0` as plain text already, and no
+# bracket: without a link definition, `test_bn[native]` is plain text too.
+_MARKUP = re.compile(r"([\\`*|<])|(?<!\w)_|_(?!\w)")
+
+
+def literal(text: str) -> str:
+    """`text` escaped for Markdown: shown as written, never read as emphasis, code, HTML or a column."""
+    return _MARKUP.sub(lambda m: "\\" + m.group(0), text)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 @dataclass
 class Document:
-    """Blocks rendered twice: Markdown with relative image links, HTML with images embedded."""
+    """Blocks written as Markdown (`report.md`, images linked by relative path); `html` renders that same
+    Markdown with markdown-it-py (CommonMark plus tables) into one page, images embedded."""
 
     out_dir: Path
-    blocks: list[tuple[str, Any]] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)
 
     def heading(self, level: int, text: str) -> None:
-        self.blocks.append(("h", (level, text)))
+        self.blocks.append("#" * level + " " + text)
 
     def para(self, text: str) -> None:
-        self.blocks.append(("p", text))
+        self.blocks.append(text)
 
     def code(self, text: str) -> None:
-        self.blocks.append(("code", text))
+        fence = "`" * max([3, *(len(run) + 1 for run in re.findall(r"`+", text))])  # longer than any run inside
+        self.blocks.append(f"{fence}\n{text}\n{fence}")
 
     def bullets(self, items: list[str]) -> None:
-        self.blocks.append(("ul", items))
+        self.blocks.append("\n".join(f"- {item}" for item in items))
 
     def table(self, frame: pd.DataFrame) -> None:
-        self.blocks.append(("table", frame))
+        """Cells are data (error lines, paths, names), shown as written."""
+        shown = frame.rename(columns=lambda c: literal(str(c))).map(lambda v: "" if _missing(v) else literal(str(v)))
+        self.blocks.append(shown.to_markdown(index=False, disable_numparse=True))
 
     def image(self, path: Path, alt: str) -> None:
-        self.blocks.append(("img", (path, alt)))
+        self.blocks.append(f"![{literal(alt)}]({path.relative_to(self.out_dir).as_posix()})")
 
     def markdown(self) -> str:
-        out = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                out.append("#" * value[0] + " " + value[1])
-            elif kind == "p":
-                out.append(value)
-            elif kind == "code":
-                out.append("```\n" + value + "\n```")
-            elif kind == "ul":
-                out.append("\n".join(f"- {item}" for item in value))
-            elif kind == "table":
-                out.append(value.to_markdown(index=False, disable_numparse=True))
-            elif kind == "img":
-                out.append(f"![{value[1]}]({value[0].relative_to(self.out_dir).as_posix()})")
-        return "\n\n".join(out) + "\n"
+        return "\n\n".join(self.blocks) + "\n"
 
     def html(self, title: str) -> str:
-        import re
+        from markdown_it import MarkdownIt
 
-        def inline(text: str) -> str:  # the little Markdown the blocks use: `code` and **bold**
-            text = html.escape(text)
-            text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-            return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+        md = MarkdownIt("commonmark", {"html": False}).enable("table")
 
-        body = []
-        for kind, value in self.blocks:
-            if kind == "h":
-                body.append(f"<h{value[0]}>{inline(value[1])}</h{value[0]}>")
-            elif kind == "p":
-                body.append(f"<p>{inline(value)}</p>")
-            elif kind == "code":
-                body.append(f"<pre><code>{html.escape(value)}</code></pre>")
-            elif kind == "ul":
-                body.append("<ul>" + "".join(f"<li>{inline(i)}</li>" for i in value) + "</ul>")
-            elif kind == "table":
-                body.append(value.to_html(index=False, escape=True, border=0, classes="t"))
-            elif kind == "img":
-                data = base64.b64encode(value[0].read_bytes()).decode()
-                body.append(
-                    f'<figure><img alt="{html.escape(value[1])}" src="data:image/png;base64,{data}">'
-                    f"<figcaption>{html.escape(value[1])}</figcaption></figure>"
-                )
-        style = (
-            "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
-            "table.t{border-collapse:collapse;margin:1em 0;font-size:14px}"
-            "table.t th,table.t td{border:1px solid #ccc;padding:3px 8px;text-align:right}"
-            "table.t th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
-            "img{max-width:100%}figcaption{color:#666;font-size:13px}"
-        )
+        def image(renderer, tokens, idx, options, env) -> str:  # markdown-it binds it to its renderer
+            return self._embedded_image(
+                tokens[idx], renderer.renderInlineAsText(tokens[idx].children or [], options, env)
+            )
+
+        md.add_render_rule("image", image)
         return (
             f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+            f"<style>{STYLE}</style></head><body>\n" + md.render(self.markdown()) + "</body></html>\n"
         )
+
+    def _embedded_image(self, token, alt: str) -> str:
+        """An image as one self-contained file needs it: the PNG inline, its caption under it."""
+        name = str(token.attrGet("src"))
+        data = base64.b64encode((self.out_dir / name).read_bytes()).decode()
+        return (
+            f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" data-file="{html.escape(name)}">'
+            f'<br><span class="caption">{html.escape(alt)}</span>'
+        )
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+    "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right!important}"
+    "th{background:#f3f3f3}pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
+    "img{max-width:100%}.caption{color:#666;font-size:13px}"
+)
 
 
 def _unique(frame: pd.DataFrame, col: str) -> str:
@@ -268,7 +266,7 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
     # The inputs the rows name (a report directory given as input passes on those of its rows).
     named = [str(i) for i in pd.unique(frame["input"].dropna())] if "input" in frame else []
     for path in [Path(i) for i in dict.fromkeys(named + [str(p) for p in inputs])]:
-        info = results.read_run_info(path)
+        info = provenance.read_run_info(path)
         rows = frame[frame["input"] == str(path)] if not frame.empty else frame
         counts = rows.drop_duplicates(["sweep", "job", "overrides"])["status"].value_counts() if not rows.empty else {}
         jobs = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no jobs found"
@@ -413,8 +411,8 @@ def build_report(
     doc.heading(1, title)
     now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     doc.para(
-        f"Built {now} by normbench {results.versions().get('normbench') or '?'} "
-        f"(commit `{results.git_commit() or 'unknown'}`). Every measurement: `{results.SUMMARY_CSV}` "
+        f"Built {now} by normbench {provenance.versions().get('normbench') or '?'} "
+        f"(commit `{provenance.git_commit() or 'unknown'}`). Every measurement: `{results.SUMMARY_CSV}` "
         f"(also `{results.SUMMARY_PARQUET}`); rebuild with `normbench-report " + " ".join(str(p) for p in inputs) + "`."
     )
     for note in notes or []:

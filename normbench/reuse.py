@@ -7,7 +7,7 @@ again for each K; instead the jobs that share everything but K share one trainin
 
 How, under any launcher that runs jobs as processes on one file system (joblib, submitit): the
 training is keyed by a hash of every setting but K, in `<sweep>/.trained/<key>/`. A job takes that
-key's lock (`flock`), finds the result if an earlier job left one, and otherwise trains, writes
+key's lock (`filelock.FileLock`), finds the result if an earlier job left one, and otherwise trains, writes
 `result.json` (whole, then renamed) and lets go. A second job with the same key waits on the lock
 while the first trains. Nothing can deadlock (a job holding a lock trains; it never waits), and no
 result is lost: a job that fails or dies lets go of the lock without a result, and the next job
@@ -22,6 +22,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from normbench.results import atomic_write_bytes
 
@@ -57,23 +59,15 @@ def train_once(
     """
     if shared_dir is None:
         return train(), None
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, so no sharing
-        return train(), None
     slot = Path(shared_dir) / TRAINED_DIR / key_of(fields)
     slot.mkdir(parents=True, exist_ok=True)
     result_path = slot / RESULT_FILE
-    with open(slot / "lock", "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # waits while another job trains this model
-        try:
-            record = _stored(result_path, fields)
-            if record is not None:
-                log.info("reusing the training of job %s (%s)", record["job"], slot)
-                return record["result"], str(record["job"])
-            result = train()
-            record = {"job": job, "key": fields, "result": result}
-            atomic_write_bytes(result_path, json.dumps(record, default=str).encode())
-            return result, None
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with FileLock(slot / "lock"):  # waits while another job trains this model
+        record = _stored(result_path, fields)
+        if record is not None:
+            log.info("reusing the training of job %s (%s)", record["job"], slot)
+            return record["result"], str(record["job"])
+        result = train()
+        record = {"job": job, "key": fields, "result": result}
+        atomic_write_bytes(result_path, json.dumps(record, default=str).encode())
+        return result, None

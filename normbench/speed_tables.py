@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from normbench.plots import IMPL_ORDER, NORM_ORDER, _varying, label
+from normbench.plots import _varying, impl_order, label, norm_order, rank
 
 STEP, WRAPPER = "step", "wrapper"
 # What a step is keyed by besides norm and impl; `input` keeps sources apart.
@@ -51,13 +51,10 @@ def _ms(v) -> str:
 
 
 def _order(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
-    ranks = {"norm": NORM_ORDER, "impl": IMPL_ORDER}
-
-    def key(s: pd.Series):
-        order = ranks.get(s.name)
-        return s.map(lambda v: (order.index(v) if v in order else len(order), str(v))) if order else s
-
-    return frame.sort_values([c for c in cols if c in frame], key=key).reset_index(drop=True)
+    ranks = {"norm": norm_order(), "impl": impl_order()}
+    return frame.sort_values(
+        [c for c in cols if c in frame], key=lambda s: rank(s, ranks[s.name]) if s.name in ranks else s
+    ).reset_index(drop=True)
 
 
 def headline_table(stats: pd.DataFrame) -> pd.DataFrame:

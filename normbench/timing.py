@@ -4,11 +4,11 @@
   repeat, one pair of CUDA events per repeat, gradients set to None outside the timed region); the
   same procedure written out with torch when it is not. CUDA is asynchronous, so only events or a
   synchronize make a time real; both paths use events and synchronize before reading them.
-* CPU: `torch.utils.benchmark.Timer` (it sets the thread count, disables the garbage collector and
-  runs the statement in blocks), called block by block until at least `min_repeats` blocks and
-  `min_run_time` seconds. No cache flush: the last-level cache of a server CPU holds tens to hundreds
-  of MB, so flushing it between repeats would cost more than the sweep; small inputs are therefore
-  timed warm, and can show more than the DRAM copy bandwidth (see docs/speed.md).
+* CPU: `torch.utils.benchmark.Timer.blocked_autorange` (it sets the thread count, disables the garbage
+  collector, sizes blocks of calls so the clock's overhead vanishes, and runs them for `min_run_time`
+  seconds), topped up to `min_repeats` blocks. No cache flush: the last-level cache of a server CPU
+  holds tens to hundreds of MB, so flushing it between repeats would cost more than the sweep; small
+  inputs are therefore timed warm, and can show more than the DRAM copy bandwidth (see docs/speed.md).
 
 Every time is a per-call time in milliseconds; the median and the 20th / 80th percentiles are taken
 over the repeats (over the blocks on the CPU).
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import Tensor
-from torch.utils.benchmark import Timer
+from torch.utils.benchmark import Measurement, Timer
 
 from normbench.results import atomic_write_bytes
 
@@ -65,7 +65,8 @@ def time_cpu(
     min_repeats: int = 10,
     threads: int | None = None,
 ) -> Timing:
-    """Per-call time of fn on the CPU: blocks of calls, each block one sample."""
+    """Per-call time of fn on the CPU: `Timer.blocked_autorange`'s blocks of calls, each block one sample,
+    at least `min_run_time` seconds and `min_repeats` blocks."""
 
     def call():
         # Inside the timed block (a CPU has no events to pause on): a few us of Python, small next to
@@ -74,14 +75,15 @@ def time_cpu(
         fn()
 
     timer = Timer(stmt="call()", globals={"call": call}, num_threads=threads or torch.get_num_threads())
-    timer.timeit(1)  # warm-up (allocator, caches, lazy initialization)
-    one = timer.timeit(1).mean
-    # Blocks long enough for the clock (>= 1 ms) and short enough to give min_repeats samples.
-    number = max(1, int(max(min_run_time / min_repeats, 1e-3) / max(one, 1e-9)))
-    times, start = [], time.perf_counter()
-    while len(times) < min_repeats or time.perf_counter() - start < min_run_time:
-        times.append(timer.timeit(number).mean * 1e3)
-    return Timing(*_quantiles(times), repeats=len(times) * number, timer="torch.utils.benchmark.Timer")
+    # Its block-size search (calls per block grow tenfold until the clock's overhead is < 0.01%) warms up.
+    measured = timer.blocked_autorange(min_run_time=min_run_time)
+    # blocked_autorange stops on time alone: a slow call (tens of ms) leaves a few blocks, too few for
+    # percentiles, so more blocks of the same size follow; merge() turns every block into per-call time.
+    more = [timer.timeit(measured.number_per_run) for _ in range(min_repeats - len(measured.raw_times))]
+    (merged,) = Measurement.merge([measured, *more])
+    times_ms = [t * 1e3 for t in merged.times]
+    repeats = measured.number_per_run * (len(measured.raw_times) + len(more))
+    return Timing(*_quantiles(times_ms), repeats=repeats, timer="torch.utils.benchmark.Timer.blocked_autorange")
 
 
 def time_cuda(
@@ -93,6 +95,10 @@ def time_cuda(
     device: torch.device | None = None,
 ) -> Timing:
     """Per-call time of fn on a CUDA device: events around each repeat, the L2 cache flushed before it."""
+    # Not torch.utils.benchmark.Timer: on CUDA it synchronizes around a block of calls and reads the
+    # host clock, so every call after the first finds its input in L2 and the block's time includes
+    # the launch queue draining; a memory-bound norm needs a cold cache and device-side (event) time
+    # per call, which do_bench (or _time_cuda_events) gives.
     try:
         from triton.testing import do_bench
     except ImportError:
@@ -237,8 +243,6 @@ def peak_bandwidth(
         if not _valid_peak(_PEAKS.get(key)):
             _PEAKS[key] = measure_copy_bandwidth(device, copy_mb, **timing)
         return _PEAKS[key]
-    from filelock import FileLock  # ships with torch
-
     path = Path(cache_dir) / PEAK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

@@ -22,7 +22,7 @@ from test_launchers import TOY_APP, TOY_CONFIG, assert_report, run
 from test_results import accuracy_rows, make_sweep, speed_rows, speed_sweep
 from test_speed import TINY, configure
 
-from normbench import cli, data, norms, report, results, speed, timing
+from normbench import benchmark_json, cli, data, norms, provenance, report, results, schema, speed, timing
 from normbench.callbacks import SweepDirTaken, claim_sweep_dir
 from normbench.cli import check_common
 from normbench.errors import UsageError
@@ -88,11 +88,11 @@ def test_two_sweeps_cannot_claim_one_directory(tmp_path):
         claim_sweep_dir(sweep, b"{}")
     sweep2 = tmp_path / "sweep2"
     sweep2.mkdir()
-    (sweep2 / results.RUN_FILE).write_text("{}")  # as if another sweep linked it in between
+    (sweep2 / provenance.RUN_FILE).write_text("{}")  # as if another sweep linked it in between
     with pytest.raises(SweepDirTaken):
         claim_sweep_dir(sweep2, b"{}")
     claim_sweep_dir(tmp_path / "fresh" / "deeper", b'{"a": 1}')  # absent or empty is fine
-    assert json.loads((tmp_path / "fresh" / "deeper" / results.RUN_FILE).read_text()) == {"a": 1}
+    assert json.loads((tmp_path / "fresh" / "deeper" / provenance.RUN_FILE).read_text()) == {"a": 1}
 
 
 def test_docs_state_the_no_overwrite_rule():
@@ -226,7 +226,7 @@ def test_benchmark_json_without_median_says_so(tmp_path):
     bad = tmp_path / "old.json"
     bad.write_text(json.dumps({"benchmarks": [{"name": "test_x", "stats": {"mean": 0.5}}]}))
     with pytest.raises(ValueError, match="test_x.*no stats.median"):
-        results.read_benchmark_json(bad)
+        benchmark_json.read_benchmark_json(bad)
 
 
 # --------------------------------------------------------------------------------- 5. one peak per sweep
@@ -431,7 +431,7 @@ def test_summaries_have_the_full_schema_with_one_dtype_each(tmp_path):
     acc_only = results.write_summary(results.read([accuracy_sweep(tmp_path / "acc")]), tmp_path / "b")
     frames = [results.read_summary(p) for p in speed_only + acc_only]
     for f in frames:
-        assert list(f.columns[: len(results.SCHEMA)]) == list(results.SCHEMA)
+        assert list(f.columns[: len(schema.SCHEMA)]) == list(schema.SCHEMA)
     csv, parquet = frames[0], frames[1]
     assert list(pd.read_csv(speed_only[0]).columns) == list(pd.read_parquet(acc_only[1]).columns)
     assert dict(csv.dtypes) == dict(parquet.dtypes)
@@ -453,7 +453,7 @@ def test_a_truncated_rows_csv_is_not_a_result(tmp_path):
 
 def test_schema_is_documented():
     doc = (DOCS / "schema.md").read_text()
-    for col, (kind, _unit, _) in results.SCHEMA.items():
+    for col, (kind, _unit, _) in schema.SCHEMA.items():
         assert f"| `{col}` | {kind} |" in doc, col
 
 

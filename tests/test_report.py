@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from test_results import accuracy_sweep, bench_json, made_acc, speed_sweep  # noqa: F401 - bench_json: fixture
 
-from normbench import cli, plots, report, results
+from normbench import cli, norms, plots, report, results
 from normbench.callbacks import ERROR_FILE, SweepReport
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -168,10 +168,45 @@ def test_failures_table_lists_error_lines(sweeps):
 
 
 def test_norm_colours_are_fixed():
-    assert plots.norm_palette(["gn", "bn"]) == {"bn": plots.NORM_COLORS["bn"], "gn": plots.NORM_COLORS["gn"]}
+    colours = plots.norm_colors()
+    assert plots.norm_palette(["gn", "bn"]) == {"bn": colours["bn"], "gn": colours["gn"]}
     many = plots.norm_palette(["zz", "in", "none", "ln", "bn", "gn"])
     assert list(many) == ["bn", "ln", "in", "gn", "none", "zz"] and len(set(many.values())) == 6
-    assert plots.impl_palette(["native"])["native"] == plots.IMPL_COLORS["native"]
+    assert len(set(colours.values())) == len(norms.available())  # every registered norm its own colour
+    assert plots.impl_palette(["native"])["native"] == plots.impl_colors()["native"]
+    assert plots.norm_label("gn") == "GroupNorm" and plots.norm_label("zz") == "zz"
+
+
+@pytest.fixture
+def registered_norm():
+    """A norm registered the way a user adds one (normbench.norms.add_norm), removed afterwards."""
+    from normbench.norms import registry
+    from normbench.norms.layers import LayerNorm
+
+    class ScaledLayerNorm(LayerNorm):
+        name = "sln"
+        title = "Scaled LayerNorm"
+
+    registry.add_norm(ScaledLayerNorm)
+    yield ScaledLayerNorm
+    del registry.NORMS["sln"]
+
+
+def test_a_newly_registered_norm_appears_in_plots_and_tables(registered_norm):
+    assert plots.norm_order()[-2:] == ["sln", "none"]  # in registry order, the no-op baseline last
+    assert plots.norm_label("sln") == "Scaled LayerNorm"
+    assert plots.norm_colors()["sln"] not in {c for n, c in plots.norm_colors().items() if n != "sln"}
+    rows = [
+        {"norm": n, "impl": "reference", "pass": "fwd", "batch_size": b, "median_ms": 0.1 * b}
+        for n in ("sln", "bn")
+        for b in (2, 4)
+    ]
+    grid = plots._speed_grid(pd.DataFrame(rows), "median_ms", "ms", "t", False)
+    assert grid.row_names == ["bn", "sln"]  # a facet row of its own, after bn as the registry orders them
+    assert grid.axes_dict[("sln", "fwd")].title.get_color() == plots.norm_colors()["sln"]
+    plots.plt.close(grid.figure)
+    stats = report.speed_stats(pd.DataFrame(rows).assign(input="x"))
+    assert stats["norm"].tolist() == ["bn", "bn", "sln", "sln"]
 
 
 def test_plots_are_pngs(both):
@@ -216,6 +251,33 @@ def test_html_is_self_contained(both):
     assert text.count("<img") == 4 and text.count("<table") >= 3
     assert "<link" not in text and "<script" not in text
     assert "ValueError: groups=7 does not divide 64" in text
+
+
+def test_html_renders_the_markdown_not_its_marks(tmp_path):
+    png = tmp_path / "plot.png"
+    png.write_bytes(PNG_SIGNATURE + b"\0" * 16)
+    doc = report.Document(tmp_path)
+    doc.heading(2, "Speed of `gn`")
+    doc.para("**supported** and *mixed*; `a*b` and `x**2` are code")
+    doc.table(pd.DataFrame({"job": ["test_bn[native]", None], "error": ["a*b | c", "_x_"]}))
+    doc.image(png, "latency *per* norm")
+    md, page = doc.markdown(), doc.html("t")
+    assert "**supported**" in md and "![latency \\*per\\* norm](plot.png)" in md  # report.md stays Markdown
+    para = "<p><strong>supported</strong> and <em>mixed</em>; <code>a*b</code> and <code>x**2</code> are code</p>"
+    assert para in page and "<h2>Speed of <code>gn</code></h2>" in page
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", page)
+    assert cells == ["test_bn[native]", "a*b | c", "", "_x_"]  # data, shown as written, one row each
+    img = re.search(r"<img [^>]+>", page).group(0)
+    assert 'src="data:image/png;base64,' in img and 'data-file="plot.png"' in img and 'alt="latency *per* norm"' in img
+
+
+def test_report_html_has_no_literal_markup(both):
+    page = both.with_name(report.REPORT_HTML).read_text()
+    body = re.sub(r"<code>.*?</code>|<pre>.*?</pre>", "", page.split("<body>")[1], flags=re.S)
+    assert "**" not in body and "<strong>PreciseBN</strong>" in page
+    assert set(re.findall(r'data-file="([^"]+)"', page)) == {
+        name for key, name in report.PLOTS.items() if key != "claims"
+    }
 
 
 def test_report_from_benchmark_json(bench_json, tmp_path):  # noqa: F811 - the fixture

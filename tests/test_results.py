@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from normbench import results
+from normbench import benchmark_json, provenance, results, schema
 
 # ---------------------------------------------------------------------------- hand-made rows and sweeps
 
@@ -153,7 +153,7 @@ def test_read_sweep_keeps_failed_and_missing_jobs(tmp_path):
 
     ok = frame[frame.status == "ok"]
     assert len(ok) == 2 * 2 * 2 * 2  # norms x impls x batch sizes x passes
-    assert list(frame.columns[:9]) == results.META_COLUMNS + ["norm"]
+    assert list(frame.columns[:9]) == schema.META_COLUMNS + ["norm"]
     assert set(ok["kind"]) == {"speed"}
     assert ok.loc[
         (ok.norm == "gn") & (ok.impl == "native") & (ok["pass"] == "fwd") & (ok.batch_size == 16), "median_ms"
@@ -203,7 +203,7 @@ def test_summary_round_trips(tmp_path):
     csv, parquet = results.write_summary(frame, tmp_path / "out")
     back_csv, back_pq = pd.read_csv(csv), pd.read_parquet(parquet)
     assert len(back_csv) == len(back_pq) == len(frame)
-    assert list(back_pq.columns) == list(back_csv.columns) == list(results.typed(frame).columns)
+    assert list(back_pq.columns) == list(back_csv.columns) == list(schema.typed(frame).columns)
     assert back_pq["median_ms"].sum() == pytest.approx(frame["median_ms"].sum())
     assert not list((tmp_path / "out").glob(".*tmp"))  # nothing half-written left
 
@@ -221,12 +221,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
 
 def test_run_info_and_git_commit(tmp_path):
-    info = results.run_info(["/usr/bin/normbench-speed", "-m", "norm=bn,gn"], app="speed")
+    info = provenance.run_info(["/usr/bin/normbench-speed", "-m", "norm=bn,gn"], app="speed")
     assert info["command"] == "normbench-speed -m norm=bn,gn" and info["app"] == "speed"
     assert info["versions"]["torch"] and info["date"].endswith("+00:00")
-    assert results.git_commit(tmp_path) is None  # not a repository: no commit, no crash
+    assert provenance.git_commit(tmp_path) is None  # not a repository: no commit, no crash
     sweep = speed_sweep(tmp_path / "s")
-    rebuilt = results.read_run_info(sweep)  # no run.json: rebuilt from multirun.yaml
+    rebuilt = provenance.read_run_info(sweep)  # no run.json: rebuilt from multirun.yaml
     assert rebuilt["command"] == "normbench-speed -m norm=bn,gn"
 
 
@@ -282,9 +282,9 @@ def bench_json(tmp_path_factory) -> Path:
 
 def test_benchmark_json_becomes_speed_rows(bench_json):
     raw = json.loads(bench_json.read_text())
-    frame = results.read_benchmark_json(bench_json)
+    frame = benchmark_json.read_benchmark_json(bench_json)
     assert len(frame) == 2 and set(frame["status"]) == {"ok"} and set(frame["kind"]) == {"speed"}
-    assert list(frame.columns[: len(results.META_COLUMNS) - 1]) == results.META_COLUMNS[:-1]
+    assert list(frame.columns[: len(schema.META_COLUMNS) - 1]) == schema.META_COLUMNS[:-1]
     by_impl = frame.set_index("impl")
     for bench in raw["benchmarks"]:
         row = by_impl.loc[bench["params"]["impl"]]
@@ -301,8 +301,8 @@ def test_benchmark_json_that_is_not_one(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"hello": 1}')
     with pytest.raises(ValueError, match="not a pytest-benchmark JSON"):
-        results.read_benchmark_json(bad)
+        benchmark_json.read_benchmark_json(bad)
     minimal = tmp_path / "minimal.json"  # no extra_info, no params: rows still come out
     minimal.write_text(json.dumps({"benchmarks": [{"name": "test_x", "stats": {"median": 0.5}}]}))
-    frame = results.read_benchmark_json(minimal)
+    frame = benchmark_json.read_benchmark_json(minimal)
     assert frame["median_ms"].item() == 500.0 and frame["job"].item() == "test_x"

@@ -1,0 +1,226 @@
+"""The one row schema every result file and report shares (documented in docs/schema.md): its columns,
+their types and units, and the frame operations that hold rows to it: `tidy` (provenance columns
+first), `concat` (rows of several sources in one frame), `typed` (every column, with the schema's
+pandas dtypes, as summary.csv and summary.parquet store it) and `plain` (numpy dtypes again).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+# The documented columns: name -> (type, unit, meaning). summary.csv and summary.parquet always hold
+# all of them in this order (then any extra column an input brought), so two sweeps' summaries line up.
+SCHEMA: dict[str, tuple[str, str, str]] = {
+    # provenance: every row
+    "kind": ("str", "", "speed, accuracy or benchmark (a pytest-benchmark entry that is not one norm's pass)"),
+    "status": ("str", "", "ok, failed, skipped, missing, not_started, unreadable or empty"),
+    "error": ("str", "", "why a job left no measurement (its error line)"),
+    "sweep": ("str", "", "name of the sweep directory, run directory or JSON file"),
+    "job": ("str", "", "the job's directory within its sweep (pytest-benchmark: the test's full name)"),
+    "overrides": ("str", "", "the job's command-line overrides, space separated"),
+    "source": ("str", "", "the file the row was read from"),
+    "input": ("str", "", "the sweep, run, report or JSON file the row came from (never pooled across)"),
+    # what was measured
+    "norm": ("str", "", "norm name: bn, ln, in, gn, none"),
+    "impl": ("str", "", "implementation: reference, native, compiled, triton"),
+    "pass": (
+        "str",
+        "",
+        "speed: fwd, bwd, fwdbwd; step (a model's forward + backward) or wrapper (the module's own cost)",
+    ),
+    "batch_size": ("int", "samples", "speed: N of the input; accuracy: K, samples per normalization batch"),
+    "channels": ("int", "", "speed: C of the input"),
+    "spatial": ("str", "", "speed: spatial sizes, e.g. 28x28"),
+    "shape": ("str", "", "speed: the input's shape, e.g. 8x64x28x28"),
+    "dtype": ("str", "", "speed: float32, float16 or bfloat16"),
+    "layout": ("str", "", "speed: contiguous or channels_last"),
+    "groups": ("int", "", "gn: channel groups"),
+    "eps": ("float", "", "the norm's eps"),
+    "momentum": ("float", "", "bn: weight of the new batch in the running statistics"),
+    "affine": ("bool", "", "the norm has a per-channel weight and bias"),
+    "track_running_stats": ("bool", "", "bn: keeps running statistics"),
+    "virtual_batch": ("int", "samples", "bn: samples per statistic"),
+    "device": ("str", "", "torch device, e.g. cpu or cuda:0"),
+    "device_name": ("str", "", "the GPU's or CPU's model"),
+    "threads": ("int", "", "CPU intra-op threads"),
+    "seed": ("int", "", "random seed"),
+    # speed
+    "median_ms": ("float", "ms", "median time per call (CPU: over blocks of calls, each block's time / its calls)"),
+    "p20_ms": ("float", "ms", "20th percentile of the time per call"),
+    "p80_ms": ("float", "ms", "80th percentile of the time per call"),
+    "repeats": ("int", "calls", "calls timed (CPU: in all blocks; empty where triton's do_bench does not say)"),
+    "timer": (
+        "str",
+        "",
+        "what timed them, e.g. triton.testing.do_bench, cuda events, torch.utils.benchmark.Timer.blocked_autorange",
+    ),
+    "cuda_graph": ("bool", "", "speed.cuda_graph: the time is of a captured CUDA graph's replay"),
+    "bytes": ("int", "bytes", "the fewest bytes the pass must move (docs/speed.md)"),
+    "gbps": ("float", "GB/s (1e9 bytes/s)", "bytes / median time"),
+    "peak_gbps": ("float", "GB/s (1e9 bytes/s)", "the device's measured (or given) copy bandwidth"),
+    "peak_method": ("str", "", "how peak_gbps was found"),
+    "peak_copy_ms": ("float", "ms", "median time of the copy that measured peak_gbps"),
+    "pct_of_peak": ("float", "%", "gbps / peak_gbps x 100: % of the roofline"),
+    "peak_mem_mib": ("float", "MiB (2**20 bytes)", "CUDA memory one call allocates beyond its inputs; NaN on CPU"),
+    "compile_s": ("float", "s", "impl=compiled: wall time of the first call, which compiles"),
+    "layers": ("int", "", "speed, shape=model: the model's norm layers the row stands for (step: all of them)"),
+    "layer_names": ("str", "", "speed, shape=model: those layers' module names, space separated"),
+    "norm_ms": ("float", "ms", "pass step: the norm layers' time in one step, sum of fwdbwd median x layers"),
+    "norm_share": ("float", "%", "pass step: norm_ms / the step's median_ms x 100"),
+    "torch_version": ("str", "", "torch version"),
+    "triton_version": ("str", "", "triton version, if installed"),
+    # accuracy
+    "dataset": ("str", "", "dataset name"),
+    "model": ("str", "", "model name (speed, shape=model: the _target_'s last part, e.g. resnet20)"),
+    "norm_position": ("str", "", "norm before or after the activation"),
+    "norm_options": ("str", "", "the model's per-norm options, key=value"),
+    "protocol": ("str", "", "what a sweep over K holds fixed: global_batch or workers"),
+    "workers": ("int", "", "W: simulated data-parallel workers"),
+    "global_batch": ("int", "samples", "K x W: samples per optimizer step"),
+    "lr": ("float", "", "learning rate after linear scaling"),
+    "epochs": ("int", "", "training epochs"),
+    "steps": ("int", "", "optimizer steps"),
+    "test_acc": ("float", "fraction in [0, 1]", "test accuracy, model in eval mode"),
+    "test_acc_precise_bn": ("float", "fraction in [0, 1]", "bn: test accuracy with PreciseBN population statistics"),
+    "test_acc_batch_stats": ("float", "fraction in [0, 1]", "bn: test accuracy with batch statistics at K"),
+    "precise_bn_samples": ("int", "samples", "bn: training samples PreciseBN averaged over"),
+    "train_loss": ("float", "", "mean train loss of the last epoch"),
+    "train_acc": ("float", "fraction in [0, 1]", "train accuracy of the last epoch"),
+    "reused_from": ("str", "", "the job whose training this row reuses (K-invariant norms); empty if trained here"),
+    "wall_s": ("float", "s", "wall time of the run"),
+    "samples_per_s": ("float", "samples/s", "training throughput"),
+    # pytest-benchmark
+    "benchmark": ("str", "", "the benchmark's name, parameters included"),
+    "group": ("str", "", "the benchmark's group"),
+    "min_ms": ("float", "ms", "fastest round"),
+    "max_ms": ("float", "ms", "slowest round"),
+    "mean_ms": ("float", "ms", "mean of the rounds"),
+    "stddev_ms": ("float", "ms", "standard deviation of the rounds"),
+    "q1_ms": ("float", "ms", "first quartile of the rounds"),
+    "q3_ms": ("float", "ms", "third quartile of the rounds"),
+    "rounds": ("int", "", "rounds timed"),
+    "iterations": ("int", "", "calls per round"),
+}
+META_COLUMNS = ["kind", "status", "error", "sweep", "job", "overrides", "source", "input"]
+SPEED_COLUMNS = [
+    "norm",
+    "impl",
+    "pass",
+    "batch_size",
+    "shape",
+    "dtype",
+    "layout",
+    "groups",
+    "device",
+    "device_name",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "bytes",
+    "gbps",
+    "peak_gbps",
+    "pct_of_peak",
+    "peak_mem_mib",
+    "compile_s",
+    "torch_version",
+    "triton_version",
+]
+ACCURACY_COLUMNS = [
+    "norm",
+    "impl",
+    "dataset",
+    "model",
+    "protocol",
+    "batch_size",
+    "workers",
+    "global_batch",
+    "lr",
+    "epochs",
+    "steps",
+    "seed",
+    "test_acc",
+    "test_acc_precise_bn",
+    "test_acc_batch_stats",
+    "precise_bn_samples",
+    "train_loss",
+    "reused_from",
+    "wall_s",
+    "samples_per_s",
+    "device",
+    "device_name",
+    "torch_version",
+]
+RENAMED = {"peak_mem_mb": "peak_mem_mib"}  # older rows.csv files: the values were MiB all along
+# Columns that hold names even when they look like numbers (a job directory `3`, not 3.0).
+TEXT_COLUMNS = {"reused_from": str}
+
+
+def tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Order columns (provenance, then the speed and accuracy schema, then anything else)."""
+    for col in META_COLUMNS:
+        if col not in frame:
+            frame[col] = None
+    known = META_COLUMNS + [c for c in SPEED_COLUMNS + ACCURACY_COLUMNS if c in frame]
+    known = list(dict.fromkeys(known))
+    return frame[known + [c for c in frame.columns if c not in known]].reset_index(drop=True)
+
+
+def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Rows of several sources in one tidy frame (columns no frame fills are left out)."""
+    frames = [f.dropna(axis=1, how="all") if len(f) else f for f in frames]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return tidy(pd.DataFrame())
+    return tidy(pd.concat(frames, ignore_index=True, sort=False))
+
+
+def _extra_for_parquet(column: pd.Series) -> pd.Series:
+    """An undocumented object column pyarrow can store: mixed types become strings."""
+    kinds = {type(v) for v in column.dropna()}
+    if len(kinds) > 1 or (kinds and not kinds <= {str, bool, int, float}):
+        return column.map(lambda v: v if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v}")
+    return column
+
+
+def _as_bool(value: Any) -> Any:
+    if isinstance(value, str):
+        return {"true": True, "false": False}.get(value.strip().lower(), pd.NA)
+    return pd.NA if pd.isna(value) else bool(value)
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every `SCHEMA` column (missing ones empty), in order, then the extras, with the schema's types as
+    pandas nullable dtypes: str -> string, int -> Int64, float -> float64, bool -> boolean."""
+    out = frame.rename(columns=RENAMED).copy()
+    for col, (kind, _, _) in SCHEMA.items():
+        values = out[col] if col in out else pd.Series([pd.NA] * len(out), index=out.index, dtype=object)
+        if kind == "str":
+            values = values.astype(object).where(values.notna(), None).map(lambda v: v if v is None else str(v))
+            out[col] = values.astype("string")
+        elif kind == "bool":
+            out[col] = values.map(_as_bool).astype("boolean")
+        else:
+            numbers = pd.to_numeric(values, errors="coerce").astype("float64")
+            integral = kind == "int" and bool((numbers.dropna() % 1 == 0).all())
+            out[col] = numbers.astype("Int64") if integral else numbers
+    extras = [c for c in out.columns if c not in SCHEMA]
+    out = out[list(SCHEMA) + extras]
+    for col in extras:
+        if out[col].dtype == object:
+            out[col] = _extra_for_parquet(out[col])
+    return out.reset_index(drop=True)
+
+
+def plain(frame: pd.DataFrame) -> pd.DataFrame:
+    """A typed frame with numpy dtypes again (what the report's code and plots expect)."""
+    out = frame.copy()
+    for col in out.columns:
+        dtype = str(out[col].dtype)
+        if dtype == "Int64":
+            out[col] = out[col].astype("float64") if out[col].isna().any() else out[col].astype("int64")
+        elif dtype in ("string", "boolean"):
+            out[col] = out[col].astype(object).where(out[col].notna(), None)
+    return out
