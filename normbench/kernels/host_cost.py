@@ -1,14 +1,14 @@
 """Host (Python) microseconds per impl=triton pass, with the kernel launches stubbed out, without a GPU.
 
-    python -m normbench.kernels.host_cost              # every GPU-sweep case, planned for an H100 (~1 min)
+    python -m normbench.kernels.host_cost              # every GPU-sweep case, planned for an H100 (minutes)
     python -m normbench.kernels.host_cost --norm gn --shape resnet_c64 --profile   # and where it goes
 
 The autograd Function runs on uninitialized CPU tensors of the full shape (`DEVICE`) with each Triton
 kernel replaced by a stub that only counts its launches, and `layout.PLAN_FOR` set for an H100
 (`trace.kernels_replaced`). What is left is the host work of a call: planning, checks, allocations,
-views, argument packing, the few torch operators (on small tensors: the partial sums) and autograd's
-own bookkeeping. Passes as in `speed`: fwd (the forward, building the graph), bwd
-(`torch.autograd.grad` of a kept graph) and fwdbwd (both).
+views, argument packing, the torch operators' dispatch (the backward's dweight/dbias sums run over
+empty slices: `stubbed`) and autograd's own bookkeeping. Passes as in `speed`: fwd (the forward,
+building the graph), bwd (`torch.autograd.grad` of a kept graph) and fwdbwd (both).
 
 Timing: `timeit` with the process's CPU time as its clock (a shared machine's other load does not
 count; garbage collection is off while it times), after `warmup` calls, `repeat` rounds of `number`
@@ -24,6 +24,7 @@ allocator, its own launch). The `kernels` and `torch ops` columns are the counts
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import pstats
 import statistics
@@ -57,6 +58,24 @@ class _Stub:
     @staticmethod
     def _launch(*args, **meta):
         _Stub.launches += 1
+
+
+@contextlib.contextmanager
+def stubbed(plan_for: tuple[int, int] = trace.H100):
+    """Kernels replaced by `_Stub`; the backward's dweight/dbias sums run over empty slices of the partials.
+
+    The sums keep their dispatch (host time on a GPU too) but not their CPU compute and first-touch page
+    faults on the (B, splits, C) partials, which on a GPU are device work.
+    """
+    from normbench.kernels import norm_function
+
+    sums = norm_function.weight_bias_grads
+    norm_function.weight_bias_grads = lambda p_dy, p_dyxhat, dtype: sums(p_dy[:0], p_dyxhat[:0], dtype)
+    try:
+        with trace.kernels_replaced(_Stub, plan_for):
+            yield
+    finally:
+        norm_function.weight_bias_grads = sums
 
 
 class Floor(torch.autograd.Function):
@@ -112,7 +131,7 @@ def measure(
     """Median host microseconds per pass, and the launches each makes (see the module's docstring)."""
     counts = trace.trace(norm, shape, dtype, layout_name)
     us = {}
-    with trace.kernels_replaced(_Stub):
+    with stubbed():
         calls = pass_calls(norm, shape, dtype, layout_name, function=function)
         for name in PASSES:
             for _ in range(warmup):
@@ -129,7 +148,7 @@ def measure(
 def profile(cases: list, calls_per_case: int = 200, top: int = 25) -> str:
     """cProfile of fwdbwd over `cases`: the functions with the most own time, as pstats prints them."""
     profiler = cProfile.Profile(time.process_time)
-    with trace.kernels_replaced(_Stub):
+    with stubbed():
         for norm, _, shape, dtype_name, layout_name in cases:
             fwdbwd = pass_calls(norm, shape, trace.DTYPES[dtype_name], layout_name)["fwdbwd"]
             fwdbwd()

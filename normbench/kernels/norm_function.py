@@ -151,6 +151,14 @@ def _normalize(x, y, weight, bias, mean, rstd, p: Plans) -> None:
     )
 
 
+def weight_bias_grads(p_dy: Tensor, p_dyxhat: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """dweight and dbias in `dtype` from the (B, splits, C) float32 partial sums of dy * xhat and dy."""
+    dweight, dbias = p_dyxhat.sum((0, 1)), p_dy.sum((0, 1))
+    if dtype != torch.float32:  # else .to would return them as they are, after a dispatch each
+        dweight, dbias = dweight.to(dtype), dbias.to(dtype)
+    return dweight, dbias
+
+
 class _TritonNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor):
@@ -268,6 +276,5 @@ class _TritonNorm(torch.autograd.Function):
                 num_warps=sp.num_warps,
             )
         if affine and dweight is None:
-            dweight = p_dyxhat.sum((0, 1)).to(weight.dtype)
-            dbias = p_dy.sum((0, 1)).to(weight.dtype)
+            dweight, dbias = weight_bias_grads(p_dy, p_dyxhat, weight.dtype)
         return dx, dweight, dbias, None, None, None, None, None, None, None
