@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -93,14 +94,26 @@ def dense_layout(x: Tensor) -> tuple[Tensor, bool]:
     """
     if x.is_contiguous():
         return x, False
-    if x.dim() > 2 and x.permute(0, *range(2, x.dim()), 1).is_contiguous():
+    if x.dim() > 2 and _channels_last(x.shape, x.stride()):
         return x, True
     return x.contiguous(), False
 
 
+@functools.lru_cache(maxsize=1024)
+def _channels_last(shape: torch.Size, strides: tuple[int, ...]) -> bool:
+    """Whether these strides are channels innermost, then positions, then samples (once per geometry: the
+    permuted view this takes is a torch operator, host time on every call otherwise)."""
+    x = torch.empty_strided(shape, strides, device="meta")
+    return x.permute(0, *range(2, x.dim()), 1).is_contiguous()
+
+
 def grouped_view(x: Tensor, samples: int, groups: int, channels_last: bool) -> GroupedView:
-    n, c = x.shape[:2]
-    length = math.prod(x.shape[2:])
+    return view_of(x.shape, samples, groups, channels_last)
+
+
+def view_of(shape: torch.Size, samples: int, groups: int, channels_last: bool) -> GroupedView:
+    n, c = shape[:2]
+    length = math.prod(shape[2:])
     if channels_last:
         s_sample, sc, sl = length * c, 1, c
     else:
@@ -115,10 +128,66 @@ def grouped_view(x: Tensor, samples: int, groups: int, channels_last: bool) -> G
         sl = 0  # no positions to step over: lets the compiler see the channels as the contiguous axis
     if (c - 1) * sc + (length - 1) * sl >= INT32_LIMIT:
         raise UsageError(
-            f"impl=triton indexes within a sample in 32 bits; shape {tuple(x.shape)} has 2**31 or more "
+            f"impl=triton indexes within a sample in 32 bits; shape {tuple(shape)} has 2**31 or more "
             "values per sample: use impl=native for it"
         )
     return GroupedView(b, k, c, length, groups, sb, sk, sc, sl)
+
+
+@dataclass(frozen=True)
+class Plans:
+    """What a call's launches need that depends only on the input's geometry, device and the settings."""
+
+    view: GroupedView
+    slab: SlabPlan | None  # the fused/looped tiling of batch statistics; None: the split kernels
+    split: SplitPlan  # the split tiling (split path; normalize and input_grad of eval-mode BatchNorm)
+    looped_programs: tuple[int, int] | None  # persistent programs forward (x), backward (x, dy): looped
+
+
+def plans(x: Tensor, samples: int, groups: int, channels_last: bool) -> Plans:
+    """The grouped view and tilings of x, computed once per (shape, dtype size, device, statistics,
+    heuristic settings): planning is pure Python and ran several times in every pass before."""
+    return _plans(x.shape, samples, groups, channels_last, x.element_size(), x.device, _settings(x.device))
+
+
+# The module's settings that plans depend on: part of the cache key, so a test (or PLAN_FOR) that
+# changes one gets fresh plans instead of a stale cached one.
+_SETTINGS = operator.itemgetter(
+    "FUSED_MAX_ELEMENTS",
+    "FUSED_MIN_ELEMENTS",
+    "MAX_SLAB_CHANNELS",
+    "TILE_ELEMENTS",
+    "MAX_CHANNELS_INNER",
+    "MIN_CHANNELS_INNER",
+    "MIN_POSITIONS_INNER",
+    "MAX_POSITIONS_INNER",
+    "MAX_GROUPS_PER_PROGRAM_CHANNELS",
+    "PROGRAMS_PER_SM",
+    "SLAB_PROGRAMS_PER_SM",
+    "L2_SHARE",
+    "MAX_LOOPED_PROGRAMS_PER_SM",
+    "INTERPRETER_PROGRAMS",
+    "INT32_LIMIT",
+    "FORCE_PATH",
+    "PLAN_FOR",
+)
+
+
+def _settings(device: torch.device) -> tuple:
+    values = _SETTINGS(globals())
+    if PLAN_FOR is None and device.type == "cuda":
+        return (*values, _interpreting())  # target_programs asks
+    return values
+
+
+@functools.lru_cache(maxsize=1024)
+def _plans(shape, samples, groups, channels_last, element_size, device, settings) -> Plans:
+    v = view_of(shape, samples, groups, channels_last)
+    slab = slab_plan(v, device)
+    programs = None
+    if slab is not None and slab.looped:
+        programs = tuple(looped_programs(slab, v, device, n * element_size) for n in (1, 2))
+    return Plans(v, slab, split_plan(v, device), programs)
 
 
 @dataclass(frozen=True)

@@ -21,15 +21,7 @@ from torch.autograd.function import once_differentiable
 from normbench.errors import UsageError
 from normbench.kernels import fused, split
 from normbench.kernels.availability import require_runnable
-from normbench.kernels.layout import (
-    GroupedView,
-    dense_layout,
-    grouped_view,
-    looped_programs,
-    next_pow2,
-    slab_plan,
-    split_plan,
-)
+from normbench.kernels.layout import GroupedView, Plans, dense_layout, next_pow2, plans
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -65,17 +57,18 @@ def _split_args(v: GroupedView, plan) -> tuple:
     return (v.sb, v.sk, v.sc, v.sl, plan.tiles, plan.tiles_per_split, plan.splits, plan.channel_blocks, plan.l_blocks)
 
 
-def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float, running=None, factor: float = 0.0):
+def _batch_statistics(x, y, weight, bias, p: Plans, eps: float, running=None, factor: float = 0.0):
     """Normalize x into y with its own statistics; return (mean, biased var, rstd), each (B * G,) float32.
 
     running: (running_mean, running_var) to update with core.update_running_stats' rule (unbiased
     variance, averaged over the B virtual batches), in the combine kernel where there is one.
     """
+    v = p.view
     stats = [torch.empty(v.B * v.G, device=x.device, dtype=torch.float32) for _ in range(3)]
     unbias = v.count / (v.count - 1) if running is not None else 1.0
     affine = weight is not None
     w, b = (weight, bias) if affine else (x, x)  # never read without affine
-    plan = slab_plan(v, x.device)
+    plan = p.slab
     if plan is not None:
         meta = dict(
             HAS_AFFINE=affine,
@@ -86,8 +79,7 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float, running=No
         )
         args = (x, y, w, b, *stats, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl, eps)
         if plan.looped:
-            grid = (looped_programs(plan, v, x.device, x.element_size()),)
-            fused.looped_forward[grid](*args, plan.slabs, **meta)
+            fused.looped_forward[(p.looped_programs[0],)](*args, plan.slabs, **meta)
         else:
             fused.fused_forward[(plan.slabs,)](*args, **meta)
         if running is not None:
@@ -96,7 +88,7 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float, running=No
                 stats[0], stats[1], *running, v.G, v.B, factor, unbias, BLOCK=block
             )
         return stats
-    sp = split_plan(v, x.device)
+    sp = p.split
     mean_p = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
     m2_p = torch.empty_like(mean_p)
     count_p = torch.empty(sp.splits, device=x.device, dtype=torch.float32)
@@ -132,14 +124,14 @@ def _batch_statistics(x, y, weight, bias, v: GroupedView, eps: float, running=No
         BLOCK=_combine_block(v, sp.splits),
     )
     mean, _, rstd = stats
-    _normalize(x, y, weight, bias, mean, rstd, v)
+    _normalize(x, y, weight, bias, mean, rstd, p)
     return stats
 
 
-def _normalize(x, y, weight, bias, mean, rstd, v: GroupedView) -> None:
+def _normalize(x, y, weight, bias, mean, rstd, p: Plans) -> None:
+    v, sp = p.view, p.split
     affine = weight is not None
     w, b = (weight, bias) if affine else (x, x)
-    sp = split_plan(v, x.device)
     split.normalize[(v.B * sp.programs,)](
         x,
         y,
@@ -159,22 +151,30 @@ def _normalize(x, y, weight, bias, mean, rstd, v: GroupedView) -> None:
     )
 
 
+def weight_bias_grads(p_dy: Tensor, p_dyxhat: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """dweight and dbias in `dtype` from the (B, splits, C) float32 partial sums of dy * xhat and dy."""
+    dweight, dbias = p_dyxhat.sum((0, 1)), p_dy.sum((0, 1))
+    if dtype != torch.float32:  # else .to would return them as they are, after a dispatch each
+        dweight, dbias = dweight.to(dtype), dbias.to(dtype)
+    return dweight, dbias
+
+
 class _TritonNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor):
         x, channels_last = dense_layout(x)
         y = torch.empty_like(x)  # x is dense, so y gets its strides (channels_last stays channels_last)
         if use_batch_stats:
-            v = grouped_view(x, samples, groups, channels_last)
+            p = plans(x, samples, groups, channels_last)
             running = (running_mean, running_var) if running_mean is not None else None
-            mean, _, rstd = _batch_statistics(x, y, weight, bias, v, eps, running, factor)
+            mean, _, rstd = _batch_statistics(x, y, weight, bias, p, eps, running, factor)
         else:  # eval-mode BatchNorm: the running statistics are constants
-            v = grouped_view(x, x.shape[0], groups, channels_last)
+            p = plans(x, x.shape[0], groups, channels_last)
             mean = running_mean.detach().to(torch.float32, copy=True)  # a copy: later steps update the buffer
             rstd = torch.rsqrt(running_var.detach().float() + eps)
-            _normalize(x, y, weight, bias, mean, rstd, v)
+            _normalize(x, y, weight, bias, mean, rstd, p)
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.view = v
+        ctx.plans = p
         ctx.constant_stats = not use_batch_stats
         return y
 
@@ -182,14 +182,15 @@ class _TritonNorm(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, weight, mean, rstd = ctx.saved_tensors
-        v: GroupedView = ctx.view
+        p: Plans = ctx.plans
+        v = p.view
         if dy.stride() != x.stride():
             dy = torch.empty_like(x).copy_(dy)  # the kernels index dy with x's strides
         dx = torch.empty_like(x)
         affine = weight is not None
         w = weight if affine else x  # never read without affine
         dweight = dbias = None
-        plan = None if ctx.constant_stats else slab_plan(v, x.device)
+        plan = None if ctx.constant_stats else p.slab
         if plan is not None:
             p_dy = torch.empty(v.B, 1, v.C, device=x.device, dtype=torch.float32)
             p_dyxhat = torch.empty_like(p_dy)
@@ -202,12 +203,11 @@ class _TritonNorm(torch.autograd.Function):
             )
             args = (x, dy, dx, w, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl)
             if plan.looped:
-                grid = (looped_programs(plan, v, x.device, 2 * x.element_size()),)
-                fused.looped_backward[grid](*args, plan.slabs, **meta)
+                fused.looped_backward[(p.looped_programs[1],)](*args, plan.slabs, **meta)
             else:
                 fused.fused_backward[(plan.slabs,)](*args, **meta)
         else:
-            sp = split_plan(v, x.device)
+            sp = p.split
             grid = (v.B * sp.programs,)
             p_dy = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
             p_dyxhat = torch.empty_like(p_dy)
@@ -276,6 +276,5 @@ class _TritonNorm(torch.autograd.Function):
                 num_warps=sp.num_warps,
             )
         if affine and dweight is None:
-            dweight = p_dyxhat.sum((0, 1)).to(weight.dtype)
-            dbias = p_dy.sum((0, 1)).to(weight.dtype)
+            dweight, dbias = weight_bias_grads(p_dy, p_dyxhat, weight.dtype)
         return dx, dweight, dbias, None, None, None, None, None, None, None

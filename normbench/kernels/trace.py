@@ -123,30 +123,38 @@ class _TorchOps(TorchDispatchMode):
 
 
 @contextlib.contextmanager
+def kernels_replaced(stand_in, plan_for: tuple[int, int] | None = H100):
+    """Replace every kernel norm_function launches by `stand_in(kernel)` and plan as if on `plan_for`
+    (SMs, L2 bytes; None keeps the device's own plans), restoring both on exit."""
+    from normbench.kernels import fused, layout, split
+
+    saved = {}
+    for module in (fused, split):
+        for name, obj in vars(module).items():
+            if name in KERNELS:  # not the @triton.jit helpers: kernels call those by their global name
+                saved[(module, name)] = obj
+    old_plan = layout.PLAN_FOR
+    try:
+        for (module, name), obj in saved.items():
+            setattr(module, name, stand_in(obj))
+        layout.PLAN_FOR = plan_for
+        yield
+    finally:
+        layout.PLAN_FOR = old_plan
+        for (module, name), obj in saved.items():
+            setattr(module, name, obj)
+
+
+@contextlib.contextmanager
 def recording(run: bool = False, plan_for: tuple[int, int] | None = H100):
     """Yield a list that gets one `Pass` per `begin(...)` call: the launches made until the next one.
 
     With run=False the kernels are not launched (for meta tensors); with run=True they are, so a test
     can count the launches of a real (interpreted) call. plan_for=None keeps the device's own plans.
     """
-    from normbench.kernels import fused, layout, split
-
     passes: list[Pass] = [Pass()]
-    saved = {}
-    for module in (fused, split):
-        for name, obj in vars(module).items():
-            if name in KERNELS:  # not the @triton.jit helpers: kernels call those by their global name
-                saved[(module, name)] = obj
-                setattr(module, name, _Recorder(obj, passes, run))
-    old_plan = layout.PLAN_FOR
-    layout.PLAN_FOR = plan_for
-    try:
-        with _TorchOps(passes):
-            yield passes
-    finally:
-        layout.PLAN_FOR = old_plan
-        for (module, name), obj in saved.items():
-            setattr(module, name, obj)
+    with kernels_replaced(lambda kernel: _Recorder(kernel, passes, run), plan_for), _TorchOps(passes):
+        yield passes
 
 
 def norm_kwargs(norm: str, x: torch.Tensor, train: bool = True) -> dict:
@@ -165,6 +173,37 @@ def make_input(shape, dtype: torch.dtype, layout_name: str, device="meta") -> to
     return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
 
 
+def function_inputs(
+    norm: str,
+    shape,
+    dtype: torch.dtype,
+    layout_name: str,
+    *,
+    train: bool = True,
+    virtual_batch: int | None = None,
+    device="meta",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
+    """(x, weight, bias, the Function's other arguments) of an affine layer, x and the parameters
+    requiring grad (uninitialized: on meta tensors by default)."""
+    x = make_input(shape, dtype, layout_name, device).requires_grad_()
+    c = shape[1]
+    weight = torch.empty(c, device=device, requires_grad=True)
+    bias = torch.empty(c, device=device, requires_grad=True)
+    kw = norm_kwargs(norm, x, train)
+    if virtual_batch:  # BatchNorm's statistics over groups of this many samples
+        kw["samples"] = virtual_batch
+    args = (
+        kw["samples"],
+        kw["groups"],
+        kw["eps"],
+        kw.get("running_mean"),
+        kw.get("running_var"),
+        kw.get("use_batch_stats", True),
+        kw.get("factor", 0.0),
+    )
+    return x, weight, bias, args
+
+
 def trace(
     norm: str,
     shape,
@@ -178,22 +217,7 @@ def trace(
     """{"fwd": Pass, "bwd": Pass} of one forward and backward of an affine layer, on meta tensors."""
     from normbench.kernels.norm_function import _TritonNorm
 
-    x = make_input(shape, dtype, layout_name).requires_grad_()
-    c = shape[1]
-    weight = torch.empty(c, device="meta", requires_grad=True)
-    bias = torch.empty(c, device="meta", requires_grad=True)
-    kw = norm_kwargs(norm, x, train)
-    if virtual_batch:  # BatchNorm's statistics over groups of this many samples
-        kw["samples"] = virtual_batch
-    args = (
-        kw["samples"],
-        kw["groups"],
-        kw["eps"],
-        kw.get("running_mean"),
-        kw.get("running_var"),
-        kw.get("use_batch_stats", True),
-        kw.get("factor", 0.0),
-    )
+    x, weight, bias, args = function_inputs(norm, shape, dtype, layout_name, train=train, virtual_batch=virtual_batch)
     with recording(plan_for=plan_for) as passes:
         y = _TritonNorm.apply(x, weight, bias, *args)
         dy = torch.empty_like(y)

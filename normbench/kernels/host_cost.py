@@ -1,0 +1,205 @@
+"""Host (Python) microseconds per impl=triton pass, with the kernel launches stubbed out, without a GPU.
+
+    python -m normbench.kernels.host_cost              # every GPU-sweep case, planned for an H100 (minutes)
+    python -m normbench.kernels.host_cost --norm gn --shape resnet_c64 --profile   # and where it goes
+
+The autograd Function runs on uninitialized CPU tensors of the full shape (`DEVICE`) with each Triton
+kernel replaced by a stub that only counts its launches, and `layout.PLAN_FOR` set for an H100
+(`trace.kernels_replaced`). What is left is the host work of a call: planning, checks, allocations,
+views, argument packing, the torch operators' dispatch (the backward's dweight/dbias sums run over
+empty slices: `stubbed`) and autograd's own bookkeeping. Passes as in `speed`: fwd (the forward,
+building the graph), bwd (`torch.autograd.grad` of a kept graph) and fwdbwd (both).
+
+Timing: `timeit` with the process's CPU time as its clock (a shared machine's other load does not
+count; garbage collection is off while it times), after `warmup` calls, `repeat` rounds of `number`
+calls each; a pass's cost is the median round divided by `number`. `--profile` runs cProfile on the
+same clock.
+
+Left out, and to be added per launch: a real Triton launch's own host cost (`JITFunction.run` binds and
+specializes the arguments, looks up the compiled kernel, calls the driver; about 8-20 us per launch
+with current Triton, see docs/triton.md), and the CUDA side of each torch operator (caching
+allocator, its own launch). The `kernels` and `torch ops` columns are the counts to multiply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+import timeit
+from dataclasses import dataclass
+
+import torch
+
+from normbench.kernels import trace
+
+PASSES = ("fwd", "bwd", "fwdbwd")
+# Uninitialized CPU tensors at the full shape: the stubs never touch their memory, and CPU operators
+# dispatch through C++ as CUDA ones do (meta tensors run some, e.g. sum and empty_like, through
+# Python reference implementations, several times slower than any real device's host path).
+DEVICE = "cpu"
+
+
+class _Stub:
+    """Stands in for a JITFunction: kernel[grid](*args, **meta) only counts (no binding, no launch)."""
+
+    launches = 0
+
+    def __init__(self, kernel):
+        self.fn = kernel.fn
+
+    def __getitem__(self, grid):
+        return self._launch
+
+    @staticmethod
+    def _launch(*args, **meta):
+        _Stub.launches += 1
+
+
+@contextlib.contextmanager
+def stubbed(plan_for: tuple[int, int] = trace.H100):
+    """Kernels replaced by `_Stub`; the backward's dweight/dbias sums run over empty slices of the partials.
+
+    The sums keep their dispatch (host time on a GPU too) but not their CPU compute and first-touch page
+    faults on the (B, splits, C) partials, which on a GPU are device work.
+    """
+    from normbench.kernels import norm_function
+
+    sums = norm_function.weight_bias_grads
+    norm_function.weight_bias_grads = lambda p_dy, p_dyxhat, dtype: sums(p_dy[:0], p_dyxhat[:0], dtype)
+    try:
+        with trace.kernels_replaced(_Stub, plan_for):
+            yield
+    finally:
+        norm_function.weight_bias_grads = sums
+
+
+class Floor(torch.autograd.Function):
+    """The least any Function with _TritonNorm's arguments costs: y allocated forward, dx, dweight and dbias
+    backward, nothing else (autograd's own bookkeeping and the outputs' allocations)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, *args):
+        ctx.save_for_backward(x, weight)
+        return torch.empty_like(x)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight), *(None,) * 7
+
+
+@dataclass
+class HostCost:
+    us: dict[str, float]  # median host microseconds per pass
+    kernels: dict[str, int]  # Triton launches per pass (fwd, bwd)
+    torch_ops: dict[str, int]  # torch operators that launch a kernel on a GPU, per pass (fwd, bwd)
+
+
+def pass_calls(norm: str, shape, dtype: torch.dtype, layout_name: str, device=DEVICE, function=None) -> dict:
+    """{pass: a no-argument callable running it}, for the Function (impl=triton's by default) as the sweep
+    calls it."""
+    from normbench.kernels.norm_function import _TritonNorm
+
+    function = function or _TritonNorm
+    x, weight, bias, args = trace.function_inputs(norm, shape, dtype, layout_name, device=device)
+    inputs = (x, weight, bias)
+    dy = torch.empty_like(x)
+    kept = function.apply(x, weight, bias, *args)  # the graph the bwd pass runs again and again
+    return {
+        "fwd": lambda: function.apply(x, weight, bias, *args),
+        "bwd": lambda: torch.autograd.grad(kept, inputs, dy, retain_graph=True),
+        "fwdbwd": lambda: torch.autograd.grad(function.apply(x, weight, bias, *args), inputs, dy),
+    }
+
+
+def measure(
+    norm: str,
+    shape,
+    dtype: torch.dtype,
+    layout_name: str,
+    *,
+    repeat: int = 15,
+    number: int = 40,
+    warmup: int = 5,
+    function=None,
+) -> HostCost:
+    """Median host microseconds per pass, and the launches each makes (see the module's docstring)."""
+    counts = trace.trace(norm, shape, dtype, layout_name)
+    us = {}
+    with stubbed():
+        calls = pass_calls(norm, shape, dtype, layout_name, function=function)
+        for name in PASSES:
+            for _ in range(warmup):
+                calls[name]()
+            rounds = timeit.Timer(calls[name], timer=time.process_time).repeat(repeat=repeat, number=number)
+            us[name] = statistics.median(rounds) / number * 1e6
+    return HostCost(
+        us,
+        {name: len(p.launches) for name, p in counts.items()},
+        {name: len(p.torch_ops) for name, p in counts.items()},
+    )
+
+
+def profile(cases: list, calls_per_case: int = 200, top: int = 25) -> str:
+    """cProfile of fwdbwd over `cases`: the functions with the most own time, as pstats prints them."""
+    profiler = cProfile.Profile(time.process_time)
+    with stubbed():
+        for norm, _, shape, dtype_name, layout_name in cases:
+            fwdbwd = pass_calls(norm, shape, trace.DTYPES[dtype_name], layout_name)["fwdbwd"]
+            fwdbwd()
+            profiler.enable()
+            for _ in range(calls_per_case):
+                fwdbwd()
+            profiler.disable()
+    out = _Text()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    return out.text
+
+
+class _Text:
+    def __init__(self):
+        self.text = ""
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+
+def _row(case: tuple, c: HostCost, counts: bool = True) -> str:
+    us = " | ".join(f"{c.us[name]:.0f}" for name in PASSES)
+    launches = f"{c.kernels['fwd']}+{c.kernels['bwd']} | {c.torch_ops['fwd']}+{c.torch_ops['bwd']}" if counts else " | "
+    return f"| {' | '.join(case)} | {us} | {launches} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--norm", choices=trace.NORMS, action="append", help="only these norms (repeatable)")
+    parser.add_argument("--shape", choices=list(trace.GPU_SHAPES), action="append", help="only these shapes")
+    parser.add_argument("--repeat", type=int, default=15, help="timed rounds per pass (median taken)")
+    parser.add_argument("--number", type=int, default=40, help="calls per round")
+    parser.add_argument("--profile", action="store_true", help="also print cProfile's top functions (fwdbwd)")
+    opts = parser.parse_args(argv)
+    cases = [
+        c
+        for c in trace.sweep_cases()
+        if (not opts.norm or c[0] in opts.norm) and (not opts.shape or c[1] in opts.shape)
+    ]
+    print("| shape | layout | dtype | norm | fwd us | bwd us | fwd+bwd us | kernels fwd+bwd | torch ops fwd+bwd |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    timing = {"repeat": opts.repeat, "number": opts.number}
+    floor = measure("gn", trace.GPU_SHAPES["resnet_c64"], torch.float32, "contiguous", function=Floor, **timing)
+    print(_row(("resnet_c64", "contiguous", "fp32", "autograd floor (`Floor`)"), floor, counts=False), flush=True)
+    for norm, shape_name, shape, dtype_name, layout_name in cases:
+        cost = measure(norm, shape, trace.DTYPES[dtype_name], layout_name, **timing)
+        print(_row((shape_name, layout_name, dtype_name, norm), cost), flush=True)
+    if opts.profile:
+        print(profile(cases))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
