@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from normbench import catalog
 from normbench.errors import Unsupported, UsageError
-from normbench.results import versions, write_failure, write_rows
+from normbench.provenance import versions
+from normbench.results import write_failure, write_rows
 
 log = logging.getLogger("normbench")
 
