@@ -27,9 +27,6 @@ class Norm(nn.Module):
     """
 
     name: ClassVar[str]
-    title: ClassVar[str]
-    statistics: ClassVar[str]  # which values share a mean and a variance, in words
-    state: ClassVar[str] = "none"
     needs_spatial: ClassVar[bool] = False
     # True when no statistic spans samples (`samples()` is 1 whatever the batch): how a step's batch
     # is split into normalization batches cannot change what the layer computes. A norm that
@@ -176,9 +173,6 @@ class BatchNorm(Norm):
     """
 
     name = "bn"
-    title = "BatchNorm"
-    statistics = "N and spatial, per channel"
-    state = "running mean/var; train vs eval"
     batch_independent = False
 
     def __init__(
@@ -260,8 +254,6 @@ class LayerNorm(Norm):
     """
 
     name = "ln"
-    title = "LayerNorm"
-    statistics = "C and spatial, per sample"
     too_few_values_hint = "give it more than one channel or spatial position per sample"
 
     def groups(self) -> int:
@@ -276,8 +268,6 @@ class InstanceNorm(Norm):
     """
 
     name = "in"
-    title = "InstanceNorm"
-    statistics = "spatial, per sample and channel"
     needs_spatial = True
     too_few_values_hint = "use ln for (N, C) input"
 
@@ -289,8 +279,6 @@ class GroupNorm(Norm):
     """GroupNorm (Wu & He, 2018): statistics over C / groups channels and spatial, per sample and group."""
 
     name = "gn"
-    title = "GroupNorm"
-    statistics = "C/G channels and spatial, per sample and group"
     too_few_values_hint = "use fewer groups or give it spatial positions"
 
     def __init__(self, num_features: int, *, groups: int = 32, **options) -> None:
@@ -316,9 +304,6 @@ class NoNorm(nn.Module):
     """The no-normalization baseline: identity, no parameters, whatever the implementation."""
 
     name = "none"
-    title = "no normalization"
-    statistics = "-"
-    state = "none"
     batch_independent = True
 
     def __init__(self, num_features: int, *, impl: str = "native", **options) -> None:
