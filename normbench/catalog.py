@@ -62,21 +62,13 @@ def config_groups(configs: str, app: str) -> str:
 
 
 def unsupported_here(norm: str, impl: str) -> str | None:
-    """None when implementation `impl` of `norm` can run on this machine, else why not.
-
-    The one place --list asks; it reads the registry and kernels.availability (the support contract in
-    normbench.norms answers this per input, and is the place to ask once it lands)."""
+    """None when implementation `impl` of `norm` can run on this machine (its GPU if it has one, else
+    the CPU), else why not: the support contract's answer (normbench.norms.supports)."""
     from normbench import norms
     from normbench.kernels import availability
 
-    if impl not in norms.implementations(norm):
-        return f"{norm} has no {impl} implementation"
-    if impl == "triton":
-        if not availability.triton_installed():
-            return "needs the triton package: pip install 'normbench[triton]'"
-        if not (availability.cuda_available() or availability.interpreter_on()):
-            return "needs a CUDA GPU (or TRITON_INTERPRET=1 set before Python starts: slow, for tests)"
-    return None
+    device = "cuda" if availability.cuda_available() else "cpu"
+    return norms.supports(norm, impl, device=device, dtype=None)
 
 
 def listing(configs: str, app: str) -> str:

@@ -135,7 +135,7 @@ def time_model(cfg: DictConfig, passes, dtype: torch.dtype, device: torch.device
         layer = norms.build_from_config(cfg.norm, inp.shape[1], impl=cfg.impl, device=device, dtype=inp.dtype).train()
         layout = inp.layout if inp.layout in speed.LAYOUTS else "contiguous"  # a strided view: timed contiguous
         lx = speed.make_input(inp.shape, inp.dtype, layout, device)
-        first_call_s = speed._first_call(cfg, layer, lx)
+        first_call_s = speed._first_call(layer, lx)
         pk = pk or speed.peak(cfg, device, peak_dir)
         extra = {"model": name, "layers": len(layers), "layer_names": " ".join(layers)}
         # The wrapper costs the same at every shape: measured once, at the first.

@@ -14,10 +14,6 @@ import io
 import re
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # reports are drawn headless: in a Hydra callback, on a cluster node, in CI
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns

@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch._functorch import config as functorch_config
 
 from normbench import norms
 from normbench.device import device_name, resolve_device
-from normbench.errors import UsageError
+from normbench.errors import Unsupported, UsageError
 from normbench.timing import (
     Timing,
     cache_bytes,
@@ -201,12 +202,24 @@ def warn_if_cached(copy_mb: int, device: torch.device) -> None:
         )
 
 
-def check_impl(impl: str, device: torch.device) -> None:
-    if impl == "triton" and device.type != "cuda":
-        raise UsageError(
-            "impl=triton on the CPU runs under Triton's interpreter, a correctness tool thousands of times "
-            "slower than the kernels: time it on a GPU (device=cuda), or pick impl=reference, native or compiled"
-        )
+def check_support(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> None:
+    """Unsupported (a sweep records the job as skipped) unless cfg.impl runs cfg.norm here, at its speed."""
+    from normbench import model_speed
+
+    options = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"}
+    if model_speed.model_mode(cfg):
+        options.update(model_speed.norm_options(cfg))
+    reason = norms.supports(cfg.norm.name, cfg.impl, device=device, dtype=dtype, timing=True, **options)
+    if reason:
+        raise Unsupported(reason)
+
+
+def retained_backward():
+    """The speed job's scope: the `bwd` pass calls backward repeatedly on one retained graph, which
+    AOTAutograd's donated buffers (on by default) forbid for impl=compiled. tritonbench turns them off
+    for the same reason (tritonbench/operators/layer_norm/operator.py, torch_compile_layer_norm); they
+    only save memory in backward. Set while the job's graphs compile and run, and only then."""
+    return functorch_config.patch(donated_buffer=False)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -280,22 +293,22 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     dtype = parse_dtype(cfg.dtype)
     from_model = model_speed.model_mode(cfg)
     shape = None if from_model else input_shape(cfg.speed)
-    check_impl(cfg.impl, device)
+    check_support(cfg, dtype, device)
     # The peak is measured once per sweep: in the sweep directory, or in a single run's own.
     peak_dir = Path(hc.sweep.dir) if multirun else Path(out_dir)
     threads = torch.get_num_threads()
     if device.type == "cpu" and cfg.speed.get("threads"):
         torch.set_num_threads(int(cfg.speed.threads))
     try:
-        if from_model:
-            return model_speed.time_model(cfg, passes, dtype, device, peak_dir)
-        torch.manual_seed(cfg.seed)
-        layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
-        x = make_input(shape, dtype, cfg.layout, device)
-        first_call_s = _first_call(cfg, layer, x)  # before the peak: a bad combination fails fast
-        return time_layer(
-            cfg, layer, x, passes, peak(cfg, device, peak_dir), first_call_s, wrapper=cfg.impl == "native"
-        )
+        with retained_backward():
+            if from_model:
+                return model_speed.time_model(cfg, passes, dtype, device, peak_dir)
+            torch.manual_seed(cfg.seed)
+            layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
+            x = make_input(shape, dtype, cfg.layout, device)
+            first_call_s = _first_call(layer, x)  # before the peak: a bad combination fails fast
+            pk = peak(cfg, device, peak_dir)
+            return time_layer(cfg, layer, x, passes, pk, first_call_s, wrapper=cfg.impl == "native")
     finally:
         torch.set_num_threads(threads)  # the next job of a sweep in this process starts from the default
 
@@ -419,22 +432,15 @@ def layout_of(x: torch.Tensor) -> str:
     return "strided"
 
 
-def _first_call(cfg: DictConfig, layer, x: torch.Tensor) -> float:
-    """One forward and backward, untimed by the passes: it compiles impl=compiled (its wall time is
-    `compile_s`), and shows whether the impl takes this dtype, layout and device at all."""
+def _first_call(layer, x: torch.Tensor) -> float:
+    """One forward and backward through the module, untimed by the passes: it checks x, and compiles
+    impl=compiled (its wall time is `compile_s`). What an implementation cannot run was refused before
+    (`check_support`), or raises Unsupported here; any other exception is a bug and keeps its traceback."""
     start = time.perf_counter()
     try:
         layer(x).backward(torch.randn_like(x))
         if x.device.type == "cuda":
             torch.cuda.synchronize(x.device)
-    except UsageError:
-        raise
-    except Exception as exc:  # an impl that cannot take this input: one line saying which and what to try
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"impl={cfg.impl} cannot run norm={cfg.norm.name} with dtype={cfg.dtype}, layout={cfg.layout} on "
-            f"{x.device} ({type(exc).__name__}: {first}): try dtype=float32, layout=contiguous or another impl"
-        ) from exc
     finally:
         x.grad = None
     return time.perf_counter() - start

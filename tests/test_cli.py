@@ -71,7 +71,7 @@ def test_list_shows_the_registry_and_the_apps_groups(app, groups, monkeypatch, c
 
 def test_what_runs_here(monkeypatch):
     assert catalog.unsupported_here("bn", "native") is None
-    assert "no native" in catalog.unsupported_here("evonorm_b0", "native")
+    assert "no implementation 'native'" in catalog.unsupported_here("evonorm_b0", "native")
     monkeypatch.setattr(availability, "cuda_available", lambda: False)
     monkeypatch.setattr(availability, "interpreter_on", lambda: False)
     assert "CUDA GPU" in catalog.unsupported_here("gn", "triton")
@@ -87,7 +87,7 @@ def test_list_says_why_an_implementation_cannot_run_here(monkeypatch):
     out = catalog.listing(cli.CONFIGS, "speed")
     gn = next(line for line in out.splitlines() if line.startswith("  gn ") and "yes" in line)
     assert gn.split()[-2:] == ["no", "[1]"]
-    assert "  [1] needs a CUDA GPU" in out
+    assert "  [1] impl=triton runs on a CUDA GPU, and this machine has none" in out
 
 
 def test_each_apps_help_lists_its_own_groups(monkeypatch, capsys):

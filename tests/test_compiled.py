@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch._functorch import config as functorch_config
 
-from normbench import norms
+from normbench import norms, speed
 from normbench.norms import compiled as compiled_impl
 
 # One small shape per norm, shared by the tests below so that each norm compiles once per session.
@@ -86,13 +87,17 @@ def test_channels_last_gets_its_own_graph_and_matches():
 
 
 def test_backward_on_a_retained_graph_twice():
-    """The speed job's bwd pass: backward repeated on one graph (donated buffers would forbid it)."""
+    """The speed job's bwd pass: backward repeated on one graph (donated buffers would forbid it), in
+    the job's scope, which leaves the process's setting as it was."""
+    donated = functorch_config.donated_buffer
     _, comp = _pair("ln")
     x = torch.randn(4, C, *SPATIAL, requires_grad=True)
-    y = comp(x)
-    dy = torch.randn_like(y)
-    y.backward(dy, retain_graph=True)
-    first = x.grad.clone()
-    x.grad = None
-    y.backward(dy, retain_graph=True)
+    with speed.retained_backward():
+        y = comp(x)
+        dy = torch.randn_like(y)
+        y.backward(dy, retain_graph=True)
+        first = x.grad.clone()
+        x.grad = None
+        y.backward(dy, retain_graph=True)
     torch.testing.assert_close(x.grad, first)
+    assert functorch_config.donated_buffer == donated

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from normbench import norms
-from normbench.errors import UsageError
+from normbench.errors import Unsupported, UsageError
 from tests.float64_reference import batch_moments64, min_std64, norm64
 
 IMPLS = ["reference", "native"]  # compiled and triton are proven in their own test files
@@ -333,3 +333,30 @@ def test_virtual_batch_must_divide_the_batch():
     layer = norms.build("bn", 4, virtual_batch=3)
     with pytest.raises(UsageError, match=r"a batch of 8 does not split into virtual batches of 3"):
         layer(torch.randn(8, 4, 2))
+
+
+# ------------------------------------------------------------------------------------ support contract
+
+
+def test_supports_answers_none_or_the_reason():
+    assert norms.supports("gn", "native") is None
+    assert norms.supports("gn", "reference", dtype=torch.float64) is None
+    assert "no implementation 'native'" in norms.supports("evonorm_s0", "native")
+    assert "fixed eps" in norms.supports("frn", "native", learned_eps=True)
+    assert norms.supports("frn", "native", learned_eps=False) is None
+    with pytest.raises(UsageError, match="choose one of"):
+        norms.supports("gn", "natve")  # a typo is bad input, not a reason
+    with pytest.raises(UsageError, match="unknown norm"):
+        norms.supports("groupnorm", "native")
+
+
+def test_build_and_call_raise_unsupported_with_the_same_reason():
+    reason = norms.supports("frn", "native", learned_eps=True)
+    with pytest.raises(Unsupported) as err:
+        norms.build("frn", 4, impl="native", learned_eps=True)
+    assert str(err.value) == reason
+    layer = norms.build("frn", 4, impl="reference", learned_eps=True)
+    layer.impl = "native"  # switched after it was built: the call says the same
+    with pytest.raises(Unsupported) as err:
+        layer(torch.randn(2, 4, 3, 3))
+    assert str(err.value) == reason

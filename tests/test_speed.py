@@ -3,6 +3,7 @@ composed and swept through Hydra's compose API, and every bad input as a one-lin
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from normbench import norms, speed, timing
+from normbench import norms, results, speed, timing
 from normbench.cli import run_job
 from normbench.errors import UsageError
 from normbench.results import FAILURE_FILE, ROWS_FILE
@@ -233,25 +234,57 @@ def test_bad_input_is_one_line_naming_the_fix(hydra_configs, tmp_path, overrides
     assert "\n" not in str(err.value)
 
 
+def _float32_only(query: norms.Query) -> str | None:
+    if query.dtype in (None, torch.float32):
+        return None
+    return f"impl=float32_only takes float32 input, got {query.dtype}: use impl=native for it"
+
+
 @pytest.fixture
 def float32_only_impl():
-    """An implementation that, like many fused kernels, takes float32 only."""
+    """An implementation that, like many fused kernels, takes float32 only, and says so in its check."""
 
-    @norms.register("ln", "float32_only")
+    @norms.register("ln", "float32_only", supports=_float32_only)
     def float32_only(layer, x):
-        if x.dtype != torch.float32:
-            raise RuntimeError(f"kernel not implemented for {x.dtype}")
         return norms.LayerNorm.implementations["native"](layer, x)
 
     yield
-    del norms.LayerNorm.implementations["float32_only"]
+    del norms.LayerNorm.implementations["float32_only"], norms.registry.CHECKS["ln", "float32_only"]
 
 
-def test_dtype_an_impl_cannot_take(hydra_configs, tmp_path, float32_only_impl):
-    message = r"impl=float32_only cannot run norm=ln with dtype=bfloat16.*try dtype=float32"
-    with pytest.raises(UsageError, match=message):
-        run(["norm=ln", "impl=float32_only", "dtype=bfloat16"], tmp_path)
-    assert run(["norm=ln", "impl=float32_only", "pass=fwd"], tmp_path)[0]["median_ms"] > 0
+def test_a_dtype_an_impl_cannot_take_is_skipped_with_its_reason(hydra_configs, tmp_path, float32_only_impl):
+    assert norms.supports("ln", "float32_only", dtype=torch.bfloat16).startswith("impl=float32_only takes float32")
+    for num, dtype in enumerate(("bfloat16", "float32")):
+        run_job(
+            speed.run,
+            configure([*TINY, "norm=ln", "impl=float32_only", "pass=fwd", f"dtype={dtype}"], tmp_path, job=num),
+        )
+    frame = results.read_sweep(tmp_path)
+    assert sorted(frame.status.unique()) == ["ok", "skipped"]
+    skipped = frame[frame.status == "skipped"]
+    assert len(skipped) == 1 and skipped.overrides.str.contains("dtype=bfloat16").all()
+    assert skipped.error.str.contains("takes float32 input, got torch.bfloat16").all()
+    assert (frame[frame.status == "ok"].dtype == "float32").all()
+
+
+@pytest.fixture
+def buggy_impl():
+    @norms.register("ln", "buggy")
+    def buggy(layer, x):
+        raise RuntimeError("index out of range in the kernel")  # a bug, not an unsupported input
+
+    yield
+    del norms.LayerNorm.implementations["buggy"]
+
+
+def test_a_bug_in_an_impl_keeps_its_traceback(hydra_configs, tmp_path, buggy_impl):
+    with pytest.raises(RuntimeError, match="index out of range") as err:
+        run(["norm=ln", "impl=buggy", "pass=fwd"], tmp_path)
+    assert not isinstance(err.value, UsageError)  # not turned into bad input: a single run shows the traceback
+    assert any(entry.name == "buggy" for entry in err.traceback)
+    run_job(speed.run, configure([*TINY, "norm=ln", "impl=buggy", "pass=fwd"], tmp_path, job=0))
+    failure = json.loads((tmp_path / "0" / FAILURE_FILE).read_text())
+    assert failure["status"] == "failed" and "index out of range" in failure["traceback"]
 
 
 def test_single_run_prints_one_line_and_exits_2(hydra_configs, tmp_path, capsys):

@@ -8,6 +8,7 @@ looped, split) is forced in turn with a small tile so that loops, splits and par
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from normbench import norms
-from normbench.errors import UsageError
+from normbench.errors import Unsupported
 from normbench.kernels import (
     availability,
     layout,  # no triton import: plans and errors are tested without it
@@ -274,23 +275,42 @@ def test_clear_error_without_gpu_or_interpreter(monkeypatch):
     monkeypatch.setattr(availability, "triton_installed", lambda: True)
     monkeypatch.setattr(availability, "interpreter_on", lambda: False)
     monkeypatch.setattr(availability, "cuda_available", lambda: False)
-    layer = norms.build("gn", 4, impl="triton", groups=2)
-    with pytest.raises(UsageError, match=r"CUDA GPU.*TRITON_INTERPRET=1"):
+    reason = r"CUDA GPU.*TRITON_INTERPRET=1"
+    assert re.search(reason, norms.supports("gn", "triton", device="cpu"))
+    layer = norms.build("gn", 4, impl="triton", groups=2)  # no device yet: it may still move to a GPU
+    with pytest.raises(Unsupported, match=reason):
         layer(torch.randn(2, 4, 3, 3))
+    with pytest.raises(Unsupported, match=reason):
+        norms.build("gn", 4, impl="triton", groups=2, device="cpu")
+
+
+def test_a_cpu_input_beside_a_gpu_is_refused_with_the_move(monkeypatch):
+    monkeypatch.setattr(availability, "triton_installed", lambda: True)
+    monkeypatch.setattr(availability, "interpreter_on", lambda: False)
+    monkeypatch.setattr(availability, "cuda_available", lambda: True)
+    assert "layer.cuda() and x.cuda()" in norms.supports("bn", "triton", device="cpu")
+    assert norms.supports("bn", "triton", device="cuda", dtype=torch.bfloat16) is None
+
+
+@needs_triton
+def test_the_interpreter_runs_but_is_not_timed(monkeypatch):
+    monkeypatch.setattr(availability, "interpreter_on", lambda: True)
+    assert norms.supports("ln", "triton", device="cpu") is None
+    assert "Triton's interpreter" in norms.supports("ln", "triton", device="cpu", timing=True)
 
 
 @needs_triton
 def test_float64_input_is_refused_with_a_pointer():
-    with pytest.raises(UsageError, match="impl=reference or impl=native"):
-        norms.build("ln", 4, impl="triton", dtype=torch.float64, device=DEVICE)(
-            torch.randn(2, 4, dtype=torch.float64, device=DEVICE)
-        )
+    assert "impl=reference or impl=native" in norms.supports("ln", "triton", device=DEVICE, dtype=torch.float64)
+    with pytest.raises(Unsupported, match="impl=reference or impl=native"):
+        norms.build("ln", 4, impl="triton", device=DEVICE)(torch.randn(2, 4, dtype=torch.float64, device=DEVICE))
 
 
 def test_clear_error_without_triton(monkeypatch):
     monkeypatch.setattr(availability, "triton_installed", lambda: False)
-    with pytest.raises(UsageError, match="pip install triton"):
-        norms.build("ln", 4, impl="triton")(torch.randn(2, 4))
+    assert "pip install triton" in norms.supports("ln", "triton", device="cuda")
+    with pytest.raises(Unsupported, match="pip install triton"):
+        norms.build("ln", 4, impl="triton")
 
 
 @needs_triton

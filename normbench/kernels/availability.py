@@ -1,4 +1,5 @@
-"""Whether the Triton kernels can run here, and the one clear error when they cannot.
+"""Whether the Triton kernels can run here (`unsupported`: None or the reason), and the one clear error
+when they cannot (`require_runnable`: `Unsupported` with that reason).
 
 They run on a CUDA GPU, or on the CPU under Triton's interpreter (`TRITON_INTERPRET=1`, slow: for
 tests). Nothing here imports triton at module level, so `import normbench` works without it.
@@ -11,7 +12,7 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from normbench.errors import UsageError
+from normbench.errors import Unsupported
 
 
 def triton_installed() -> bool:
@@ -29,21 +30,41 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def require_runnable(x: Tensor) -> None:
-    """Raise UsageError unless a Triton kernel can run on x's device."""
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # the kernels compute in float32 and store these
+
+
+def unsupported(device: torch.device | None, dtype: torch.dtype | None, *, timing: bool = False) -> str | None:
+    """Why the Triton kernels cannot run on `device` with `dtype` input, or None if they can. None for
+    device or dtype: not known yet. `timing`: refuse the interpreter, a correctness tool."""
     if not triton_installed():
-        raise UsageError(
-            "impl=triton needs the triton package: pip install triton (or pip install 'normbench[triton]')"
+        return "impl=triton needs the triton package: pip install triton (or pip install 'normbench[triton]')"
+    if dtype is not None and dtype not in DTYPES:
+        return (
+            f"impl=triton computes in float32 and takes float32, float16 or bfloat16 input, got {dtype}: "
+            "use impl=reference or impl=native for it"
         )
-    if interpreter_on():
-        return  # the interpreter runs every program on the host, whatever the tensors' device
-    if not cuda_available():
-        raise UsageError(
-            "impl=triton runs on a CUDA GPU, and this machine has none: use a CUDA GPU, or set "
-            "TRITON_INTERPRET=1 before starting Python to run the kernels on the CPU (slow; for tests)"
-        )
-    if x.device.type != "cuda":
-        raise UsageError(
-            f"impl=triton runs on the GPU but the input is on {x.device}: move the module and the "
+    if device is None or device.type == "cuda":
+        return None
+    if not interpreter_on():
+        if not cuda_available():
+            return (
+                "impl=triton runs on a CUDA GPU, and this machine has none: use a CUDA GPU, or set "
+                "TRITON_INTERPRET=1 before starting Python to run the kernels on the CPU (slow; for tests)"
+            )
+        return (
+            f"impl=triton runs on the GPU but the input is on {device}: move the module and the "
             "input there, e.g. layer.cuda() and x.cuda() (or device=cuda)"
         )
+    if timing:
+        return (
+            f"impl=triton on {device} runs under Triton's interpreter, a correctness tool thousands of times "
+            "slower than the kernels: time it on a GPU (device=cuda), or pick impl=reference, native or compiled"
+        )
+    return None  # the interpreter runs every program on the host, whatever the tensors' device
+
+
+def require_runnable(x: Tensor) -> None:
+    """Raise Unsupported unless the Triton kernels can run on x (its device and dtype)."""
+    reason = unsupported(x.device, x.dtype)
+    if reason:
+        raise Unsupported(reason)

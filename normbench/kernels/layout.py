@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from normbench.errors import UsageError
+from normbench.errors import Unsupported
 
 FUSED_MAX_ELEMENTS = 8192  # values of x per fused program: 32 (fwd) / 64 (bwd, x and dy) per thread at 8 warps
 FUSED_MIN_ELEMENTS = 1024  # pack several small groups into one fused program up to about this many
@@ -127,7 +127,7 @@ def view_of(shape: torch.Size, samples: int, groups: int, channels_last: bool) -
     if length == 1:
         sl = 0  # no positions to step over: lets the compiler see the channels as the contiguous axis
     if (c - 1) * sc + (length - 1) * sl >= INT32_LIMIT:
-        raise UsageError(
+        raise Unsupported(
             f"impl=triton indexes within a sample in 32 bits; shape {tuple(shape)} has 2**31 or more "
             "values per sample: use impl=native for it"
         )

@@ -18,12 +18,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from normbench.errors import UsageError
 from normbench.kernels import fused, split
 from normbench.kernels.availability import require_runnable
 from normbench.kernels.layout import GroupedView, Plans, dense_layout, next_pow2, plans
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def norm_forward(
@@ -41,11 +38,6 @@ def norm_forward(
 ) -> Tensor:
     """core.norm_forward computed by the Triton kernels (differentiable in x, weight and bias)."""
     require_runnable(x)
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise UsageError(
-            f"impl=triton computes in float32 and takes float32, float16 or bfloat16 input, got {x.dtype}: "
-            "use impl=reference or impl=native for it"
-        )
     return _TritonNorm.apply(x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor)
 
 

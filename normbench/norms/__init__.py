@@ -1,4 +1,5 @@
-"""The norm registry: `available()` names the norms, `build(name, C, impl=...)` makes one.
+"""The norm registry: `available()` names the norms, `build(name, C, impl=...)` makes one, and
+`supports(name, impl, device=..., dtype=...)` says whether it runs there (None) or why not.
 
 >>> from normbench import norms
 >>> layer = norms.build("gn", 64, impl="reference", groups=8)
@@ -14,6 +15,7 @@ from normbench.norms import (  # noqa: F401  (importing registers the implementa
 from normbench.norms.family import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, LayerNorm2d, RMSNorm
 from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm
 from normbench.norms.registry import (
+    Query,
     add_norm,
     all_implementations,
     available,
@@ -23,6 +25,7 @@ from normbench.norms.registry import (
     implementations,
     norm_class,
     register,
+    supports,
 )
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "LayerNorm2d",
     "NoNorm",
     "Norm",
+    "Query",
     "RMSNorm",
     "add_norm",
     "all_implementations",
@@ -47,4 +51,5 @@ __all__ = [
     "implementations",
     "norm_class",
     "register",
+    "supports",
 ]

@@ -20,6 +20,9 @@ eager code after a silent fallback. So:
   triggers no recompile and no host-to-device copy. The running statistics are updated in place
   inside the graph (AOTAutograd writes the mutation back), as the reference does.
 
+* Inside a user's `torch.compile` (a model holding these layers) the layer runs the reference's ops,
+  and the user's graph compiles them with the rest of the model: a compile cannot call another.
+
 Compile time is paid by the first call of each configuration; the speed job makes that call before
 timing and records it as `compile_s`.
 """
@@ -36,14 +39,8 @@ from torch._functorch import config as functorch_config
 
 from normbench.norms.core import norm_forward
 from normbench.norms.layers import BatchNorm, Norm
-from normbench.norms.reference import family_call, functional_args
+from normbench.norms.reference import family_call, family_reference, functional_args, reference
 from normbench.norms.registry import register
-
-# The speed job's `bwd` pass times backward alone by calling it repeatedly on one retained graph;
-# AOTAutograd's donated buffers (on by default) forbid retain_graph=True. tritonbench turns them off
-# for the same reason (tritonbench/operators/layer_norm/operator.py, torch_compile_layer_norm). They
-# only save memory in backward, so this changes no speed, and it must be set before a graph compiles.
-functorch_config.donated_buffer = False
 
 
 def _forward(x, weight, bias, running_mean, running_var, factor, samples, groups, eps, use_batch_stats):
@@ -76,6 +73,9 @@ def _fresh_copy(fn: Callable) -> Callable:
 
 def graph_for(key: tuple, function: Callable = _forward) -> Callable:
     """The compiled `function` for one configuration (built, not compiled, on first use)."""
+    # A graph compiled with donated buffers must not serve a caller that retains it (the speed job
+    # turns them off: normbench.speed.retained_backward), nor the other way round.
+    key = (*key, functorch_config.donated_buffer)
     fn = _GRAPHS.get(key)
     if fn is None:
         fn = _GRAPHS[key] = torch.compile(_fresh_copy(function), dynamic=False)
@@ -105,6 +105,8 @@ def _factor_tensor(layer: BatchNorm, device: torch.device) -> Tensor:
 @register("in", "compiled")
 @register("gn", "compiled")
 def compiled(layer: Norm, x: Tensor) -> Tensor:
+    if torch.compiler.is_compiling():
+        return reference(layer, x)  # inside a user's torch.compile: its graph takes the ops, as ours would
     args = functional_args(layer, x)
     samples = None if args["samples"] == x.shape[0] else args["samples"]
     use_batch_stats = args.get("use_batch_stats", True)
@@ -125,8 +127,7 @@ def compiled(layer: Norm, x: Tensor) -> Tensor:
         x.stride()[1:],  # the layout (contiguous or channels_last), independent of the batch size
     )
     torch._dynamo.maybe_mark_dynamic(x, 0)
-    fn = graph_for(key)
-    return fn(
+    return graph_for(key)(
         x,
         layer.weight,
         layer.bias,
@@ -152,6 +153,8 @@ VARYING = ("factor", "rmax", "dmax")
 @register("evonorm_b0", "compiled")
 @register("evonorm_s0", "compiled")
 def compiled_family(layer: Norm, x: Tensor) -> Tensor:
+    if torch.compiler.is_compiling():
+        return family_reference(layer, x)  # inside a user's torch.compile, as `compiled` above
     fn, kwargs = family_call(layer, x)
     if kwargs.get("samples") == x.shape[0]:
         kwargs["samples"] = None  # the whole batch, taken from the dynamic size

@@ -33,7 +33,6 @@ def _number(name: str, key: str, value, low: float, hint: str, integer: bool = F
 class PerPositionNorm(Norm):
     """Base of the norms with one statistic per sample and position, over the C channels."""
 
-    statistics = "C, per sample and position"
     default_eps = 1e-6  # ConvNeXt's and timm's LayerNorm2d / RmsNorm2d
     moments_saved: ClassVar[int] = 2
     too_few_values_hint = "give it more than one channel"
@@ -74,7 +73,6 @@ class FilterResponseNorm(Norm):
 
     name = "frn"
     title = "FRN + TLU"
-    statistics = "spatial, per sample and channel (no centering)"
     needs_spatial = True  # over one position nu^2 = x^2 and the output is sign(x)
     includes_activation = True
     default_eps = 1e-6  # the paper's
@@ -106,7 +104,6 @@ class EvoNormS0(GroupNorm):
 
     name = "evonorm_s0"
     title = "EvoNorm-S0"
-    statistics = "C/G channels and spatial, per sample and group (std only)"
     includes_activation = True
 
     def __init__(self, num_features: int, *, apply_act: bool = True, **options) -> None:
@@ -127,8 +124,6 @@ class EvoNormB0(BatchNorm):
 
     name = "evonorm_b0"
     title = "EvoNorm-B0"
-    statistics = "N and spatial per channel (variance), with spatial per sample and channel"
-    state = "running var (and mean); train vs eval"
     needs_spatial = True  # the instance variance
     includes_activation = True
     too_few_values_hint = "use a larger batch (or virtual_batch) or call .eval()"
@@ -155,8 +150,6 @@ class BatchRenorm(BatchNorm):
 
     name = "brn"
     title = "Batch Renormalization"
-    statistics = "N and spatial, per channel, corrected toward the running statistics"
-    state = "running mean/var (used by r and d); train vs eval"
 
     def __init__(
         self,

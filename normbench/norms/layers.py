@@ -27,9 +27,7 @@ class Norm(nn.Module):
     """
 
     name: ClassVar[str]
-    title: ClassVar[str]
-    statistics: ClassVar[str]  # which values share a mean and a variance, in words
-    state: ClassVar[str] = "none"
+    title: ClassVar[str]  # the name plots and tables show
     needs_spatial: ClassVar[bool] = False
     # True when no statistic spans samples (`samples()` is 1 whatever the batch): how a step's batch
     # is split into normalization batches cannot change what the layer computes. A norm that
@@ -177,8 +175,6 @@ class BatchNorm(Norm):
 
     name = "bn"
     title = "BatchNorm"
-    statistics = "N and spatial, per channel"
-    state = "running mean/var; train vs eval"
     batch_independent = False
 
     def __init__(
@@ -261,7 +257,6 @@ class LayerNorm(Norm):
 
     name = "ln"
     title = "LayerNorm"
-    statistics = "C and spatial, per sample"
     too_few_values_hint = "give it more than one channel or spatial position per sample"
 
     def groups(self) -> int:
@@ -277,7 +272,6 @@ class InstanceNorm(Norm):
 
     name = "in"
     title = "InstanceNorm"
-    statistics = "spatial, per sample and channel"
     needs_spatial = True
     too_few_values_hint = "use ln for (N, C) input"
 
@@ -290,7 +284,6 @@ class GroupNorm(Norm):
 
     name = "gn"
     title = "GroupNorm"
-    statistics = "C/G channels and spatial, per sample and group"
     too_few_values_hint = "use fewer groups or give it spatial positions"
 
     def __init__(self, num_features: int, *, groups: int = 32, **options) -> None:
@@ -317,8 +310,6 @@ class NoNorm(nn.Module):
 
     name = "none"
     title = "no normalization"
-    statistics = "-"
-    state = "none"
     batch_independent = True
 
     def __init__(self, num_features: int, *, impl: str = "native", **options) -> None:

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from normbench.errors import UsageError
+from normbench.errors import Unsupported
 from normbench.norms.core import affine, per_channel
 from normbench.norms.family import BatchRenorm, FilterResponseNorm
 from normbench.norms.layers import BatchNorm, Norm
-from normbench.norms.registry import register
+from normbench.norms.registry import Query, register
 
 
 @register("bn", "native")
@@ -77,13 +77,18 @@ def layer_norm_2d(layer: Norm, x: Tensor) -> Tensor:
     return F.layer_norm(x.movedim(1, -1), (x.shape[1],), layer.weight, layer.bias, layer.eps).movedim(-1, 1)
 
 
-@register("frn", "native")
+def _fixed_eps_only(query: Query) -> str | None:
+    if query.options.get("learned_eps"):
+        return "frn: impl=native (F.rms_norm) takes a fixed eps; with learned_eps=true use impl=reference or compiled"
+    return None
+
+
+@register("frn", "native", supports=_fixed_eps_only)
 def filter_response_norm(layer: FilterResponseNorm, x: Tensor) -> Tensor:
     # nu^2 over the spatial dimensions is what F.rms_norm computes over trailing dimensions.
-    if layer.learned_eps:
-        raise UsageError(
-            "frn: impl=native (F.rms_norm) takes a fixed eps; with learned_eps=true use impl=reference or compiled"
-        )
+    reason = _fixed_eps_only(Query("frn", options={"learned_eps": layer.learned_eps}))
+    if reason:  # switched to native after it was built (layer.impl = "native")
+        raise Unsupported(reason)
     y = affine(F.rms_norm(x, x.shape[2:], None, layer.eps), layer.weight, layer.bias)
     return torch.maximum(y, per_channel(layer.tau, x.dim())) if layer.apply_act else y
 

@@ -3,13 +3,22 @@
 Adding a norm is one `add_norm(cls)`; adding an implementation of a norm is one `@register(name, impl)`
 on a function `(layer, x) -> y`. Everything that measures takes a norm and an implementation by name
 through `build` and never knows more.
+
+The support contract: "can implementation `impl` of norm `name` run this input here?" has one answer,
+`supports(name, impl, device=..., dtype=..., **options)`: None, or the reason it cannot. An
+implementation that cannot run everywhere registers a check (`register(..., supports=check)`) and
+raises `Unsupported` with that check's reason when called where it cannot run; a sweep records such a
+job as skipped. Any other exception from an implementation is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
+import torch
 from torch import nn
 
 from normbench.errors import Unsupported, UsageError
@@ -26,6 +35,23 @@ from normbench.norms.layers import (
 NORMS: dict[str, type] = {}
 
 
+@dataclass(frozen=True)
+class Query:
+    """What a support check is asked about. None for device or dtype: not known yet (at `build`, before
+    the module is moved); a check then answers from what it knows. `timing`: the run is to be timed,
+    so an implementation that runs only in a slow correctness mode (Triton's interpreter) is refused."""
+
+    norm: str
+    device: torch.device | None = None
+    dtype: torch.dtype | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    timing: bool = False
+
+
+SupportCheck = Callable[[Query], "str | None"]
+CHECKS: dict[tuple[str, str], SupportCheck] = {}  # (norm, impl) -> its check; none: runs wherever torch does
+
+
 def add_norm(cls: type) -> type:
     NORMS[cls.name] = cls
     return cls
@@ -35,11 +61,16 @@ for _cls in (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, NoNorm, *FAMILY):
     add_norm(_cls)
 
 
-def register(name: str, impl: str) -> Callable[[Implementation], Implementation]:
-    """Decorator: register `fn(layer, x) -> y` as implementation `impl` of norm `name`."""
+def register(
+    name: str, impl: str, *, supports: SupportCheck | None = None
+) -> Callable[[Implementation], Implementation]:
+    """Decorator: register `fn(layer, x) -> y` as implementation `impl` of norm `name`; `supports(query)`
+    returns None where it runs, else the reason it cannot (see `supports`)."""
 
     def decorate(fn: Implementation) -> Implementation:
         norm_class(name).implementations[impl] = fn
+        if supports is not None:
+            CHECKS[name, impl] = supports
         return fn
 
     return decorate
@@ -63,19 +94,57 @@ def batch_independent(name: str) -> bool:
     return bool(getattr(norm_class(name), "batch_independent", False))
 
 
+# Listed in this order (specification first, then by how much is built for speed) whatever order the
+# modules happen to be imported in; others follow in the order they were registered.
+ORDER = ("reference", "native", "compiled", "triton")
+
+
+def _in_order(names) -> list[str]:
+    return sorted(names, key=lambda impl: ORDER.index(impl) if impl in ORDER else len(ORDER))
+
+
 def implementations(name: str) -> list[str]:
     """The implementation names of norm `name` (`none` takes any implementation and ignores it)."""
     cls = norm_class(name)
     if cls is NoNorm:
         return all_implementations()
-    return list(cls.implementations)
+    return _in_order(cls.implementations)
 
 
 def all_implementations() -> list[str]:
     names: dict[str, None] = {}
     for cls in NORMS.values():
         names.update(dict.fromkeys(getattr(cls, "implementations", {})))
-    return list(names)
+    return _in_order(names)
+
+
+def supports(
+    name: str,
+    impl: str,
+    *,
+    device: torch.device | str | None = "cpu",
+    dtype: torch.dtype | None = torch.float32,
+    timing: bool = False,
+    **options,
+) -> str | None:
+    """None if implementation `impl` of norm `name` runs on `device` with `dtype` input (and the norm's
+    `options`, e.g. learned_eps=True), else the reason it cannot, one line naming what to do instead.
+
+    `timing=True` asks whether it runs at its speed (the speed job's question). An unknown norm or an
+    implementation no norm has is a typo: UsageError, not a reason.
+    """
+    cls = norm_class(name)
+    if impl not in implementations(name):
+        if impl not in all_implementations():
+            raise UsageError(_no_such_impl(name, impl))
+        return _no_such_impl(name, impl)
+    check = CHECKS.get((cls.name, impl))
+    device = torch.device(device) if device is not None else None
+    return check(Query(name, device, dtype, options, timing)) if check else None
+
+
+def _no_such_impl(name: str, impl: str) -> str:
+    return f"{name} has no implementation {impl!r}; choose one of: {', '.join(implementations(name))}"
 
 
 def build(name: str, num_features: int, *, impl: str | None = None, **options) -> nn.Module:
@@ -88,11 +157,6 @@ def build(name: str, num_features: int, *, impl: str | None = None, **options) -
     cls = norm_class(name)
     if impl is None:
         impl = "native" if "native" in implementations(name) else "reference"
-    if impl not in implementations(name):
-        # An implementation other norms have (EvoNorm has no `native`) is a combination to skip; a
-        # name no norm has is a typo.
-        error = Unsupported if impl in all_implementations() else UsageError
-        raise error(f"{name} has no implementation {impl!r}; choose one of: {', '.join(implementations(name))}")
     if cls is not NoNorm:
         accepted = _options_of(cls)
         unknown = sorted(set(options) - accepted)
@@ -101,6 +165,12 @@ def build(name: str, num_features: int, *, impl: str | None = None, **options) -
                 f"{name} takes no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(sorted(accepted))}"
             )
+    # What is known before the module is moved: the options, and device and dtype where given. An
+    # implementation other norms have (EvoNorm has no `native`) is a combination to skip; a typo raises.
+    norm_options = {k: v for k, v in options.items() if k not in ("device", "dtype")}
+    reason = supports(name, impl, device=options.get("device"), dtype=options.get("dtype"), **norm_options)
+    if reason:
+        raise Unsupported(reason)
     return cls(num_features, impl=impl, **options)
 
 
