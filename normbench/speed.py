@@ -204,11 +204,7 @@ def warn_if_cached(copy_mb: int, device: torch.device) -> None:
 
 def check_support(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> None:
     """Unsupported (a sweep records the job as skipped) unless cfg.impl runs cfg.norm here, at its speed."""
-    from normbench import model_speed
-
     options = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"}
-    if model_speed.model_mode(cfg):
-        options.update(model_speed.norm_options(cfg))
     reason = norms.supports(cfg.norm.name, cfg.impl, device=device, dtype=dtype, timing=True, **options)
     if reason:
         raise Unsupported(reason)

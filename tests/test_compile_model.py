@@ -53,11 +53,16 @@ def test_compiled_model_matches_eager(impl):
     eager = model_with_every_norm(impl)
     user = copy.deepcopy(eager)
     compiled_model = torch.compile(user, backend="aot_eager")
-    graphs = compiled_impl.configurations()
     gen = torch.Generator().manual_seed(1)
-    for n in (4, 4):  # two training steps: the second sees updated running statistics
-        x = torch.randn(n, C, 5, 5, generator=gen) * 2 + 1
-        y_eager, dx_eager = step(eager, x)
+    # two training steps: the second sees updated running statistics; then eval mode. Eager first, so
+    # that impl=compiled's own graphs exist before the user's compile runs.
+    xs = [torch.randn(4, C, 5, 5, generator=gen) * 2 + 1 for _ in range(2)]
+    expected = [step(eager, x) for x in xs]
+    eager.eval()
+    with torch.no_grad():
+        expected_eval = eager(xs[-1])
+    graphs = compiled_impl.configurations()
+    for x, (y_eager, dx_eager) in zip(xs, expected, strict=True):
         y_user, dx_user = step(compiled_model, x)
         torch.testing.assert_close(y_user, y_eager, **TOL)
         torch.testing.assert_close(dx_user, dx_eager, **TOL)
@@ -65,7 +70,7 @@ def test_compiled_model_matches_eager(impl):
         torch.testing.assert_close(p_user.grad, p_eager.grad, **TOL, msg=lambda m, name=name: f"{name}: {m}")
     for (name, b_eager), b_user in zip(eager.named_buffers(), user.buffers(), strict=True):
         torch.testing.assert_close(b_user, b_eager, **TOL, msg=lambda m, name=name: f"{name}: {m}")
-    eager.eval(), user.eval()
+    user.eval()
     with torch.no_grad():
-        torch.testing.assert_close(compiled_model(x), eager(x), **TOL)
+        torch.testing.assert_close(compiled_model(xs[-1]), expected_eval, **TOL)
     assert compiled_impl.configurations() == graphs  # impl=compiled compiled no graph of its own

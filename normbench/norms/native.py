@@ -78,7 +78,7 @@ def layer_norm_2d(layer: Norm, x: Tensor) -> Tensor:
 
 
 def _fixed_eps_only(query: Query) -> str | None:
-    if query.options.get("learned_eps"):
+    if query.options.get("learned_eps") is True:  # other values: the layer refuses them itself
         return "frn: impl=native (F.rms_norm) takes a fixed eps; with learned_eps=true use impl=reference or compiled"
     return None
 
