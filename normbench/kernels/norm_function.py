@@ -19,7 +19,6 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from normbench.kernels import fused, split
-from normbench.kernels.availability import require_runnable
 from normbench.kernels.layout import GroupedView, Plans, dense_layout, next_pow2, plans
 
 
@@ -36,8 +35,8 @@ def norm_forward(
     use_batch_stats: bool = True,
     factor: float = 0.0,
 ) -> Tensor:
-    """core.norm_forward computed by the Triton kernels (differentiable in x, weight and bias)."""
-    require_runnable(x)
+    """core.norm_forward computed by the Triton kernels (differentiable in x, weight and bias). The
+    caller checks that they can run on x first (availability.require_runnable, as impl=triton does)."""
     return _TritonNorm.apply(x, weight, bias, samples, groups, eps, running_mean, running_var, use_batch_stats, factor)
 
 
