@@ -17,6 +17,10 @@
 #             CUDA graph, the GPU work without Python, dispatch and launch costs (launch-bound calls)
 #   check     scripts/gpu_check_triton.py: the timer's 4x cross-check, then triton vs float64 at the
 #             sweep's shapes (after the sweeps, so it costs no JIT)
+#   ab        scripts/gpu_path_ab.py: fwd+bwd of triton's cooperative kernels vs the split and looped
+#             kernels they replace (forced), and native, at the headline shape, in one process
+#   host      python -m normbench.kernels.host_cost: impl=triton's host (Python) time per pass on this
+#             machine's CPU, launches stubbed (to set beside the CPU VM's numbers in docs/triton.md)
 #   report    normbench-report over the three sweeps
 # The three timed sweeps run one at a time (side by side they would share the bandwidth they
 # measure), each in its own process: a kernel that wrecks the CUDA context takes one sweep down, not
@@ -26,7 +30,8 @@
 #
 # Every step runs under `timeout`. A step's deadline is its box plus the boxes before it, counted
 # from the start, so time an early step saves goes to the later ones. Boxes (s, overridable by env):
-# SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, GRAPH_S 80, CHECK_S 40; the report
+# SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, GRAPH_S 80, CHECK_S 40, AB_S 60,
+# HOST_S 30; the report
 # gets what is left of BUDGET_S (470), at least REPORT_MIN_S 25. STEPS="check report" runs only those steps
 # (setup always runs: a fresh machine has nothing installed).
 set -uo pipefail   # no -e: a failed or cut step is logged, and the next step still runs
@@ -36,8 +41,9 @@ cd "$(dirname "$0")/.."
 export TINY=${TINY:-0}
 BUDGET_S=${BUDGET_S:-$( ((TINY)) && echo 900 || echo 470 )}   # the 2-core CPU needs longer for tiny sizes
 SETUP_S=${SETUP_S:-40} WARM_S=${WARM_S:-100} NATIVE_S=${NATIVE_S:-60} TRITON_S=${TRITON_S:-60}
-COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} REPORT_MIN_S=${REPORT_MIN_S:-25}
-STEPS=${STEPS:-warm native triton compiled graph check report}
+COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} AB_S=${AB_S:-60} HOST_S=${HOST_S:-30}
+REPORT_MIN_S=${REPORT_MIN_S:-25}
+STEPS=${STEPS:-warm native triton compiled graph check ab host report}
 WARM_JOBS=${WARM_JOBS:-12}            # processes compiling side by side (the GPU machine has 16 cores)
 GRAPH_IMPLS=${GRAPH_IMPLS:-native,triton,compiled}   # what the graph step times
 export WORK=${WORK:-results/gpu-reference}   # under results/: ignored by git
@@ -166,6 +172,19 @@ step_check() {
     fi
 }
 
+step_ab() {
+    if [[ $TINY == 1 ]]; then
+        TRITON_INTERPRET=1 python3 scripts/gpu_path_ab.py "$WORK/path_ab.csv" --tiny
+    else
+        python3 scripts/gpu_path_ab.py "$WORK/path_ab.csv"
+    fi
+}
+
+step_host() {
+    lscpu | grep -E "Model name|^CPU\(s\)|MHz" || true
+    python3 -m normbench.kernels.host_cost
+}
+
 step_report() {
     local dirs=() d
     for d in native triton compiled graph; do [[ -d $WORK/speed-$d ]] && dirs+=("$WORK/speed-$d"); done
@@ -174,7 +193,7 @@ step_report() {
     normbench-report "${dirs[@]}" --out "$WORK/report" --title "normbench speed reference: $dev"
 }
 
-export -f step_setup step_warm step_native step_triton step_compiled step_graph step_check step_report grid impls_to_warm sweep
+export -f step_setup step_warm step_native step_triton step_compiled step_graph step_check step_ab step_host step_report grid impls_to_warm sweep
 export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS
 
 # ------------------------------------------------------------------------------------------- run
@@ -185,7 +204,8 @@ if ((RC != 0)); then
 else
     last=$((BUDGET_S - REPORT_MIN_S))   # no step but the report may run past this
     deadline=$SETUP_S
-    for step in warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S check:$CHECK_S; do
+    for step in warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S check:$CHECK_S \
+        ab:$AB_S host:$HOST_S; do
         name=${step%%:*}
         wants "$name" || continue
         deadline=$((deadline + ${step#*:}))
@@ -214,11 +234,11 @@ done
 # At most 8 files come back, 16 MiB each, no deeper than $OUT/a/b/file: the sweeps go as one archive
 # that unpacks into results/reference/<name>/, plus a few files to read at once.
 have=()
-for p in speed-native speed-triton speed-compiled speed-graph report env.txt triton_check.csv logs; do
+for p in speed-native speed-triton speed-compiled speed-graph report env.txt triton_check.csv path_ab.csv logs; do
     [[ -e $WORK/$p ]] && have+=("$p")
 done
 ((${#have[@]})) && tar -czf "$OUT/reference.tar.gz" -C "$WORK" "${have[@]}"
-for f in report/report.md report/summary.csv env.txt triton_check.csv; do [[ -f $WORK/$f ]] && cp "$WORK/$f" "$OUT/"; done
+for f in report/report.md report/summary.csv env.txt triton_check.csv path_ab.csv logs/host.log; do [[ -f $WORK/$f ]] && cp "$WORK/$f" "$OUT/"; done
 for f in "$OUT"/*; do   # a file over 16 MiB does not come back
     (($(stat -c %s "$f") > 16 * 1048576)) && say "WARNING: $(basename "$f") is over 16 MiB and will not come back"
 done

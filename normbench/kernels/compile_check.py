@@ -21,12 +21,33 @@ import re
 import sys
 
 POINTERS = {"x", "y", "dy", "dx"}  # in the input's dtype; the other pointers are float32 here
-INTEGERS = {"C", "L", "G", "Cg", "sb", "sk", "sc", "sl", "T", "TPS", "S", "CB", "NLB", "SLABS", "B"}
+INTEGERS = {
+    "C",
+    "L",
+    "G",
+    "Cg",
+    "sb",
+    "sk",
+    "sc",
+    "sl",
+    "T",
+    "TPS",
+    "S",
+    "CB",
+    "NLB",
+    "SLABS",
+    "B",
+    "SPB",
+    "GBLK",
+    "NUC",
+    "U",
+    "D",
+}
 FLOATS = {"eps", "inv_count", "factor", "unbias"}
 
 
 def _cases():
-    from normbench.kernels import fused, split
+    from normbench.kernels import coop, fused, split
 
     nchw = {"sl": 1}  # positions innermost
     nhwc = {"sc": 1}  # channels innermost
@@ -34,6 +55,7 @@ def _cases():
     row = dict(HAS_AFFINE=False, GPB=1, BLOCK_C=1024, BLOCK_L=1)
     tile_nchw = dict(BLOCK_C=4, BLOCK_L=1024)
     tile_nhwc = dict(BLOCK_C=64, BLOCK_L=64)
+    coop_meta = dict(GPB=1, BLOCK_S=64, STAGES=2)
     return [
         (fused.fused_forward, {**nchw, **slab}),
         (fused.fused_forward, {**nhwc, **dict(slab, GPB=16, BLOCK_C=32, BLOCK_L=128)}),
@@ -58,6 +80,10 @@ def _cases():
         (fused.looped_forward, {**nchw, "G": 1, **slab, "GPB": 1}),
         (fused.fused_backward, {**nhwc, "Cg": 1, **dict(slab, GPB=32, BLOCK_C=32, BLOCK_L=64)}),
         (split.partial_moments, {**nchw, "S": 1, "NLB": 1, "TPS": 1, "CB": 1, **tile_nchw}),
+        (coop.coop_forward, {**nchw, **tile_nchw, **coop_meta, "HAS_AFFINE": True, "RUNNING": True}),
+        (coop.coop_forward, {**nhwc, **tile_nhwc, **dict(coop_meta, GPB=4), "HAS_AFFINE": False, "RUNNING": False}),
+        (coop.coop_backward, {**nchw, **tile_nchw, **coop_meta, "HAS_AFFINE": True, "PARAM_GRADS": True}),
+        (coop.coop_backward, {**nhwc, **tile_nhwc, **dict(coop_meta, GPB=4), "HAS_AFFINE": True, "PARAM_GRADS": False}),
     ]
 
 
@@ -74,6 +100,8 @@ def compile_for_sm90(kernel, constants: dict, dtype: str = "bf16", num_warps: in
             signature[name] = "fp32"
         elif name in POINTERS:
             signature[name], aligned = f"*{dtype}", aligned + [name]
+        elif name == "sync":  # the cooperative kernels' int32 counters
+            signature[name], aligned = "*i32", aligned + [name]
         elif name in INTEGERS:
             signature[name] = "i32"
             if name in ("C", "L", "Cg", "sb", "sk", "sc", "sl"):  # sizes and strides of an aligned input
@@ -85,7 +113,7 @@ def compile_for_sm90(kernel, constants: dict, dtype: str = "bf16", num_warps: in
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
 
 
-_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
+_TYPES = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.int32": "i32"}
 
 
 def launch_source(launch):

@@ -12,10 +12,14 @@ into one long l, so a statistic covers a single 2-D (channel, position) slab per
 - looped (`fused.looped_*`): persistent programs take whole slabs too, streaming each twice
   (statistics, then output), with few enough programs in flight that the second read comes from L2.
   When K == 1, the slab is too big for registers and there are enough slabs to fill the GPU.
+- coop (`coop.py`): the split tiling below in one cooperative launch per pass: each tile's second
+  touch comes D work items after its first, and `coop_plan` sizes D so that those items fit L2_SHARE
+  of the L2 together, so x (backward: x and dy) is read from HBM once. For BatchNorm over N x spatial,
+  for few, big slabs, and for slabs too big for the looped path's programs to keep in L2.
 - split (`split.py`): programs over (b, channel block, split of the (k, l) tiles) write per-channel
   partial moments, a small kernel combines them per (b, group), and a second sweep normalizes: x is
-  read twice (backward: x and dy twice). For BatchNorm over N x spatial and for few, big slabs
-  (LayerNorm on a small batch of large images).
+  read twice (backward: x and dy twice). Where the coop path's groups do not align with its channel
+  blocks, and for eval-mode BatchNorm (no statistics to wait for).
 
 The numbers below are fixed heuristics, not autotuned, so a sweep spends no time tuning; they are
 written for an H100 (132 SMs, 64K 32-bit registers per SM) and have not been timed on one.
@@ -47,8 +51,13 @@ SLAB_PROGRAMS_PER_SM = 2  # streamed slabs only when there are at least this man
 L2_SHARE = 0.5  # of the L2 that the looped programs' live slabs may fill (an H100 SXM has 50 MB)
 MAX_LOOPED_PROGRAMS_PER_SM = 4
 INTERPRETER_PROGRAMS = 1  # under the CPU interpreter every program is slow Python: as few as possible
+COOP_PROGRAMS_PER_SM = 2  # cooperative programs per SM (more may not fit: any number is deadlock-free)
+COOP_ITEM_BYTES = 32 * 1024  # of x per cooperative work item: amortizes the ticket's atomic
+COOP_BLOCK_S = 64  # splits combined per step of a unit's combine
+COOP_STAGES = 2  # software-pipelining depth of the cooperative kernels' tile loops (tl.range num_stages)
+SECTOR_BYTES = 32  # the GPU's memory access granule: a channels_last tile row is at least this wide
 INT32_LIMIT = 2**31
-FORCE_PATH: str | None = None  # tests set "looped" or "split" to run those kernels on tiny shapes
+FORCE_PATH: str | None = None  # tests set "looped", "coop" or "split" to run those kernels on tiny shapes
 # (SMs, L2 bytes): plan as if on that GPU whatever the tensors' device (kernels.trace sets it, so that
 # the traffic model, the launch counts and the compile checks see an H100's plans without one).
 PLAN_FOR: tuple[int, int] | None = None
@@ -139,7 +148,8 @@ class Plans:
     """What a call's launches need that depends only on the input's geometry, device and the settings."""
 
     view: GroupedView
-    slab: SlabPlan | None  # the fused/looped tiling of batch statistics; None: the split kernels
+    slab: SlabPlan | None  # the fused/looped tiling of batch statistics; None: coop or split
+    coop: CoopPlan | None  # the cooperative kernels' tiling and stream, when slab is None and they apply
     split: SplitPlan  # the split tiling (split path; normalize and input_grad of eval-mode BatchNorm)
     looped_programs: tuple[int, int] | None  # persistent programs forward (x), backward (x, dy): looped
 
@@ -168,6 +178,11 @@ _SETTINGS = operator.itemgetter(
     "MAX_LOOPED_PROGRAMS_PER_SM",
     "INTERPRETER_PROGRAMS",
     "INT32_LIMIT",
+    "COOP_PROGRAMS_PER_SM",
+    "COOP_ITEM_BYTES",
+    "COOP_BLOCK_S",
+    "COOP_STAGES",
+    "SECTOR_BYTES",
     "FORCE_PATH",
     "PLAN_FOR",
 )
@@ -183,11 +198,20 @@ def _settings(device: torch.device) -> tuple:
 @functools.lru_cache(maxsize=1024)
 def _plans(shape, samples, groups, channels_last, element_size, device, settings) -> Plans:
     v = view_of(shape, samples, groups, channels_last)
-    slab = slab_plan(v, device)
+    slab = None if FORCE_PATH == "coop" else slab_plan(v, device)
     programs = None
     if slab is not None and slab.looped:
         programs = tuple(looped_programs(slab, v, device, n * element_size) for n in (1, 2))
-    return Plans(v, slab, split_plan(v, device), programs)
+    coop = None
+    if slab is None or (
+        slab.looped and FORCE_PATH != "looped" and _slabs_per_sm(slab, v, device, 2 * element_size) < 1
+    ):
+        # the split path, or looped programs whose backward slabs overflow the L2 share (their second
+        # read would come from HBM): the cooperative kernels where they apply
+        coop = coop_plan(v, device, element_size)
+        if coop is not None:
+            slab = programs = None
+    return Plans(v, slab, coop, split_plan(v, device), programs)
 
 
 @dataclass(frozen=True)
@@ -260,12 +284,15 @@ def looped_programs(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_
     own program (full occupancy; the second read then comes from memory, as in the split path).
     `bytes_per_value` counts every tensor a pass reads twice (x; x and dy backward).
     """
-    slab_bytes = plan.block_c * v.L * bytes_per_value
-    sms = sm_count(device)
-    per_sm = int(l2_bytes(device) * L2_SHARE // (sms * slab_bytes))
+    per_sm = _slabs_per_sm(plan, v, device, bytes_per_value)
     if per_sm < 1:
         return plan.slabs
-    return min(plan.slabs, sms * min(per_sm, MAX_LOOPED_PROGRAMS_PER_SM))
+    return min(plan.slabs, sm_count(device) * min(per_sm, MAX_LOOPED_PROGRAMS_PER_SM))
+
+
+def _slabs_per_sm(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_per_value: int) -> int:
+    """How many slabs per SM fit L2_SHARE of the L2 together."""
+    return int(l2_bytes(device) * L2_SHARE // (sm_count(device) * plan.block_c * v.L * bytes_per_value))
 
 
 def l2_bytes(device: torch.device) -> int:
@@ -320,3 +347,95 @@ def split_plan(v: GroupedView, device: torch.device) -> SplitPlan:
     per = -(-tiles // splits)
     splits = -(-tiles // per)
     return SplitPlan(block_c, block_l, channel_blocks, l_blocks, tiles, per, splits, _warps(block_c * block_l))
+
+
+@dataclass(frozen=True)
+class CoopPlan:
+    """The cooperative kernels' work: units of GBLK channel blocks of one b (whole groups), SPB items of
+    TPS tiles per block; the B step of an item comes `delay[pass]` items after its A step."""
+
+    block_c: int
+    block_l: int
+    gpb: int  # groups per channel block (1: a group spans GBLK >= 1 blocks)
+    gblk: int
+    units: int
+    units_per_b: int
+    l_blocks: int
+    tiles: int  # (k, l-block) tiles per channel block
+    tiles_per_item: int
+    items_per_block: int
+    programs: int
+    delay: tuple[int, int]  # forward, backward
+    fits_l2: tuple[bool, bool]  # whether the items in flight between two touches fit the L2 share
+    num_warps: int
+
+    @property
+    def items(self) -> int:
+        return self.units * self.gblk * self.items_per_block
+
+
+def coop_plan(v: GroupedView, device: torch.device, element_size: int) -> CoopPlan | None:
+    """The coop tiling, or None where groups do not align with channel blocks (the split path then).
+
+    Tiles as split_plan, then narrower channel blocks (at least a memory sector wide in channels_last)
+    until one unit, the values behind a statistic, takes at most half the L2 share in backward (x and
+    dy), so that a unit plus a round of items from every program fit together.
+    """
+    if FORCE_PATH == "split":
+        return None
+    budget = L2_SHARE * l2_bytes(device)
+    sp = split_plan(v, device)
+    block_c, block_l = sp.block_c, sp.block_l
+    min_c = max(1, SECTOR_BYTES // element_size) if v.channels_inner else 1
+    while block_c > 1 and v.cg % block_c and block_c % v.cg:  # groups must align with channel blocks
+        block_c //= 2
+    if block_c < min(min_c, next_pow2(v.C)):
+        return None
+
+    def unit_bytes(bc: int) -> int:
+        return v.K * v.L * max(bc, v.cg) * 2 * element_size
+
+    while block_c > min_c and block_c > v.cg and unit_bytes(block_c) > budget / 2:
+        block_c //= 2
+    if v.channels_inner:
+        block_l = min(next_pow2(v.L), max(1, TILE_ELEMENTS // block_c))
+    gblk = max(1, v.cg // block_c)
+    l_blocks = -(-v.L // block_l)
+    tiles = v.K * l_blocks
+    programs = coop_programs(device)
+    tile_bytes = block_c * block_l * element_size
+    tps = max(1, min(tiles, COOP_ITEM_BYTES // tile_bytes))
+
+    def stream(tps: int) -> tuple[int, tuple[int, int], tuple[bool, bool]]:
+        spb = -(-tiles // tps)
+        delay = gblk * spb + programs  # a unit's items, then one more round of every program's
+        fits = tuple(delay * tps * tile_bytes * n <= budget for n in (1, 2))
+        return spb, (delay, delay), fits
+
+    spb, delay, fits = stream(tps)
+    while not fits[1] and tps > 1:  # smaller items: fewer bytes in flight
+        tps //= 2
+        spb, delay, fits = stream(tps)
+    units_per_b = -(-v.C // block_c) // gblk
+    return CoopPlan(
+        block_c,
+        block_l,
+        max(1, block_c // v.cg),
+        gblk,
+        v.B * units_per_b,
+        units_per_b,
+        l_blocks,
+        tiles,
+        tps,
+        spb,
+        programs,
+        delay,
+        fits,
+        _warps(block_c * block_l),
+    )
+
+
+def coop_programs(device: torch.device) -> int:
+    if PLAN_FOR is not None or (device.type == "cuda" and not _interpreting()):
+        return COOP_PROGRAMS_PER_SM * sm_count(device)
+    return INTERPRETER_PROGRAMS

@@ -8,7 +8,8 @@ O(B x G) and left out). The minimum is one read of each input and one write of e
     path                              forward               backward
     fused (slab in registers)         read S, write S       read 2S, write S      (the minimum)
     looped (slab streamed twice)      read 2S, write S      read 4S, write S      (2nd read from L2)
-    split (BatchNorm, few big slabs)  read 2S, write S      read 4S, write S
+    coop (BatchNorm, few big slabs)   read S, write S       read 2S, write S      (2nd touch from L2)
+    split (groups unaligned)          read 2S, write S      read 4S, write S
     eval-mode BatchNorm               read S, write S       read 2S, write S      (dy only without affine)
 """
 
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from normbench.kernels import fused, split
+from normbench.kernels import coop, fused, layout, split
 from normbench.kernels.layout import GroupedView, Plans, dense_layout, next_pow2, plans
 
 
@@ -79,6 +80,9 @@ def _batch_statistics(x, y, weight, bias, p: Plans, eps: float, running=None, fa
                 stats[0], stats[1], *running, v.G, v.B, factor, unbias, BLOCK=block
             )
         return stats
+    if p.coop is not None:
+        _coop_forward(x, y, w, b, stats, p, eps, running, factor, unbias)
+        return stats
     sp = p.split
     mean_p = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
     m2_p = torch.empty_like(mean_p)
@@ -117,6 +121,62 @@ def _batch_statistics(x, y, weight, bias, p: Plans, eps: float, running=None, fa
     mean, _, rstd = stats
     _normalize(x, y, weight, bias, mean, rstd, p)
     return stats
+
+
+def _sync(p: Plans, device) -> Tensor:
+    """The cooperative kernels' ticket counter, per-unit arrival counts and ready flags: zeros."""
+    return torch.zeros(1 + 2 * p.coop.units, device=device, dtype=torch.int32)
+
+
+def _coop_args(v: GroupedView, cp) -> tuple:
+    return (v.sb, v.sk, v.sc, v.sl, cp.tiles, cp.tiles_per_item, cp.items_per_block, cp.l_blocks, cp.gblk)
+
+
+def _coop_meta(cp) -> dict:
+    return dict(
+        GPB=cp.gpb,
+        BLOCK_C=cp.block_c,
+        BLOCK_L=cp.block_l,
+        BLOCK_S=min(layout.COOP_BLOCK_S, next_pow2(cp.items_per_block)),
+        STAGES=layout.COOP_STAGES,
+        num_warps=cp.num_warps,
+    )
+
+
+def _coop_forward(x, y, w, b, stats, p: Plans, eps, running, factor, unbias) -> None:
+    v, cp = p.view, p.coop
+    in_kernel = running is not None and v.B == 1  # with B > 1 the update averages over b: after
+    mean_p = torch.empty(v.B, cp.items_per_block, v.C, device=x.device, dtype=torch.float32)
+    m2_p = torch.empty_like(mean_p)
+    run = running if in_kernel else (stats[0], stats[1])  # not touched without RUNNING
+    coop.coop_forward[(min(cp.programs, cp.items),)](
+        x,
+        y,
+        w,
+        b,
+        mean_p,
+        m2_p,
+        *stats,
+        *run,
+        _sync(p, x.device),
+        v.C,
+        v.L,
+        v.G,
+        v.cg,
+        *_coop_args(v, cp),
+        cp.units_per_b,
+        cp.units,
+        cp.delay[0],
+        eps,
+        factor,
+        unbias,
+        HAS_AFFINE=w is not x,
+        RUNNING=in_kernel,
+        **_coop_meta(cp),
+    )
+    if running is not None and not in_kernel:
+        block = min(1024, next_pow2(v.G))
+        split.update_running[(-(-v.G // block),)](stats[0], stats[1], *running, v.G, v.B, factor, unbias, BLOCK=block)
 
 
 def _normalize(x, y, weight, bias, mean, rstd, p: Plans) -> None:
@@ -182,7 +242,42 @@ class _TritonNorm(torch.autograd.Function):
         w = weight if affine else x  # never read without affine
         dweight = dbias = None
         plan = None if ctx.constant_stats else p.slab
-        if plan is not None:
+        if p.coop is not None and not ctx.constant_stats:
+            cp = p.coop
+            p_dy = torch.empty(v.B, cp.items_per_block, v.C, device=x.device, dtype=torch.float32)
+            p_dyxhat = torch.empty_like(p_dy)
+            mean_g = torch.empty(v.B * v.G, device=x.device, dtype=torch.float32)
+            mean_gx = torch.empty_like(mean_g)
+            param_grads = affine and v.B == 1 and v.cg == 1  # else summed from the partials below
+            if param_grads:
+                dweight, dbias = torch.empty_like(weight), torch.empty_like(weight)
+            coop.coop_backward[(min(cp.programs, cp.items),)](
+                x,
+                dy,
+                dx,
+                w,
+                mean,
+                rstd,
+                p_dy,
+                p_dyxhat,
+                mean_g,
+                mean_gx,
+                *((dweight, dbias) if param_grads else (mean_g, mean_gx)),  # not written without PARAM_GRADS
+                _sync(p, x.device),
+                v.C,
+                v.L,
+                v.G,
+                v.cg,
+                *_coop_args(v, cp),
+                cp.units_per_b,
+                cp.units,
+                cp.delay[1],
+                1.0 / v.count,
+                HAS_AFFINE=affine,
+                PARAM_GRADS=param_grads,
+                **_coop_meta(cp),
+            )
+        elif plan is not None:
             p_dy = torch.empty(v.B, 1, v.C, device=x.device, dtype=torch.float32)
             p_dyxhat = torch.empty_like(p_dy)
             meta = dict(

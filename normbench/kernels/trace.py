@@ -41,6 +41,8 @@ KERNELS = {
     "partial_grad_sums",
     "combine_grad_sums",
     "input_grad",
+    "coop_forward",
+    "coop_backward",
 }
 
 # Operators that allocate, reshape or alias: no kernel on a GPU.
@@ -126,10 +128,10 @@ class _TorchOps(TorchDispatchMode):
 def kernels_replaced(stand_in, plan_for: tuple[int, int] | None = H100):
     """Replace every kernel norm_function launches by `stand_in(kernel)` and plan as if on `plan_for`
     (SMs, L2 bytes; None keeps the device's own plans), restoring both on exit."""
-    from normbench.kernels import fused, layout, split
+    from normbench.kernels import coop, fused, layout, split
 
     saved = {}
-    for module in (fused, split):
+    for module in (coop, fused, split):
         for name, obj in vars(module).items():
             if name in KERNELS:  # not the @triton.jit helpers: kernels call those by their global name
                 saved[(module, name)] = obj

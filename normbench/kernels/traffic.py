@@ -8,6 +8,8 @@ For every norm x layout x dtype x pass at the GPU sweep's shapes, the launches i
 - every byte a kernel writes goes to HBM once; a read comes from HBM unless the model says L2;
 - a looped kernel's second read of its slab comes from L2 when the slabs of all its persistent
   programs fit `layout.L2_SHARE` of the L2 together (what layout.looped_programs sizes them for);
+- a cooperative kernel's second read of a work item comes from L2 when the D items read between
+  its two touches fit that share (what layout.coop_plan sizes D and the items for);
 - a tensor read again by a later launch of the same pass comes from L2 when it and everything
   touched since fit that share of the L2 (least recently used, whole tensors); nothing survives
   from forward to backward (the model's other layers run in between).
@@ -53,6 +55,32 @@ ROLES = {
     "partial_grad_sums": {"x": "r", "dy": "r", "mean": "r", "rstd": "r", "p_dy": "w", "p_dyxhat": "w"},
     "combine_grad_sums": {"p_dy": "r", "p_dyxhat": "r", "w": "r", "a_out": "w", "b_out": "w"},
     "input_grad": {"x": "r", "dy": "r", "dx": "w", "w": "r", "mean": "r", "rstd": "r", "mean_g": "r", "mean_gx": "r"},
+    # cooperative: "rc", read twice, the second time from L2 when the items in flight between fit
+    "coop_forward": {
+        "x": "rc",
+        "y": "w",
+        "w": "r",
+        "bias": "r",
+        "mean_p": "w",
+        "m2_p": "w",
+        "mean_out": "w",
+        "var_out": "w",
+        "rstd_out": "w",
+        "sync": "w",
+    },
+    "coop_backward": {
+        "x": "rc",
+        "dy": "rc",
+        "dx": "w",
+        "w": "r",
+        "mean": "r",
+        "rstd": "r",
+        "p_dy": "w",
+        "p_dyxhat": "w",
+        "mean_g": "w",
+        "mean_gx": "w",
+        "sync": "w",
+    },
 }
 
 
@@ -72,6 +100,14 @@ def _looped_fits(launch, l2_bytes: int, share: float) -> bool:
     per_value = sum(args[n].element_size() for n, role in ROLES[launch.name].items() if role == "rr")
     programs = launch.grid[0]
     return programs * launch.meta["BLOCK_C"] * args["L"] * per_value <= share * l2_bytes
+
+
+def _coop_fits(launch, l2_bytes: int, share: float) -> bool:
+    """Whether the D work items between an item's two touches (x; x and dy backward) fit the L2 share."""
+    args = dict(zip(_params(launch), launch.args))
+    per_value = sum(args[n].element_size() for n, role in ROLES[launch.name].items() if role == "rc")
+    tile = launch.meta["BLOCK_C"] * launch.meta["BLOCK_L"]
+    return args["D"] * args["TPS"] * tile * per_value <= share * l2_bytes
 
 
 def _params(launch):
@@ -109,8 +145,9 @@ def pass_traffic(p, l2_bytes: int, share: float) -> Traffic:
                 touch(t, read=False)
             else:
                 touch(t, read=True)
-                if role == "rr":  # the second read within the kernel
-                    if _looped_fits(launch, l2_bytes, share):
+                fits = {"rr": _looped_fits, "rc": _coop_fits}.get(role)
+                if fits is not None:  # the second read within the kernel
+                    if fits(launch, l2_bytes, share):
                         l2 += _nbytes(t)
                     else:
                         hbm += _nbytes(t)
@@ -124,7 +161,7 @@ def model_bytes(norm: str, shape, dtype: torch.dtype, pass_name: str) -> int:
     from normbench.kernels.trace import GN_GROUPS
 
     options = {"groups": GN_GROUPS} if norm == "gn" else {}
-    layer = norms.build(norm, shape[1], impl="triton", device="meta", **options)
+    layer = norms.build(norm, shape[1], impl="reference", device="meta", **options)
     return speed.bytes_moved(layer, torch.empty(shape, dtype=dtype, device="meta"), pass_name)
 
 

@@ -1,0 +1,145 @@
+"""A/B of impl=triton's kernel paths on one GPU, in one process: the cooperative one-read kernels
+(the dispatch's choice) against the split and looped kernels they replace (forced), plus native.
+
+    python scripts/gpu_path_ab.py results/path_ab.csv                       # on a CUDA GPU
+    TRITON_INTERPRET=1 python scripts/gpu_path_ab.py out.csv --tiny         # rehearsal on the CPU
+
+For each norm x dtype x layout at the headline shape (conf/shape/resnet_c64.yaml; --shape for
+others): the fwd+bwd time of one training step (forward, then backward of a fixed dy), timed by
+normbench.timing.time_fn (CUDA: triton.testing.do_bench, L2 flushed before each repeat, median of
+event-timed repeats), its % of the measured copy bandwidth over speed.bytes_moved, and the max
+error of y and dx against native, path by path. `auto` is what the dispatch picks now; `split` and
+`looped` are the older plans, forced with layout.FORCE_PATH (a path that cannot take a case is
+skipped). Rows are written as they come.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+from normbench import norms, speed  # noqa: E402
+from normbench.kernels import layout  # noqa: E402
+from normbench.timing import measure_copy_bandwidth, time_fn  # noqa: E402
+
+OPTIONS = {"bn": {}, "ln": {}, "in": {}, "gn": {"groups": 32}}
+FIELDS = ["norm", "shape", "layout", "dtype", "impl", "path", "kernels", "fwdbwd_ms", "pct_of_copy", "err_y", "err_dx"]
+
+
+def step(layer, x, dy):
+    def fn():
+        layer(x).backward(dy)
+
+    return fn
+
+
+def max_rel(a, b):
+    a, b = a.detach().float(), b.detach().float()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def kernels_of(layer, x, dy) -> str:
+    """The Triton kernels one step launches (names, in order)."""
+    from normbench.kernels import trace
+
+    with trace.recording(run=True, plan_for=None) as passes:
+        layer(x).backward(dy)
+    x.grad = None
+    return "+".join(dict.fromkeys(launch.name for p in passes for launch in p.launches))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("csv", type=Path)
+    parser.add_argument("--shape", default="resnet_c64")
+    parser.add_argument("--tiny", action="store_true", help="CPU rehearsal (TRITON_INTERPRET=1): a tiny shape")
+    args = parser.parse_args()
+    device = torch.device("cpu" if args.tiny else "cuda")
+    if args.tiny:
+        shape = (4, 64, 6, 6)
+        peak = 1.0
+    else:
+        cfg = OmegaConf.load(ROOT / "conf" / "shape" / f"{args.shape}.yaml")
+        shape = (cfg.batch_size, cfg.channels, *cfg.spatial)
+        peak = measure_copy_bandwidth(device)["peak_gbps"]
+        print(f"copy bandwidth {peak:.0f} GB/s on {torch.cuda.get_device_name()}", flush=True)
+    timing = {"min_run_time": 0.01, "min_repeats": 1} if args.tiny else {}
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with args.csv.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(FIELDS)
+        for dtype in (torch.float32, torch.bfloat16):
+            for layout_name in ("contiguous", "channels_last"):
+                g = torch.Generator(device=device).manual_seed(0)
+                x = torch.randn(shape, generator=g, device=device).mul_(2).add_(3).to(dtype)
+                dy = torch.randn(shape, generator=g, device=device).to(dtype)
+                if layout_name == "channels_last":
+                    x = x.to(memory_format=torch.channels_last)
+                x.requires_grad_()
+                for norm, options in OPTIONS.items():
+                    where = [norm, "x".join(map(str, shape)), layout_name, str(dtype).removeprefix("torch.")]
+                    native = norms.build(norm, shape[1], impl="native", device=device, dtype=dtype, **options)
+                    x.grad = None
+                    y_ref = native(x)
+                    y_ref.backward(dy)
+                    dx_ref, x.grad = x.grad, None
+                    runs = [("native", None)] + [("triton", p) for p in ("auto", "split", "looped")]
+                    for impl, path in runs:
+                        layout.FORCE_PATH = None if path in (None, "auto") else path
+                        try:
+                            layer = norms.build(norm, shape[1], impl=impl, device=device, dtype=dtype, **options)
+                            kernels = kernels_of(layer, x, dy) if impl == "triton" else ""
+                            if path == "looped" and "looped" not in kernels:
+                                continue  # the looped kernels cannot take this case
+                            x.grad = None
+                            y = layer(x)
+                            y.backward(dy)
+                            err_y, err_dx = max_rel(y, y_ref), max_rel(x.grad, dx_ref)
+                            fn = step(layer, x, dy)
+                            grads = [x, *layer.parameters()]
+                            ms = time_fn(fn, device, grad_to_none=grads, **timing).median_ms
+                            moved = speed.bytes_moved(layer, x, "fwdbwd")
+                            pct = 100 * moved / (ms * 1e-3) / 1e9 / peak
+                            row = [
+                                *where,
+                                impl,
+                                path or "",
+                                kernels,
+                                f"{ms:.4f}",
+                                f"{pct:.1f}",
+                                f"{err_y:.2e}",
+                                f"{err_dx:.2e}",
+                            ]
+                        except Exception as e:  # one failing path is a row, the next still runs
+                            row = [
+                                *where,
+                                impl,
+                                path or "",
+                                f"ERROR {type(e).__name__}: {str(e)[:200]}",
+                                "",
+                                "",
+                                "",
+                                "",
+                            ]
+                        finally:
+                            layout.FORCE_PATH = None
+                        out.writerow(row)
+                        f.flush()
+                        print(" ".join(row), flush=True)
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+    print(f"done in {time.time() - start:.0f} s; rows in {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
