@@ -10,7 +10,9 @@ normbench.timing.time_fn (CUDA: triton.testing.do_bench, L2 flushed before each 
 event-timed repeats), its % of the measured copy bandwidth over speed.bytes_moved, and the max
 error of y and dx against native, path by path. `auto` is what the dispatch picks now; `split` and
 `looped` are the older plans, forced with layout.FORCE_PATH (a path that cannot take a case is
-skipped). Rows are written as they come.
+skipped). Then --tune: the cooperative plan's settings (programs per SM, bytes per work item,
+pipeline stages) over a small grid, for BatchNorm float32 NCHW and LayerNorm bfloat16 channels_last.
+Rows are written as they come.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ from normbench.kernels import layout  # noqa: E402
 from normbench.timing import measure_copy_bandwidth, time_fn  # noqa: E402
 
 OPTIONS = {"bn": {}, "ln": {}, "in": {}, "gn": {"groups": 32}}
+TUNE_CASES = [("bn", torch.float32, "contiguous"), ("ln", torch.bfloat16, "channels_last")]
+# (programs per SM, bytes per item, stages): each setting varied around the default (2, 32 KiB, 2)
+TUNE_SETTINGS = [(p, i, 2) for p in (1, 2, 4) for i in (16384, 32768, 65536)] + [(2, 32768, 1), (2, 32768, 3)]
+TUNE_NAMES = ("COOP_PROGRAMS_PER_SM", "COOP_ITEM_BYTES", "COOP_STAGES")
 FIELDS = ["norm", "shape", "layout", "dtype", "impl", "path", "kernels", "fwdbwd_ms", "pct_of_copy", "err_y", "err_dx"]
 
 
@@ -44,6 +50,10 @@ def step(layer, x, dy):
 def max_rel(a, b):
     a, b = a.detach().float(), b.detach().float()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def layout_of(x) -> str:
+    return "contiguous" if x.is_contiguous() else "channels_last"
 
 
 def kernels_of(layer, x, dy) -> str:
@@ -61,6 +71,8 @@ def main() -> int:
     parser.add_argument("csv", type=Path)
     parser.add_argument("--shape", default="resnet_c64")
     parser.add_argument("--tiny", action="store_true", help="CPU rehearsal (TRITON_INTERPRET=1): a tiny shape")
+    parser.add_argument("--tune", action="store_true", help="also time the coop plan's TUNE_SETTINGS")
+    parser.add_argument("--norm", action="append", choices=list(OPTIONS), help="only these norms (repeatable)")
     args = parser.parse_args()
     device = torch.device("cpu" if args.tiny else "cuda")
     if args.tiny:
@@ -77,66 +89,75 @@ def main() -> int:
     with args.csv.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(FIELDS)
+
+        def emit(row):
+            out.writerow(row)
+            f.flush()
+            print(" ".join(row), flush=True)
+
+        def inputs(dtype, layout_name):
+            g = torch.Generator(device=device).manual_seed(0)
+            x = torch.randn(shape, generator=g, device=device).mul_(2).add_(3).to(dtype)
+            dy = torch.randn(shape, generator=g, device=device).to(dtype)
+            if layout_name == "channels_last":
+                x = x.to(memory_format=torch.channels_last)
+            return x.requires_grad_(), dy
+
+        def reference(norm, x, dy):
+            native = norms.build(norm, shape[1], impl="native", device=device, dtype=x.dtype, **OPTIONS[norm])
+            x.grad = None
+            y = native(x)
+            y.backward(dy)
+            dx, x.grad = x.grad, None
+            return y.detach(), dx
+
+        def measure(norm, x, dy, ref, impl, path, label):
+            where = [norm, "x".join(map(str, shape)), layout_of(x), str(x.dtype).removeprefix("torch.")]
+            layout.FORCE_PATH = None if path in (None, "auto") else path
+            try:
+                layer = norms.build(norm, shape[1], impl=impl, device=device, dtype=x.dtype, **OPTIONS[norm])
+                kernels = kernels_of(layer, x, dy) if impl == "triton" else ""
+                if path == "looped" and "looped" not in kernels:
+                    return  # the looped kernels cannot take this case
+                y = layer(x)
+                y.backward(dy)
+                err_y, err_dx = max_rel(y, ref[0]), max_rel(x.grad, ref[1])
+                x.grad = None
+                ms = time_fn(step(layer, x, dy), device, grad_to_none=[x, *layer.parameters()], **timing).median_ms
+                pct = 100 * speed.bytes_moved(layer, x, "fwdbwd") / (ms * 1e-3) / 1e9 / peak
+                row = [*where, impl, label, kernels, f"{ms:.4f}", f"{pct:.1f}", f"{err_y:.2e}", f"{err_dx:.2e}"]
+            except Exception as e:  # one failing path is a row, the next still runs
+                row = [*where, impl, label, f"ERROR {type(e).__name__}: {str(e)[:200]}", "", "", "", ""]
+            finally:
+                layout.FORCE_PATH = None
+                x.grad = None
+            emit(row)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
         for dtype in (torch.float32, torch.bfloat16):
             for layout_name in ("contiguous", "channels_last"):
-                g = torch.Generator(device=device).manual_seed(0)
-                x = torch.randn(shape, generator=g, device=device).mul_(2).add_(3).to(dtype)
-                dy = torch.randn(shape, generator=g, device=device).to(dtype)
-                if layout_name == "channels_last":
-                    x = x.to(memory_format=torch.channels_last)
-                x.requires_grad_()
-                for norm, options in OPTIONS.items():
-                    where = [norm, "x".join(map(str, shape)), layout_name, str(dtype).removeprefix("torch.")]
-                    native = norms.build(norm, shape[1], impl="native", device=device, dtype=dtype, **options)
-                    x.grad = None
-                    y_ref = native(x)
-                    y_ref.backward(dy)
-                    dx_ref, x.grad = x.grad, None
-                    runs = [("native", None)] + [("triton", p) for p in ("auto", "split", "looped")]
-                    for impl, path in runs:
-                        layout.FORCE_PATH = None if path in (None, "auto") else path
-                        try:
-                            layer = norms.build(norm, shape[1], impl=impl, device=device, dtype=dtype, **options)
-                            kernels = kernels_of(layer, x, dy) if impl == "triton" else ""
-                            if path == "looped" and "looped" not in kernels:
-                                continue  # the looped kernels cannot take this case
-                            x.grad = None
-                            y = layer(x)
-                            y.backward(dy)
-                            err_y, err_dx = max_rel(y, y_ref), max_rel(x.grad, dx_ref)
-                            fn = step(layer, x, dy)
-                            grads = [x, *layer.parameters()]
-                            ms = time_fn(fn, device, grad_to_none=grads, **timing).median_ms
-                            moved = speed.bytes_moved(layer, x, "fwdbwd")
-                            pct = 100 * moved / (ms * 1e-3) / 1e9 / peak
-                            row = [
-                                *where,
-                                impl,
-                                path or "",
-                                kernels,
-                                f"{ms:.4f}",
-                                f"{pct:.1f}",
-                                f"{err_y:.2e}",
-                                f"{err_dx:.2e}",
-                            ]
-                        except Exception as e:  # one failing path is a row, the next still runs
-                            row = [
-                                *where,
-                                impl,
-                                path or "",
-                                f"ERROR {type(e).__name__}: {str(e)[:200]}",
-                                "",
-                                "",
-                                "",
-                                "",
-                            ]
-                        finally:
-                            layout.FORCE_PATH = None
-                        out.writerow(row)
-                        f.flush()
-                        print(" ".join(row), flush=True)
-                        if device.type == "cuda":
-                            torch.cuda.empty_cache()
+                x, dy = inputs(dtype, layout_name)
+                for norm in args.norm or OPTIONS:
+                    ref = reference(norm, x, dy)
+                    for impl, path in [("native", None)] + [("triton", p) for p in ("auto", "split", "looped")]:
+                        measure(norm, x, dy, ref, impl, path, path or "")
+        if args.tune:
+            for norm, dtype, layout_name in TUNE_CASES:
+                if args.norm and norm not in args.norm:
+                    continue
+                x, dy = inputs(dtype, layout_name)
+                ref = reference(norm, x, dy)
+                for values in TUNE_SETTINGS:
+                    saved = {k: getattr(layout, k) for k in TUNE_NAMES}
+                    for k, v in zip(TUNE_NAMES, values):
+                        setattr(layout, k, v)
+                    label = f"coop:{values[0]}/sm,{values[1] // 1024}KB,{values[2]}stages"
+                    try:
+                        measure(norm, x, dy, ref, "triton", "coop", label)
+                    finally:
+                        for k, v in saved.items():
+                            setattr(layout, k, v)
     print(f"done in {time.time() - start:.0f} s; rows in {args.csv}")
     return 0
 

@@ -7,6 +7,9 @@
 #
 # Speed only (accuracy runs on the CPU). Steps, in this order:
 #   setup     install the carried wheels (normbench among them) into $SITE; env.txt (nvidia-smi, versions)
+#   smoke     scripts/gpu_smoke_triton.py: impl=triton's dispatch (cooperative kernels included) against
+#             native at a small shape, in a short box: a kernel that hangs or fails costs this box, and
+#             the steps that time triton are then dropped instead of each waiting out its own
 #   warm      the triton and compiled jobs of the grid, 12 side by side with no timing (pass=fwd, 1 ms):
 #             Triton's JIT and torch.compile fill their on-disk caches (~/.triton/cache,
 #             /tmp/torchinductor_$USER), so the timed sweeps below load kernels instead of compiling
@@ -41,9 +44,10 @@ cd "$(dirname "$0")/.."
 export TINY=${TINY:-0}
 BUDGET_S=${BUDGET_S:-$( ((TINY)) && echo 900 || echo 470 )}   # the 2-core CPU needs longer for tiny sizes
 SETUP_S=${SETUP_S:-40} WARM_S=${WARM_S:-100} NATIVE_S=${NATIVE_S:-60} TRITON_S=${TRITON_S:-60}
-COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} AB_S=${AB_S:-60} HOST_S=${HOST_S:-30}
+SMOKE_S=${SMOKE_S:-90} COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} AB_S=${AB_S:-60} HOST_S=${HOST_S:-30}
 REPORT_MIN_S=${REPORT_MIN_S:-25}
-STEPS=${STEPS:-warm native triton compiled graph check ab host report}
+STEPS=${STEPS:-smoke warm native triton compiled graph check ab host report}
+GRID_SHAPES=${GRID_SHAPES:-resnet_c64,sd_gn,resnet_c256}   # conf/shape names, headline first
 WARM_JOBS=${WARM_JOBS:-12}            # processes compiling side by side (the GPU machine has 16 cores)
 GRAPH_IMPLS=${GRAPH_IMPLS:-native,triton,compiled}   # what the graph step times
 export WORK=${WORK:-results/gpu-reference}   # under results/: ignored by git
@@ -128,7 +132,7 @@ grid() {
         echo "hydra.sweeper.params=null device=cpu shape=cpu speed.batch_size=2 speed.min_run_time=0.01" \
              "speed.min_repeats=3 speed.peak_copy_mb=16 norm=gn,bn dtype=float32,bfloat16 layout=contiguous,channels_last"
     else
-        echo "hydra.sweeper.params=null shape=resnet_c64,sd_gn,resnet_c256 norm=gn,in,ln,bn" \
+        echo "hydra.sweeper.params=null shape=$GRID_SHAPES norm=gn,in,ln,bn" \
              "dtype=float32,bfloat16 layout=contiguous,channels_last"
     fi
 }
@@ -137,6 +141,10 @@ impls_to_warm() {   # no triton timing on a CPU; compiled only when a step times
     [[ $TINY == 0 ]] && impls+=(triton)
     [[ " $STEPS " == *" compiled "* || (" $STEPS " == *" graph "* && $GRAPH_IMPLS == *compiled*) ]] && impls+=(compiled)
     (IFS=,; echo "${impls[*]}")
+}
+
+step_smoke() {
+    if [[ $TINY == 1 ]]; then TRITON_INTERPRET=1 python3 scripts/gpu_smoke_triton.py; else python3 scripts/gpu_smoke_triton.py; fi
 }
 
 step_warm() {
@@ -176,7 +184,7 @@ step_ab() {
     if [[ $TINY == 1 ]]; then
         TRITON_INTERPRET=1 python3 scripts/gpu_path_ab.py "$WORK/path_ab.csv" --tiny
     else
-        python3 scripts/gpu_path_ab.py "$WORK/path_ab.csv"
+        python3 scripts/gpu_path_ab.py "$WORK/path_ab.csv" --tune
     fi
 }
 
@@ -193,8 +201,8 @@ step_report() {
     normbench-report "${dirs[@]}" --out "$WORK/report" --title "normbench speed reference: $dev"
 }
 
-export -f step_setup step_warm step_native step_triton step_compiled step_graph step_check step_ab step_host step_report grid impls_to_warm sweep
-export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS
+export -f step_setup step_smoke step_warm step_native step_triton step_compiled step_graph step_check step_ab step_host step_report grid impls_to_warm sweep
+export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS GRID_SHAPES
 
 # ------------------------------------------------------------------------------------------- run
 say "gpu_reference_run: TINY=$TINY BUDGET_S=$BUDGET_S STEPS='$STEPS' WORK=$WORK OUT=$OUT"
@@ -204,13 +212,19 @@ if ((RC != 0)); then
 else
     last=$((BUDGET_S - REPORT_MIN_S))   # no step but the report may run past this
     deadline=$SETUP_S
-    for step in warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S check:$CHECK_S \
+    for step in smoke:$SMOKE_S warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S check:$CHECK_S \
         ab:$AB_S host:$HOST_S; do
         name=${step%%:*}
         wants "$name" || continue
         deadline=$((deadline + ${step#*:}))
         ((deadline > last)) && deadline=$last
         run_step "$name" "$deadline" "step_$name"
+        if [[ $name == smoke ]] && ((RC != 0)); then   # triton fails or hangs: time the rest without it
+            STEPS=$(echo " $STEPS " | sed 's/ warm / /; s/ triton / /; s/ check / /; s/ ab / /')
+            GRAPH_IMPLS=native,compiled
+            export STEPS GRAPH_IMPLS
+            say "smoke failed: dropped the triton steps; STEPS='$STEPS'"
+        fi
     done
     wants report && run_step report "$BUDGET_S" step_report
 fi
