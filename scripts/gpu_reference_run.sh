@@ -190,7 +190,7 @@ step_ab() {
 
 step_host() {
     lscpu | grep -E "Model name|^CPU\(s\)|MHz" || true
-    python3 -m normbench.kernels.host_cost
+    python3 -m normbench.kernels.host_cost --shape resnet_c64
 }
 
 step_report() {
