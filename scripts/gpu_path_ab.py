@@ -10,8 +10,8 @@ normbench.timing.time_fn (CUDA: triton.testing.do_bench, L2 flushed before each 
 event-timed repeats), its % of the measured copy bandwidth over speed.bytes_moved, and the max
 error of y and dx against native, path by path. `auto` is what the dispatch picks now; `split` and
 `looped` are the older plans, forced with layout.FORCE_PATH (a path that cannot take a case is
-skipped). Then --tune: the cooperative plan's settings (programs per SM, bytes per work item,
-pipeline stages) over a small grid, for BatchNorm float32 NCHW and LayerNorm bfloat16 channels_last.
+skipped). Then --tune: the cooperative plan's settings (programs per SM, steps per claim, L2
+share) over a small grid, for BatchNorm float32 NCHW and LayerNorm bfloat16 channels_last.
 Rows are written as they come.
 """
 
@@ -34,9 +34,10 @@ from normbench.timing import measure_copy_bandwidth, time_fn  # noqa: E402
 
 OPTIONS = {"bn": {}, "ln": {}, "in": {}, "gn": {"groups": 32}}
 TUNE_CASES = [("bn", torch.float32, "contiguous"), ("ln", torch.bfloat16, "channels_last")]
-# (programs per SM, bytes per item, stages): each setting varied around the default (2, 32 KiB, 2)
-TUNE_SETTINGS = [(p, i, 2) for p in (1, 2, 4) for i in (16384, 32768, 65536)] + [(2, 32768, 1), (2, 32768, 3)]
-TUNE_NAMES = ("COOP_PROGRAMS_PER_SM", "COOP_ITEM_BYTES", "COOP_STAGES")
+# (programs per SM, steps per claim, L2 share): the plan shrinks items, then batches, until the work in
+# flight fits the L2 share, so a share over 1 lets the larger settings through to be timed
+TUNE_SETTINGS = [(p, b, share) for p in (1, 2, 4) for b in (1, 4, 16) for share in (0.5, 2.0)]
+TUNE_NAMES = ("COOP_PROGRAMS_PER_SM", "COOP_BATCH", "L2_SHARE")
 FIELDS = ["norm", "shape", "layout", "dtype", "impl", "path", "kernels", "fwdbwd_ms", "pct_of_copy", "err_y", "err_dx"]
 
 
@@ -99,8 +100,8 @@ def main() -> int:
             g = torch.Generator(device=device).manual_seed(0)
             x = torch.randn(shape, generator=g, device=device).mul_(2).add_(3).to(dtype)
             dy = torch.randn(shape, generator=g, device=device).to(dtype)
-            if layout_name == "channels_last":
-                x = x.to(memory_format=torch.channels_last)
+            if layout_name == "channels_last":  # dy too, as a model's backward would hand it over
+                x, dy = (t.to(memory_format=torch.channels_last) for t in (x, dy))
             return x.requires_grad_(), dy
 
         def reference(norm, x, dy):
@@ -152,7 +153,7 @@ def main() -> int:
                     saved = {k: getattr(layout, k) for k in TUNE_NAMES}
                     for k, v in zip(TUNE_NAMES, values):
                         setattr(layout, k, v)
-                    label = f"coop:{values[0]}/sm,{values[1] // 1024}KB,{values[2]}stages"
+                    label = f"coop:{values[0]}/sm,batch{values[1]},share{values[2]}"
                     try:
                         measure(norm, x, dy, ref, "triton", "coop", label)
                     finally:

@@ -54,6 +54,7 @@ def path(request, monkeypatch):
         monkeypatch.setattr(layout, "MAX_LOOPED_PROGRAMS_PER_SM", 2)
         monkeypatch.setattr(layout, "COOP_ITEM_BYTES", 2 * 16 * 2)  # 2 tiles of 16 values per item (1 in fp32)
         monkeypatch.setattr(layout, "COOP_BLOCK_S", 2)
+        monkeypatch.setattr(layout, "COOP_BATCH", 3)  # batches end inside units and inside B runs
     return request.param
 
 
@@ -393,16 +394,17 @@ def test_traffic_model_pins_each_plans_hbm_bytes(traffic_rows):
     fused plans read each byte once; so do the cooperative ones wherever a unit (the values behind one
     statistic) and a round of work items fit half the L2. One case cannot: BatchNorm in channels_last
     at 256x64x56x56, where the narrowest unit that reads whole 32-byte sectors (8 float32 or 16
-    bfloat16 channels over 802,816 positions) is 25.7 MB, x alone, so x (and dy) are read twice:
-    1.5x forward, 1.67x backward (docs/triton.md)."""
+    bfloat16 channels over 802,816 positions) is 25.7 MB, x alone: the split plan then reads x (and dy)
+    twice, 1.5x forward and 1.67x backward (docs/triton.md)."""
     assert len(traffic_rows) == 3 * 2 * 2 * 4 * 2
     for r in traffic_rows:
         case = f"{r['shape']} {r['layout']} {r['dtype']} {r['norm']} {r['pass']} ({r['path']}): {r['ratio']:.3f}"
-        assert r["path"].startswith(("fused", "coop")), case
         if (r["shape"], r["layout"], r["norm"]) == ("resnet_c64", "channels_last", "bn"):
+            assert r["path"].startswith("partial_"), case  # split: a coop plan that re-reads is slower
             assert r["ratio"] == pytest.approx(1.5 if r["pass"] == "fwd" else 5 / 3, abs=0.02), case
-        else:  # (the few % over: partial sums, summed by torch for dweight and dbias)
-            assert r["ratio"] <= 1.03, case
+        else:  # (up to 5% over in bfloat16: the float32 partial sums, small items make many)
+            assert r["path"].startswith(("fused", "coop")), case
+            assert r["ratio"] <= 1.1, case
     one_read = [r for r in traffic_rows if r["ratio"] <= 1.1 and r["input_mb"] >= 64]
     assert len(one_read) == 92  # of 96 (all at least 64 MB)
 

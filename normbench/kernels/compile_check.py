@@ -55,7 +55,7 @@ def _cases():
     row = dict(HAS_AFFINE=False, GPB=1, BLOCK_C=1024, BLOCK_L=1)
     tile_nchw = dict(BLOCK_C=4, BLOCK_L=1024)
     tile_nhwc = dict(BLOCK_C=64, BLOCK_L=64)
-    coop_meta = dict(GPB=1, BLOCK_S=64, STAGES=2)
+    coop_meta = dict(GPB=1, BLOCK_S=64, STAGES=2, BATCH=4)
     return [
         (fused.fused_forward, {**nchw, **slab}),
         (fused.fused_forward, {**nhwc, **dict(slab, GPB=16, BLOCK_C=32, BLOCK_L=128)}),

@@ -1,16 +1,20 @@
 """Cooperative kernels: one launch per pass that reads each byte of x (and dy) from HBM once.
 
 The input is cut into units, (b, channel super-block) pairs that hold whole groups, and each unit into
-S items of TPS tiles (the split path's tiles, see layout.py). Programs take work by ticket, from an
-atomic counter, off one stream in which the A step of each item (partial moments, or partial
-gradient sums) comes D steps before its B step (normalize, or dx) over the same tiles. The A item of
-a unit that finishes last combines the unit's partials into its statistics and raises the unit's
-ready flag, which the unit's B items wait for. layout.coop_plan sizes D so that the D items read in
-between fit a share of the L2: the second touch of every tile is served from L2, not HBM.
+S items of TPS tiles (the split path's tiles, see layout.py). The work is one stream of steps; step s
+does the A part of item s (partial moments, or partial gradient sums) and the B part of item s - D
+(normalize, or dx, over the same tiles). Programs claim BATCH steps at a time from an atomic
+counter. A program counts its finished A items per unit (one atomic per run of them, not per item);
+the one whose count completes a unit combines the unit's partials into its statistics and raises the
+unit's ready flag, which the unit's B items wait for (once per unit and program). layout.coop_plan
+sizes D so that the D items read in between fit a share of the L2: the second touch of every tile is
+served from L2, not HBM. Atomics are few because each costs a round trip to L2 (~1 us), which
+per-item atomics paid three times for 16-32 KB of data (measured on an H200: docs/triton.md).
 
 The waits cannot deadlock, whatever the grid and however many programs fit on the GPU at once: a B
-item waits only for A items with smaller tickets, which programs that are already running have taken
-(the argument of decoupled look-back scans). Counters and flags are int32 zeros made per call.
+item waits only for A items of earlier steps, which programs already running have claimed (the
+argument of decoupled look-back scans), and a program counts its pending A items before it waits.
+Counters and flags are int32 zeros made per call.
 """
 
 from __future__ import annotations
@@ -45,6 +49,19 @@ def _chan(n, mean, m2, nt, mt, qt):
     frac = tl.where(n_new > 0, nt / tl.where(n_new > 0, n_new, 1.0), 0.0)
     delta = mt - mean
     return n_new, mean + delta * frac, m2 + qt + delta * delta * n * frac
+
+
+@triton.jit
+def _arrive(sync, u, n, S):
+    """Count n finished A items of unit u; whether they were its last (their program then combines)."""
+    tl.debug_barrier()  # every thread's partials are stored before the count says so
+    return tl.atomic_add(sync + 1 + u, n) + n == S
+
+
+@triton.jit
+def _raise(flag):
+    tl.debug_barrier()  # the statistics are stored before the flag says so
+    tl.atomic_xchg(flag, 1)
 
 
 @triton.jit
@@ -229,41 +246,50 @@ def coop_forward(
     BLOCK_L: tl.constexpr,
     BLOCK_S: tl.constexpr,
     STAGES: tl.constexpr,
+    BATCH: tl.constexpr,
 ):
     """y = normalize(x) with per-(b, group) statistics, x read from HBM once; also writes the
     statistics (mean, biased variance, rstd) and, with RUNNING, the running statistics."""
     S = GBLK * SPB
     items = U * S
-    done = sync + 1
+    steps = items + D
     ready = sync + 1 + U
-    t = tl.atomic_add(sync, 1)
-    while t < 2 * (items + D):
-        step = t // 2
-        if t % 2 == 0:
-            if step < items:
+    seen = -1  # the last unit this program saw ready: its B items need not wait again
+    pend_u = -1  # A items this program finished and has not counted yet: their unit and number
+    pend_n = 0
+    base = tl.atomic_add(sync, BATCH)
+    while base < steps:
+        end = tl.minimum(base + BATCH, steps)
+        for step in range(base, end + 1):  # the extra step counts what is pending at the batch's end
+            i = step - D
+            has_b = (step < end) & (i >= 0) & (i < items)
+            if pend_n > 0:
+                if (step >= end) | (step >= items) | (step // S != pend_u) | (has_b & (i // S != seen)):
+                    if _arrive(sync, pend_u, pend_n, S):  # the unit's last items: combine it
+                        _combine_moments(
+                            mean_p, m2_p, mean_out, var_out, rstd_out, run_mean, run_var, pend_u // NUC,
+                            pend_u % NUC, C, L, G, Cg, T, TPS, SPB, NLB, GBLK, eps, factor, unbias,
+                            RUNNING, GPB, BLOCK_C, BLOCK_L, BLOCK_S,
+                        )  # fmt: skip
+                        _raise(ready + pend_u)
+                    pend_n = 0
+            if (step < end) & (step < items):
                 u, b, cb, split = _item(step, S, SPB, NUC, GBLK)
                 _moments_item(
                     x, mean_p, m2_p, b, cb, split, C, L, sb, sk, sc, sl, T, TPS, SPB, NLB, BLOCK_C, BLOCK_L, STAGES
                 )
-                tl.debug_barrier()  # every thread's partials are stored before the count says so
-                if tl.atomic_add(done + u, 1) == S - 1:  # the unit's last A item: combine it
-                    _combine_moments(
-                        mean_p, m2_p, mean_out, var_out, rstd_out, run_mean, run_var, b, u % NUC,
-                        C, L, G, Cg, T, TPS, SPB, NLB, GBLK, eps, factor, unbias,
-                        RUNNING, GPB, BLOCK_C, BLOCK_L, BLOCK_S,
-                    )  # fmt: skip
-                    tl.debug_barrier()
-                    tl.atomic_xchg(ready + u, 1)
-        else:
-            i = step - D
-            if (i >= 0) & (i < items):
+                pend_u = u
+                pend_n += 1
+            if has_b:
                 u, b, cb, split = _item(i, S, SPB, NUC, GBLK)
-                _wait(ready + u)
+                if u != seen:
+                    _wait(ready + u)
+                    seen = u
                 _normalize_item(
                     x, y, w, bias, mean_out, rstd_out, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, NLB,
                     HAS_AFFINE, BLOCK_C, BLOCK_L, STAGES,
                 )  # fmt: skip
-        t = tl.atomic_add(sync, 1)
+        base = tl.atomic_add(sync, BATCH)
 
 
 @triton.jit
@@ -395,38 +421,47 @@ def coop_backward(
     BLOCK_L: tl.constexpr,
     BLOCK_S: tl.constexpr,
     STAGES: tl.constexpr,
+    BATCH: tl.constexpr,
 ):
     """dx for batch statistics, x and dy read from HBM once; the per-(b, split, channel) sums of dy and
     dy * xhat stay in p_dy / p_dyxhat (dweight and dbias: in-kernel with PARAM_GRADS, else summed after)."""
     S = GBLK * SPB
     items = U * S
-    done = sync + 1
+    steps = items + D
     ready = sync + 1 + U
-    t = tl.atomic_add(sync, 1)
-    while t < 2 * (items + D):
-        step = t // 2
-        if t % 2 == 0:
-            if step < items:
+    seen = -1  # as in coop_forward
+    pend_u = -1
+    pend_n = 0
+    base = tl.atomic_add(sync, BATCH)
+    while base < steps:
+        end = tl.minimum(base + BATCH, steps)
+        for step in range(base, end + 1):
+            i = step - D
+            has_b = (step < end) & (i >= 0) & (i < items)
+            if pend_n > 0:
+                if (step >= end) | (step >= items) | (step // S != pend_u) | (has_b & (i // S != seen)):
+                    if _arrive(sync, pend_u, pend_n, S):
+                        _combine_grad_sums(
+                            p_dy, p_dyxhat, w, mean_g, mean_gx, dw, db, pend_u // NUC, pend_u % NUC, C, G, Cg,
+                            SPB, GBLK, inv_count, HAS_AFFINE, PARAM_GRADS, GPB, BLOCK_C, BLOCK_S,
+                        )  # fmt: skip
+                        _raise(ready + pend_u)
+                    pend_n = 0
+            if (step < end) & (step < items):
                 u, b, cb, split = _item(step, S, SPB, NUC, GBLK)
                 _grad_sums_item(
                     x, dy, mean, rstd, p_dy, p_dyxhat, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, SPB, NLB,
                     BLOCK_C, BLOCK_L, STAGES,
                 )  # fmt: skip
-                tl.debug_barrier()
-                if tl.atomic_add(done + u, 1) == S - 1:
-                    _combine_grad_sums(
-                        p_dy, p_dyxhat, w, mean_g, mean_gx, dw, db, b, u % NUC, C, G, Cg, SPB, GBLK, inv_count,
-                        HAS_AFFINE, PARAM_GRADS, GPB, BLOCK_C, BLOCK_S,
-                    )  # fmt: skip
-                    tl.debug_barrier()
-                    tl.atomic_xchg(ready + u, 1)
-        else:
-            i = step - D
-            if (i >= 0) & (i < items):
+                pend_u = u
+                pend_n += 1
+            if has_b:
                 u, b, cb, split = _item(i, S, SPB, NUC, GBLK)
-                _wait(ready + u)
+                if u != seen:
+                    _wait(ready + u)
+                    seen = u
                 _input_grad_item(
                     x, dy, dx, w, mean, rstd, mean_g, mean_gx, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, NLB,
                     HAS_AFFINE, BLOCK_C, BLOCK_L, STAGES,
                 )  # fmt: skip
-        t = tl.atomic_add(sync, 1)
+        base = tl.atomic_add(sync, BATCH)

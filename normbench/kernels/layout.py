@@ -54,6 +54,7 @@ INTERPRETER_PROGRAMS = 1  # under the CPU interpreter every program is slow Pyth
 COOP_PROGRAMS_PER_SM = 2  # cooperative programs per SM (more may not fit: any number is deadlock-free)
 COOP_ITEM_BYTES = 32 * 1024  # of x per cooperative work item: amortizes the ticket's atomic
 COOP_BLOCK_S = 64  # splits combined per step of a unit's combine
+COOP_BATCH = 4  # stream steps a cooperative program claims per atomic
 COOP_STAGES = 2  # software-pipelining depth of the cooperative kernels' tile loops (tl.range num_stages)
 SECTOR_BYTES = 32  # the GPU's memory access granule: a channels_last tile row is at least this wide
 INT32_LIMIT = 2**31
@@ -181,6 +182,7 @@ _SETTINGS = operator.itemgetter(
     "COOP_PROGRAMS_PER_SM",
     "COOP_ITEM_BYTES",
     "COOP_BLOCK_S",
+    "COOP_BATCH",
     "COOP_STAGES",
     "SECTOR_BYTES",
     "FORCE_PATH",
@@ -209,8 +211,10 @@ def _plans(shape, samples, groups, channels_last, element_size, device, settings
         # the split path, or looped programs whose backward slabs overflow the L2 share (their second
         # read would come from HBM): the cooperative kernels where they apply
         coop = coop_plan(v, device, element_size)
-        if coop is not None:
+        if coop is not None and (coop.fits_l2[1] or FORCE_PATH == "coop"):
             slab = programs = None
+        else:  # a cooperative plan that re-reads from HBM too is slower than the others (docs/triton.md)
+            coop = None
     return Plans(v, slab, coop, split_plan(v, device), programs)
 
 
@@ -365,6 +369,7 @@ class CoopPlan:
     tiles_per_item: int
     items_per_block: int
     programs: int
+    batch: int  # stream steps per claim
     delay: tuple[int, int]  # forward, backward
     fits_l2: tuple[bool, bool]  # whether the items in flight between two touches fit the L2 share
     num_warps: int
@@ -406,16 +411,20 @@ def coop_plan(v: GroupedView, device: torch.device, element_size: int) -> CoopPl
     tile_bytes = block_c * block_l * element_size
     tps = max(1, min(tiles, COOP_ITEM_BYTES // tile_bytes))
 
-    def stream(tps: int) -> tuple[int, tuple[int, int], tuple[bool, bool]]:
+    def stream(tps: int, batch: int) -> tuple[int, tuple[int, int], tuple[bool, bool]]:
         spb = -(-tiles // tps)
-        delay = gblk * spb + programs  # a unit's items, then one more round of every program's
+        delay = gblk * spb + programs * batch  # a unit's items, then one more batch of every program's
         fits = tuple(delay * tps * tile_bytes * n <= budget for n in (1, 2))
         return spb, (delay, delay), fits
 
-    spb, delay, fits = stream(tps)
-    while not fits[1] and tps > 1:  # smaller items: fewer bytes in flight
-        tps //= 2
-        spb, delay, fits = stream(tps)
+    batch = COOP_BATCH
+    spb, delay, fits = stream(tps, batch)
+    while not fits[1] and (tps > 1 or batch > 1):  # smaller items, then smaller batches: fewer bytes in flight
+        if tps > 1:
+            tps //= 2
+        else:
+            batch //= 2
+        spb, delay, fits = stream(tps, batch)
     units_per_b = -(-v.C // block_c) // gblk
     return CoopPlan(
         block_c,
@@ -429,6 +438,7 @@ def coop_plan(v: GroupedView, device: torch.device, element_size: int) -> CoopPl
         tps,
         spb,
         programs,
+        batch,
         delay,
         fits,
         _warps(block_c * block_l),

@@ -139,6 +139,7 @@ def _coop_meta(cp) -> dict:
         BLOCK_L=cp.block_l,
         BLOCK_S=min(layout.COOP_BLOCK_S, next_pow2(cp.items_per_block)),
         STAGES=layout.COOP_STAGES,
+        BATCH=cp.batch,
         num_warps=cp.num_warps,
     )
 
