@@ -1,5 +1,5 @@
-"""A/B of impl=triton's kernel paths on one GPU, in one process: the cooperative one-read kernels
-(the dispatch's choice) against the split and looped kernels they replace (forced), plus native.
+"""A/B of impl=triton's kernel paths on one GPU, in one process: the default dispatch, and each of the
+split, looped and cooperative (one-read) kernels forced, plus native.
 
     python scripts/gpu_path_ab.py results/path_ab.csv                       # on a CUDA GPU
     TRITON_INTERPRET=1 python scripts/gpu_path_ab.py out.csv --tiny         # rehearsal on the CPU
@@ -8,11 +8,10 @@ For each norm x dtype x layout at the headline shape (conf/shape/resnet_c64.yaml
 others): the fwd+bwd time of one training step (forward, then backward of a fixed dy), timed by
 normbench.timing.time_fn (CUDA: triton.testing.do_bench, L2 flushed before each repeat, median of
 event-timed repeats), its % of the measured copy bandwidth over speed.bytes_moved, and the max
-error of y and dx against native, path by path. `auto` is what the dispatch picks now; `split` and
-`looped` are the older plans, forced with layout.FORCE_PATH (a path that cannot take a case is
-skipped). Then --tune: the cooperative plan's settings (programs per SM, steps per claim, L2
-share) over a small grid, for BatchNorm float32 NCHW and LayerNorm bfloat16 channels_last.
-Rows are written as they come.
+error of y and dx against native, path by path. `auto` is what the dispatch picks; `split`, `looped`
+and `coop` are forced with layout.FORCE_PATH (a path that cannot take a case is skipped). Then
+--tune: the cooperative plan's settings (programs per SM, steps per claim, L2 share) over a small
+grid, for BatchNorm float32 NCHW and LayerNorm bfloat16 channels_last. Rows are written as they come.
 """
 
 from __future__ import annotations
@@ -118,8 +117,8 @@ def main() -> int:
             try:
                 layer = norms.build(norm, shape[1], impl=impl, device=device, dtype=x.dtype, **OPTIONS[norm])
                 kernels = kernels_of(layer, x, dy) if impl == "triton" else ""
-                if path == "looped" and "looped" not in kernels:
-                    return  # the looped kernels cannot take this case
+                if path in ("looped", "coop") and path not in kernels:
+                    return  # those kernels cannot take this case
                 y = layer(x)
                 y.backward(dy)
                 err_y, err_dx = max_rel(y, ref[0]), max_rel(x.grad, ref[1])
@@ -141,7 +140,7 @@ def main() -> int:
                 x, dy = inputs(dtype, layout_name)
                 for norm in args.norm or OPTIONS:
                     ref = reference(norm, x, dy)
-                    for impl, path in [("native", None)] + [("triton", p) for p in ("auto", "split", "looped")]:
+                    for impl, path in [("native", None)] + [("triton", p) for p in ("auto", "split", "looped", "coop")]:
                         measure(norm, x, dy, ref, impl, path, path or "")
         if args.tune:
             for norm, dtype, layout_name in TUNE_CASES:

@@ -391,13 +391,56 @@ def traffic_rows():
 def test_traffic_model_pins_each_plans_hbm_bytes(traffic_rows):
     """What the plans move from HBM at the GPU sweep's shapes (H100: 50 MB L2), against the byte model.
 
+    fused plans read each byte once (the model); split plans, and looped ones whose persistent slabs
+    overflow half the L2, read x (and dy) twice: 1.5x forward, 1.67x backward. Issue 17's goal is
+    <= 1.1x everywhere at >= 64 MB; these pins say where the plans stand now."""
+    assert len(traffic_rows) == 3 * 2 * 2 * 4 * 2
+    for r in traffic_rows:
+        case = f"{r['shape']} {r['layout']} {r['dtype']} {r['norm']} {r['pass']} ({r['path']}): {r['ratio']:.3f}"
+        if r["path"].startswith("fused"):
+            assert r["ratio"] <= 1.02, case
+        elif r["path"].startswith("looped") and r["ratio"] < 1.1:
+            # the re-read hits L2 only where the persistent slabs fit: bf16 forward, x alone
+            assert r["pass"] == "fwd" and r["dtype"] == "bf16", case
+        else:
+            assert r["ratio"] == pytest.approx(1.5 if r["pass"] == "fwd" else 5 / 3, abs=0.02), case
+    one_read = [r for r in traffic_rows if r["ratio"] <= 1.1 and r["input_mb"] >= 64]
+    assert len(one_read) == 31  # of 96 (all at least 64 MB): the fused plans and 3 looped bf16 forwards
+
+
+@needs_triton
+def test_traffic_model_serves_rereads_from_l2_when_they_fit():
+    """The cache model: a split forward re-reads x from L2 when x fits half of it, else from HBM."""
+    from normbench.kernels import trace, traffic
+
+    shape = (32, 64, 16, 16)  # 2 MB in float32
+    passes = trace.trace("bn", shape, torch.float32, "contiguous")
+    size = 32 * 64 * 16 * 16 * 4
+    small = traffic.pass_traffic(passes["fwd"], l2_bytes=8 * size, share=0.5)
+    big = traffic.pass_traffic(passes["fwd"], l2_bytes=size, share=0.5)
+    assert small.l2 >= size and small.hbm < 2.02 * size  # read x once, write y (l2: x and the partials)
+    assert big.l2 < 0.01 * size and big.hbm > 3 * size  # (the small partials still hit L2)
+
+
+@pytest.fixture(scope="module")
+def coop_traffic_rows():
+    from normbench.kernels import traffic
+
+    return traffic.table(cooperative=True)
+
+
+@needs_triton
+def test_traffic_model_pins_the_cooperative_plans(coop_traffic_rows):
+    """The same with layout.COOPERATIVE on (python -m normbench.kernels.traffic --coop): issue 17's goal,
+    <= 1.1x at >= 64 MB, is met in 92 of 96 cases.
+
     fused plans read each byte once; so do the cooperative ones wherever a unit (the values behind one
     statistic) and a round of work items fit half the L2. One case cannot: BatchNorm in channels_last
     at 256x64x56x56, where the narrowest unit that reads whole 32-byte sectors (8 float32 or 16
     bfloat16 channels over 802,816 positions) is 25.7 MB, x alone: the split plan then reads x (and dy)
     twice, 1.5x forward and 1.67x backward (docs/triton.md)."""
-    assert len(traffic_rows) == 3 * 2 * 2 * 4 * 2
-    for r in traffic_rows:
+    assert len(coop_traffic_rows) == 3 * 2 * 2 * 4 * 2
+    for r in coop_traffic_rows:
         case = f"{r['shape']} {r['layout']} {r['dtype']} {r['norm']} {r['pass']} ({r['path']}): {r['ratio']:.3f}"
         if (r["shape"], r["layout"], r["norm"]) == ("resnet_c64", "channels_last", "bn"):
             assert r["path"].startswith("partial_"), case  # split: a coop plan that re-reads is slower
@@ -405,16 +448,17 @@ def test_traffic_model_pins_each_plans_hbm_bytes(traffic_rows):
         else:  # (up to 5% over in bfloat16: the float32 partial sums, small items make many)
             assert r["path"].startswith(("fused", "coop")), case
             assert r["ratio"] <= 1.1, case
-    one_read = [r for r in traffic_rows if r["ratio"] <= 1.1 and r["input_mb"] >= 64]
+    one_read = [r for r in coop_traffic_rows if r["ratio"] <= 1.1 and r["input_mb"] >= 64]
     assert len(one_read) == 92  # of 96 (all at least 64 MB)
 
 
 @needs_triton
-def test_traffic_model_serves_rereads_from_l2_when_they_fit():
+def test_traffic_model_serves_cooperative_rereads_from_l2_when_they_fit(monkeypatch):
     """The cache model: the cooperative forward's second read of x comes from L2 when the work items
     in flight between its two touches fit half the L2, else from HBM."""
     from normbench.kernels import trace, traffic
 
+    monkeypatch.setattr(layout, "COOPERATIVE", True)
     shape = (32, 64, 16, 16)  # 2 MB in float32
     passes = trace.trace("bn", shape, torch.float32, "contiguous")
     assert [launch.name for launch in passes["fwd"].launches] == ["coop_forward"]
@@ -426,13 +470,15 @@ def test_traffic_model_serves_rereads_from_l2_when_they_fit():
 
 
 @needs_triton
+@pytest.mark.parametrize("cooperative", [False, True])
 @pytest.mark.parametrize("virtual_batch", [None, 8])
-def test_batchnorm_launches_at_most_4_per_pass(virtual_batch):
+def test_batchnorm_launches_at_most_4_per_pass(monkeypatch, virtual_batch, cooperative):
     """Launches (Triton kernels + torch operators) per pass at the GPU sweep's shapes, planned for an H100:
     the running statistics are updated in the combine kernel, dweight and dbias come out of the
     backward's combine kernel, and nothing is filled with zeros."""
     from normbench.kernels import trace
 
+    monkeypatch.setattr(layout, "COOPERATIVE", cooperative)  # then 2: the counters' zeros and the kernel
     for shape in trace.GPU_SHAPES.values():
         for layout_name in trace.LAYOUTS:
             # virtual_batch: B = N / 8 statistics per channel, which the combine kernels loop over
@@ -442,11 +488,13 @@ def test_batchnorm_launches_at_most_4_per_pass(virtual_batch):
 
 
 @needs_triton
-def test_no_pass_fills_zeros_but_the_cooperative_counters():
+@pytest.mark.parametrize("cooperative", [False, True])
+def test_no_pass_fills_zeros_but_the_cooperative_counters(monkeypatch, cooperative):
     """Nothing is zero-filled but the cooperative kernels' int32 counters: 4 bytes per ticket counter,
     arrival count and ready flag."""
     from normbench.kernels import trace
 
+    monkeypatch.setattr(layout, "COOPERATIVE", cooperative)
     for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
         for p in trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name).values():
             fills = [

@@ -16,7 +16,7 @@ SHAPE = (256, 64, 56, 56)  # resnet_c64
 @pytest.fixture
 def counted_planning(monkeypatch):
     """Count the calls of the planning functions behind layout.plans, from an empty plan cache."""
-    calls = {"slab_plan": 0, "coop_plan": 0, "view_of": 0}
+    calls = {"slab_plan": 0, "split_plan": 0, "view_of": 0}
     for name in calls:
         original = getattr(layout, name)
 
@@ -31,14 +31,13 @@ def counted_planning(monkeypatch):
 
 
 @needs_triton
-@pytest.mark.parametrize("norm", ["bn", "ln", "gn"])  # the coop, coop and fused paths at this shape
+@pytest.mark.parametrize("norm", ["bn", "ln", "gn"])  # the split, split and fused paths at this shape
 def test_plans_are_made_once_per_geometry(counted_planning, norm):
     from normbench.kernels import trace
 
     trace.trace(norm, SHAPE, torch.float32, "contiguous")
     first = dict(counted_planning)
-    # forward and backward share one plan; the cooperative one is made only where the slab kernels do not fit
-    assert first == {"slab_plan": 1, "coop_plan": int(norm != "gn"), "view_of": 1}
+    assert first == {"slab_plan": 1, "split_plan": 1, "view_of": 1}  # forward and backward share one plan
     trace.trace(norm, SHAPE, torch.float32, "contiguous")
     assert counted_planning == first  # the second call plans nothing
     trace.trace(norm, SHAPE, torch.float32, "channels_last")  # another geometry: planned anew
@@ -62,36 +61,36 @@ def test_changed_settings_are_not_served_a_stale_plan(monkeypatch):
     monkeypatch.setattr(layout, "FORCE_PATH", "coop")
     assert kernels() == ["coop_forward"]
     monkeypatch.setattr(layout, "FORCE_PATH", None)
-    # sd_gn: 512 slabs of 1 MB (backward: x and dy). Looped where 2 of them per SM fit the L2 share (an L2 of
-    # 300 MB), cooperative where not even one does (an H100's 50 MB), split where no plan takes them (1000 SMs)
-    sd_gn = trace.GPU_SHAPES["sd_gn"]
-    assert kernels(sd_gn, plan_for=(132, 300 * 2**20)) == ["looped_forward"]
+    sd_gn = trace.GPU_SHAPES["sd_gn"]  # 512 slabs: looped on 132 SMs, split where they cannot fill the GPU
+    assert kernels(sd_gn) == ["looped_forward"]
+    assert kernels(sd_gn, plan_for=(1000, trace.H100[1])) == ["partial_moments", "combine_moments", "normalize"]
+    # With the cooperative kernels on: they take sd_gn, whose 1 MB backward slabs (x and dy) overflow the
+    # L2 share at one per SM, and their grid follows the setting only they read
+    monkeypatch.setattr(layout, "COOPERATIVE", True)
     assert kernels(sd_gn) == ["coop_forward"]
+    assert kernels(sd_gn, plan_for=(132, 300 * 2**20)) == ["looped_forward"]  # 2 slabs per SM fit 300 MB
 
     def grid():
         return trace.trace("gn", sd_gn, torch.float32, "contiguous")["fwd"].launches[0].grid
 
     assert grid() == (132 * layout.COOP_PROGRAMS_PER_SM,)
-    monkeypatch.setattr(layout, "COOP_PROGRAMS_PER_SM", 1)  # a setting only the coop plan reads
+    monkeypatch.setattr(layout, "COOP_PROGRAMS_PER_SM", 1)
     assert grid() == (132,)
 
 
 @needs_triton
 def test_torch_operators_per_pass_do_not_grow():
-    """Every torch operator is host time (and a launch) on a GPU: forward at most the cooperative kernel's
-    counters (one small int32 zeros); backward those and at most the two sums that give dweight and dbias
-    (none for bn: with one channel per group its kernels write them)."""
+    """Every torch operator is host time (and a launch) on a GPU: none forward; backward at most the two
+    sums that give dweight and dbias (none where a group is one channel on the split path, as for bn:
+    its combine kernel writes them)."""
     from normbench.kernels import trace
 
     for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
         passes = trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name)
         case = (norm, shape, dtype_name, layout_name)
-        assert passes["fwd"].torch_ops in ([], ["zeros"]), case
-        assert passes["bwd"].torch_ops in ([], ["zeros"], ["sum", "sum"], ["zeros", "sum", "sum"]), (
-            case,
-            passes["bwd"].torch_ops,
-        )
-        assert norm != "bn" or passes["bwd"].torch_ops in ([], ["zeros"]), case
+        assert passes["fwd"].torch_ops == [], case
+        assert passes["bwd"].torch_ops in ([], ["sum", "sum"]), (case, passes["bwd"].torch_ops)
+        assert norm != "bn" or passes["bwd"].torch_ops == [], case
 
 
 @pytest.mark.parametrize(
@@ -122,10 +121,10 @@ def test_host_cost_stubs_every_launch_and_counts_like_trace():
 
     cost = host_cost.measure("ln", SHAPE, torch.bfloat16, "channels_last", repeat=1, number=1, warmup=0)
     passes = trace.trace("ln", SHAPE, torch.bfloat16, "channels_last")
-    assert cost.kernels == {name: len(p.launches) for name, p in passes.items()} == {"fwd": 1, "bwd": 1}
-    assert cost.torch_ops == {"fwd": 1, "bwd": 3}  # the counters' zeros; backward also the dweight, dbias sums
+    assert cost.kernels == {name: len(p.launches) for name, p in passes.items()} == {"fwd": 3, "bwd": 3}
+    assert cost.torch_ops == {"fwd": 0, "bwd": 2}
     assert set(cost.us) == set(host_cost.PASSES)
     host_cost._Stub.launches = 0
     with host_cost.stubbed():
         host_cost.pass_calls("ln", SHAPE, torch.bfloat16, "channels_last")["fwdbwd"]()
-    assert host_cost._Stub.launches == 1 + 1 + 1  # the kept graph's forward, then forward and backward
+    assert host_cost._Stub.launches == 3 + 3 + 3  # the kept graph's forward, then forward and backward

@@ -14,12 +14,13 @@ into one long l, so a statistic covers a single 2-D (channel, position) slab per
   When K == 1, the slab is too big for registers and there are enough slabs to fill the GPU.
 - coop (`coop.py`): the split tiling below in one cooperative launch per pass: each tile's second
   touch comes D work items after its first, and `coop_plan` sizes D so that those items fit L2_SHARE
-  of the L2 together, so x (backward: x and dy) is read from HBM once. For BatchNorm over N x spatial,
-  for few, big slabs, and for slabs too big for the looped path's programs to keep in L2.
+  of the L2 together, so x (backward: x and dy) is read from HBM once. With COOPERATIVE (off by
+  default, see there) it takes BatchNorm over N x spatial, few big slabs, and slabs too big for the
+  looped path's programs to keep in L2, wherever its plan fits.
 - split (`split.py`): programs over (b, channel block, split of the (k, l) tiles) write per-channel
   partial moments, a small kernel combines them per (b, group), and a second sweep normalizes: x is
-  read twice (backward: x and dy twice). Where the coop path's groups do not align with its channel
-  blocks, and for eval-mode BatchNorm (no statistics to wait for).
+  read twice (backward: x and dy twice). For BatchNorm over N x spatial and for few, big slabs
+  (LayerNorm on a small batch of large images); also normalize and input_grad of eval-mode BatchNorm.
 
 The numbers below are fixed heuristics, not autotuned, so a sweep spends no time tuning; they are
 written for an H100 (132 SMs, 64K 32-bit registers per SM) and have not been timed on one.
@@ -58,6 +59,10 @@ COOP_BATCH = 4  # stream steps a cooperative program claims per atomic
 COOP_STAGES = 2  # software-pipelining depth of the cooperative kernels' tile loops (tl.range num_stages)
 SECTOR_BYTES = 32  # the GPU's memory access granule: a channels_last tile row is at least this wide
 INT32_LIMIT = 2**31
+# The cooperative kernels read HBM once where the others read it twice, but were slower than the split
+# and looped kernels on an H200 (their atomics cost more than the second read, much of which hits the
+# 60 MB L2 anyway): off by default, on for the cases they fit with True (docs/triton.md).
+COOPERATIVE = False
 FORCE_PATH: str | None = None  # tests set "looped", "coop" or "split" to run those kernels on tiny shapes
 # (SMs, L2 bytes): plan as if on that GPU whatever the tensors' device (kernels.trace sets it, so that
 # the traffic model, the launch counts and the compile checks see an H100's plans without one).
@@ -179,6 +184,7 @@ _SETTINGS = operator.itemgetter(
     "MAX_LOOPED_PROGRAMS_PER_SM",
     "INTERPRETER_PROGRAMS",
     "INT32_LIMIT",
+    "COOPERATIVE",
     "COOP_PROGRAMS_PER_SM",
     "COOP_ITEM_BYTES",
     "COOP_BLOCK_S",
@@ -205,15 +211,17 @@ def _plans(shape, samples, groups, channels_last, element_size, device, settings
     if slab is not None and slab.looped:
         programs = tuple(looped_programs(slab, v, device, n * element_size) for n in (1, 2))
     coop = None
-    if slab is None or (
-        slab.looped and FORCE_PATH != "looped" and _slabs_per_sm(slab, v, device, 2 * element_size) < 1
+    if FORCE_PATH == "coop" or (
+        COOPERATIVE
+        and FORCE_PATH is None
+        and (slab is None or (slab.looped and _slabs_per_sm(slab, v, device, 2 * element_size) < 1))
     ):
         # the split path, or looped programs whose backward slabs overflow the L2 share (their second
-        # read would come from HBM): the cooperative kernels where they apply
+        # read would come from HBM): the cooperative kernels where their plan reads HBM once
         coop = coop_plan(v, device, element_size)
         if coop is not None and (coop.fits_l2[1] or FORCE_PATH == "coop"):
             slab = programs = None
-        else:  # a cooperative plan that re-reads from HBM too is slower than the others (docs/triton.md)
+        else:
             coop = None
     return Plans(v, slab, coop, split_plan(v, device), programs)
 

@@ -1,6 +1,7 @@
 """Bytes each plan moves from HBM, next to the byte model, without a GPU.
 
     python -m normbench.kernels.traffic            # the GPU sweep's shapes, planned for an H100
+    python -m normbench.kernels.traffic --coop     # the same with the cooperative kernels on
 
 For every norm x layout x dtype x pass at the GPU sweep's shapes, the launches impl=triton makes
 (kernels.trace: planned for 132 SMs and 50 MB of L2) are replayed through a simple cache model:
@@ -165,40 +166,49 @@ def model_bytes(norm: str, shape, dtype: torch.dtype, pass_name: str) -> int:
     return speed.bytes_moved(layer, torch.empty(shape, dtype=dtype, device="meta"), pass_name)
 
 
-def table(l2_bytes: int | None = None, share: float | None = None) -> list[dict]:
-    """One row per GPU-sweep case and pass: the plan's kernels, planned HBM bytes, the model, the ratio."""
+def table(l2_bytes: int | None = None, share: float | None = None, cooperative: bool = False) -> list[dict]:
+    """One row per GPU-sweep case and pass: the plan's kernels, planned HBM bytes, the model, the ratio.
+    cooperative: as planned with layout.COOPERATIVE on (the cooperative kernels where they fit)."""
     from normbench.kernels import layout, trace
 
     l2_bytes = trace.H100[1] if l2_bytes is None else l2_bytes
     share = layout.L2_SHARE if share is None else share
     rows = []
-    for norm, shape_name, shape, dtype_name, layout_name in trace.sweep_cases():
-        dtype = trace.DTYPES[dtype_name]
-        passes = trace.trace(norm, shape, dtype, layout_name, plan_for=(trace.H100[0], l2_bytes))
-        for pass_name, p in passes.items():
-            t = pass_traffic(p, l2_bytes, share)
-            model = model_bytes(norm, shape, dtype, pass_name)
-            size = torch.Size(shape).numel() * dtype.itemsize
-            rows.append(
-                {
-                    "shape": shape_name,
-                    "layout": layout_name,
-                    "dtype": dtype_name,
-                    "norm": norm,
-                    "pass": pass_name,
-                    "path": "+".join(dict.fromkeys(launch.name for launch in p.launches)),
-                    "input_mb": size / 1e6,
-                    "planned_mb": t.hbm / 1e6,
-                    "model_mb": model / 1e6,
-                    "ratio": t.hbm / model,
-                    "launches": p.count,
-                }
-            )
+    saved, layout.COOPERATIVE = layout.COOPERATIVE, cooperative
+    try:
+        for norm, shape_name, shape, dtype_name, layout_name in trace.sweep_cases():
+            dtype = trace.DTYPES[dtype_name]
+            passes = trace.trace(norm, shape, dtype, layout_name, plan_for=(trace.H100[0], l2_bytes))
+            for pass_name, p in passes.items():
+                t = pass_traffic(p, l2_bytes, share)
+                model = model_bytes(norm, shape, dtype, pass_name)
+                size = torch.Size(shape).numel() * dtype.itemsize
+                rows.append(
+                    {
+                        "shape": shape_name,
+                        "layout": layout_name,
+                        "dtype": dtype_name,
+                        "norm": norm,
+                        "pass": pass_name,
+                        "path": "+".join(dict.fromkeys(launch.name for launch in p.launches)),
+                        "input_mb": size / 1e6,
+                        "planned_mb": t.hbm / 1e6,
+                        "model_mb": model / 1e6,
+                        "ratio": t.hbm / model,
+                        "launches": p.count,
+                    }
+                )
+    finally:
+        layout.COOPERATIVE = saved
     return rows
 
 
-def main() -> int:
-    rows = table()
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--coop", action="store_true", help="plan with layout.COOPERATIVE on")
+    rows = table(cooperative=parser.parse_args(argv).coop)
     print(
         "| shape | layout | dtype | norm | pass | kernels | input MB | planned HBM MB | model MB "
         "| planned / model | launches |"
