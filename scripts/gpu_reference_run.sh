@@ -7,7 +7,7 @@
 #
 # Speed only (accuracy runs on the CPU). Steps, in this order:
 #   setup     install the carried wheels (normbench among them) into $SITE; env.txt (nvidia-smi, versions)
-#   smoke     scripts/gpu_smoke_triton.py: impl=triton's dispatch (cooperative kernels included) against
+#   smoke     scripts/gpu_smoke_triton.py: impl=triton's dispatch (whatever layout.py picks) against
 #             native at a small shape, in a short box: a kernel that hangs or fails costs this box, and
 #             the steps that time triton are then dropped instead of each waiting out its own
 #   warm      the triton and compiled jobs of the grid, 12 side by side with no timing (pass=fwd, 1 ms):
@@ -35,14 +35,14 @@
 # from the start, so time an early step saves goes to the later ones. Boxes (s, overridable by env):
 # SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, GRAPH_S 80, CHECK_S 40, AB_S 60,
 # HOST_S 30; the report
-# gets what is left of BUDGET_S (470), at least REPORT_MIN_S 25. STEPS="check report" runs only those steps
+# gets what is left of BUDGET_S (560), at least REPORT_MIN_S 25. STEPS="check report" runs only those steps
 # (setup always runs: a fresh machine has nothing installed).
 set -uo pipefail   # no -e: a failed or cut step is logged, and the next step still runs
 cd "$(dirname "$0")/.."
 
 : "${OUT:?set OUT to the folder whose files come back (the run tool sets it)}"
 export TINY=${TINY:-0}
-BUDGET_S=${BUDGET_S:-$( ((TINY)) && echo 900 || echo 470 )}   # the 2-core CPU needs longer for tiny sizes
+BUDGET_S=${BUDGET_S:-$( ((TINY)) && echo 900 || echo 560 )}   # the 2-core CPU needs longer for tiny sizes
 SETUP_S=${SETUP_S:-40} WARM_S=${WARM_S:-100} NATIVE_S=${NATIVE_S:-60} TRITON_S=${TRITON_S:-60}
 SMOKE_S=${SMOKE_S:-90} COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} AB_S=${AB_S:-60} HOST_S=${HOST_S:-30}
 REPORT_MIN_S=${REPORT_MIN_S:-25}

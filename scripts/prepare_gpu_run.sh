@@ -48,9 +48,9 @@ cat <<EOF
 
 The device call (the run tool; see docs/gpu_reference_run.md):
   carry:     [".whl"]
-  timeout_s: 560
+  timeout_s: 590
   command:   bash scripts/gpu_reference_run.sh
-It stops itself after BUDGET_S=470 s. To rerun some steps on the still-warm machine, e.g.:
+It stops itself after BUDGET_S=560 s. To rerun some steps on the still-warm machine, e.g.:
   STEPS='check report' bash scripts/gpu_reference_run.sh
 Rehearse it here first: TINY=1 OUT=/tmp/gpu_rehearsal bash scripts/gpu_reference_run.sh
 EOF
