@@ -350,7 +350,8 @@ def test_kernels_compile_for_h100():
 @pytest.mark.slow
 def test_sweep_plans_compile_for_h100():
     """Compile, for sm_90, every distinct launch the dispatch makes at the GPU sweep's shapes (bn/ln/in/gn x
-    fp32/bf16 x both layouts, forward and backward, planned for 132 SMs and 50 MB of L2): ~1-2 min.
+    fp32/bf16 x both layouts, forward and backward, planned for 132 SMs and 50 MB of L2; the default plans
+    and the cooperative ones): ~2-3 min.
 
     With Triton 3.6 (the first H100 run's) this caught what failed there: looped_backward in float32 at
     gn/in channels_last 256x64x56x56 and gn 16x512x64x64 ("PassManager::run failed")."""

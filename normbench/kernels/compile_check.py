@@ -4,7 +4,8 @@
     TRITON_INTERPRET=0 python -m normbench.kernels.compile_check plans
 
 `plans` compiles exactly what the dispatch launches for the GPU sweep's shapes (kernels.trace: every
-norm x dtype x layout, forward and backward, as planned for an H100), each distinct specialization once.
+norm x dtype x layout, forward and backward, as planned for an H100), each distinct specialization once,
+with the default plans and with the cooperative kernels on.
 
 The interpreter runs kernels as Python and forgives what the compiler does not (the type of a value
 carried through a loop, a constexpr used as a tensor); this lowers each kernel through Triton's
@@ -158,19 +159,26 @@ def launch_source(launch):
 
 
 def sweep_launches():
-    """{key: (launch, first case that makes it)} over the GPU sweep, forward and backward, plus eval bn."""
-    from normbench.kernels import trace
+    """{key: (launch, first case that makes it)} over the GPU sweep, forward and backward, plus eval bn,
+    with the default plans and with the cooperative kernels on (layout.COOPERATIVE)."""
+    from normbench.kernels import layout, trace
 
     distinct = {}
     cases = [(*c, True) for c in trace.sweep_cases()]
     cases += [("bn", s, shape, d, lay, False) for n, s, shape, d, lay, _ in cases if n == "bn"]
-    for norm, shape_name, shape, dtype_name, layout_name, train in cases:
-        passes = trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name, train=train)
-        for pass_name, p in passes.items():
-            for launch in p.launches:
-                _, _, key = launch_source(launch)
-                mode = "" if train else " eval"
-                distinct.setdefault(key, (launch, f"{norm}{mode} {shape_name} {dtype_name} {layout_name} {pass_name}"))
+    saved = layout.COOPERATIVE
+    try:
+        for layout.COOPERATIVE in (False, True):
+            for norm, shape_name, shape, dtype_name, layout_name, train in cases:
+                passes = trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name, train=train)
+                for pass_name, p in passes.items():
+                    for launch in p.launches:
+                        _, _, key = launch_source(launch)
+                        mode = "" if train else " eval"
+                        case = f"{norm}{mode} {shape_name} {dtype_name} {layout_name} {pass_name}"
+                        distinct.setdefault(key, (launch, case))
+    finally:
+        layout.COOPERATIVE = saved
     return distinct
 
 

@@ -23,7 +23,14 @@ import triton
 import triton.language as tl
 
 from normbench.kernels.fused import _group_sum
-from normbench.kernels.split import _tile_offsets, partial_offset, stat_offset
+from normbench.kernels.split import (
+    _tile_offsets,
+    grad_sum_tiles,
+    input_grad_tiles,
+    normalize_tiles,
+    partial_offset,
+    stat_offset,
+)
 
 
 @triton.jit
@@ -49,6 +56,18 @@ def _chan(n, mean, m2, nt, mt, qt):
     frac = tl.where(n_new > 0, nt / tl.where(n_new > 0, n_new, 1.0), 0.0)
     delta = mt - mean
     return n_new, mean + delta * frac, m2 + qt + delta * delta * n * frac
+
+
+@triton.jit
+def _step(step, end, items, S, D, pend_u, pend_n, seen):
+    """Step `step` of a batch that ends at `end`: whether it has an A part, whether it has a B part and
+    that item's number, and whether the program must first count its pending A items (their unit's run
+    ends, the batch ends, or it is about to wait for another unit)."""
+    i = step - D
+    has_a = (step < end) & (step < items)
+    has_b = (step < end) & (i >= 0) & (i < items)
+    count = (step >= end) | (step >= items) | (step // S != pend_u) | (has_b & (i // S != seen))
+    return has_a, has_b, i, count & (pend_n > 0)
 
 
 @triton.jit
@@ -185,9 +204,31 @@ def _combine_moments(
 
 @triton.jit
 def _normalize_item(
-    x, y, w, bias, mean, rstd, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, NLB,
-    HAS_AFFINE, BLOCK_C, BLOCK_L, STAGES,
-):  # fmt: skip
+    x,
+    y,
+    w,
+    bias,
+    mean,
+    rstd,
+    b,
+    cb,
+    split,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sk,
+    sc,
+    sl,
+    T,
+    TPS,
+    NLB,
+    HAS_AFFINE,
+    BLOCK_C,
+    BLOCK_L,
+    STAGES,
+):
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     gi = stat_offset(b, G, c // Cg)
@@ -199,11 +240,9 @@ def _normalize_item(
         scale = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
         shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32) - mu * scale
     t0 = split * TPS
-    for t in tl.range(t0, tl.minimum(t0 + TPS, T), num_stages=STAGES):
-        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(y + offs, (v * scale[:, None] + shift[:, None]).to(y.dtype.element_ty), mask=mask)
+    normalize_tiles(
+        x, y, scale, shift, b, c, cmask, t0, tl.minimum(t0 + TPS, T), sb, sk, sc, sl, L, NLB, BLOCK_L, STAGES
+    )
 
 
 @triton.jit
@@ -261,19 +300,40 @@ def coop_forward(
     while base < steps:
         end = tl.minimum(base + BATCH, steps)
         for step in range(base, end + 1):  # the extra step counts what is pending at the batch's end
-            i = step - D
-            has_b = (step < end) & (i >= 0) & (i < items)
-            if pend_n > 0:
-                if (step >= end) | (step >= items) | (step // S != pend_u) | (has_b & (i // S != seen)):
-                    if _arrive(sync, pend_u, pend_n, S):  # the unit's last items: combine it
-                        _combine_moments(
-                            mean_p, m2_p, mean_out, var_out, rstd_out, run_mean, run_var, pend_u // NUC,
-                            pend_u % NUC, C, L, G, Cg, T, TPS, SPB, NLB, GBLK, eps, factor, unbias,
-                            RUNNING, GPB, BLOCK_C, BLOCK_L, BLOCK_S,
-                        )  # fmt: skip
-                        _raise(ready + pend_u)
-                    pend_n = 0
-            if (step < end) & (step < items):
+            has_a, has_b, i, count = _step(step, end, items, S, D, pend_u, pend_n, seen)
+            if count:
+                if _arrive(sync, pend_u, pend_n, S):  # the unit's last items: combine it
+                    _combine_moments(
+                        mean_p,
+                        m2_p,
+                        mean_out,
+                        var_out,
+                        rstd_out,
+                        run_mean,
+                        run_var,
+                        pend_u // NUC,
+                        pend_u % NUC,
+                        C,
+                        L,
+                        G,
+                        Cg,
+                        T,
+                        TPS,
+                        SPB,
+                        NLB,
+                        GBLK,
+                        eps,
+                        factor,
+                        unbias,
+                        RUNNING,
+                        GPB,
+                        BLOCK_C,
+                        BLOCK_L,
+                        BLOCK_S,
+                    )
+                    _raise(ready + pend_u)
+                pend_n = 0
+            if has_a:
                 u, b, cb, split = _item(step, S, SPB, NUC, GBLK)
                 _moments_item(
                     x, mean_p, m2_p, b, cb, split, C, L, sb, sk, sc, sl, T, TPS, SPB, NLB, BLOCK_C, BLOCK_L, STAGES
@@ -286,44 +346,98 @@ def coop_forward(
                     _wait(ready + u)
                     seen = u
                 _normalize_item(
-                    x, y, w, bias, mean_out, rstd_out, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, NLB,
-                    HAS_AFFINE, BLOCK_C, BLOCK_L, STAGES,
-                )  # fmt: skip
+                    x,
+                    y,
+                    w,
+                    bias,
+                    mean_out,
+                    rstd_out,
+                    b,
+                    cb,
+                    split,
+                    C,
+                    L,
+                    G,
+                    Cg,
+                    sb,
+                    sk,
+                    sc,
+                    sl,
+                    T,
+                    TPS,
+                    NLB,
+                    HAS_AFFINE,
+                    BLOCK_C,
+                    BLOCK_L,
+                    STAGES,
+                )
         base = tl.atomic_add(sync, BATCH)
 
 
 @triton.jit
 def _grad_sums_item(
-    x, dy, mean, rstd, p_dy, p_dyxhat, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, SPB, NLB,
-    BLOCK_C, BLOCK_L, STAGES,
-):  # fmt: skip
+    x,
+    dy,
+    mean,
+    rstd,
+    p_dy,
+    p_dyxhat,
+    b,
+    cb,
+    split,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sk,
+    sc,
+    sl,
+    T,
+    TPS,
+    SPB,
+    NLB,
+    BLOCK_C,
+    BLOCK_L,
+    STAGES,
+):
     """Per-channel sums of dy and dy * xhat over the item's tiles (per-thread, reduced once)."""
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     gi = stat_offset(b, G, c // Cg)
     mu = tl.load(mean + gi, mask=cmask, other=0.0)
     r = tl.load(rstd + gi, mask=cmask, other=0.0)
-    a1 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
-    a2 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
     t0 = split * TPS
-    for t in tl.range(t0, tl.minimum(t0 + TPS, T), num_stages=STAGES):
-        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        a1 += g
-        a2 += g * (xv - mu[:, None])  # g is 0 where masked; times r after the sum
+    t1 = tl.minimum(t0 + TPS, T)
+    s1, s2 = grad_sum_tiles(x, dy, mu, b, c, cmask, t0, t1, sb, sk, sc, sl, L, NLB, BLOCK_C, BLOCK_L, STAGES)
     out = partial_offset(b, split, SPB, C, c)
-    tl.store(p_dy + out, tl.sum(a1, 1), mask=cmask)
-    tl.store(p_dyxhat + out, tl.sum(a2, 1) * r, mask=cmask)
+    tl.store(p_dy + out, s1, mask=cmask)
+    tl.store(p_dyxhat + out, s2 * r, mask=cmask)
 
 
 @triton.jit
 def _combine_grad_sums(
-    p_dy, p_dyxhat, w, mean_g, mean_gx, dw, db, b, ub, C, G, Cg, SPB, GBLK, inv_count,
-    HAS_AFFINE: tl.constexpr, PARAM_GRADS: tl.constexpr, GPB: tl.constexpr, BLOCK_C: tl.constexpr,
+    p_dy,
+    p_dyxhat,
+    w,
+    mean_g,
+    mean_gx,
+    dw,
+    db,
+    b,
+    ub,
+    C,
+    G,
+    Cg,
+    SPB,
+    GBLK,
+    inv_count,
+    HAS_AFFINE: tl.constexpr,
+    PARAM_GRADS: tl.constexpr,
+    GPB: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
-):  # fmt: skip
+):
     """A unit's group means of dy * w and dy * w * xhat; PARAM_GRADS (B == 1, one channel per group)
     also writes dweight and dbias, the unweighted sums, for the unit's channels."""
     j = tl.arange(0, BLOCK_C)
@@ -356,9 +470,33 @@ def _combine_grad_sums(
 
 @triton.jit
 def _input_grad_item(
-    x, dy, dx, w, mean, rstd, mean_g, mean_gx, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, NLB,
-    HAS_AFFINE, BLOCK_C, BLOCK_L, STAGES,
-):  # fmt: skip
+    x,
+    dy,
+    dx,
+    w,
+    mean,
+    rstd,
+    mean_g,
+    mean_gx,
+    b,
+    cb,
+    split,
+    C,
+    L,
+    G,
+    Cg,
+    sb,
+    sk,
+    sc,
+    sl,
+    T,
+    TPS,
+    NLB,
+    HAS_AFFINE,
+    BLOCK_C,
+    BLOCK_L,
+    STAGES,
+):
     """dx = dy * (rstd * w) - x * alpha + beta per channel (see split.input_grad)."""
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -373,13 +511,8 @@ def _input_grad_item(
     alpha = r * r * bb
     beta = alpha * mu - r * a
     t0 = split * TPS
-    for t in tl.range(t0, tl.minimum(t0 + TPS, T), num_stages=STAGES):
-        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        out = g * rw[:, None] - xv * alpha[:, None] + beta[:, None]
-        tl.store(dx + offs, out.to(dx.dtype.element_ty), mask=mask)
+    t1 = tl.minimum(t0 + TPS, T)
+    input_grad_tiles(x, dy, dx, rw, alpha, beta, b, c, cmask, t0, t1, sb, sk, sc, sl, L, NLB, BLOCK_L, STAGES)
 
 
 @triton.jit
@@ -436,23 +569,61 @@ def coop_backward(
     while base < steps:
         end = tl.minimum(base + BATCH, steps)
         for step in range(base, end + 1):
-            i = step - D
-            has_b = (step < end) & (i >= 0) & (i < items)
-            if pend_n > 0:
-                if (step >= end) | (step >= items) | (step // S != pend_u) | (has_b & (i // S != seen)):
-                    if _arrive(sync, pend_u, pend_n, S):
-                        _combine_grad_sums(
-                            p_dy, p_dyxhat, w, mean_g, mean_gx, dw, db, pend_u // NUC, pend_u % NUC, C, G, Cg,
-                            SPB, GBLK, inv_count, HAS_AFFINE, PARAM_GRADS, GPB, BLOCK_C, BLOCK_S,
-                        )  # fmt: skip
-                        _raise(ready + pend_u)
-                    pend_n = 0
-            if (step < end) & (step < items):
+            has_a, has_b, i, count = _step(step, end, items, S, D, pend_u, pend_n, seen)
+            if count:
+                if _arrive(sync, pend_u, pend_n, S):
+                    _combine_grad_sums(
+                        p_dy,
+                        p_dyxhat,
+                        w,
+                        mean_g,
+                        mean_gx,
+                        dw,
+                        db,
+                        pend_u // NUC,
+                        pend_u % NUC,
+                        C,
+                        G,
+                        Cg,
+                        SPB,
+                        GBLK,
+                        inv_count,
+                        HAS_AFFINE,
+                        PARAM_GRADS,
+                        GPB,
+                        BLOCK_C,
+                        BLOCK_S,
+                    )
+                    _raise(ready + pend_u)
+                pend_n = 0
+            if has_a:
                 u, b, cb, split = _item(step, S, SPB, NUC, GBLK)
                 _grad_sums_item(
-                    x, dy, mean, rstd, p_dy, p_dyxhat, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, SPB, NLB,
-                    BLOCK_C, BLOCK_L, STAGES,
-                )  # fmt: skip
+                    x,
+                    dy,
+                    mean,
+                    rstd,
+                    p_dy,
+                    p_dyxhat,
+                    b,
+                    cb,
+                    split,
+                    C,
+                    L,
+                    G,
+                    Cg,
+                    sb,
+                    sk,
+                    sc,
+                    sl,
+                    T,
+                    TPS,
+                    SPB,
+                    NLB,
+                    BLOCK_C,
+                    BLOCK_L,
+                    STAGES,
+                )
                 pend_u = u
                 pend_n += 1
             if has_b:
@@ -461,7 +632,31 @@ def coop_backward(
                     _wait(ready + u)
                     seen = u
                 _input_grad_item(
-                    x, dy, dx, w, mean, rstd, mean_g, mean_gx, b, cb, split, C, L, G, Cg, sb, sk, sc, sl, T, TPS, NLB,
-                    HAS_AFFINE, BLOCK_C, BLOCK_L, STAGES,
-                )  # fmt: skip
+                    x,
+                    dy,
+                    dx,
+                    w,
+                    mean,
+                    rstd,
+                    mean_g,
+                    mean_gx,
+                    b,
+                    cb,
+                    split,
+                    C,
+                    L,
+                    G,
+                    Cg,
+                    sb,
+                    sk,
+                    sc,
+                    sl,
+                    T,
+                    TPS,
+                    NLB,
+                    HAS_AFFINE,
+                    BLOCK_C,
+                    BLOCK_L,
+                    STAGES,
+                )
         base = tl.atomic_add(sync, BATCH)

@@ -44,6 +44,84 @@ def _tile_offsets(b, k, lb, c, sb, sk, sc, sl, L, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
+def normalize_tiles(
+    x, y, scale, shift, b, c, cmask, t0, t1, sb, sk, sc, sl, L, NLB, BLOCK_L: tl.constexpr, STAGES: tl.constexpr
+):
+    """y = x * scale[c] + shift[c] over tiles [t0, t1) of one channel block."""
+    for t in tl.range(t0, t1, num_stages=STAGES):
+        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y + offs, (v * scale[:, None] + shift[:, None]).to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def grad_sum_tiles(
+    x,
+    dy,
+    mu,
+    b,
+    c,
+    cmask,
+    t0,
+    t1,
+    sb,
+    sk,
+    sc,
+    sl,
+    L,
+    NLB,
+    BLOCK_C: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """Per-channel sums of dy and of dy * (x - mu) over tiles [t0, t1): per-thread, reduced once after
+    the loop (see fused.looped_backward for why)."""
+    a1 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
+    a2 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
+    for t in tl.range(t0, t1, num_stages=STAGES):
+        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+        a1 += g
+        a2 += g * (xv - mu[:, None])  # g is 0 where masked
+    return tl.sum(a1, 1), tl.sum(a2, 1)
+
+
+@triton.jit
+def input_grad_tiles(
+    x,
+    dy,
+    dx,
+    rw,
+    alpha,
+    beta,
+    b,
+    c,
+    cmask,
+    t0,
+    t1,
+    sb,
+    sk,
+    sc,
+    sl,
+    L,
+    NLB,
+    BLOCK_L: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """dx = dy * rw[c] - x * alpha[c] + beta[c] over tiles [t0, t1) (see input_grad)."""
+    for t in tl.range(t0, t1, num_stages=STAGES):
+        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
+        mask = cmask[:, None] & lmask[None, :]
+        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
+        out = g * rw[:, None] - xv * alpha[:, None] + beta[:, None]
+        tl.store(dx + offs, out.to(dx.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def merge_tile_moments(n, mean, m2, v, mask, valid):
     """Chan et al.'s pairwise update of per-channel (count, mean, M2) with a tile of `valid` values per row.
 
@@ -245,12 +323,7 @@ def normalize(
         scale = r * wc
         shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32) - mu * scale
     t_end = tl.minimum(s * TPS + TPS, T)
-    for t in range(s * TPS, t_end):
-        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-        out = v * scale[:, None] + shift[:, None]
-        tl.store(y + offs, out.to(y.dtype.element_ty), mask=mask)
+    normalize_tiles(x, y, scale, shift, b, c, cmask, s * TPS, t_end, sb, sk, sc, sl, L, NLB, BLOCK_L, None)
 
 
 @triton.jit
@@ -282,20 +355,11 @@ def partial_grad_sums(
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
-    # Per-thread accumulators, reduced once after the loop (see fused.looped_backward for why).
-    a1 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
-    a2 = tl.zeros([BLOCK_C, BLOCK_L], tl.float32)
     t_end = tl.minimum(s * TPS + TPS, T)
-    for t in range(s * TPS, t_end):
-        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        a1 += g
-        a2 += g * (xv - mu[:, None])  # g is 0 where masked; times r after the sum
+    s1, s2 = grad_sum_tiles(x, dy, mu, b, c, cmask, s * TPS, t_end, sb, sk, sc, sl, L, NLB, BLOCK_C, BLOCK_L, None)
     out = partial_offset(b, s, S, C, c)
-    tl.store(p_dy + out, tl.sum(a1, 1), mask=cmask)
-    tl.store(p_dyxhat + out, tl.sum(a2, 1) * r, mask=cmask)
+    tl.store(p_dy + out, s1, mask=cmask)
+    tl.store(p_dyxhat + out, s2 * r, mask=cmask)  # xhat = (x - mu) * r
 
 
 @triton.jit
@@ -415,10 +479,4 @@ def input_grad(
     alpha = r * r * bb
     beta = alpha * mu - r * a
     t_end = tl.minimum(s * TPS + TPS, T)
-    for t in range(s * TPS, t_end):
-        offs, lmask = _tile_offsets(b, t // NLB, t % NLB, c, sb, sk, sc, sl, L, BLOCK_L)
-        mask = cmask[:, None] & lmask[None, :]
-        xv = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(dy + offs, mask=mask, other=0.0).to(tl.float32)
-        out = g * rw[:, None] - xv * alpha[:, None] + beta[:, None]
-        tl.store(dx + offs, out.to(dx.dtype.element_ty), mask=mask)
+    input_grad_tiles(x, dy, dx, rw, alpha, beta, b, c, cmask, s * TPS, t_end, sb, sk, sc, sl, L, NLB, BLOCK_L, None)
