@@ -17,6 +17,7 @@ LAYERS = [
             "kernels",
             "kernels.split",
             "kernels.fused",
+            "kernels.coop",
             "kernels.layout",
             "kernels.availability",
             "kernels.norm_function",
