@@ -27,11 +27,14 @@ import triton.language as tl
 from normbench.kernels.fused import _group_sum
 from normbench.kernels.split import (
     _tile_offsets,
+    dx_coefficients,
     grad_sum_tiles,
     input_grad_tiles,
     normalize_tiles,
     partial_offset,
+    scale_shift,
     stat_offset,
+    update_running_at,
 )
 
 
@@ -197,11 +200,7 @@ def _combine_moments(
     tl.store(var_out + gi, var, mask=first)
     tl.store(rstd_out + gi, rstd, mask=first)
     if RUNNING:
-        rm = tl.load(run_mean + g, mask=first, other=0.0).to(tl.float32)
-        rv = tl.load(run_var + g, mask=first, other=0.0).to(tl.float32)
-        tl.store(run_mean + g, ((1.0 - factor) * rm + factor * mg).to(run_mean.dtype.element_ty), mask=first)
-        new_var = (1.0 - factor) * rv + factor * var * unbias
-        tl.store(run_var + g, new_var.to(run_var.dtype.element_ty), mask=first)
+        update_running_at(run_mean, run_var, g, mg, var, factor, unbias, first)
 
 
 @triton.jit
@@ -236,11 +235,7 @@ def _normalize_item(
     gi = stat_offset(b, G, c // Cg)
     mu = tl.load(mean + gi, mask=cmask, other=0.0, cache_modifier=".cg")
     r = tl.load(rstd + gi, mask=cmask, other=0.0, cache_modifier=".cg")
-    scale = r
-    shift = -mu * r
-    if HAS_AFFINE:
-        scale = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
-        shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32) - mu * scale
+    scale, shift = scale_shift(w, bias, c, cmask, mu, r, HAS_AFFINE)
     t0 = split * TPS
     normalize_tiles(
         x, y, scale, shift, b, c, cmask, t0, tl.minimum(t0 + TPS, T), sb, sk, sc, sl, L, NLB, BLOCK_L, STAGES
@@ -507,11 +502,7 @@ def _input_grad_item(
     r = tl.load(rstd + gi, mask=cmask, other=0.0)
     a = tl.load(mean_g + gi, mask=cmask, other=0.0, cache_modifier=".cg")
     bb = tl.load(mean_gx + gi, mask=cmask, other=0.0, cache_modifier=".cg")
-    rw = r
-    if HAS_AFFINE:
-        rw = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
-    alpha = r * r * bb
-    beta = alpha * mu - r * a
+    rw, alpha, beta = dx_coefficients(w, c, cmask, mu, r, a, bb, HAS_AFFINE)
     t0 = split * TPS
     t1 = tl.minimum(t0 + TPS, T)
     input_grad_tiles(x, dy, dx, rw, alpha, beta, b, c, cmask, t0, t1, sb, sk, sc, sl, L, NLB, BLOCK_L, STAGES)

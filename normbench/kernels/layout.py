@@ -334,9 +334,10 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def target_programs(device: torch.device) -> int:
+def target_programs(device: torch.device, per_sm: int | None = None) -> int:
+    """Programs to launch: per_sm (PROGRAMS_PER_SM) on each SM of a GPU, few under the interpreter."""
     if PLAN_FOR is not None or (device.type == "cuda" and not _interpreting()):
-        return PROGRAMS_PER_SM * sm_count(device)
+        return (PROGRAMS_PER_SM if per_sm is None else per_sm) * sm_count(device)
     return INTERPRETER_PROGRAMS
 
 
@@ -416,7 +417,7 @@ def coop_plan(v: GroupedView, device: torch.device, element_size: int) -> CoopPl
     gblk = max(1, v.cg // block_c)
     l_blocks = -(-v.L // block_l)
     tiles = v.K * l_blocks
-    programs = coop_programs(device)
+    programs = target_programs(device, COOP_PROGRAMS_PER_SM)
     tile_bytes = block_c * block_l * element_size
     tps = max(1, min(tiles, COOP_ITEM_BYTES // tile_bytes))
 
@@ -452,9 +453,3 @@ def coop_plan(v: GroupedView, device: torch.device, element_size: int) -> CoopPl
         fits,
         _warps(block_c * block_l),
     )
-
-
-def coop_programs(device: torch.device) -> int:
-    if PLAN_FOR is not None or (device.type == "cuda" and not _interpreting()):
-        return COOP_PROGRAMS_PER_SM * sm_count(device)
-    return INTERPRETER_PROGRAMS

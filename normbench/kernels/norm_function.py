@@ -8,8 +8,8 @@ O(B x G) and left out). The minimum is one read of each input and one write of e
     path                              forward               backward
     fused (slab in registers)         read S, write S       read 2S, write S      (the minimum)
     looped (slab streamed twice)      read 2S, write S      read 4S, write S      (2nd read from L2)
-    coop (BatchNorm, few big slabs)   read S, write S       read 2S, write S      (2nd touch from L2)
-    split (groups unaligned)          read 2S, write S      read 4S, write S
+    split (BatchNorm, few big slabs)  read 2S, write S      read 4S, write S
+    coop (layout.COOPERATIVE)         read S, write S       read 2S, write S      (2nd touch from L2)
     eval-mode BatchNorm               read S, write S       read 2S, write S      (dy only without affine)
 """
 
@@ -75,13 +75,10 @@ def _batch_statistics(x, y, weight, bias, p: Plans, eps: float, running=None, fa
         else:
             fused.fused_forward[(plan.slabs,)](*args, **meta)
         if running is not None:
-            block = min(1024, next_pow2(v.G))
-            split.update_running[(-(-v.G // block),)](
-                stats[0], stats[1], *running, v.G, v.B, factor, unbias, BLOCK=block
-            )
+            _update_running(stats, running, v, factor, unbias)
         return stats
     if p.coop is not None:
-        _coop_forward(x, y, w, b, stats, p, eps, running, factor, unbias)
+        _coop_forward(x, y, w, b, affine, stats, p, eps, running, factor, unbias)
         return stats
     sp = p.split
     mean_p = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
@@ -144,7 +141,13 @@ def _coop_meta(cp) -> dict:
     )
 
 
-def _coop_forward(x, y, w, b, stats, p: Plans, eps, running, factor, unbias) -> None:
+def _update_running(stats, running, v: GroupedView, factor: float, unbias: float) -> None:
+    """The running-statistics update after a kernel that does not make it itself."""
+    block = min(1024, next_pow2(v.G))
+    split.update_running[(-(-v.G // block),)](stats[0], stats[1], *running, v.G, v.B, factor, unbias, BLOCK=block)
+
+
+def _coop_forward(x, y, w, b, affine: bool, stats, p: Plans, eps, running, factor, unbias) -> None:
     v, cp = p.view, p.coop
     in_kernel = running is not None and v.B == 1  # with B > 1 the update averages over b: after
     mean_p = torch.empty(v.B, cp.items_per_block, v.C, device=x.device, dtype=torch.float32)
@@ -171,13 +174,12 @@ def _coop_forward(x, y, w, b, stats, p: Plans, eps, running, factor, unbias) -> 
         eps,
         factor,
         unbias,
-        HAS_AFFINE=w is not x,
+        HAS_AFFINE=affine,
         RUNNING=in_kernel,
         **_coop_meta(cp),
     )
     if running is not None and not in_kernel:
-        block = min(1024, next_pow2(v.G))
-        split.update_running[(-(-v.G // block),)](stats[0], stats[1], *running, v.G, v.B, factor, unbias, BLOCK=block)
+        _update_running(stats, running, v, factor, unbias)
 
 
 def _normalize(x, y, weight, bias, mean, rstd, p: Plans) -> None:

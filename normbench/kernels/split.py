@@ -44,6 +44,28 @@ def _tile_offsets(b, k, lb, c, sb, sk, sc, sl, L, BLOCK_L: tl.constexpr):
 
 
 @triton.jit
+def scale_shift(w, bias, c, cmask, mu, r, HAS_AFFINE: tl.constexpr):
+    """Per channel, y = x * scale + shift: the statistics and the affine parameters folded."""
+    scale = r
+    shift = -mu * r
+    if HAS_AFFINE:
+        scale = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
+        shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32) - mu * scale
+    return scale, shift
+
+
+@triton.jit
+def dx_coefficients(w, c, cmask, mu, r, mean_g, mean_gx, HAS_AFFINE: tl.constexpr):
+    """Per channel, dx = dy * rw - x * alpha + beta, from the group means of dy * w (mean_g) and of
+    dy * w * xhat (mean_gx): rstd * (dy * w - mean_g - xhat * mean_gx) rearranged."""
+    rw = r
+    if HAS_AFFINE:
+        rw = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
+    alpha = r * r * mean_gx
+    return rw, alpha, alpha * mu - r * mean_g
+
+
+@triton.jit
 def normalize_tiles(
     x, y, scale, shift, b, c, cmask, t0, t1, sb, sk, sc, sl, L, NLB, BLOCK_L: tl.constexpr, STAGES: tl.constexpr
 ):
@@ -207,12 +229,14 @@ def _group_moments(mean_p, m2_p, count_p, b, g, C, Cg, S, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _update_running(run_mean, run_var, g, batch_mean, batch_var, factor, unbias):
-    """running = (1 - factor) * running + factor * batch statistic; the variance made unbiased."""
-    rm = tl.load(run_mean + g).to(tl.float32)
-    rv = tl.load(run_var + g).to(tl.float32)
-    tl.store(run_mean + g, ((1.0 - factor) * rm + factor * batch_mean).to(run_mean.dtype.element_ty))
-    tl.store(run_var + g, ((1.0 - factor) * rv + factor * batch_var * unbias).to(run_var.dtype.element_ty))
+def update_running_at(run_mean, run_var, g, batch_mean, batch_var, factor, unbias, mask):
+    """running = (1 - factor) * running + factor * batch statistic at groups g (where mask); the
+    variance made unbiased."""
+    rm = tl.load(run_mean + g, mask=mask, other=0.0).to(tl.float32)
+    rv = tl.load(run_var + g, mask=mask, other=0.0).to(tl.float32)
+    tl.store(run_mean + g, ((1.0 - factor) * rm + factor * batch_mean).to(run_mean.dtype.element_ty), mask=mask)
+    new_var = (1.0 - factor) * rv + factor * batch_var * unbias
+    tl.store(run_var + g, new_var.to(run_var.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -253,7 +277,7 @@ def combine_moments(
             tl.store(rstd_out + stat_offset(b, G, g), 1.0 / tl.sqrt(var + eps))
             sum_mean += mean
             sum_var += var
-        _update_running(run_mean, run_var, g, sum_mean / B, sum_var / B, factor, unbias)
+        update_running_at(run_mean, run_var, g, sum_mean / B, sum_var / B, factor, unbias, g >= 0)
     else:
         pid = tl.program_id(0)
         mean, var = _group_moments(mean_p, m2_p, count_p, pid // G, pid % G, C, Cg, S, BLOCK)
@@ -272,12 +296,7 @@ def update_running(mean, var, run_mean, run_var, G, B, factor, unbias, BLOCK: tl
     for b in range(B):
         sum_mean += tl.load(mean + stat_offset(b, G, g), mask=m, other=0.0)
         sum_var += tl.load(var + stat_offset(b, G, g), mask=m, other=0.0)
-    rm = tl.load(run_mean + g, mask=m, other=0.0).to(tl.float32)
-    rv = tl.load(run_var + g, mask=m, other=0.0).to(tl.float32)
-    new_mean = (1.0 - factor) * rm + factor * (sum_mean / B)
-    new_var = (1.0 - factor) * rv + factor * (sum_var / B) * unbias
-    tl.store(run_mean + g, new_mean.to(run_mean.dtype.element_ty), mask=m)
-    tl.store(run_var + g, new_var.to(run_var.dtype.element_ty), mask=m)
+    update_running_at(run_mean, run_var, g, sum_mean / B, sum_var / B, factor, unbias, m)
 
 
 @triton.jit
@@ -316,12 +335,7 @@ def normalize(
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
     mu, r = _channel_stats(mean, rstd, b, c, cmask, G, Cg)
-    scale = r
-    shift = -mu * r
-    if HAS_AFFINE:
-        wc = tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
-        scale = r * wc
-        shift = tl.load(bias + c, mask=cmask, other=0.0).to(tl.float32) - mu * scale
+    scale, shift = scale_shift(w, bias, c, cmask, mu, r, HAS_AFFINE)
     t_end = tl.minimum(s * TPS + TPS, T)
     normalize_tiles(x, y, scale, shift, b, c, cmask, s * TPS, t_end, sb, sk, sc, sl, L, NLB, BLOCK_L, None)
 
@@ -473,10 +487,6 @@ def input_grad(
         gi = stat_offset(b, G, c // Cg)
         a = tl.load(mean_g + gi, mask=cmask, other=0.0)
         bb = tl.load(mean_gx + gi, mask=cmask, other=0.0)
-    rw = r
-    if HAS_AFFINE:
-        rw = r * tl.load(w + c, mask=cmask, other=0.0).to(tl.float32)
-    alpha = r * r * bb
-    beta = alpha * mu - r * a
+    rw, alpha, beta = dx_coefficients(w, c, cmask, mu, r, a, bb, HAS_AFFINE)
     t_end = tl.minimum(s * TPS + TPS, T)
     input_grad_tiles(x, dy, dx, rw, alpha, beta, b, c, cmask, s * TPS, t_end, sb, sk, sc, sl, L, NLB, BLOCK_L, None)

@@ -95,18 +95,22 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _reread(launch, role: str) -> tuple[dict, int]:
+    """The launch's arguments by name, and the bytes per value of the tensors it reads twice (`role`)."""
+    args = dict(zip(_params(launch), launch.args))
+    return args, sum(args[n].element_size() for n, r in ROLES[launch.name].items() if r == role)
+
+
 def _looped_fits(launch, l2_bytes: int, share: float) -> bool:
     """Whether the persistent programs' slabs (every tensor read twice) fit the L2 share together."""
-    args = dict(zip(_params(launch), launch.args))
-    per_value = sum(args[n].element_size() for n, role in ROLES[launch.name].items() if role == "rr")
+    args, per_value = _reread(launch, "rr")
     programs = launch.grid[0]
     return programs * launch.meta["BLOCK_C"] * args["L"] * per_value <= share * l2_bytes
 
 
 def _coop_fits(launch, l2_bytes: int, share: float) -> bool:
     """Whether the D work items between an item's two touches (x; x and dy backward) fit the L2 share."""
-    args = dict(zip(_params(launch), launch.args))
-    per_value = sum(args[n].element_size() for n, role in ROLES[launch.name].items() if role == "rc")
+    args, per_value = _reread(launch, "rc")
     tile = launch.meta["BLOCK_C"] * launch.meta["BLOCK_L"]
     return args["D"] * args["TPS"] * tile * per_value <= share * l2_bytes
 
