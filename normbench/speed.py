@@ -407,6 +407,10 @@ def time_pass(cfg: DictConfig, make, device: torch.device, what: str) -> dict:
     compiles = _dynamo_compiles()
     graph = bool(cfg.speed.get("cuda_graph"))
     if graph:  # the replay rewrites its gradients in place: nothing to clear between repeats
+        # Free the eager pass first: its autograd graph keeps the leaves' AccumulateGrad nodes alive,
+        # and those stay on the stream they were made on (the default one), so a captured backward
+        # would make that stream wait on the capture, which CUDA refuses (cudaErrorStreamCaptureImplicit).
+        del fn
         fn, grads = graph_replay(make, device)[0], []
     t = time_fn(fn, device, grad_to_none=grads, **timing_options(cfg.speed))
     if _dynamo_compiles() != compiles:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from normbench import norms, results, speed, timing
 from normbench.cli import run_job
@@ -318,3 +319,30 @@ def test_a_graph_replay_computes_what_the_call_does(pass_):
     x.grad = None
     made["fn"]()  # the same pass, called as usual
     torch.testing.assert_close(graphed, x.grad)
+
+
+def test_the_capture_starts_after_the_eager_pass_is_freed(monkeypatch):
+    """A leaf's AccumulateGrad node lives as long as some autograd graph holds it, on the stream it was
+    made on. The eager `bwd` pass (timed for its memory first) holds one made on the default stream;
+    were it alive at capture, the captured backward would make the default stream wait on the capture,
+    which CUDA refuses: what failed every bwd capture of the H200 run
+    (results/reference/h200-speed-rev3/run1/speed-graph). Checked on the CPU with the capture faked."""
+    layer = norms.build("bn", 8, impl="native")
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+    made = []
+
+    def make():
+        fn, grads = speed.pass_callable(layer, x, "bwd")
+        made.append(weakref.ref(fn))
+        return fn, grads
+
+    def capture(make_pass, device):
+        assert [ref() for ref in made] == [None], "the eager pass (and its autograd graph) is still alive"
+        return make_pass()
+
+    monkeypatch.setattr(speed, "graph_replay", capture)
+    cfg = OmegaConf.create(
+        {"speed": {"cuda_graph": True, "min_run_time": 0.01, "min_repeats": 2, "warmup_ms": 1, "rep_ms": 1}}
+    )
+    row = speed.time_pass(cfg, make, torch.device("cpu"), "bwd")
+    assert len(made) == 2 and row["cuda_graph"] and row["median_ms"] > 0
