@@ -65,12 +65,12 @@ def stubbed(plan_for: tuple[int, int] = trace.H100):
     """Kernels replaced by `_Stub`; the backward's dweight/dbias sums run over empty slices of the partials.
 
     The sums keep their dispatch (host time on a GPU too) but not their CPU compute and first-touch page
-    faults on the (B, splits, C) partials, which on a GPU are device work.
+    faults on the (2, rows, splits, C) partials, which on a GPU are device work.
     """
     from normbench.kernels import norm_function
 
     sums = norm_function.weight_bias_grads
-    norm_function.weight_bias_grads = lambda p_dy, p_dyxhat, dtype: sums(p_dy[:0], p_dyxhat[:0], dtype)
+    norm_function.weight_bias_grads = lambda partials, dtype: sums(partials[:, :0], dtype)
     try:
         with trace.kernels_replaced(_Stub, plan_for):
             yield
@@ -178,7 +178,9 @@ def _row(case: tuple, c: HostCost, counts: bool = True) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--norm", choices=trace.NORMS, action="append", help="only these norms (repeatable)")
-    parser.add_argument("--shape", choices=list(trace.GPU_SHAPES), action="append", help="only these shapes")
+    parser.add_argument(
+        "--shape", choices=[*trace.GPU_SHAPES, *trace.ROW_SHAPES], action="append", help="only these shapes"
+    )
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per pass (median taken)")
     parser.add_argument("--number", type=int, default=40, help="calls per round")
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top functions (fwdbwd)")

@@ -52,6 +52,7 @@ PROGRAMS_PER_SM = 4  # split programs aimed at per SM, so a small B x C still fi
 SLAB_PROGRAMS_PER_SM = 2  # streamed slabs only when there are at least this many slabs per SM
 L2_SHARE = 0.5  # of the L2 that the looped programs' live slabs may fill (an H100 SXM has 50 MB)
 MAX_LOOPED_PROGRAMS_PER_SM = 4
+PARTIAL_SHARE = 0.02  # of a slab backward's bytes that its rows of dweight/dbias partials may add
 INTERPRETER_PROGRAMS = 1  # under the CPU interpreter every program is slow Python: as few as possible
 COOP_PROGRAMS_PER_SM = 2  # cooperative programs per SM (more may not fit: any number is deadlock-free)
 COOP_ITEM_BYTES = 32 * 1024  # of x per cooperative work item: amortizes the ticket's atomic
@@ -158,7 +159,7 @@ class Plans:
     slab: SlabPlan | None  # the fused/looped tiling of batch statistics; None: coop or split
     coop: CoopPlan | None  # the cooperative kernels' tiling and stream, when slab is None and they apply
     split: SplitPlan  # the split tiling (split path; normalize and input_grad of eval-mode BatchNorm)
-    looped_programs: tuple[int, int] | None  # persistent programs forward (x), backward (x, dy): looped
+    slab_programs: tuple[int, int] | None  # programs of the slab kernels, forward and backward
 
 
 def plans(x: Tensor, samples: int, groups: int, channels_last: bool) -> Plans:
@@ -183,6 +184,7 @@ _SETTINGS = operator.itemgetter(
     "SLAB_PROGRAMS_PER_SM",
     "L2_SHARE",
     "MAX_LOOPED_PROGRAMS_PER_SM",
+    "PARTIAL_SHARE",
     "INTERPRETER_PROGRAMS",
     "INT32_LIMIT",
     "COOPERATIVE",
@@ -209,8 +211,13 @@ def _plans(shape, samples, groups, channels_last, element_size, device, settings
     v = view_of(shape, samples, groups, channels_last)
     slab = None if FORCE_PATH == "coop" else slab_plan(v, device)
     programs = None
-    if slab is not None and slab.looped:
-        programs = tuple(looped_programs(slab, v, device, n * element_size) for n in (1, 2))
+    if slab is not None:
+        forward, backward = (
+            (looped_programs(slab, v, device, n * element_size) for n in (1, 2))
+            if slab.looped
+            else (slab.slabs, slab.slabs)
+        )
+        programs = (forward, slab_backward_programs(slab, v, device, element_size, backward))
     coop = None
     if FORCE_PATH == "coop" or (
         COOPERATIVE
@@ -301,6 +308,23 @@ def looped_programs(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_
     if per_sm < 1:
         return plan.slabs
     return min(plan.slabs, sm_count(device) * min(per_sm, MAX_LOOPED_PROGRAMS_PER_SM))
+
+
+def slab_backward_programs(
+    plan: SlabPlan, v: GroupedView, device: torch.device, element_size: int, programs: int
+) -> int:
+    """Programs of the slab backward, from `programs` (one per slab fused; looped_programs looped).
+
+    Each program sums dy and dy * xhat per channel over the slabs it takes and writes them as one
+    partial row (fused.fused_backward), so the count is a multiple of the channel blocks per b: a
+    program keeps one block. Those rows cost 16 bytes per channel (two float32 sums, written, then read
+    by torch); where they would add more than PARTIAL_SHARE to the pass's 3 x input bytes (short slabs:
+    LayerNorm on (N, C) rows, where a row per slab moves more bytes than x), one program per SM.
+    """
+    blocks = plan.slabs // v.B
+    if programs // blocks * v.C * 16 > PARTIAL_SHARE * 3 * v.B * v.C * v.L * element_size:
+        programs = min(programs, sm_count(device) // blocks * blocks)
+    return max(blocks, programs // blocks * blocks)
 
 
 def _slabs_per_sm(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_per_value: int) -> int:

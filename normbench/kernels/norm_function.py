@@ -71,7 +71,7 @@ def _batch_statistics(x, y, weight, bias, p: Plans, eps: float, running=None, fa
         )
         args = (x, y, w, b, *stats, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl, eps)
         if plan.looped:
-            fused.looped_forward[(p.looped_programs[0],)](*args, plan.slabs, **meta)
+            fused.looped_forward[(p.slab_programs[0],)](*args, plan.slabs, **meta)
         else:
             fused.fused_forward[(plan.slabs,)](*args, **meta)
         if running is not None:
@@ -205,12 +205,19 @@ def _normalize(x, y, weight, bias, mean, rstd, p: Plans) -> None:
     )
 
 
-def weight_bias_grads(p_dy: Tensor, p_dyxhat: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """dweight and dbias in `dtype` from the (B, splits, C) float32 partial sums of dy * xhat and dy."""
-    dweight, dbias = p_dyxhat.sum((0, 1)), p_dy.sum((0, 1))
-    if dtype != torch.float32:  # else .to would return them as they are, after a dispatch each
-        dweight, dbias = dweight.to(dtype), dbias.to(dtype)
-    return dweight, dbias
+def grad_partials(rows: int, splits: int, channels: int, device) -> tuple[Tensor, Tensor, Tensor]:
+    """The backward's float32 partial sums of dy and of dy * xhat as one (2, rows, splits, C) buffer, and
+    its two halves for the kernels: one torch.sum then gives dbias and dweight together."""
+    both = torch.empty(2, rows, splits, channels, device=device, dtype=torch.float32)
+    return both, both[0], both[1]
+
+
+def weight_bias_grads(partials: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """dweight and dbias in `dtype` from grad_partials' buffer: one sum, and one cast where needed."""
+    sums = partials.sum((1, 2))
+    if dtype != torch.float32:  # else .to would return it as it is, after a dispatch
+        sums = sums.to(dtype)
+    return sums[1], sums[0]
 
 
 class _TritonNorm(torch.autograd.Function):
@@ -247,8 +254,7 @@ class _TritonNorm(torch.autograd.Function):
         plan = None if ctx.constant_stats else p.slab
         if p.coop is not None and not ctx.constant_stats:
             cp = p.coop
-            p_dy = torch.empty(v.B, cp.items_per_block, v.C, device=x.device, dtype=torch.float32)
-            p_dyxhat = torch.empty_like(p_dy)
+            partials, p_dy, p_dyxhat = grad_partials(v.B, cp.items_per_block, v.C, x.device)
             mean_g = torch.empty(v.B * v.G, device=x.device, dtype=torch.float32)
             mean_gx = torch.empty_like(mean_g)
             param_grads = affine and v.B == 1 and v.cg == 1  # else summed from the partials below
@@ -281,8 +287,9 @@ class _TritonNorm(torch.autograd.Function):
                 **_coop_meta(cp),
             )
         elif plan is not None:
-            p_dy = torch.empty(v.B, 1, v.C, device=x.device, dtype=torch.float32)
-            p_dyxhat = torch.empty_like(p_dy)
+            programs = p.slab_programs[1]
+            rows = programs // (plan.slabs // v.B)  # a row of partial sums per program's channel block
+            partials, p_dy, p_dyxhat = grad_partials(rows, 1, v.C, x.device)
             meta = dict(
                 HAS_AFFINE=affine,
                 GPB=plan.groups_per_program,
@@ -290,16 +297,14 @@ class _TritonNorm(torch.autograd.Function):
                 BLOCK_L=plan.block_l,
                 num_warps=plan.num_warps,
             )
-            args = (x, dy, dx, w, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl)
-            if plan.looped:
-                fused.looped_backward[(p.looped_programs[1],)](*args, plan.slabs, **meta)
-            else:
-                fused.fused_backward[(plan.slabs,)](*args, **meta)
+            kernel = fused.looped_backward if plan.looped else fused.fused_backward
+            kernel[(programs,)](
+                x, dy, dx, w, mean, rstd, p_dy, p_dyxhat, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl, plan.slabs, **meta
+            )
         else:
             sp = p.split
             grid = (v.B * sp.programs,)
-            p_dy = torch.empty(v.B, sp.splits, v.C, device=x.device, dtype=torch.float32)
-            p_dyxhat = torch.empty_like(p_dy)
+            partials, p_dy, p_dyxhat = grad_partials(v.B, sp.splits, v.C, x.device)
             # The group means are written by combine_grad_sums; with constant statistics input_grad
             # does not read them (so no zeros to fill).
             mean_g = torch.empty(v.B * v.G, device=x.device, dtype=torch.float32)
@@ -365,5 +370,5 @@ class _TritonNorm(torch.autograd.Function):
                 num_warps=sp.num_warps,
             )
         if affine and dweight is None:
-            dweight, dbias = weight_bias_grads(p_dy, p_dyxhat, weight.dtype)
+            dweight, dbias = weight_bias_grads(partials, weight.dtype)
         return dx, dweight, dbias, None, None, None, None, None, None, None

@@ -23,6 +23,8 @@ GPU_SHAPES = {
     "resnet_c256": (1024, 256, 14, 14),
     "sd_gn": (16, 512, 64, 64),
 }
+# And its LayerNorm on transformer rows (conf/sweep/gpu_rows.yaml: (4096, hidden), contiguous only).
+ROW_SHAPES = {f"rows_{hidden}": (4096, hidden) for hidden in (1024, 2048, 4096, 8192, 16384)}
 NORMS = ("bn", "ln", "in", "gn")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = ("contiguous", "channels_last")
@@ -229,9 +231,12 @@ def trace(
 
 
 def sweep_cases():
-    """(norm, shape name, shape, dtype name, layout) of the GPU sweep."""
+    """(norm, shape name, shape, dtype name, layout) of the GPU sweeps (sweep=gpu, then sweep=gpu_rows)."""
     for shape_name, shape in GPU_SHAPES.items():
         for dtype_name in DTYPES:
             for layout_name in LAYOUTS:
                 for norm in NORMS:
                     yield norm, shape_name, shape, dtype_name, layout_name
+    for shape_name, shape in ROW_SHAPES.items():
+        for dtype_name in DTYPES:
+            yield "ln", shape_name, shape, dtype_name, "contiguous"
