@@ -18,6 +18,7 @@
 #   compiled  the same grid, impl=compiled
 #   graph     the headline shape again, every impl, with speed.cuda_graph=true: replays of a captured
 #             CUDA graph, the GPU work without Python, dispatch and launch costs (launch-bound calls)
+#   rows      normbench-speed -m sweep=gpu_rows for ROWS_IMPLS: LayerNorm on (4096, 1024..16384) rows
 #   check     scripts/gpu_check_triton.py: the timer's 4x cross-check, then triton vs float64 at the
 #             sweep's shapes (after the sweeps, so it costs no JIT)
 #   ab        scripts/gpu_path_ab.py: fwd+bwd of triton's cooperative kernels vs the split and looped
@@ -33,8 +34,8 @@
 #
 # Every step runs under `timeout`. A step's deadline is its box plus the boxes before it, counted
 # from the start, so time an early step saves goes to the later ones. Boxes (s, overridable by env):
-# SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, GRAPH_S 80, CHECK_S 40, AB_S 60,
-# HOST_S 30; the report
+# SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, GRAPH_S 80, ROWS_S 60, CHECK_S 40,
+# AB_S 60, HOST_S 30; the report
 # gets what is left of BUDGET_S (560), at least REPORT_MIN_S 25. STEPS="check report" runs only those steps
 # (setup always runs: a fresh machine has nothing installed).
 set -uo pipefail   # no -e: a failed or cut step is logged, and the next step still runs
@@ -45,11 +46,14 @@ export TINY=${TINY:-0}
 BUDGET_S=${BUDGET_S:-$( ((TINY)) && echo 900 || echo 560 )}   # the 2-core CPU needs longer for tiny sizes
 SETUP_S=${SETUP_S:-40} WARM_S=${WARM_S:-100} NATIVE_S=${NATIVE_S:-60} TRITON_S=${TRITON_S:-60}
 SMOKE_S=${SMOKE_S:-90} COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} AB_S=${AB_S:-60} HOST_S=${HOST_S:-30}
+ROWS_S=${ROWS_S:-60}
 REPORT_MIN_S=${REPORT_MIN_S:-25}
-STEPS=${STEPS:-smoke warm native triton compiled graph check ab host report}
+STEPS=${STEPS:-smoke warm native triton compiled graph rows check ab host report}
 GRID_SHAPES=${GRID_SHAPES:-resnet_c64,sd_gn,resnet_c256}   # conf/shape names, headline first
 WARM_JOBS=${WARM_JOBS:-12}            # processes compiling side by side (the GPU machine has 16 cores)
 GRAPH_IMPLS=${GRAPH_IMPLS:-native,triton,compiled}   # what the graph step times
+# what the rows step times (not warmed: compiled adds its compile time to the step, not to the rows)
+ROWS_IMPLS=${ROWS_IMPLS:-$( ((TINY)) && echo native || echo native,triton )}
 export WORK=${WORK:-results/gpu-reference}   # under results/: ignored by git
 export SITE=${SITE:-$( ((TINY)) && echo /tmp/gpu_rehearsal_site || echo /tmp/site )}
 
@@ -157,12 +161,14 @@ step_warm() {
 # sweep IMPL [OVERRIDES...]: one timed sweep of the grid. The first one measures the copy bandwidth; the later ones
 # take its value as speed.peak_gbps (a sweep directory must be new, so its cache file cannot be copied
 # in), so every row is divided by the same roofline.
-sweep() {
-    local first peak=()
+peak_arg() {
+    local first
     first=$(ls "$WORK"/speed-*/peak_bandwidth.json 2>/dev/null | head -n 1)
-    [[ -n $first ]] && peak=("speed.peak_gbps=$(python3 -c 'import json,sys; print(next(iter(json.load(open(sys.argv[1])).values()))["peak_gbps"])' "$first")")
+    [[ -n $first ]] && echo "speed.peak_gbps=$(python3 -c 'import json,sys; print(next(iter(json.load(open(sys.argv[1])).values()))["peak_gbps"])' "$first")"
+}
+sweep() {
     # shellcheck disable=SC2046
-    normbench-speed -m sweep=gpu $(grid) impl="$1" "${peak[@]}" "${@:2}" hydra.sweep.dir="$WORK/speed-${SWEEP_NAME:-$1}"
+    normbench-speed -m sweep=gpu $(grid) impl="$1" $(peak_arg) "${@:2}" hydra.sweep.dir="$WORK/speed-${SWEEP_NAME:-$1}"
 }
 step_native() { sweep native; }
 step_triton() { [[ $TINY == 1 ]] && { echo "TINY: no triton timing on a CPU"; return 0; }; sweep triton; }
@@ -170,6 +176,14 @@ step_compiled() { sweep compiled; }
 step_graph() {   # on a CPU there is no CUDA graph: the rehearsal only checks that the step is wired
     [[ $TINY == 1 ]] && { echo "TINY: no CUDA graphs on a CPU"; return 0; }
     SWEEP_NAME=graph sweep "$GRAPH_IMPLS" speed.cuda_graph=true shape=resnet_c64
+}
+
+step_rows() {   # conf/sweep/gpu_rows.yaml's grid, for ROWS_IMPLS
+    local grid=(hydra.sweeper.params=null norm=ln dtype=float32,bfloat16 speed.channels=1024,2048,4096,8192,16384)
+    ((TINY)) && grid=(hydra.sweeper.params=null device=cpu norm=ln dtype=float32,bfloat16 speed.batch_size=64
+        speed.channels=64,128 speed.min_run_time=0.01 speed.min_repeats=3 speed.peak_copy_mb=16)
+    # shellcheck disable=SC2046
+    normbench-speed -m sweep=gpu_rows "${grid[@]}" impl="$ROWS_IMPLS" $(peak_arg) hydra.sweep.dir="$WORK/speed-rows"
 }
 
 step_check() {
@@ -195,14 +209,14 @@ step_host() {
 
 step_report() {
     local dirs=() d
-    for d in native triton compiled graph; do [[ -d $WORK/speed-$d ]] && dirs+=("$WORK/speed-$d"); done
+    for d in native triton compiled graph rows; do [[ -d $WORK/speed-$d ]] && dirs+=("$WORK/speed-$d"); done
     ((${#dirs[@]})) || { echo "no sweep to report"; exit 1; }
     local dev; dev=$([[ $TINY == 1 ]] && echo "CPU rehearsal (TINY=1)" || python3 -c "import torch; print(torch.cuda.get_device_name())")
     normbench-report "${dirs[@]}" --out "$WORK/report" --title "normbench speed reference: $dev"
 }
 
-export -f step_setup step_smoke step_warm step_native step_triton step_compiled step_graph step_check step_ab step_host step_report grid impls_to_warm sweep
-export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS GRID_SHAPES
+export -f step_setup step_smoke step_warm step_native step_triton step_compiled step_graph step_rows step_check step_ab step_host step_report grid impls_to_warm peak_arg sweep
+export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS GRID_SHAPES ROWS_IMPLS
 
 # ------------------------------------------------------------------------------------------- run
 say "gpu_reference_run: TINY=$TINY BUDGET_S=$BUDGET_S STEPS='$STEPS' WORK=$WORK OUT=$OUT"
@@ -212,8 +226,8 @@ if ((RC != 0)); then
 else
     last=$((BUDGET_S - REPORT_MIN_S))   # no step but the report may run past this
     deadline=$SETUP_S
-    for step in smoke:$SMOKE_S warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S check:$CHECK_S \
-        ab:$AB_S host:$HOST_S; do
+    for step in smoke:$SMOKE_S warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S rows:$ROWS_S \
+        check:$CHECK_S ab:$AB_S host:$HOST_S; do
         name=${step%%:*}
         wants "$name" || continue
         deadline=$((deadline + ${step#*:}))
@@ -221,8 +235,8 @@ else
         run_step "$name" "$deadline" "step_$name"
         if [[ $name == smoke ]] && ((RC != 0)); then   # triton fails or hangs: time the rest without it
             STEPS=$(echo " $STEPS " | sed 's/ warm / /; s/ triton / /; s/ check / /; s/ ab / /')
-            GRAPH_IMPLS=native,compiled
-            export STEPS GRAPH_IMPLS
+            GRAPH_IMPLS=native,compiled ROWS_IMPLS=native
+            export STEPS GRAPH_IMPLS ROWS_IMPLS
             say "smoke failed: dropped the triton steps; STEPS='$STEPS'"
         fi
     done
@@ -231,7 +245,7 @@ fi
 
 # How much of each sweep ran: a job its box stopped is `missing` in the report, but one it never
 # reached is not there at all, so count them here against what Hydra launched.
-for s in warm speed-native speed-triton speed-compiled speed-graph; do
+for s in warm speed-native speed-triton speed-compiled speed-graph speed-rows; do
     dir=$WORK/$s
     [[ -d $dir ]] || continue
     log=$WORK/logs/${s#speed-}.log
@@ -248,7 +262,7 @@ done
 # At most 8 files come back, 16 MiB each, no deeper than $OUT/a/b/file: the sweeps go as one archive
 # that unpacks into results/reference/<name>/, plus a few files to read at once.
 have=()
-for p in speed-native speed-triton speed-compiled speed-graph report env.txt triton_check.csv path_ab.csv logs; do
+for p in speed-native speed-triton speed-compiled speed-graph speed-rows report env.txt triton_check.csv path_ab.csv logs; do
     [[ -e $WORK/$p ]] && have+=("$p")
 done
 ((${#have[@]})) && tar -czf "$OUT/reference.tar.gz" -C "$WORK" "${have[@]}"

@@ -283,12 +283,13 @@ def test_kernel_choice():
 
 @needs_triton
 def test_row_backward_writes_a_partial_row_per_program():
-    """On (4096, C) rows, planned for an H100: one backward program per SM (GroupNorm: a multiple of its
-    32 channel blocks, so each keeps one), each writing one row of dweight/dbias partial sums instead of
-    one per sample; image slabs, whose rows are small beside them, keep a program per slab."""
+    """On (4096, C) rows, planned for an H100: persistent backward programs, 8 warps' worth per SM (one
+    of 8 or 16 warps; GroupNorm's 1-warp tiles, 8, rounded to a multiple of its 32 channel blocks so
+    that each keeps one), each writing one row of dweight/dbias partial sums instead of one per
+    sample; image slabs, whose rows are small beside them, keep a program per slab."""
     from normbench.kernels import trace
 
-    for norm, hidden, programs in [("ln", 4096, 132), ("ln", 16384, 132), ("gn", 4096, 128)]:
+    for norm, hidden, programs in [("ln", 4096, 132), ("ln", 16384, 132), ("ln", 1024, 4 * 132), ("gn", 4096, 1056)]:
         (launch,) = trace.trace(norm, (4096, hidden), torch.bfloat16, "contiguous")["bwd"].launches
         args = dict(zip(inspect.signature(launch.kernel.fn).parameters, launch.args))
         blocks = args["SLABS"] // 4096
@@ -410,6 +411,12 @@ def traffic_rows():
     return traffic.table()
 
 
+def check_rows(r, case):
+    """LayerNorm on (4096, C) rows: the slab plans, at most 1.1x at >= 64 MB (the rows' partial sums)."""
+    assert r["path"].startswith(("fused", "looped")), case
+    assert r["ratio"] <= (1.01 if r["pass"] == "fwd" else 1.1 if r["input_mb"] >= 64 else 1.35), case
+
+
 @needs_triton
 def test_traffic_model_pins_each_plans_hbm_bytes(traffic_rows):
     """What the plans move from HBM at the GPU sweeps' shapes (H100: 50 MB L2), against the byte model.
@@ -417,14 +424,14 @@ def test_traffic_model_pins_each_plans_hbm_bytes(traffic_rows):
     fused plans read each byte once (the model); split plans, and looped ones whose persistent slabs
     overflow half the L2, read x (and dy) twice: 1.5x forward, 1.67x backward. LayerNorm on (4096, C)
     rows reads once, fused or looped; its backward's partial sums for dweight and dbias, a row per
-    program (one per SM), add 4% (float32) or 9% (bfloat16), where a row per sample added 133% / 266%.
+    program, add 4% (float32) or 9% (bfloat16) with one program per SM (C >= 4096), up to 34% with the
+    4 per SM of small tiles (C = 1024, 8 MB), where a row per sample added 133% / 266%.
     Issue 17's goal is <= 1.1x everywhere at >= 64 MB; these pins say where the plans stand now."""
     assert len(traffic_rows) == 3 * 2 * 2 * 4 * 2 + 5 * 2 * 2
     for r in traffic_rows:
         case = f"{r['shape']} {r['layout']} {r['dtype']} {r['norm']} {r['pass']} ({r['path']}): {r['ratio']:.3f}"
         if r["shape"].startswith("rows"):
-            assert r["path"].startswith(("fused", "looped")) and r["ratio"] <= 1.1, case
-            assert r["ratio"] <= 1.01 or r["pass"] == "bwd", case
+            check_rows(r, case)
         elif r["path"].startswith("fused"):
             assert r["ratio"] <= 1.02, case
         elif r["path"].startswith("looped") and r["ratio"] < 1.1:
@@ -471,11 +478,13 @@ def test_traffic_model_pins_the_cooperative_plans(coop_traffic_rows):
     assert len(coop_traffic_rows) == 3 * 2 * 2 * 4 * 2 + 5 * 2 * 2
     for r in coop_traffic_rows:
         case = f"{r['shape']} {r['layout']} {r['dtype']} {r['norm']} {r['pass']} ({r['path']}): {r['ratio']:.3f}"
-        if (r["shape"], r["layout"], r["norm"]) == ("resnet_c64", "channels_last", "bn"):
+        if r["shape"].startswith("rows"):
+            check_rows(r, case)
+        elif (r["shape"], r["layout"], r["norm"]) == ("resnet_c64", "channels_last", "bn"):
             assert r["path"].startswith("partial_"), case  # split: a coop plan that re-reads is slower
             assert r["ratio"] == pytest.approx(1.5 if r["pass"] == "fwd" else 5 / 3, abs=0.02), case
         else:  # (up to 5% over in bfloat16: the float32 partial sums, small items make many)
-            assert r["path"].startswith(("fused", "coop")) or r["shape"].startswith("rows"), case
+            assert r["path"].startswith(("fused", "coop")), case
             assert r["ratio"] <= 1.1, case
     one_read = [r for r in coop_traffic_rows if r["ratio"] <= 1.1 and r["input_mb"] >= 64]
     assert len(one_read) == 102  # of 106 at least 64 MB

@@ -53,6 +53,7 @@ SLAB_PROGRAMS_PER_SM = 2  # streamed slabs only when there are at least this man
 L2_SHARE = 0.5  # of the L2 that the looped programs' live slabs may fill (an H100 SXM has 50 MB)
 MAX_LOOPED_PROGRAMS_PER_SM = 4
 PARTIAL_SHARE = 0.02  # of a slab backward's bytes that its rows of dweight/dbias partials may add
+PERSISTENT_WARPS_PER_SM = 8  # warps per SM of persistent slab-backward programs (their loads in flight)
 INTERPRETER_PROGRAMS = 1  # under the CPU interpreter every program is slow Python: as few as possible
 COOP_PROGRAMS_PER_SM = 2  # cooperative programs per SM (more may not fit: any number is deadlock-free)
 COOP_ITEM_BYTES = 32 * 1024  # of x per cooperative work item: amortizes the ticket's atomic
@@ -185,6 +186,7 @@ _SETTINGS = operator.itemgetter(
     "L2_SHARE",
     "MAX_LOOPED_PROGRAMS_PER_SM",
     "PARTIAL_SHARE",
+    "PERSISTENT_WARPS_PER_SM",
     "INTERPRETER_PROGRAMS",
     "INT32_LIMIT",
     "COOPERATIVE",
@@ -318,12 +320,16 @@ def slab_backward_programs(
     Each program sums dy and dy * xhat per channel over the slabs it takes and writes them as one
     partial row (fused.fused_backward), so the count is a multiple of the channel blocks per b: a
     program keeps one block. Those rows cost 16 bytes per channel (two float32 sums, written, then read
-    by torch); where they would add more than PARTIAL_SHARE to the pass's 3 x input bytes (short slabs:
-    LayerNorm on (N, C) rows, where a row per slab moves more bytes than x), one program per SM.
+    by torch). Where they would add more than PARTIAL_SHARE to the pass's 3 x input bytes (short slabs:
+    LayerNorm on (N, C) rows, where a row per slab moves more bytes than x), the programs become
+    persistent, PERSISTENT_WARPS_PER_SM warps' worth per SM: one per SM from 8 warps up, as
+    Liger-Kernel's LayerNorm backward runs (linkedin/Liger-Kernel, ops/layer_norm.py), more for small
+    tiles so that each SM still keeps that many warps' loads in flight.
     """
     blocks = plan.slabs // v.B
     if programs // blocks * v.C * 16 > PARTIAL_SHARE * 3 * v.B * v.C * v.L * element_size:
-        programs = min(programs, sm_count(device) // blocks * blocks)
+        per_sm = max(1, PERSISTENT_WARPS_PER_SM // plan.num_warps)
+        programs = min(programs, sm_count(device) * per_sm // blocks * blocks)
     return max(blocks, programs // blocks * blocks)
 
 
