@@ -23,6 +23,8 @@
 #             sweep's shapes (after the sweeps, so it costs no JIT)
 #   ab        scripts/gpu_path_ab.py: fwd+bwd of triton's cooperative kernels vs the split and looped
 #             kernels they replace (forced), and native, at the headline shape, in one process
+#   hbm       python -m normbench.kernels.hbm_bytes (not in the default STEPS: a call of its own, e.g.
+#             STEPS="hbm"): each pass's DRAM bytes from ncu's counters beside the traffic model's plan
 #   host      python -m normbench.kernels.host_cost: impl=triton's host (Python) time per pass on this
 #             machine's CPU, launches stubbed (to set beside the CPU VM's numbers in docs/triton.md)
 #   report    normbench-report over the three sweeps
@@ -35,7 +37,7 @@
 # Every step runs under `timeout`. A step's deadline is its box plus the boxes before it, counted
 # from the start, so time an early step saves goes to the later ones. Boxes (s, overridable by env):
 # SETUP_S 40, WARM_S 100, NATIVE_S 60, TRITON_S 60, COMPILED_S 110, GRAPH_S 80, ROWS_S 60, CHECK_S 40,
-# AB_S 60, HOST_S 30; the report
+# AB_S 60, HBM_S 240, HOST_S 30; the report
 # gets what is left of BUDGET_S (560), at least REPORT_MIN_S 25. STEPS="check report" runs only those steps
 # (setup always runs: a fresh machine has nothing installed).
 set -uo pipefail   # no -e: a failed or cut step is logged, and the next step still runs
@@ -46,7 +48,7 @@ export TINY=${TINY:-0}
 BUDGET_S=${BUDGET_S:-$( ((TINY)) && echo 900 || echo 560 )}   # the 2-core CPU needs longer for tiny sizes
 SETUP_S=${SETUP_S:-40} WARM_S=${WARM_S:-100} NATIVE_S=${NATIVE_S:-60} TRITON_S=${TRITON_S:-60}
 SMOKE_S=${SMOKE_S:-90} COMPILED_S=${COMPILED_S:-110} GRAPH_S=${GRAPH_S:-80} CHECK_S=${CHECK_S:-40} AB_S=${AB_S:-60} HOST_S=${HOST_S:-30}
-ROWS_S=${ROWS_S:-60}
+ROWS_S=${ROWS_S:-60} HBM_S=${HBM_S:-240}
 REPORT_MIN_S=${REPORT_MIN_S:-25}
 STEPS=${STEPS:-smoke warm native triton compiled graph rows check ab host report}
 GRID_SHAPES=${GRID_SHAPES:-resnet_c64,sd_gn,resnet_c256}   # conf/shape names, headline first
@@ -202,6 +204,12 @@ step_ab() {
     fi
 }
 
+step_hbm() {   # its own budget inside the box: no case starts in the box's last 40 s
+    local dry=()
+    ((TINY)) && dry=(--dry-run)
+    python3 -m normbench.kernels.hbm_bytes "$WORK/hbm_bytes.csv" --budget-s $((HBM_S - 40)) "${dry[@]}"
+}
+
 step_host() {
     lscpu | grep -E "Model name|^CPU\(s\)|MHz" || true
     python3 -m normbench.kernels.host_cost --shape resnet_c64
@@ -215,8 +223,8 @@ step_report() {
     normbench-report "${dirs[@]}" --out "$WORK/report" --title "normbench speed reference: $dev"
 }
 
-export -f step_setup step_smoke step_warm step_native step_triton step_compiled step_graph step_rows step_check step_ab step_host step_report grid impls_to_warm peak_arg sweep
-export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS GRID_SHAPES ROWS_IMPLS
+export -f step_setup step_smoke step_warm step_native step_triton step_compiled step_graph step_rows step_check step_ab step_hbm step_host step_report grid impls_to_warm peak_arg sweep
+export BUDGET_S STEPS WARM_JOBS GRAPH_IMPLS GRID_SHAPES ROWS_IMPLS HBM_S
 
 # ------------------------------------------------------------------------------------------- run
 say "gpu_reference_run: TINY=$TINY BUDGET_S=$BUDGET_S STEPS='$STEPS' WORK=$WORK OUT=$OUT"
@@ -227,7 +235,7 @@ else
     last=$((BUDGET_S - REPORT_MIN_S))   # no step but the report may run past this
     deadline=$SETUP_S
     for step in smoke:$SMOKE_S warm:$WARM_S native:$NATIVE_S triton:$TRITON_S compiled:$COMPILED_S graph:$GRAPH_S rows:$ROWS_S \
-        check:$CHECK_S ab:$AB_S host:$HOST_S; do
+        check:$CHECK_S ab:$AB_S hbm:$HBM_S host:$HOST_S; do
         name=${step%%:*}
         wants "$name" || continue
         deadline=$((deadline + ${step#*:}))
@@ -262,11 +270,15 @@ done
 # At most 8 files come back, 16 MiB each, no deeper than $OUT/a/b/file: the sweeps go as one archive
 # that unpacks into results/reference/<name>/, plus a few files to read at once.
 have=()
-for p in speed-native speed-triton speed-compiled speed-graph speed-rows report env.txt triton_check.csv path_ab.csv logs; do
+for p in speed-native speed-triton speed-compiled speed-graph speed-rows report env.txt triton_check.csv path_ab.csv hbm_bytes.csv logs; do
     [[ -e $WORK/$p ]] && have+=("$p")
 done
 ((${#have[@]})) && tar -czf "$OUT/reference.tar.gz" -C "$WORK" "${have[@]}"
-for f in report/report.md report/summary.csv env.txt triton_check.csv path_ab.csv logs/host.log; do [[ -f $WORK/$f ]] && cp "$WORK/$f" "$OUT/"; done
+for f in report/report.md report/summary.csv env.txt hbm_bytes.csv triton_check.csv path_ab.csv logs/host.log; do
+    [[ -f $WORK/$f ]] || continue
+    if (($(ls "$OUT" | wc -l) >= 8)); then say "$f: only in reference.tar.gz (8 files come back at most)"; continue; fi
+    cp "$WORK/$f" "$OUT/"
+done
 for f in "$OUT"/*; do   # a file over 16 MiB does not come back
     (($(stat -c %s "$f") > 16 * 1048576)) && say "WARNING: $(basename "$f") is over 16 MiB and will not come back"
 done

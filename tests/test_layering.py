@@ -44,7 +44,15 @@ LAYERS = [
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
     (
         "entry points and developer tools",
-        {"cli", "catalog", "kernels.trace", "kernels.traffic", "kernels.compile_check", "kernels.host_cost"},
+        {
+            "cli",
+            "catalog",
+            "kernels.trace",
+            "kernels.traffic",
+            "kernels.compile_check",
+            "kernels.host_cost",
+            "kernels.hbm_bytes",
+        },
     ),
 ]
 LEVEL = {module: level for level, (_, modules) in enumerate(LAYERS) for module in modules}
