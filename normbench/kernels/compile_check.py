@@ -2,10 +2,13 @@
 
     TRITON_INTERPRET=0 python -m normbench.kernels.compile_check [fp32] [bf16] [fp16]
     TRITON_INTERPRET=0 python -m normbench.kernels.compile_check plans
+    TRITON_INTERPRET=0 python -m normbench.kernels.compile_check align
 
 `plans` compiles exactly what the dispatch launches for the GPU sweep's shapes (kernels.trace: every
 norm x dtype x layout, forward and backward, as planned for an H100), each distinct specialization once,
-with the default plans and with the cooperative kernels on.
+with the default plans and with the cooperative kernels on. `align` compiles the NCHW launches at
+14 x 14 with and without their ALIGN hint (layout.GroupedView.align) and compares their memory
+instructions.
 
 The interpreter runs kernels as Python and forgives what the compiler does not (the type of a value
 carried through a loop, a constexpr used as a tensor); this lowers each kernel through Triton's
@@ -52,10 +55,10 @@ def _cases():
 
     nchw = {"sl": 1}  # positions innermost
     nhwc = {"sc": 1}  # channels innermost
-    slab = dict(HAS_AFFINE=True, GPB=4, BLOCK_C=8, BLOCK_L=512)
-    row = dict(HAS_AFFINE=False, GPB=1, BLOCK_C=1024, BLOCK_L=1)
-    tile_nchw = dict(BLOCK_C=4, BLOCK_L=1024)
-    tile_nhwc = dict(BLOCK_C=64, BLOCK_L=64)
+    slab = dict(HAS_AFFINE=True, GPB=4, BLOCK_C=8, BLOCK_L=512, ALIGN=1)  # sizes divisible by 16: no hint
+    row = dict(HAS_AFFINE=False, GPB=1, BLOCK_C=1024, BLOCK_L=1, ALIGN=1)
+    tile_nchw = dict(BLOCK_C=4, BLOCK_L=1024, ALIGN=1)
+    tile_nhwc = dict(BLOCK_C=64, BLOCK_L=64, ALIGN=1)
     coop_meta = dict(GPB=1, BLOCK_S=64, STAGES=2, BATCH=4)
     return [
         (fused.fused_forward, {**nchw, **slab}),
@@ -201,6 +204,44 @@ def compile_plans() -> int:
     return 1 if failed else 0
 
 
+def memory_instructions(ptx: str) -> tuple[int, int]:
+    """(global loads and stores in the PTX, those of them that are vector: v2/v4)."""
+    every = len(re.findall(r"(?:ld|st)\.global", ptx))
+    return every, len(re.findall(r"(?:ld|st)\.global[.\w]*\.v[24]\.", ptx))
+
+
+def compare_align(shape=(1024, 256, 14, 14)) -> int:
+    """Each launch the dispatch makes at this NCHW shape (resnet_c256: L = 196 = 4 x 49, which Triton's
+    divisibility-by-16 specialization does not see), compiled with its planned ALIGN and with ALIGN = 1
+    (no hint): the global loads and stores in each PTX. 1 if the hint leaves any launch with as many."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from normbench.kernels import trace
+
+    worse = 0
+    for norm in trace.NORMS:
+        for dtype_name, dtype in trace.DTYPES.items():
+            for pass_name, p in trace.trace(norm, shape, dtype, "contiguous").items():
+                for launch in p.launches:
+                    if launch.meta.get("ALIGN", 1) == 1:
+                        continue
+                    counts = []
+                    for meta in (launch.meta, {**launch.meta, "ALIGN": 1}):
+                        source, options, _ = launch_source(trace.Launch(launch.kernel, launch.grid, launch.args, meta))
+                        target = GPUTarget("cuda", 90, 32)
+                        counts.append(
+                            memory_instructions(triton.compile(source, target=target, options=options).asm["ptx"])
+                        )
+                    (hinted, hinted_vec), (plain, plain_vec) = counts
+                    worse += hinted >= plain
+                    print(
+                        f"{norm} {dtype_name} {pass_name} {launch.name} ALIGN={launch.meta['ALIGN']}: "
+                        f"{hinted} global loads/stores ({hinted_vec} vector), {plain} without the hint ({plain_vec})"
+                    )
+    return 1 if worse else 0
+
+
 def main() -> int:
     try:
         import triton.backends.nvidia  # noqa: F401
@@ -213,6 +254,8 @@ def main() -> int:
         return 77
     if sys.argv[1:] == ["plans"]:
         return compile_plans()
+    if sys.argv[1:] == ["align"]:
+        return compare_align()
     for dtype in sys.argv[1:] or ("fp32", "bf16"):
         for kernel, constants in _cases():
             ptx = compile_for_sm90(kernel, constants, dtype).asm["ptx"]

@@ -27,6 +27,7 @@ import triton.language as tl
 from normbench.kernels.fused import _group_sum
 from normbench.kernels.split import (
     _tile_offsets,
+    aligned,
     dx_coefficients,
     grad_sum_tiles,
     input_grad_tiles,
@@ -283,9 +284,11 @@ def coop_forward(
     BLOCK_S: tl.constexpr,
     STAGES: tl.constexpr,
     BATCH: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """y = normalize(x) with per-(b, group) statistics, x read from HBM once; also writes the
     statistics (mean, biased variance, rstd) and, with RUNNING, the running statistics."""
+    L, sb, sk, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sk, ALIGN), aligned(sc, ALIGN)
     S = GBLK * SPB
     items = U * S
     steps = items + D
@@ -548,9 +551,11 @@ def coop_backward(
     BLOCK_S: tl.constexpr,
     STAGES: tl.constexpr,
     BATCH: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """dx for batch statistics, x and dy read from HBM once; the per-(b, split, channel) sums of dy and
     dy * xhat stay in p_dy / p_dyxhat (dweight and dbias: in-kernel with PARAM_GRADS, else summed after)."""
+    L, sb, sk, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sk, ALIGN), aligned(sc, ALIGN)
     S = GBLK * SPB
     items = U * S
     steps = items + D

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from normbench.kernels.split import merge_tile_moments, partial_offset, stat_offset
+from normbench.kernels.split import aligned, merge_tile_moments, partial_offset, stat_offset
 
 
 @triton.jit
@@ -107,8 +107,10 @@ def fused_forward(
     GPB: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """One read of x: mean, then the variance around it (two passes over registers), normalize, affine."""
+    L, sb, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sc, ALIGN)
     b, j, c, cmask, l, offs = _slab_at(tl.program_id(0), C, L, G, Cg, sb, sc, sl, GPB, BLOCK_C, BLOCK_L)
     mask = cmask[:, None] & (l < L)[None, :]
     v = tl.load(x + offs, mask=mask, other=0.0).to(tl.float32)
@@ -149,6 +151,7 @@ def fused_backward(
     GPB: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """One read of x and dy per slab: dx, and the per-channel sums of dy and dy * xhat (for dbias, dweight).
 
@@ -157,6 +160,7 @@ def fused_backward(
     and writes its sums as row p // blocks of the partials: a row per b with a program per slab, a row
     per program when they are persistent (layout.slab_backward_programs).
     """
+    L, sb, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sc, ALIGN)
     row, j, c, cmask, l, wc, inner = _backward_program(w, C, L, G, Cg, sc, sl, HAS_AFFINE, GPB, BLOCK_C, BLOCK_L)
     inv_n = 1.0 / (Cg * L * 1.0)
     mask = cmask[:, None] & (l < L)[None, :]
@@ -201,12 +205,14 @@ def looped_forward(
     GPB: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Per slab: per-channel moments over its steps (Chan's update), combined per group; then normalize.
 
     Persistent: program p takes slabs p, p + P, ... (P programs), so that only P slabs are in flight
     and the second pass over each finds it in L2 (layout.py sizes P so that they fit).
     """
+    L, sb, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sc, ALIGN)
     for slab in range(tl.program_id(0), SLABS, tl.num_programs(0)):
         b, j, c, cmask, l, base = _slab_at(slab, C, L, G, Cg, sb, sc, sl, GPB, BLOCK_C, BLOCK_L)
         n = 0.0
@@ -257,9 +263,11 @@ def looped_backward(
     GPB: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """fused_backward over streamed slabs (persistent, as looped_forward; programs and partial rows as
     fused_backward): per slab, sums of dy and dy * xhat, then dx."""
+    L, sb, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sc, ALIGN)
     row, j, c, cmask, l, wc, inner = _backward_program(w, C, L, G, Cg, sc, sl, HAS_AFFINE, GPB, BLOCK_C, BLOCK_L)
     inv_n = 1.0 / (Cg * L * 1.0)
     acc_dy = tl.zeros([BLOCK_C], tl.float32)

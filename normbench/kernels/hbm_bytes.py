@@ -101,7 +101,7 @@ GRID = [
     ("rows_4096", "bf16", "contiguous"),
 ]
 IMAGE_NORMS = ("bn", "gn")  # by default: the split path (bn) and the fused/looped one (gn)
-PATHS = [("native", "-"), ("triton", "auto"), ("triton", "coop")]
+PATHS = [("triton", "auto"), ("triton", "coop"), ("native", "-")]  # the open question first
 
 
 def default_cases(norms=None, names=None, impls=None) -> list[Case]:

@@ -103,6 +103,17 @@ class GroupedView:
         """Values behind each statistic."""
         return self.K * self.cg * self.L
 
+    @property
+    def align(self) -> int:
+        """The kernels' ALIGN: the largest power of two up to 16 dividing L and the strides of an NCHW
+        view (positions contiguous), so that loads along positions vectorize where Triton's own
+        specialization (integers divisible by 16) misses it, e.g. at 14 x 14. 1 otherwise: channels
+        contiguous, whose sizes and strides of 16 or more channels Triton already sees."""
+        if self.sl != 1 or self.sc == 1:
+            return 1
+        g = math.gcd(self.L, self.sb, self.sk, self.sc)
+        return min(16, g & -g)
+
 
 def dense_layout(x: Tensor) -> tuple[Tensor, bool]:
     """x as a dense tensor, contiguous (NCHW) or channels_last (channels innermost), and which one.

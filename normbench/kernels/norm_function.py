@@ -67,6 +67,7 @@ def _batch_statistics(x, y, weight, bias, p: Plans, eps: float, running=None, fa
             GPB=plan.groups_per_program,
             BLOCK_C=plan.block_c,
             BLOCK_L=plan.block_l,
+            ALIGN=v.align,
             num_warps=plan.num_warps,
         )
         args = (x, y, w, b, *stats, v.C, v.L, v.G, v.cg, v.sb, v.sc, v.sl, eps)
@@ -95,6 +96,7 @@ def _batch_statistics(x, y, weight, bias, p: Plans, eps: float, running=None, fa
         *_split_args(v, sp),
         BLOCK_C=sp.block_c,
         BLOCK_L=sp.block_l,
+        ALIGN=v.align,
         num_warps=sp.num_warps,
     )
     run = running if running is not None else (stats[0], stats[1])  # not touched without RUNNING
@@ -129,8 +131,9 @@ def _coop_args(v: GroupedView, cp) -> tuple:
     return (v.sb, v.sk, v.sc, v.sl, cp.tiles, cp.tiles_per_item, cp.items_per_block, cp.l_blocks, cp.gblk)
 
 
-def _coop_meta(cp) -> dict:
+def _coop_meta(v: GroupedView, cp) -> dict:
     return dict(
+        ALIGN=v.align,
         GPB=cp.gpb,
         BLOCK_C=cp.block_c,
         BLOCK_L=cp.block_l,
@@ -176,7 +179,7 @@ def _coop_forward(x, y, w, b, affine: bool, stats, p: Plans, eps, running, facto
         unbias,
         HAS_AFFINE=affine,
         RUNNING=in_kernel,
-        **_coop_meta(cp),
+        **_coop_meta(v, cp),
     )
     if running is not None and not in_kernel:
         _update_running(stats, running, v, factor, unbias)
@@ -201,6 +204,7 @@ def _normalize(x, y, weight, bias, mean, rstd, p: Plans) -> None:
         HAS_AFFINE=affine,
         BLOCK_C=sp.block_c,
         BLOCK_L=sp.block_l,
+        ALIGN=v.align,
         num_warps=sp.num_warps,
     )
 
@@ -284,7 +288,7 @@ class _TritonNorm(torch.autograd.Function):
                 1.0 / v.count,
                 HAS_AFFINE=affine,
                 PARAM_GRADS=param_grads,
-                **_coop_meta(cp),
+                **_coop_meta(v, cp),
             )
         elif plan is not None:
             programs = p.slab_programs[1]
@@ -295,6 +299,7 @@ class _TritonNorm(torch.autograd.Function):
                 GPB=plan.groups_per_program,
                 BLOCK_C=plan.block_c,
                 BLOCK_L=plan.block_l,
+                ALIGN=v.align,
                 num_warps=plan.num_warps,
             )
             kernel = fused.looped_backward if plan.looped else fused.fused_backward
@@ -324,6 +329,7 @@ class _TritonNorm(torch.autograd.Function):
                     *_split_args(v, sp),
                     BLOCK_C=sp.block_c,
                     BLOCK_L=sp.block_l,
+                    ALIGN=v.align,
                     num_warps=sp.num_warps,
                 )
             if not ctx.constant_stats:
@@ -367,6 +373,7 @@ class _TritonNorm(torch.autograd.Function):
                 CONSTANT_STATS=ctx.constant_stats,
                 BLOCK_C=sp.block_c,
                 BLOCK_L=sp.block_l,
+                ALIGN=v.align,
                 num_warps=sp.num_warps,
             )
         if affine and dweight is None:

@@ -31,6 +31,14 @@ def partial_offset(b, s, S, C, c):
 
 
 @triton.jit
+def aligned(n, ALIGN: tl.constexpr):
+    """n, a multiple of ALIGN (GroupedView.align), written so that the compiler sees it: Triton knows
+    the divisibility of integer arguments only when it is 16, so without this the loads along the
+    positions of an NCHW input of 14 x 14 (L = 196 = 4 x 49) stay scalar."""
+    return n // ALIGN * ALIGN
+
+
+@triton.jit
 def stat_offset(b, G, g):
     """Index of (b, group g) among the B x G statistics, in int64 for the same reason."""
     return tl.cast(b, tl.int64) * G + g
@@ -179,8 +187,10 @@ def partial_moments(
     NLB,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Mean and sum of squared deviations per channel over this program's tiles, and their count."""
+    L, sb, sk, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sk, ALIGN), aligned(sc, ALIGN)
     b, cb, s = _program(S, CB)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -329,8 +339,10 @@ def normalize(
     HAS_AFFINE: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """y = x * scale[c] + shift[c], the per-(b, channel) scale and shift folded from stats and affine."""
+    L, sb, sk, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sk, ALIGN), aligned(sc, ALIGN)
     b, cb, s = _program(S, CB)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -363,8 +375,10 @@ def partial_grad_sums(
     NLB,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """Per-channel sums of dy and dy * xhat over this program's tiles."""
+    L, sb, sk, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sk, ALIGN), aligned(sc, ALIGN)
     b, cb, s = _program(S, CB)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
@@ -470,6 +484,7 @@ def input_grad(
     CONSTANT_STATS: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    ALIGN: tl.constexpr,
 ):
     """dx = rstd * (dy * w - mean(dy * w) - xhat * mean(dy * w * xhat)), as two FMAs per value.
 
@@ -477,6 +492,7 @@ def input_grad(
     statistics do not depend on x) both terms vanish and they are not read.
     So dx = dy * (rstd * w) - x * alpha + beta per channel.
     """
+    L, sb, sk, sc = aligned(L, ALIGN), aligned(sb, ALIGN), aligned(sk, ALIGN), aligned(sc, ALIGN)
     b, cb, s = _program(S, CB)
     c = cb * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
