@@ -164,24 +164,21 @@ def launch_source(launch):
 def sweep_launches():
     """{key: (launch, first case that makes it)} over the GPU sweep, forward and backward, plus eval bn,
     with the default plans and with the cooperative kernels on (layout.COOPERATIVE)."""
-    from normbench.kernels import layout, trace
+    from normbench.kernels import trace
 
     distinct = {}
     cases = [(*c, True) for c in trace.sweep_cases()]
     cases += [("bn", s, shape, d, lay, False) for n, s, shape, d, lay, _ in cases if n == "bn"]
-    saved = layout.COOPERATIVE
-    try:
-        for layout.COOPERATIVE in (False, True):
-            for norm, shape_name, shape, dtype_name, layout_name, train in cases:
-                passes = trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name, train=train)
-                for pass_name, p in passes.items():
-                    for launch in p.launches:
-                        _, _, key = launch_source(launch)
-                        mode = "" if train else " eval"
-                        case = f"{norm}{mode} {shape_name} {dtype_name} {layout_name} {pass_name}"
-                        distinct.setdefault(key, (launch, case))
-    finally:
-        layout.COOPERATIVE = saved
+    for cooperative in (False, True):
+        for norm, shape_name, shape, dtype_name, layout_name, train in cases:
+            dtype = trace.DTYPES[dtype_name]
+            passes = trace.trace(norm, shape, dtype, layout_name, train=train, cooperative=cooperative)
+            for pass_name, p in passes.items():
+                for launch in p.launches:
+                    _, _, key = launch_source(launch)
+                    mode = "" if train else " eval"
+                    case = f"{norm}{mode} {shape_name} {dtype_name} {layout_name} {pass_name}"
+                    distinct.setdefault(key, (launch, case))
     return distinct
 
 

@@ -159,11 +159,8 @@ def plan(case: Case, sms: int, l2_bytes: int) -> tuple[float, float, float]:
     shape, dtype = shapes()[case.shape], trace.DTYPES[case.dtype]
     planned = float("nan")
     if case.impl == "triton":
-        saved, layout.COOPERATIVE = layout.COOPERATIVE, case.path == "coop"
-        try:
-            p = trace.trace(case.norm, shape, dtype, case.layout, plan_for=(sms, l2_bytes))[case.pass_]
-        finally:
-            layout.COOPERATIVE = saved
+        coop = case.path == "coop"
+        p = trace.trace(case.norm, shape, dtype, case.layout, plan_for=(sms, l2_bytes), cooperative=coop)[case.pass_]
         planned = traffic.pass_traffic(p, l2_bytes, layout.L2_SHARE).hbm
     size = torch.Size(shape).numel() * dtype.itemsize
     return size, planned, traffic.model_bytes(case.norm, shape, dtype, case.pass_)
@@ -203,8 +200,8 @@ def profiled_pass(case: Case, device: str = "cuda") -> None:
 def find_ncu(given: str | None) -> str | None:
     if given:
         return given
-    found = shutil.which("ncu") or sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))
-    return found if isinstance(found, str) else (found[-1] if found else None)
+    installed = sorted(glob.glob("/opt/nvidia/nsight-compute/*/ncu"))  # the newest last
+    return shutil.which("ncu") or (installed[-1] if installed else None)
 
 
 def ncu_command(ncu: str, case: Case) -> list[str]:

@@ -217,16 +217,24 @@ def trace(
     train: bool = True,
     virtual_batch: int | None = None,
     plan_for: tuple[int, int] = H100,
+    cooperative: bool | None = None,
 ) -> dict[str, Pass]:
-    """{"fwd": Pass, "bwd": Pass} of one forward and backward of an affine layer, on meta tensors."""
+    """{"fwd": Pass, "bwd": Pass} of one forward and backward of an affine layer, on meta tensors.
+    cooperative: plan with layout.COOPERATIVE set so (restored after); None: as it is."""
+    from normbench.kernels import layout
     from normbench.kernels.norm_function import _TritonNorm
 
     x, weight, bias, args = function_inputs(norm, shape, dtype, layout_name, train=train, virtual_batch=virtual_batch)
-    with recording(plan_for=plan_for) as passes:
-        y = _TritonNorm.apply(x, weight, bias, *args)
-        dy = torch.empty_like(y)
-        passes.append(Pass())
-        torch.autograd.grad(y, (x, weight, bias), dy)  # no AccumulateGrad: only the Function's work
+    saved = layout.COOPERATIVE
+    try:
+        layout.COOPERATIVE = saved if cooperative is None else cooperative
+        with recording(plan_for=plan_for) as passes:
+            y = _TritonNorm.apply(x, weight, bias, *args)
+            dy = torch.empty_like(y)
+            passes.append(Pass())
+            torch.autograd.grad(y, (x, weight, bias), dy)  # no AccumulateGrad: only the Function's work
+    finally:
+        layout.COOPERATIVE = saved
     return {"fwd": passes[0], "bwd": passes[1]}
 
 

@@ -178,32 +178,29 @@ def table(l2_bytes: int | None = None, share: float | None = None, cooperative: 
     l2_bytes = trace.H100[1] if l2_bytes is None else l2_bytes
     share = layout.L2_SHARE if share is None else share
     rows = []
-    saved, layout.COOPERATIVE = layout.COOPERATIVE, cooperative
-    try:
-        for norm, shape_name, shape, dtype_name, layout_name in trace.sweep_cases():
-            dtype = trace.DTYPES[dtype_name]
-            passes = trace.trace(norm, shape, dtype, layout_name, plan_for=(trace.H100[0], l2_bytes))
-            for pass_name, p in passes.items():
-                t = pass_traffic(p, l2_bytes, share)
-                model = model_bytes(norm, shape, dtype, pass_name)
-                size = torch.Size(shape).numel() * dtype.itemsize
-                rows.append(
-                    {
-                        "shape": shape_name,
-                        "layout": layout_name,
-                        "dtype": dtype_name,
-                        "norm": norm,
-                        "pass": pass_name,
-                        "path": "+".join(dict.fromkeys(launch.name for launch in p.launches)),
-                        "input_mb": size / 1e6,
-                        "planned_mb": t.hbm / 1e6,
-                        "model_mb": model / 1e6,
-                        "ratio": t.hbm / model,
-                        "launches": p.count,
-                    }
-                )
-    finally:
-        layout.COOPERATIVE = saved
+    for norm, shape_name, shape, dtype_name, layout_name in trace.sweep_cases():
+        dtype = trace.DTYPES[dtype_name]
+        plan_for = (trace.H100[0], l2_bytes)
+        passes = trace.trace(norm, shape, dtype, layout_name, plan_for=plan_for, cooperative=cooperative)
+        for pass_name, p in passes.items():
+            t = pass_traffic(p, l2_bytes, share)
+            model = model_bytes(norm, shape, dtype, pass_name)
+            size = torch.Size(shape).numel() * dtype.itemsize
+            rows.append(
+                {
+                    "shape": shape_name,
+                    "layout": layout_name,
+                    "dtype": dtype_name,
+                    "norm": norm,
+                    "pass": pass_name,
+                    "path": "+".join(dict.fromkeys(launch.name for launch in p.launches)),
+                    "input_mb": size / 1e6,
+                    "planned_mb": t.hbm / 1e6,
+                    "model_mb": model / 1e6,
+                    "ratio": t.hbm / model,
+                    "launches": p.count,
+                }
+            )
     return rows
 
 
