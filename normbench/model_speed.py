@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from normbench import models, norms, speed
+from normbench import clocks, models, norms, speed
 from normbench.errors import UsageError
 
 log = logging.getLogger("normbench")
@@ -166,7 +166,11 @@ def step_row(cfg: DictConfig, model: nn.Module, x: torch.Tensor, names: list[str
         def step():
             model(x).backward(dy)
 
-        timed = speed.time_pass(cfg, lambda: (step, params), x.device, "the step")
+        with clocks.preserved_buffers(model):  # BatchNorm's running statistics as before the step
+            timed = speed.time_pass(cfg, lambda i: (step, params), x.device, "the step")
+    except clocks.CaptureFailed as exc:
+        timed = {"status": "skipped", "error": str(exc)}
+        log.warning("%s step with %s %s skipped: %s", model_name(cfg), cfg.norm.name, cfg.impl, exc)
     finally:
         for m in layers:
             del m.check_input
@@ -179,14 +183,16 @@ def step_row(cfg: DictConfig, model: nn.Module, x: torch.Tensor, names: list[str
         **timed,
         "compile_s": first_call_s if cfg.impl == "compiled" else None,
         "norm_ms": share,
-        "norm_share": None if share is None else 100 * share / timed["median_ms"],
+        "norm_share": None if share is None or "device_ms" not in timed else 100 * share / timed["device_ms"],
     }
+    if "device_ms" not in timed:
+        return row
     log.info(
-        "%s step with %s %s: %.3f ms, norm layers ~%s ms",
+        "%s step with %s %s: %.3f ms device, norm layers ~%s ms",
         row["model"],
         row["norm"],
         row["impl"],
-        row["median_ms"],
+        row["device_ms"],
         "?" if share is None else f"{share:.3f}",
     )
     return row
@@ -197,12 +203,13 @@ def _unchecked(x: torch.Tensor) -> None:
 
 
 def norm_ms(layer_rows: list[dict]) -> float | None:
-    """The norm layers' time in one step: per distinct input, fwdbwd (else fwd + bwd) x layers, summed."""
+    """The norm layers' device time in one step: per distinct input, fwdbwd (else fwd + bwd) x layers,
+    summed; None where a pass needed was skipped."""
     per_pass: Counter = Counter()
     have: dict[str, set] = {}
     for r in layer_rows:
-        if r["pass"] in speed.PASSES:
-            per_pass[r["pass"]] += r["median_ms"] * r["layers"]
+        if r["pass"] in speed.PASSES and "device_ms" in r:
+            per_pass[r["pass"]] += r["device_ms"] * r["layers"]
             have.setdefault(r["pass"], set()).add(r["shape"])
     shapes = {r["shape"] for r in layer_rows}
     if have.get("fwdbwd") == shapes:

@@ -160,8 +160,9 @@ def _read_job(root: Path, job: Path) -> pd.DataFrame:
         rows.insert(0, "kind", kind)
     else:
         rows["kind"] = rows["kind"].fillna(kind) if kind else rows["kind"]
-    rows["status"] = "ok"
-    rows["error"] = None
+    # A row may say it was skipped (a pass whose CUDA-graph capture failed); the others are measurements.
+    rows["status"] = rows["status"].fillna("ok") if "status" in rows else "ok"
+    rows["error"] = rows["error"].where(rows["status"] != "ok", None) if "error" in rows else None
     for key, value in meta.items():
         rows[key] = value
     rows["source"] = str(rows_path)

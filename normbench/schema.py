@@ -47,29 +47,62 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "device_name": ("str", "", "the GPU's or CPU's model"),
     "threads": ("int", "", "CPU intra-op threads"),
     "seed": ("int", "", "random seed"),
-    # speed
-    "median_ms": ("float", "ms", "median time per call (CPU: over blocks of calls, each block's time / its calls)"),
-    "p20_ms": ("float", "ms", "20th percentile of the time per call"),
-    "p80_ms": ("float", "ms", "80th percentile of the time per call"),
-    "repeats": ("int", "calls", "calls timed (CPU: in all blocks; empty where triton's do_bench does not say)"),
+    # speed: the time a table or plot ranks by, and the three clocks behind it (docs/speed.md)
+    "median_ms": (
+        "float",
+        "ms",
+        "the row's time per call, what tables, plots and --compare rank by: device_ms where the row has it, else "
+        "wall_ms; a pytest-benchmark entry's median round",
+    ),
+    "p20_ms": ("float", "ms", "20th percentile of the time per call (device_p20_ms, else wall_p20_ms)"),
+    "p80_ms": ("float", "ms", "80th percentile of the time per call (device_p80_ms, else wall_p80_ms)"),
+    "wall_ms": (
+        "float",
+        "ms",
+        "wall clock: median time per call as an eager loop sees it, host + device (CUDA: do_bench's events "
+        "around each call; CPU: blocks of calls, each block's time / its calls); older rows' median_ms",
+    ),
+    "wall_p20_ms": ("float", "ms", "20th percentile of the wall clock per call"),
+    "wall_p80_ms": ("float", "ms", "80th percentile of the wall clock per call"),
+    "repeats": ("int", "calls", "calls the wall clock timed (CPU: in all blocks; empty where do_bench does not say)"),
     "timer": (
         "str",
         "",
-        "what timed them, e.g. triton.testing.do_bench, cuda events, torch.utils.benchmark.Timer.blocked_autorange",
+        "what took the wall clock, e.g. triton.testing.do_bench, cuda events, "
+        "torch.utils.benchmark.Timer.blocked_autorange",
     ),
+    "device_ms": (
+        "float",
+        "ms",
+        "device clock: the GPU time of one call, the clock gbps and pct_of_peak use; device_clock says which "
+        "(CPU: the wall clock)",
+    ),
+    "device_p20_ms": ("float", "ms", "20th percentile of device_ms over the graph replays (or kineto chunks)"),
+    "device_p80_ms": ("float", "ms", "80th percentile of device_ms over the graph replays (or kineto chunks)"),
+    "device_clock": ("str", "", "which clock device_ms is: graph, kineto, or wall (CPU)"),
+    "device_graph_ms": ("float", "ms", "CUDA-graph replay of calls round-robin over rotating copies / calls"),
+    "device_kineto_ms": ("float", "ms", "sum of the kernels' busy time in torch.profiler (kineto) / calls"),
+    "device_clocks_differ": ("bool", "", "device_graph_ms and device_kineto_ms differ by more than 5%"),
+    "host_us": ("float", "us", "host time to issue one call (launch path only, the device not waited for); CUDA only"),
+    "launches": ("float", "launches", "kernels, memsets and memcopies per call (kineto); CUDA only"),
+    "bound": ("str", "", "host where host_us exceeds device_ms (an eager loop waits on Python), else device"),
+    "l2": ("str", "", "speed.l2: cold (rotating copies over 3x the L2, L2 flushed) or warm (one resident copy)"),
+    "l2_copies": ("int", "", "copies of the pass the device clocks rotate over (CUDA)"),
+    "rotated_mib": ("float", "MiB (2**20 bytes)", "bytes of all those copies, by the byte model"),
+    "graph_calls": ("int", "calls", "calls captured in the graph device_graph_ms replays"),
     "cuda_graph": ("bool", "", "speed.cuda_graph: the time is of a captured CUDA graph's replay"),
     "bytes": ("int", "bytes", "the fewest bytes the pass must move (docs/speed.md)"),
-    "gbps": ("float", "GB/s (1e9 bytes/s)", "bytes / median time"),
+    "gbps": ("float", "GB/s (1e9 bytes/s)", "bytes / device_ms (older rows: / median_ms)"),
     "peak_gbps": ("float", "GB/s (1e9 bytes/s)", "the device's measured (or given) copy bandwidth"),
     "peak_method": ("str", "", "how peak_gbps was found"),
     "peak_copy_ms": ("float", "ms", "median time of the copy that measured peak_gbps"),
-    "pct_of_peak": ("float", "%", "gbps / peak_gbps x 100: % of the roofline"),
+    "pct_of_peak": ("float", "%", "gbps / peak_gbps x 100: % of the roofline, from the device clock"),
     "peak_mem_mib": ("float", "MiB (2**20 bytes)", "CUDA memory one call allocates beyond its inputs; NaN on CPU"),
     "compile_s": ("float", "s", "impl=compiled: wall time of the first call, which compiles"),
     "layers": ("int", "", "speed, shape=model: the model's norm layers the row stands for (step: all of them)"),
     "layer_names": ("str", "", "speed, shape=model: those layers' module names, space separated"),
-    "norm_ms": ("float", "ms", "pass step: the norm layers' time in one step, sum of fwdbwd median x layers"),
-    "norm_share": ("float", "%", "pass step: norm_ms / the step's median_ms x 100"),
+    "norm_ms": ("float", "ms", "pass step: the norm layers' time in one step, sum of fwdbwd device_ms x layers"),
+    "norm_share": ("float", "%", "pass step: norm_ms / the step's device_ms x 100"),
     "torch_version": ("str", "", "torch version"),
     "triton_version": ("str", "", "triton version, if installed"),
     # accuracy
@@ -119,6 +152,12 @@ SPEED_COLUMNS = [
     "median_ms",
     "p20_ms",
     "p80_ms",
+    "wall_ms",
+    "device_ms",
+    "device_clock",
+    "host_us",
+    "launches",
+    "bound",
     "bytes",
     "gbps",
     "peak_gbps",
@@ -158,8 +197,33 @@ RENAMED = {"peak_mem_mb": "peak_mem_mib"}  # older rows.csv files: the values we
 TEXT_COLUMNS = {"reused_from": str}
 
 
+# The time columns a row is ranked by, from its clocks: (ranked, device clock, wall clock).
+RANKED = [
+    ("median_ms", "device_ms", "wall_ms"),
+    ("p20_ms", "device_p20_ms", "wall_p20_ms"),
+    ("p80_ms", "device_p80_ms", "wall_p80_ms"),
+]
+
+
+def with_clocks(frame: pd.DataFrame) -> pd.DataFrame:
+    """median_ms, p20_ms and p80_ms from a row's clocks: the device clock where it has one, else the wall
+    clock. Rows from before the clocks (and pytest-benchmark's) have median_ms alone, their wall clock."""
+    for ranked, device, wall in RANKED:
+        if ranked in frame and (wall not in frame or frame[wall].isna().all()):
+            frame[wall] = frame[ranked]
+        values = [frame[c] for c in (device, wall, ranked) if c in frame]
+        if values:
+            out = values[0].astype(object)
+            for v in values[1:]:
+                out = out.where(out.notna(), v)
+            frame[ranked] = pd.to_numeric(out, errors="coerce")
+    return frame
+
+
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """Order columns (provenance, then the speed and accuracy schema, then anything else)."""
+    """Order columns (provenance, then the speed and accuracy schema, then anything else); the ranked
+    times from the clocks (`with_clocks`)."""
+    frame = with_clocks(frame)
     for col in META_COLUMNS:
         if col not in frame:
             frame[col] = None

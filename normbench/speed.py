@@ -28,13 +28,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch._functorch import config as functorch_config
 
-from normbench import norms
+from normbench import clocks, norms
 from normbench.device import device_name, resolve_device
 from normbench.errors import Unsupported, UsageError
 from normbench.timing import (
     Timing,
     cache_bytes,
-    graph_replay,
     peak_bandwidth,
     peak_memory_mib,
     time_cpu,
@@ -243,6 +242,16 @@ def pass_callable(layer, x: torch.Tensor, pass_: str):
     return (lambda: call(x).backward(dy)), grads
 
 
+def fresh_copy(x: torch.Tensor) -> torch.Tensor:
+    """A new leaf with x's values, strides and requires_grad, in memory of its own."""
+    return x.detach().clone(memory_format=torch.preserve_format).requires_grad_(x.requires_grad)
+
+
+def _pass_copy(layer, x: torch.Tensor, pass_: str, i: int):
+    """Copy i of a pass for the clocks' rotation: copy 0 on the job's input, the others on fresh ones."""
+    return pass_callable(layer, x if i == 0 else fresh_copy(x), pass_)
+
+
 def _identity(layer, x: torch.Tensor) -> torch.Tensor:
     return x
 
@@ -285,6 +294,7 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
     multirun = hc is not None and hc.mode == RunMode.MULTIRUN
     device = resolve_device(cfg.device, hc.job.num if multirun else None)
     check_speed_config(cfg.speed, device)
+    clocks.check_clock_config(cfg.speed)
     passes = parse_passes(cfg["pass"])
     dtype = parse_dtype(cfg.dtype)
     from_model = model_speed.model_mode(cfg)
@@ -310,7 +320,9 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
 
 
 def timing_options(sp: DictConfig) -> dict:
-    return {k: sp[k] for k in ("min_run_time", "min_repeats", "warmup_ms", "rep_ms")}
+    """The wall clock's options; speed.l2=warm leaves the L2 unflushed between its repeats."""
+    keep = {k: sp[k] for k in ("min_run_time", "min_repeats", "warmup_ms", "rep_ms")}
+    return {**keep, "flush": sp.get("l2") != "warm"}
 
 
 def peak(cfg: DictConfig, device: torch.device, peak_dir: Path) -> dict:
@@ -367,17 +379,27 @@ def time_layer(
     rows = []
     for pass_ in passes:
         nbytes = bytes_moved(layer, x, pass_)
-        row = {**base, "pass": pass_, **time_pass(cfg, lambda p=pass_: pass_callable(layer, x, p), x.device, pass_)}
-        gbps = nbytes / (row["median_ms"] * 1e-3) / 1e9
+        make = functools.partial(_pass_copy, layer, x, pass_)
+        try:
+            with clocks.preserved_buffers(layer):  # BatchNorm's running statistics as before the pass
+                timed = time_pass(cfg, make, x.device, pass_, nbytes)
+        except clocks.CaptureFailed as exc:  # this row is skipped; the job's other rows go on
+            rows.append({**base, "pass": pass_, "status": "skipped", "error": str(exc), "bytes": nbytes})
+            log.warning("%s %s %s skipped: %s", base["norm"], base["impl"], pass_, exc)
+            continue
+        row = {**base, "pass": pass_, **timed}
+        gbps = nbytes / (row["device_ms"] * 1e-3) / 1e9  # the device clock: the roofline is about the kernels
         row.update(bytes=nbytes, gbps=gbps, **peak, pct_of_peak=100 * gbps / peak["peak_gbps"])
         rows.append(row)
         log.info(
-            "%s %s %s %s: %.3f ms, %.1f GB/s, %.0f%% of peak",
+            "%s %s %s %s: %.3f ms device (%s), %.3f ms wall, %.1f GB/s, %.0f%% of peak",
             row["norm"],
             row["impl"],
             pass_,
             row["shape"],
-            row["median_ms"],
+            row["device_ms"],
+            row["device_clock"],
+            row["wall_ms"],
             gbps,
             row["pct_of_peak"],
         )
@@ -398,29 +420,47 @@ def time_layer(
     return rows
 
 
-def time_pass(cfg: DictConfig, make, device: torch.device, what: str) -> dict:
-    """Time the pass `make()` builds, as (fn, gradients to set to None between calls): the timing
-    columns of a row (no bandwidth). With speed.cuda_graph, the pass is built again on the capture
-    stream and its replay is timed (normbench.timing.graph_replay)."""
-    fn, grads = make()
+def time_pass(cfg: DictConfig, make, device: torch.device, what: str, nbytes: int | None = None) -> dict:
+    """The timing columns of a row (no bandwidth) for the pass `make(i)` builds as (fn, gradients to
+    set to None between calls), copy i over buffers of its own (copy 0 may share the job's input):
+    the wall clock of copy 0, then the device and host clocks (`normbench.clocks`; `nbytes`, the
+    pass's bytes, sizes the rotation that keeps the L2 cold). With speed.cuda_graph the wall clock is
+    of a captured graph's replay. Raises clocks.CaptureFailed where a capture fails."""
+    sp = cfg.speed
+    chosen = clocks.parse_clocks(sp.get("clocks", "all"))
+    fn, grads = make(0)
     peak_mem = peak_memory_mib(fn, device, grads)  # of the call itself: a graph's replay allocates nothing
     compiles = _dynamo_compiles()
-    graph = bool(cfg.speed.get("cuda_graph"))
-    if graph:  # the replay rewrites its gradients in place: nothing to clear between repeats
+    graph = bool(sp.get("cuda_graph"))
+    if graph:  # the replay rewrites its gradients: nothing to clear between repeats
+        chosen = [c for c in chosen if c != "graph"]  # the wall clock is of a replay already
         # Free the eager pass first: its autograd graph keeps the leaves' AccumulateGrad nodes alive,
         # and those stay on the stream they were made on (the default one), so a captured backward
         # would make that stream wait on the capture, which CUDA refuses (cudaErrorStreamCaptureImplicit).
         del fn
-        fn, grads = graph_replay(make, device)[0], []
-    t = time_fn(fn, device, grad_to_none=grads, **timing_options(cfg.speed))
+        fn, grads = clocks.capture(make, 1, 1, device), []
+        make = (lambda replay: lambda i: (replay, []))(fn)  # every clock then times the replay
+        nbytes = None  # one graph over one copy: nothing to rotate
+    t = time_fn(fn, device, grad_to_none=grads, **timing_options(sp))
+    del fn, grads  # the device clocks build their own copies (see above)
+    cols = clocks.device_columns(
+        make,
+        device,
+        t,
+        nbytes=nbytes,
+        clocks=chosen,
+        device_clock=sp.get("device_clock", "graph"),
+        l2=sp.get("l2", "cold"),
+    )
     if _dynamo_compiles() != compiles:
         raise RuntimeError(f"torch.compile compiled while timing {what}: the time includes compilation")
     timer = t.timer + (" of a CUDA graph replay" if graph else "")
-    return {**_timing_columns(t, timer), "cuda_graph": graph, "peak_mem_mib": peak_mem}
+    return {**_timing_columns(t, timer), **cols, "cuda_graph": graph, "peak_mem_mib": peak_mem}
 
 
 def _timing_columns(t: Timing, timer: str) -> dict:
-    return {"median_ms": t.median_ms, "p20_ms": t.p20_ms, "p80_ms": t.p80_ms, "repeats": t.repeats, "timer": timer}
+    wall = {"wall_ms": t.median_ms, "wall_p20_ms": t.p20_ms, "wall_p80_ms": t.p80_ms}
+    return {**wall, "repeats": t.repeats, "timer": timer}
 
 
 def layout_of(x: torch.Tensor) -> str:

@@ -2,8 +2,11 @@
 
 * CUDA: `triton.testing.do_bench` when triton is installed (warm-up, a 256 MB L2 flush before every
   repeat, one pair of CUDA events per repeat, gradients set to None outside the timed region); the
-  same procedure written out with torch when it is not. CUDA is asynchronous, so only events or a
-  synchronize make a time real; both paths use events and synchronize before reading them.
+  same procedure written out with torch when it is not, or when the L2 is to stay warm. Events
+  around one call see the host too where it issues the call slower than the device runs it: this
+  is the wall clock of a row; the device and host clocks are in `normbench.clocks`. CUDA is
+  asynchronous, so only events or a synchronize make a time real; both paths use events and
+  synchronize before reading them.
 * CPU: `torch.utils.benchmark.Timer.blocked_autorange` (it sets the thread count, disables the garbage
   collector, sizes blocks of calls so the clock's overhead vanishes, and runs them for `min_run_time`
   seconds), topped up to `min_repeats` blocks. No cache flush: the last-level cache of a server CPU
@@ -42,7 +45,7 @@ class Timing:
     timer: str
 
 
-def _quantiles(times_ms: Sequence[float]) -> tuple[float, float, float]:
+def quantiles(times_ms: Sequence[float]) -> tuple[float, float, float]:
     t = torch.tensor(list(times_ms), dtype=torch.float64)
     return tuple(float(torch.quantile(t, q)) for q in QUANTILES)
 
@@ -83,7 +86,7 @@ def time_cpu(
     (merged,) = Measurement.merge([measured, *more])
     times_ms = [t * 1e3 for t in merged.times]
     repeats = measured.number_per_run * (len(measured.raw_times) + len(more))
-    return Timing(*_quantiles(times_ms), repeats=repeats, timer="torch.utils.benchmark.Timer.blocked_autorange")
+    return Timing(*quantiles(times_ms), repeats=repeats, timer="torch.utils.benchmark.Timer.blocked_autorange")
 
 
 def time_cuda(
@@ -93,8 +96,10 @@ def time_cuda(
     warmup_ms: float = 25,
     rep_ms: float = 100,
     device: torch.device | None = None,
+    flush: bool = True,
 ) -> Timing:
-    """Per-call time of fn on a CUDA device: events around each repeat, the L2 cache flushed before it."""
+    """Per-call time of fn on a CUDA device: events around each repeat, the L2 cache flushed before it
+    (`flush=False`, speed.l2=warm: not flushed, so each repeat finds what the last one left in L2)."""
     # Not torch.utils.benchmark.Timer: on CUDA it synchronizes around a block of calls and reads the
     # host clock, so every call after the first finds its input in L2 and the block's time includes
     # the launch queue draining; a memory-bound norm needs a cold cache and device-side (event) time
@@ -103,21 +108,21 @@ def time_cuda(
         from triton.testing import do_bench
     except ImportError:
         do_bench = None
-    if do_bench is not None:
+    if do_bench is not None and flush:  # do_bench always flushes
         q = do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=list(grad_to_none), quantiles=list(QUANTILES))
         return Timing(*map(float, q), repeats=None, timer="triton.testing.do_bench")
-    return _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device or torch.device("cuda"))
+    return _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device or torch.device("cuda"), flush)
 
 
-def _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device) -> Timing:
-    """do_bench's procedure without triton: estimate, warm up, then flush + event pair per repeat."""
-    flush = torch.empty(FLUSH_BYTES // 4, dtype=torch.int32, device=device)
+def _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device, flush: bool = True) -> Timing:
+    """do_bench's procedure without triton: estimate, warm up, then (flush +) event pair per repeat."""
+    buffer = torch.empty(FLUSH_BYTES // 4 if flush else 0, dtype=torch.int32, device=device)
     fn()
     torch.cuda.synchronize(device)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(5):
-        flush.zero_()
+        buffer.zero_()
         fn()
     end.record()
     torch.cuda.synchronize(device)
@@ -128,50 +133,22 @@ def _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device) -> Timing:
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
     for s, e in events:
         _clear(grad_to_none)
-        flush.zero_()
+        buffer.zero_()  # an empty buffer with flush=False: nothing is cleared
         s.record()
         fn()
         e.record()
     torch.cuda.synchronize(device)
-    return Timing(*_quantiles([s.elapsed_time(e) for s, e in events]), repeats=n, timer="cuda events")
-
-
-def graph_replay(
-    make: Callable[[], tuple[Callable[[], object], Sequence[Tensor]]], device: torch.device, warmup: int = 3
-) -> tuple[Callable[[], object], Sequence[Tensor]]:
-    """Capture a pass's GPU work in a CUDA graph; return (its replay, the gradients it writes).
-
-    `make()` builds the pass (fn, gradients to clear): it is called on the capture's own stream, so any
-    forward it runs ahead of time (the `bwd` pass) records its autograd nodes there, and the captured
-    backward does not wait on the legacy default stream, which capture forbids. fn runs `warmup` times
-    on that stream first (lazy initialization and allocator growth cannot be captured); the gradients
-    are then set to None, so the captured backward writes fresh gradients instead of adding to old
-    ones, and every replay rewrites the same memory. A replay launches the captured kernels at once,
-    with none of the Python, dispatch and launch cost of calling fn (tritonbench's --cudagraph).
-    """
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        fn, grads = make()
-        for _ in range(warmup):
-            _clear(grads)
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    _clear(grads)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        fn()
-    torch.cuda.synchronize(device)
-    return graph.replay, grads
+    timer = "cuda events" + ("" if flush else ", L2 not flushed")
+    return Timing(*quantiles([s.elapsed_time(e) for s, e in events]), repeats=n, timer=timer)
 
 
 def time_fn(
     fn: Callable[[], object], device: torch.device, *, grad_to_none: Sequence[Tensor] = (), **options
 ) -> Timing:
     """Per-call time of fn on `device` (options: min_run_time, min_repeats, threads on the CPU;
-    warmup_ms, rep_ms on CUDA; the others are ignored)."""
+    warmup_ms, rep_ms, flush on CUDA; the others are ignored)."""
     if device.type == "cuda":
-        keep = {k: options[k] for k in ("warmup_ms", "rep_ms") if k in options}
+        keep = {k: options[k] for k in ("warmup_ms", "rep_ms", "flush") if k in options}
         return time_cuda(fn, grad_to_none=grad_to_none, device=device, **keep)
     keep = {k: options[k] for k in ("min_run_time", "min_repeats", "threads") if k in options}
     return time_cpu(fn, grad_to_none=grad_to_none, **keep)

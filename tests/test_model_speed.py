@@ -54,7 +54,7 @@ def test_native_rows_time_the_implementation_not_the_wrapper(hydra_configs, tmp_
     assert checks["n"] > 0  # the patch is live: the first call (and the wrapper's own timing) checked
     wrapper = [r for r in rows if r["pass"] == "wrapper"]
     assert len(wrapper) == 1 and "host clock" in wrapper[0]["timer"]
-    assert 0 < wrapper[0]["median_ms"] < min(r["median_ms"] for r in rows if r["pass"] == "fwdbwd")
+    assert 0 < wrapper[0]["wall_ms"] < min(r["wall_ms"] for r in rows if r["pass"] == "fwdbwd")
 
 
 def test_the_wrapper_timing_runs_the_checks_and_computes_nothing(checks):
@@ -77,10 +77,10 @@ def test_model_job_writes_layer_rows_and_a_step_row(hydra_configs, tmp_path, tim
     assert len(names) == len(set(names)) == 19 and "stem.1" in names
     assert all(r["model"] == "resnet20" and r["groups"] == 8 for r in rows)  # the model's gn options
     (step,) = [r for r in rows if r["pass"] == "step"]
-    assert step["shape"] == "2x3x8x8" and step["layers"] == 19 and step["median_ms"] > 0
-    fwdbwd = sum(r["median_ms"] * r["layers"] for r in layer_rows if r["pass"] == "fwdbwd")
+    assert step["shape"] == "2x3x8x8" and step["layers"] == 19 and step["device_ms"] > 0
+    fwdbwd = sum(r["device_ms"] * r["layers"] for r in layer_rows if r["pass"] == "fwdbwd")
     assert step["norm_ms"] == pytest.approx(fwdbwd)
-    assert step["norm_share"] == pytest.approx(100 * fwdbwd / step["median_ms"])
+    assert step["norm_share"] == pytest.approx(100 * fwdbwd / step["device_ms"])
     assert math.isnan(step.get("gbps", math.nan))  # a step is not one memory-bound pass
     assert len([r for r in rows if r["pass"] == "wrapper"]) == 1
     assert timed_checks == [0] * len(timed_checks) and len(timed_checks) == 9 + 1  # the step too
@@ -125,14 +125,14 @@ def test_torch_nn_norms_are_found_swapped_and_captured():
 
 def test_norm_share_takes_fwdbwd_else_fwd_plus_bwd():
     rows = [
-        {"pass": "fwd", "shape": "a", "median_ms": 1.0, "layers": 2},
-        {"pass": "bwd", "shape": "a", "median_ms": 2.0, "layers": 2},
-        {"pass": "fwd", "shape": "b", "median_ms": 0.5, "layers": 4},
-        {"pass": "bwd", "shape": "b", "median_ms": 1.0, "layers": 4},
-        {"pass": "wrapper", "shape": "a", "median_ms": 9.0, "layers": 2},
+        {"pass": "fwd", "shape": "a", "device_ms": 1.0, "layers": 2},
+        {"pass": "bwd", "shape": "a", "device_ms": 2.0, "layers": 2},
+        {"pass": "fwd", "shape": "b", "device_ms": 0.5, "layers": 4},
+        {"pass": "bwd", "shape": "b", "device_ms": 1.0, "layers": 4},
+        {"pass": "wrapper", "shape": "a", "device_ms": 9.0, "layers": 2},
     ]
     assert model_speed.norm_ms(rows) == 2 * 3.0 + 4 * 1.5
-    rows += [{"pass": "fwdbwd", "shape": s, "median_ms": 10.0, "layers": n} for s, n in (("a", 2), ("b", 4))]
+    rows += [{"pass": "fwdbwd", "shape": s, "device_ms": 10.0, "layers": n} for s, n in (("a", 2), ("b", 4))]
     assert model_speed.norm_ms(rows) == 60.0
     assert model_speed.norm_ms(rows[:1]) is None  # fwd alone does not make a step's share
 
@@ -179,5 +179,5 @@ def test_torchvision_model(hydra_configs, tmp_path):  # noqa: F811
 def test_model_step_as_a_cuda_graph(hydra_configs, tmp_path):  # noqa: F811
     rows = run([*MODEL, "device=cuda", "speed.cuda_graph=true", "norm=bn", "impl=native"], tmp_path)
     (step,) = [r for r in rows if r["pass"] == "step"]
-    assert step["cuda_graph"] and step["median_ms"] > 0 and "graph" in step["timer"]
+    assert step["cuda_graph"] and step["wall_ms"] > 0 and "graph" in step["timer"]
     assert step["peak_mem_mib"] > 0 and 0 < step["norm_share"]

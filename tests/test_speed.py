@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
 
-from normbench import norms, results, speed, timing
+from normbench import clocks, norms, results, speed, timing
 from normbench.cli import run_job
 from normbench.errors import UsageError
 from normbench.results import FAILURE_FILE, ROWS_FILE
@@ -43,9 +43,15 @@ COLUMNS = [
     "layout",
     "device",
     "device_name",
-    "median_ms",
-    "p20_ms",
-    "p80_ms",
+    "wall_ms",
+    "wall_p20_ms",
+    "wall_p80_ms",
+    "device_ms",
+    "device_p20_ms",
+    "device_p80_ms",
+    "device_clock",
+    "bound",
+    "l2",
     "bytes",
     "gbps",
     "peak_gbps",
@@ -157,14 +163,19 @@ def test_tiny_sweep_writes_the_rows(hydra_configs, tmp_path):
     rows = pd.concat(pd.read_csv(tmp_path / str(num) / ROWS_FILE) for num in range(4))
     wrapper = rows[rows["pass"] == "wrapper"]  # the module's own cost, once per native job
     assert sorted(wrapper.norm) == ["bn", "gn"] and (wrapper.impl == "native").all()
-    assert (wrapper.median_ms > 0).all() and wrapper.gbps.isna().all()
+    assert (wrapper.wall_ms > 0).all() and wrapper.gbps.isna().all()
     rows = rows[rows["pass"] != "wrapper"]
     assert len(rows) == 4 * 3
     assert set(COLUMNS) <= set(rows.columns)
     assert set(zip(rows.norm, rows.impl)) == {(n, i) for n in ("bn", "gn") for i in ("reference", "native")}
     assert sorted(rows["pass"].unique()) == ["bwd", "fwd", "fwdbwd"]
-    for col in ("median_ms", "p20_ms", "p80_ms", "gbps", "pct_of_peak", "peak_gbps", "bytes"):
+    for col in ("wall_ms", "wall_p20_ms", "wall_p80_ms", "gbps", "pct_of_peak", "peak_gbps", "bytes"):
         assert (rows[col] > 0).all() and rows[col].map(math.isfinite).all(), col
+    # On the CPU the device clock is the wall clock, and the bandwidth comes from it.
+    assert (rows.device_ms == rows.wall_ms).all() and (rows.device_clock == "wall").all()
+    assert (rows.bound == "device").all() and (rows.l2 == "cold").all()
+    assert rows.host_us.isna().all() if "host_us" in rows else True
+    assert ((rows.gbps - rows.bytes / (rows.device_ms * 1e-3) / 1e9).abs() < 1e-9 * rows.gbps).all()
     assert (rows["shape"] == "2x32x4x4").all() and (rows.kind == "speed").all()
     assert rows.loc[rows.norm == "gn", "groups"].eq(32).all()  # the norm's options travel with the rows
     assert rows.peak_gbps.nunique() == 1  # measured once for the sweep
@@ -176,7 +187,7 @@ def test_compiled_job_records_compile_time_outside_the_timings(hydra_configs, tm
     rows = run(["norm=ln", "impl=compiled", "pass=[fwd,bwd]"], tmp_path)
     assert [r["pass"] for r in rows] == ["fwd", "bwd"]
     assert all(r["compile_s"] > 0 for r in rows)
-    assert all(r["median_ms"] < 1e3 * r["compile_s"] for r in rows)
+    assert all(r["wall_ms"] < 1e3 * r["compile_s"] for r in rows)
     assert run(["norm=ln", "impl=native", "pass=fwd"], tmp_path)[0]["compile_s"] is None
 
 
@@ -225,6 +236,10 @@ def test_cuda_asked_for_but_absent(hydra_configs, tmp_path):
         (["impl=triton"], "device=cuda"),
         (["speed.cuda_graph=true"], "device=cuda"),
         (["speed.cuda_graph=sometimes"], "true or false"),
+        (["speed.l2=lukewarm"], "speed.l2=cold .* or speed.l2=warm"),
+        (["speed.clocks=[wall,sundial]"], "unknown clock 'sundial'.*wall, graph, kineto, host"),
+        (["speed.clocks=[kineto]"], "has no wall clock"),
+        (["speed.device_clock=sundial"], "speed.device_clock=graph .* or speed.device_clock=kineto"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(hydra_configs, tmp_path, overrides, fix):
@@ -307,11 +322,11 @@ def test_a_graph_replay_computes_what_the_call_does(pass_):
     x = torch.randn(4, 8, 5, 5, device=device, requires_grad=True)
     made = {}
 
-    def make():
+    def make(i):
         made["fn"], made["grads"] = speed.pass_callable(layer, x, pass_)
         return made["fn"], made["grads"]
 
-    replay, _ = timing.graph_replay(make, device)
+    replay = clocks.capture(make, 1, 1, device)
     replay()
     replay()  # a second replay rewrites the gradient; it does not add to the first
     torch.cuda.synchronize()
@@ -331,18 +346,18 @@ def test_the_capture_starts_after_the_eager_pass_is_freed(monkeypatch):
     x = torch.randn(4, 8, 5, 5, requires_grad=True)
     made = []
 
-    def make():
+    def make(i):
         fn, grads = speed.pass_callable(layer, x, "bwd")
         made.append(weakref.ref(fn))
         return fn, grads
 
-    def capture(make_pass, device):
+    def capture(make_pass, k, rounds, device):
         assert [ref() for ref in made] == [None], "the eager pass (and its autograd graph) is still alive"
-        return make_pass()
+        return make_pass(0)[0]
 
-    monkeypatch.setattr(speed, "graph_replay", capture)
+    monkeypatch.setattr(clocks, "capture", capture)
     cfg = OmegaConf.create(
         {"speed": {"cuda_graph": True, "min_run_time": 0.01, "min_repeats": 2, "warmup_ms": 1, "rep_ms": 1}}
     )
     row = speed.time_pass(cfg, make, torch.device("cpu"), "bwd")
-    assert len(made) == 2 and row["cuda_graph"] and row["median_ms"] > 0
+    assert len(made) == 2 and row["cuda_graph"] and row["wall_ms"] > 0
