@@ -186,6 +186,7 @@ def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -
                 fn()
 
     stream = cuda.stream(device)
+    failure = None
     try:
         with cuda.side_stream(stream, device):
             copies += [make(i) for i in range(k)]
@@ -195,11 +196,14 @@ def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -
                     fn()
         replay = cuda.capture(body, stream)
     except Exception as exc:
+        failure = f"CUDA-graph capture failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    if failure is not None:  # raised out here, so no traceback of the capture keeps its copies alive
         for _, grads in copies:
             _clear(grads)
-        copies.clear()  # nothing of the broken capture stays referenced (its traceback included)
+        copies.clear()
+        fn = grads = None  # this frame goes with the exception's traceback: it keeps no copy alive
         cuda.recover(device)
-        raise CaptureFailed(f"CUDA-graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise CaptureFailed(failure)
     cuda.synchronize(device)
     return replay
 

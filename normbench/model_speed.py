@@ -170,7 +170,7 @@ def step_row(cfg: DictConfig, model: nn.Module, x: torch.Tensor, names: list[str
             timed = speed.time_pass(cfg, lambda i: (step, params), x.device, "the step")
     except clocks.CaptureFailed as exc:
         timed = {"status": "skipped", "error": str(exc)}
-        log.warning("%s step with %s %s skipped: %s", model_name(cfg), cfg.norm.name, cfg.impl, exc)
+        log.warning("%s step with %s %s skipped: %s", model_name(cfg), cfg.norm.name, cfg.impl, str(exc))
     finally:
         for m in layers:
             del m.check_input

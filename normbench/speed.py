@@ -385,7 +385,7 @@ def time_layer(
                 timed = time_pass(cfg, make, x.device, pass_, nbytes)
         except clocks.CaptureFailed as exc:  # this row is skipped; the job's other rows go on
             rows.append({**base, "pass": pass_, "status": "skipped", "error": str(exc), "bytes": nbytes})
-            log.warning("%s %s %s skipped: %s", base["norm"], base["impl"], pass_, exc)
+            log.warning("%s %s %s skipped: %s", base["norm"], base["impl"], pass_, str(exc))
             continue
         row = {**base, "pass": pass_, **timed}
         gbps = nbytes / (row["device_ms"] * 1e-3) / 1e9  # the device clock: the roofline is about the kernels
