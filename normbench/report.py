@@ -79,7 +79,7 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     """Per configuration and implementation: median ms, GB/s, % of roofline and the speedup over
     `native` (native's median / this median; > 1 is faster than native) for the same configuration."""
     keys = [k for k in SPEED_KEYS if k in speed and speed[k].notna().any()]
-    metrics = [m for m in ("median_ms", "gbps", "pct_of_peak", "layers") if m in speed]
+    metrics = [m for m in ("median_ms", "wall_ms", "host_us", "gbps", "pct_of_peak", "layers") if m in speed]
     d = speed.copy()
     for k in keys:
         if k != "batch_size":
@@ -115,6 +115,11 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
     if "layers" in stats and stats["layers"].notna().any():  # shape=model: the model's layers a row stands for
         t["layers"] = stats["layers"].map(label)
     t["median ms"] = stats["median_ms"].map(_sig)
+    if "wall_ms" in stats and (stats["wall_ms"] != stats["median_ms"]).any():  # a GPU: the device clock ranks
+        t["wall ms"] = stats["wall_ms"].map(_sig)
+    if "host_us" in stats and stats["host_us"].notna().any():
+        t["host us"] = stats["host_us"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
+        t["bound"] = np.where(stats["host_us"] * 1e-3 > stats["median_ms"], "host", "device")
     if "gbps" in stats:
         t["GB/s"] = stats["gbps"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
     if "pct_of_peak" in stats:
@@ -429,7 +434,10 @@ def build_report(
     if not speed.empty:
         doc.heading(2, "Speed")
         doc.para(
-            "Median latency of each pass; GB/s = the bytes a pass must move / median time; % of roofline = "
+            "Median latency of each pass on the device clock (`device_ms`; on a CPU, and in rows older than "
+            "the clocks, the wall clock); wall ms = what an eager loop sees, host us = the host's cost to "
+            "issue a call, bound = host where that exceeds the device time (docs/speed.md). GB/s = the bytes "
+            "a pass must move / median time; % of roofline = "
             "GB/s / the device's measured copy bandwidth (`peak_gbps`): normalization is memory-bound, so "
             "100% is the hardware limit. Speedup = `native`'s median / this median (above 1x: faster than "
             "native)."

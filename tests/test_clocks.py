@@ -325,3 +325,24 @@ def test_ranked_times_come_from_the_device_clock_else_the_wall_clock():
     assert out["median_ms"].tolist() == [1.0, 0.01] and out["p20_ms"].tolist() == [1.9, 0.009]
     old = schema.with_clocks(pd.DataFrame([{"median_ms": 3.0, "p20_ms": 2.5, "p80_ms": 3.5}]))
     assert old.loc[0, ["wall_ms", "wall_p20_ms", "wall_p80_ms", "median_ms"]].tolist() == [3.0, 2.5, 3.5, 3.0]
+
+
+def test_the_report_ranks_by_the_device_clock_and_shows_wall_host_and_bound():
+    from normbench import report
+
+    base = {"kind": "speed", "status": "ok", "norm": "ln", "pass": "fwd", "batch_size": 8, "shape": "8x64"}
+    frame = schema.concat(
+        [
+            pd.DataFrame(
+                [
+                    {**base, "impl": "native", "wall_ms": 0.05, "device_ms": 0.04, "host_us": 20.0},
+                    {**base, "impl": "triton", "wall_ms": 0.10, "device_ms": 0.02, "host_us": 95.0},
+                ]
+            )
+        ]
+    )
+    table = report.speed_table(report.speed_stats(frame)).set_index("impl")
+    assert table.loc["triton", "median ms"] == "0.02" and table.loc["triton", "wall ms"] == "0.1"
+    assert table.loc["triton", "speedup vs native"] == "2.00x"  # by the device clock, not 0.5x by the wall
+    assert table["bound"].to_dict() == {"native": "device", "triton": "host"}
+    assert table.loc["triton", "host us"] == "95"
