@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -168,7 +169,20 @@ def copies_for(nbytes: int | None, l2: str, l2_bytes: int, free_bytes: int) -> i
 # ------------------------------------------------------------------------------------- the clocks
 
 
-def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -> Callable[[], None]:
+@dataclass
+class Replay:
+    """A captured graph's replay, holding the copies whose buffers the graph reads and writes: freed
+    while the graph lives, their memory could go to other tensors, which each replay would then
+    read (and the captured backward's inputs with it)."""
+
+    launch: Callable[[], None]
+    copies: list
+
+    def __call__(self) -> None:
+        self.launch()
+
+
+def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -> Replay:
     """`rounds` x `k` calls, round-robin over copies 0..k-1 of a pass, captured in one CUDA graph; its
     replay. The copies are built on the capture's own stream, so a forward made ahead of time (`bwd`)
     records its autograd nodes there and the captured backward never waits on another stream, which
@@ -205,7 +219,7 @@ def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -
         cuda.recover(device)
         raise CaptureFailed(failure)
     cuda.synchronize(device)
-    return replay
+    return Replay(replay, copies)
 
 
 def graph_clock(make: Make, k: int, device, estimate_ms: float, cuda: Cuda | None = None) -> tuple[Timing, int]:

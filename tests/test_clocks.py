@@ -220,6 +220,21 @@ def test_every_captured_call_starts_from_no_gradient(fake):
     assert w.grad is not None and torch.equal(w.grad, torch.full((3,), 2.0))  # written, never accumulated
 
 
+def test_a_replay_keeps_the_buffers_its_graph_uses_alive(fake):
+    made = []
+
+    def make(i):
+        x = torch.randn(4, requires_grad=True)
+        made.append(weakref.ref(x))
+        return (lambda: (x * 2).sum().backward()), [x]
+
+    replay = clocks.capture(make, 3, 2, CUDA)
+    assert len(replay.copies) == 3 and all(ref() is not None for ref in made)
+    replay()
+    del replay
+    assert all(ref() is None for ref in made)
+
+
 @pytest.fixture
 def capture_fails(fake):
     """An implementation that, like some kernels' host code, does what a capture cannot."""
