@@ -29,7 +29,8 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "pass": (
         "str",
         "",
-        "speed: fwd, bwd, fwdbwd; step (a model's forward + backward) or wrapper (the module's own cost)",
+        "speed: fwd, bwd, fwdbwd; step (a model's forward + backward), wrapper (the module's own cost) or "
+        "copy (the self-check's pure copy, norm copy)",
     ),
     "batch_size": ("int", "samples", "speed: N of the input; accuracy: K, samples per normalization batch"),
     "channels": ("int", "", "speed: C of the input"),
