@@ -125,28 +125,45 @@ class Cuda:
     def capture(self, body: Callable[[], None], stream) -> Callable[[], None]:
         """body's GPU work as a CUDA graph on `stream`; its replay."""
         graph = torch.cuda.CUDAGraph()
+        before = torch.cuda.current_stream(stream.device)
         try:
             with torch.cuda.graph(graph, stream=stream):
                 body()
         except BaseException:
-            # torch.cuda.graph ends the capture on the way out; should ending fail too, the stream
-            # would stay in capture mode and every later launch on it would fail: end it here.
-            with torch.cuda.stream(stream):
-                if torch.cuda.is_current_stream_capturing():
-                    try:
-                        graph.capture_end()
-                    except RuntimeError:
-                        pass
+            self._abandon(graph, stream, before)
             raise
         return graph.replay
 
+    @staticmethod
+    def _abandon(graph, stream, before) -> None:
+        """Undo what a failed capture leaves behind. torch.cuda.graph ends the capture on the way out,
+        but when ending raises (a capture the body invalidated) it skips the rest: the current stream
+        stays the capture's, and torch's CUDAGraph::capture_end, which ends the stream's capture
+        before it tells the caching allocator, leaves the allocator routing to the graph's pool as if
+        a capture were still underway (after which empty_cache, run by every later capture, refuses).
+        So: end the stream's capture, restore the current stream, end the allocation to the pool and
+        release it. Written from torch 2.x's CUDAGraph.cpp; not yet run on a GPU."""
+        with torch.cuda.stream(stream):
+            if torch.cuda.is_current_stream_capturing():
+                try:
+                    graph.capture_end()
+                except RuntimeError:
+                    pass
+        torch.cuda.set_stream(before)
+        index, pool = stream.device.index, graph.pool()
+        try:
+            torch._C._cuda_endAllocateToPool(index, pool)
+        except (AttributeError, RuntimeError, TypeError):
+            return  # capture_end got past it: the graph releases its pool when it is freed
+        torch._C._cuda_releasePool(index, pool)
+
     def recover(self, device) -> None:
         """After a failed capture: surface any deferred error now, hand the graph's pool back."""
-        try:
-            torch.cuda.synchronize(device)
-        except RuntimeError:
-            pass
-        torch.cuda.empty_cache()
+        for step in (lambda: torch.cuda.synchronize(device), torch.cuda.empty_cache):
+            try:
+                step()
+            except RuntimeError:
+                pass  # the row is skipped either way; the next capture's own checks say more
 
 
 CUDA = Cuda()
@@ -184,6 +201,16 @@ class Replay:
         self.launch()
 
 
+def _reason(exc: BaseException) -> str:
+    """One line for a skipped row, from the error its chain started with: a capture the body broke
+    fails again when it is ended, and the row should say why it broke."""
+    for _ in range(8):
+        if exc.__context__ is None:
+            break
+        exc = exc.__context__
+    return f"CUDA-graph capture failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+
+
 def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -> Replay:
     """`rounds` x `k` calls, round-robin over copies 0..k-1 of a pass, captured in one CUDA graph; its
     replay. The copies are built on the capture's own stream, so a forward made ahead of time (`bwd`)
@@ -212,7 +239,7 @@ def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -
                     fn()
         replay = cuda.capture(body, stream)
     except Exception as exc:
-        failure = f"CUDA-graph capture failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        failure = _reason(exc)
     if failure is not None:  # raised out here, so no traceback of the capture keeps its copies alive
         for _, grads in copies:
             _clear(grads)

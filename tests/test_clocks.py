@@ -62,6 +62,9 @@ class FakeCuda(clocks.Cuda):
         self.capturing = True
         try:
             body()
+        except RuntimeError:
+            # as torch.cuda.graph does when the body broke the capture: ending it fails too
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture")  # noqa: B904
         finally:
             self.capturing = False
         self.captures += 1
@@ -233,6 +236,44 @@ def test_a_replay_keeps_the_buffers_its_graph_uses_alive(fake):
     replay()
     del replay
     assert all(ref() is None for ref in made)
+
+
+@pytest.mark.parametrize("registered", [True, False])
+def test_an_abandoned_capture_gives_back_its_stream_and_pool(monkeypatch, registered):
+    """The real backend's cleanup, its torch calls stubbed (they need a GPU): the stream's capture is
+    ended, the current stream restored, and the allocator's pool ended and released, unless
+    capture_end got far enough to end it (then the graph releases it itself)."""
+    calls = []
+
+    class Graph:
+        def capture_end(self):
+            calls.append("capture_end")
+            raise RuntimeError("operation failed due to a previous error during capture")
+
+        def pool(self):
+            return (0, 7)
+
+    class Stream:
+        device = torch.device("cuda", 0)
+
+    @contextmanager
+    def on(stream):
+        calls.append("on capture stream")
+        yield
+
+    def end(index, pool):
+        calls.append(("end", index, pool))
+        if not registered:
+            raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+
+    monkeypatch.setattr(torch.cuda, "stream", on)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: calls.append(("set_stream", s)))
+    monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", end, raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda i, p: calls.append(("release", i, p)), raising=False)
+    clocks.Cuda._abandon(Graph(), Stream(), "the stream before")
+    expected = ["on capture stream", "capture_end", ("set_stream", "the stream before"), ("end", 0, (0, 7))]
+    assert calls == expected + ([("release", 0, (0, 7))] if registered else [])
 
 
 @pytest.fixture
