@@ -402,3 +402,31 @@ def test_the_report_ranks_by_the_device_clock_and_shows_wall_host_and_bound():
     assert table.loc["triton", "speedup vs native"] == "2.00x"  # by the device clock, not 0.5x by the wall
     assert table["bound"].to_dict() == {"native": "device", "triton": "host"}
     assert table.loc["triton", "host us"] == "95"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_a_capture_that_syncs_fails_alone_and_the_clocks_agree_on_a_large_pass():
+    device = torch.device("cuda")
+    x = torch.randn(1 << 20, device=device)
+
+    def syncs(i):
+        return (lambda: float(x.sum())), []  # reads a value back: capture refuses it
+
+    with pytest.raises(clocks.CaptureFailed, match="CUDA-graph capture failed"):
+        clocks.capture(syncs, 1, 1, device)
+    assert torch.cuda.current_stream(device) == torch.cuda.default_stream(device)
+    layer = norms.build("ln", 256, impl="native", device=device).train()
+    big = torch.randn(32, 256, 56, 56, device=device, requires_grad=True)
+    speed._first_call(layer, big)
+
+    def make(i):
+        return speed._pass_copy(layer, big, "fwdbwd", i)
+
+    fn, grads = make(0)
+    wall = timing.time_fn(fn, device, grad_to_none=grads)
+    del fn, grads
+    nbytes = speed.bytes_moved(layer, big, "fwdbwd")
+    cols = clocks.device_columns(make, device, wall, nbytes=nbytes, clocks=clocks.CLOCKS)
+    assert cols["device_clock"] == "graph" and cols["launches"] >= 2
+    assert cols["device_graph_ms"] == pytest.approx(cols["device_kineto_ms"], rel=0.1)
+    assert cols["bound"] == "device" and cols["device_p80_ms"] <= 1.03 * cols["device_p20_ms"]
