@@ -205,6 +205,8 @@ def test_warm_l2_times_one_resident_copy_and_kineto_can_be_the_device_clock(fake
     assert "device_graph_ms" not in cols and fake.captures == 0
     assert cols["device_clock"] == "kineto" and cols["device_ms"] == cols["device_kineto_ms"]
     assert "host_us" not in cols and "bound" not in cols  # host not asked for: bound unknown
+    warm = _cfg(l2="warm").speed
+    assert speed.timing_options(warm)["flush"] is False and speed.timing_options(_cfg().speed)["flush"] is True
 
 
 def test_every_captured_call_starts_from_no_gradient(fake):
