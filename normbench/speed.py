@@ -438,9 +438,12 @@ def time_pass(cfg: DictConfig, make, device: torch.device, what: str, nbytes: in
         # and those stay on the stream they were made on (the default one), so a captured backward
         # would make that stream wait on the capture, which CUDA refuses (cudaErrorStreamCaptureImplicit).
         del fn
-        fn, grads = clocks.capture(make, 1, 1, device), []
-        make = (lambda replay: lambda i: (replay, []))(fn)  # every clock then times the replay
-        nbytes = None  # one graph over one copy: nothing to rotate
+        replay = clocks.capture(make, 1, 1, device)
+        fn, grads, nbytes = replay, [], None  # one graph of one copy: nothing to rotate
+
+        def make(i):  # every clock then times the replay
+            return replay, []
+
     t = time_fn(fn, device, grad_to_none=grads, **timing_options(sp))
     del fn, grads  # the device clocks build their own copies (see above)
     cols = clocks.device_columns(
