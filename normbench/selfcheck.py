@@ -7,8 +7,9 @@ per check. On a GPU it exits 1 when a check fails:
 
 * spread: a row's device clock over its repeats (graph replays) has p80 / p20 <= 1.03, for rows of
   at least 50 us (shorter ones are launch-dominated and are not held to it);
-* consistency: per shape, the fwdbwd device time is within 5% of fwd + bwd timed apart (the wall
-  clock of the H100 and H200 runs broke this by up to 2.2x for host-bound rows).
+* consistency: per shape whose fwdbwd takes 50 us or more, the fwdbwd device time is within 5% of
+  fwd + bwd timed apart (the wall clock of the H100 and H200 runs broke this by up to 2.2x for
+  host-bound rows). The launch-bound shape's ratio is printed, not held to it.
 
 On the CPU the same code runs (device_ms is the wall clock, bound is `device`) and the checks are
 printed, not enforced: a shared CPU's times spread far more than a GPU's device clock, and nothing
@@ -30,7 +31,7 @@ from normbench.device import resolve_device
 from normbench.errors import UsageError
 
 SPREAD_MAX = 1.03  # device p80 / p20, issue 25
-SPREAD_FROM_MS = 0.05  # rows this long or longer are held to it
+CHECK_FROM_MS = 0.05  # rows (and fwdbwd's of a shape) this long or longer are held to the checks
 SUM_TOLERANCE = 0.05  # fwdbwd within 5% of fwd + bwd
 # (N, C, H, W) of the LayerNorms and MiB per copy buffer: on a GPU a row of each kind >= 50 us (102 MB
 # of float32 for the large LayerNorm; an H100 reads and writes it in ~70 us) and one launch-bound row;
@@ -108,23 +109,28 @@ def _name(r: dict) -> str:
     return f"{r['norm']} {r['pass']} {r['shape']}"
 
 
+def pass_times(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """shape -> pass -> device ms, of the measured LayerNorm rows."""
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if r.get("status", "ok") == "ok" and r["pass"] in speed.PASSES:
+            out.setdefault(r["shape"], {})[r["pass"]] = r["device_ms"]
+    return out
+
+
 def problems(rows: list[dict]) -> list[str]:
     """What fails the checks, one line each (empty: all pass)."""
     out = []
     for r in rows:
         if r.get("status", "ok") != "ok":
             out.append(f"{_name(r)} was not measured: {r.get('error')}")
-        elif r["device_ms"] >= SPREAD_FROM_MS and r["device_p80_ms"] > SPREAD_MAX * r["device_p20_ms"]:
+        elif r["device_ms"] >= CHECK_FROM_MS and r["device_p80_ms"] > SPREAD_MAX * r["device_p20_ms"]:
             out.append(
                 f"{_name(r)}: device p80/p20 = {r['device_p80_ms'] / r['device_p20_ms']:.3f} > {SPREAD_MAX} "
                 f"({r['device_p20_ms']:.4f}-{r['device_p80_ms']:.4f} ms, clock {r['device_clock']})"
             )
-    by_shape: dict[str, dict[str, float]] = {}
-    for r in rows:
-        if r.get("status", "ok") == "ok" and r["pass"] in speed.PASSES:
-            by_shape.setdefault(r["shape"], {})[r["pass"]] = r["device_ms"]
-    for shape, t in by_shape.items():
-        if len(t) == 3:
+    for shape, t in pass_times(rows).items():
+        if len(t) == 3 and t["fwdbwd"] >= CHECK_FROM_MS:
             ratio = t["fwdbwd"] / (t["fwd"] + t["bwd"])
             if abs(ratio - 1) > SUM_TOLERANCE:
                 out.append(
@@ -135,7 +141,7 @@ def problems(rows: list[dict]) -> list[str]:
 
 
 def summary(rows: list[dict]) -> list[str]:
-    """One line per row: the three clocks."""
+    """One line per row (the three clocks), then fwdbwd / (fwd + bwd) per shape."""
     lines = []
     for r in rows:
         if r.get("status", "ok") != "ok":
@@ -147,6 +153,9 @@ def summary(rows: list[dict]) -> list[str]:
             f"p80/p20 {r['device_p80_ms'] / r['device_p20_ms']:.3f}), wall {r['wall_ms']:.4f} ms, {host}, "
             f"bound {r.get('bound')}"
         )
+    for shape, t in pass_times(rows).items():
+        if len(t) == 3:
+            lines.append(f"ln {shape}: device fwdbwd / (fwd + bwd) = {t['fwdbwd'] / (t['fwd'] + t['bwd']):.3f}")
     return lines
 
 

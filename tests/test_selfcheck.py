@@ -44,6 +44,7 @@ def test_checks_hold_rows_of_50_us_and_more_to_the_spread_and_fwdbwd_to_the_sum(
     assert selfcheck.problems(_rows(0.01, 0.02, 0.03, spread=1.5)) == []  # under 50 us: not held to it
     (off,) = selfcheck.problems(_rows(fwdbwd=0.36))
     assert "1.200x fwd + bwd" in off
+    assert selfcheck.problems(_rows(0.01, 0.02, 0.04)) == []  # a launch-bound shape: printed, not held
     assert selfcheck.problems(_rows(fwdbwd=0.31)) == []  # within 5%
     skipped = [{"norm": "ln", "pass": "bwd", "shape": "8x8", "status": "skipped", "error": "capture failed"}]
     assert selfcheck.problems(skipped) == ["ln bwd 8x8 was not measured: capture failed"]
