@@ -20,6 +20,10 @@ count; garbage collection is off while it times), after `warmup` calls, `repeat`
 calls each; a pass's cost is the median round divided by `number`. `--profile` runs cProfile on the
 same clock.
 
+Allocations: unless `--system-allocator`, `main` first makes glibc keep freed blocks for reuse
+(`caching_allocator`), as CUDA's caching allocator does on a GPU; otherwise each full-size CPU tensor
+costs an mmap and munmap that no GPU host pays (~11 us for 205 MB here, twice per fwd+bwd in y and dx).
+
 Left out, and to be added per launch: a real Triton launch's own host cost (`JITFunction.run` binds and
 specializes the arguments, looks up the compiled kernel, calls the driver; about 8-20 us per launch
 with current Triton, see docs/triton.md), and the CUDA side of each torch operator (caching
@@ -152,6 +156,9 @@ def measure(
     # The stubs' own calls, replayed with the traced arguments: the time they add to a pass is the
     # launch's Python call (the real one is counted per launch instead, docs/triton.md), so it comes out.
     stub_us = {name: median_us(functools.partial(_replay_stubs, _stubs(p.launches))) for name, p in counts.items()}
+    if "sum" in counts["bwd"].torch_ops:  # `stubbed` slices the partials before the sum: the tool's, too
+        probe = torch.empty(2, 1, 1, shape[1])
+        stub_us["bwd"] += median_us(lambda: probe[:, :0])
     stub_us["fwdbwd"] = stub_us["impl"] = stub_us["fwd"] + stub_us["bwd"]
     us = {}
     with stubbed():
@@ -172,6 +179,24 @@ def _host_functions(x, weight, bias, args, dy) -> None:
 
     _, x, mean, rstd, plan = triton_forward(x, weight, bias, args)
     triton_backward(dy, x, weight, mean, rstd, plan)
+
+
+def caching_allocator() -> bool:
+    """Make this process's CPU allocations behave as CUDA's caching allocator does for the host: glibc
+    serves every block from its heap (M_MMAP_MAX 0) and keeps what is freed (M_TRIM_THRESHOLD), so
+    allocating a full-size tensor again reuses the freed block (~1 us) instead of an mmap and munmap of
+    hundreds of MB (~11 us), host time that a GPU's cached allocations do not have. False where there
+    is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError, TypeError):
+        return False
 
 
 def _stubs(launches: list) -> list:
@@ -222,7 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per pass (median taken)")
     parser.add_argument("--number", type=int, default=40, help="calls per round")
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top functions (fwdbwd)")
+    parser.add_argument(
+        "--system-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is: every full-size tensor is then an mmap and munmap (~11 us each)",
+    )
     opts = parser.parse_args(argv)
+    if not opts.system_allocator:
+        caching_allocator()
     cases = [
         c
         for c in trace.sweep_cases()

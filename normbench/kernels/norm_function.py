@@ -64,7 +64,12 @@ def triton_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, args: 
         step = lp.forward[0]
         split.normalize[step.grid](x, y, w, b, mean, rstd, *step.args, **step.meta)
         return y, x, mean, rstd, lp
-    mean, var, rstd = torch.empty(3, lp.stats, device=device, dtype=_F32).unbind(0)  # one allocation
+    n = lp.stats
+    mean, var, rstd = (
+        torch.empty(n, device=device, dtype=_F32),
+        torch.empty(n, device=device, dtype=_F32),
+        torch.empty(n, device=device, dtype=_F32),
+    )
     # Where no kernel updates the running statistics these stand in for them (RUNNING off: untouched).
     run = (running_mean, running_var) if lp.running else (mean, var)
     if lp.path == "slab":
@@ -122,7 +127,7 @@ def triton_backward(dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, 
     device = x.device
     w = weight if lp.affine else x  # never read without affine
     partials = torch.empty(lp.partials, device=device, dtype=_F32)
-    p_dy, p_dyxhat = partials.unbind(0)  # one sum of both gives dbias and dweight
+    p_dy, p_dyxhat = partials[0], partials[1]  # one sum of both gives dbias and dweight
     dweight = dbias = None
     if lp.param_grads:
         dweight, dbias = torch.empty(2, *weight.shape, device=device, dtype=weight.dtype).unbind(0)
@@ -158,8 +163,7 @@ def weight_bias_grads(partials: Tensor, dtype: torch.dtype) -> tuple[Tensor, Ten
     sums = partials.sum((1, 2))
     if dtype != _F32:  # else .to would return it as it is, after a dispatch
         sums = sums.to(dtype)
-    dbias, dweight = sums.unbind(0)
-    return dweight, dbias
+    return sums[1], sums[0]
 
 
 class _TritonNorm(torch.autograd.Function):
