@@ -169,12 +169,13 @@ def weight_bias_grads(partials: Tensor, dtype: torch.dtype) -> tuple[Tensor, Ten
 class _TritonNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, args):
-        y, x, mean, rstd, ctx.plan = triton_forward(x, weight, bias, args)
-        ctx.save_for_backward(x, weight, mean, rstd)
+        # mean and rstd are neither inputs nor outputs: kept on ctx, without save_for_backward's packing
+        y, x, ctx.mean, ctx.rstd, ctx.plan = triton_forward(x, weight, bias, args)
+        ctx.save_for_backward(x, weight)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
-        return *triton_backward(dy, x, weight, mean, rstd, ctx.plan), None
+        x, weight = ctx.saved_tensors
+        return *triton_backward(dy, x, weight, ctx.mean, ctx.rstd, ctx.plan), None
