@@ -242,7 +242,7 @@ def _output(cmd: list[str]) -> str:
         return f"{cmd[0]}: {e}"
 
 
-def run_step(step: Step, left_s: float, work: Path, log) -> int:
+def run_step(step: Step, left_s: float, work: Path) -> int:
     """The step's command under a deadline; its output in logs/NAME.log. 124: cut at its box."""
     out = (work / "logs" / f"{step.name}.log").open("w")
     script = SHELL_FUNCTIONS + step.command
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         say(f"START {step.name} ({left:.0f} s: box {step.box_s} s)")
         start = time.monotonic()
-        rc = run_step(step, left, work, log)
+        rc = run_step(step, left, work)
         took = time.monotonic() - start
         say(f"{'CUT' if rc == 124 else 'END'} {step.name} rc={rc} after {took:.0f} s")
         if rc not in (0, 124):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -58,3 +60,27 @@ def test_over_budget_or_unknown_step_is_one_clear_line(gpu_run, capsys):
     assert gpu_run.main(["--dry-run", "--steps", "host,nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown step(s) nope" in err and "choose from setup" in err
+
+
+def test_a_step_past_its_box_is_cut_with_its_children_and_its_log_kept(gpu_run, tmp_path):
+    (tmp_path / "logs").mkdir()
+    marker = tmp_path / "late"
+    step = gpu_run.Step("slow", 1, "", f"echo started; (sleep 0.7; touch {marker}) & sleep 5")
+    assert gpu_run.run_step(step, 0.3, tmp_path) == 124
+    assert (tmp_path / "logs" / "slow.log").read_text() == "started\n"
+    assert gpu_run.run_step(gpu_run.Step("ok", 1, "", "exit 3"), 5, tmp_path) == 3
+    time.sleep(0.7)
+    assert not marker.exists()  # the background child went with the step's process group
+
+
+def test_pack_brings_back_the_measured_folders_but_not_the_warm_up(gpu_run, tmp_path):
+    work, out = tmp_path / "work", tmp_path / "out"
+    for d in ("speed-native/0", "warm/0", "logs"):
+        (work / d).mkdir(parents=True)
+    (work / "speed-native/0/rows.csv").write_text("x\n")
+    (work / "env.txt").write_text("gpu: none\n")
+    out.mkdir()
+    gpu_run.pack(work, out)
+    with tarfile.open(out / "reference.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"env.txt", "speed-native/0/rows.csv", "logs"} <= names and not any(n.startswith("warm") for n in names)
