@@ -81,6 +81,15 @@ def _sweep(impl: str, grid: str, name: str, speed: str = "normbench-speed", shap
     )
 
 
+def _warm(sweep: str, grid: str, impl: str, name: str, jobs: str | int = "$WARM_JOBS") -> str:
+    """The grid's jobs side by side with next to no timing, into $WORK/NAME (not speed-*: no roofline)."""
+    return (
+        f"normbench-speed -m {sweep} hydra.sweeper.params=null {grid} impl={impl} hydra.sweep.dir=$WORK/{name} "
+        "speed.warmup_ms=1 speed.rep_ms=1 speed.min_run_time=0.001 speed.min_repeats=1 speed.peak_gbps=1 "
+        f"hydra/launcher=parallel hydra.launcher.n_jobs={jobs} hydra.callbacks.report.enabled=false"
+    )
+
+
 def plan(full: bool = False, tiny: bool = False) -> list[Step]:
     """The steps and their boxes. Estimates from the committed runs' logs (run.log, logs/*.log):
     h100-speed-rev2 (48 jobs per sweep, pass=all, 3 shapes) and h200-speed-rev3 run1/run2 (32 per
@@ -90,10 +99,16 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
     triton = "native" if tiny else "triton"  # no triton timing on a CPU (the interpreter is not timed)
     coop_speed = f'python3 -c "{COOP_SPEED}"'
     steps = [
-        Step("setup", 20, "7-10 s in every logged run (pip install of 11 wheels, nvidia-smi)", "step_setup"),
+        Step(
+            "setup",
+            30,
+            "7-10 s in every logged run (pip install of 11 wheels, nvidia-smi), and env.txt's probe before it "
+            "(importing torch and triton: a few s)",
+            "step_setup",
+        ),
         Step(
             "selfcheck",
-            40,
+            35,
             "new (issue 25): a copy and a native LayerNorm, three clocks, a few sizes; no log yet, so a box "
             "of 3x a CUDA start and ~10 s of timing",
             "python3 -m normbench.selfcheck --out $WORK/selfcheck",
@@ -101,11 +116,11 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
         Step(
             "warm",
             75,
-            "h200-speed-rev3 run1: 64 triton+compiled jobs at 2 shapes warmed in 63 s, 12 side by side",
-            f"normbench-speed -m sweep=gpu hydra.sweeper.params=null shape=$SHAPES {grid} "
-            f"impl={'compiled' if tiny else 'triton,compiled'} hydra.sweep.dir=$WORK/warm "  # not speed-*: no roofline
-            "speed.warmup_ms=1 speed.rep_ms=1 speed.min_run_time=0.001 speed.min_repeats=1 speed.peak_gbps=1 "
-            "hydra/launcher=parallel hydra.launcher.n_jobs=$WARM_JOBS hydra.callbacks.report.enabled=false",
+            "h200-speed-rev3 run1: 64 triton+compiled jobs at 2 shapes warmed in 63 s, 12 side by side; "
+            "the rows' 10 triton jobs beside them on 4 more cores",
+            f"{_warm('sweep=gpu', f'shape=$SHAPES {grid}', 'compiled' if tiny else 'triton,compiled', 'warm')} & "
+            f"{_warm('sweep=gpu_rows', TINY_ROWS if tiny else ROWS, 'native' if tiny else 'triton', 'warm-rows', 4)}; "
+            "wait",
         ),
         Step("native", 60, "32 jobs x ~1.5 s (h100-speed-rev2: 48 in 70 s) + 10 s", _sweep("native", grid, "native")),
         Step("triton", 60, "32 jobs x ~1.5 s (h100-speed-rev2: 48 in 69 s) + 10 s", _sweep(triton, grid, "triton")),
@@ -125,14 +140,14 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
         Step(
             "rows",
             60,
-            "20 jobs x ~1.5 s + 10 s, and triton's row kernels' JIT (not warmed; ~1 s each)",
+            "20 jobs x ~1.5 s + 10 s (triton's row kernels warmed beside the grid's)",
             "normbench-speed -m sweep=gpu_rows hydra.sweeper.params=null "
             f"{TINY_ROWS if tiny else ROWS} impl=native,{'compiled' if full else triton} $(peak_arg) "
             "hydra.sweep.dir=$WORK/speed-rows",
         ),
         Step(
             "host",
-            25,
+            20,
             "13 s in h200-speed-rev3 run1 (16 cases at resnet_c64)",
             "lscpu | grep -E 'Model name|^CPU\\(s\\)|MHz' || true; "
             "python3 -m normbench.kernels.host_cost --shape resnet_c64",
@@ -268,7 +283,7 @@ def pack(work: Path, out: Path) -> None:
     tmp = out / "reference.tar.gz.part"
     with tarfile.open(tmp, "w:gz") as tar:
         for p in sorted(work.iterdir()):
-            if p.name != "warm":  # untimed: its rows are no measurement
+            if not p.name.startswith("warm"):  # untimed: its rows are no measurement
                 tar.add(p, arcname=p.name)
     tmp.replace(out / "reference.tar.gz")
 
@@ -345,12 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         rc = run_step(step, left, work)
         took = time.monotonic() - start
         say(f"{'CUT' if rc == 124 else 'END'} {step.name} rc={rc} after {took:.0f} s")
-        if rc not in (0, 124):
+        if rc not in (0, 124) or (rc and step.name == "setup"):  # a cut is expected, but not of setup
             failed.append(step.name)
-            tail = (work / "logs" / f"{step.name}.log").read_text().splitlines()[-12:]
-            for line in tail:
+            for line in (work / "logs" / f"{step.name}.log").read_text().splitlines()[-12:]:
                 say(f"    | {line}")
-        if step.name == "setup" and rc != 0:
+        if "setup" in failed:
             say("setup failed: nothing else can run")
             break
         pack(work, out)  # what this step measured comes back even if the call is cut later

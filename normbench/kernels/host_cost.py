@@ -233,7 +233,7 @@ class _Text:
 
 
 def _row(case: tuple, c: HostCost, counts: bool = True) -> str:
-    us = " | ".join(f"{c.us[name]:.0f}" for name in PASSES)
+    us = " | ".join(f"{c.us[name]:.0f}" if counts or name != "impl" else "" for name in PASSES)
     launches = f"{c.kernels['fwd']}+{c.kernels['bwd']} | {c.torch_ops['fwd']}+{c.torch_ops['bwd']}" if counts else " | "
     return f"| {' | '.join(case)} | {us} | {launches} |"
 
