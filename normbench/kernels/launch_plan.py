@@ -31,6 +31,8 @@ class Step:
 
 @dataclass(frozen=True, eq=False)
 class LaunchPlan:
+    """One geometry's launches, forward and backward, as norm_function makes them."""
+
     plans: Plans
     path: str  # "slab" (fused or looped), "coop", "split"; "eval": normalize with running statistics
     stats: int  # values per statistic tensor: B x G
@@ -50,6 +52,9 @@ class LaunchPlan:
         return self.plans.view
 
 
+TRAIN, TRAIN_RUNNING, EVAL = 0, 1, 2  # launch_plan's modes
+
+
 def launch_plan(
     x: torch.Tensor, channels_last: bool, affine: bool, samples: int, groups: int, eps: float, mode: int
 ) -> LaunchPlan:
@@ -59,9 +64,6 @@ def launch_plan(
     device = x.device
     key = (x.shape, x.stride(), x.dtype, device, channels_last, affine, samples, groups, eps, mode)
     return _launch_plan(*key, layout._settings(device))
-
-
-TRAIN, TRAIN_RUNNING, EVAL = 0, 1, 2
 
 
 @functools.lru_cache(maxsize=512)
