@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run HERE (the CPU machine) before the device call of issue 18 (scripts/gpu_reference_run.sh).
+# Run HERE (the CPU machine) before the device call (scripts/gpu_run.py, docs/gpu_reference_run.md).
 # Only the checkout travels to the GPU machine (64 MiB in all), so this fills the git-ignored folder
 # .whl/ that the `run` call names in `carry`: the pure-Python wheels the GPU image lacks (hydra-core,
 # omegaconf, ...), normbench itself built from this checkout (rerun after any change), and
@@ -48,9 +48,10 @@ cat <<EOF
 
 The device call (the run tool; see docs/gpu_reference_run.md):
   carry:     [".whl"]
-  timeout_s: 590
-  command:   bash scripts/gpu_reference_run.sh
-It stops itself after BUDGET_S=560 s. To rerun some steps on the still-warm machine, e.g.:
-  STEPS='check report' bash scripts/gpu_reference_run.sh
-Rehearse it here first: TINY=1 OUT=/tmp/gpu_rehearsal bash scripts/gpu_reference_run.sh
+  timeout_s: 540
+  command:   python3 scripts/gpu_run.py
+It stops itself after 480 s (python3 scripts/gpu_run.py --dry-run prints the boxes). To rerun some
+steps on the still-warm machine, e.g.:
+  python3 scripts/gpu_run.py --steps host,rows
+Rehearse it here first: OUT=/tmp/gpu_rehearsal python3 scripts/gpu_run.py --tiny
 EOF

@@ -20,6 +20,7 @@ LAYERS = [
             "kernels.coop",
             "kernels.layout",
             "kernels.availability",
+            "kernels.launch_plan",
             "kernels.norm_function",
         },
     ),

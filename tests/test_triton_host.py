@@ -25,9 +25,16 @@ def counted_planning(monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(layout, name, counted)
-    layout._plans.cache_clear()
+    _clear_plans()
     yield calls
-    layout._plans.cache_clear()  # no plans made through the counting wrappers outlive the test
+    _clear_plans()  # no plans made through the counting wrappers outlive the test
+
+
+def _clear_plans():
+    from normbench.kernels import launch_plan
+
+    layout._plans.cache_clear()
+    launch_plan._launch_plan.cache_clear()
 
 
 @needs_triton
@@ -128,3 +135,74 @@ def test_host_cost_stubs_every_launch_and_counts_like_trace():
     with host_cost.stubbed():
         host_cost.pass_calls("ln", SHAPE, torch.bfloat16, "channels_last")["fwdbwd"]()
     assert host_cost._Stub.launches == 3 + 3 + 3  # the kept graph's forward, then forward and backward
+
+
+def _launches(passes) -> list:
+    """Each traced launch as plain values: kernel, grid, scalar arguments, tensors' shapes and strides,
+    constexprs."""
+
+    def value(a):
+        return (tuple(a.shape), a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a
+
+    return [
+        (launch.name, launch.grid, tuple(map(value, launch.args)), launch.meta)
+        for p in passes.values()
+        for launch in p.launches
+    ]
+
+
+@needs_triton
+@pytest.mark.parametrize("norm", ["bn", "ln", "gn"])
+def test_cached_launch_plan_launches_what_a_cold_plan_does(norm):
+    """A call served from the launch-plan cache makes the same launches (grids, scalars, constexprs,
+    buffers) as one planned cold, and gives the same y, dx, dweight and dbias, bit for bit."""
+    from normbench import norms
+    from normbench.kernels import launch_plan, trace
+
+    _clear_plans()
+    cold = _launches(trace.trace(norm, SHAPE, torch.bfloat16, "channels_last"))
+    hits = launch_plan._launch_plan.cache_info().hits
+    warm = _launches(trace.trace(norm, SHAPE, torch.bfloat16, "channels_last"))
+    assert launch_plan._launch_plan.cache_info().hits == hits + 1
+    assert warm == cold and len(cold) >= 2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 3, 5, generator=g) * 2 + 3
+    dy = torch.randn(x.shape, generator=g)
+    layer = norms.build(norm, 6, impl="triton", **({"groups": 3} if norm == "gn" else {}))
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(6, generator=g))
+
+    def step():
+        xr = x.clone().requires_grad_()
+        layer.zero_grad()
+        layer(xr).backward(dy)  # bn: each step updates the running statistics too
+        return xr.grad, layer.weight.grad.clone(), layer.bias.grad.clone()
+
+    _clear_plans()
+    first = step()
+    assert launch_plan._launch_plan.cache_info().misses == 1
+    second = step()
+    assert launch_plan._launch_plan.cache_info().hits == 1
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_changed_shape_stride_dtype_or_mode_misses_the_launch_plan_cache():
+    from normbench.kernels import launch_plan
+
+    _clear_plans()
+    x = torch.empty(4, 6, 3, 5)
+    info = launch_plan._launch_plan.cache_info
+
+    def plan(t, channels_last=False, mode=launch_plan.TRAIN, samples=1):
+        return launch_plan.launch_plan(t, channels_last, True, samples, 3, 1e-5, mode)
+
+    first = plan(x)
+    assert plan(torch.empty(4, 6, 3, 5)) is first and info().hits == 1  # same geometry, another tensor
+    assert plan(torch.empty(4, 6, 5, 3)) is not first  # shape
+    cl = plan(x.to(memory_format=torch.channels_last), channels_last=True)  # strides
+    assert cl.view.sc == 1 and first.view.sl == 1
+    assert plan(x.bfloat16()).plans is not first.plans  # dtype: another element size
+    assert plan(x, mode=launch_plan.EVAL, samples=4).path == "eval"  # running statistics as constants
+    assert info().misses == 5 and info().hits == 1

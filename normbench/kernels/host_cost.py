@@ -8,12 +8,21 @@ kernel replaced by a stub that only counts its launches, and `layout.PLAN_FOR` s
 (`trace.kernels_replaced`). What is left is the host work of a call: planning, checks, allocations,
 views, argument packing, the torch operators' dispatch (the backward's dweight/dbias sums run over
 empty slices: `stubbed`) and autograd's own bookkeeping. Passes as in `speed`: fwd (the forward,
-building the graph), bwd (`torch.autograd.grad` of a kept graph) and fwdbwd (both).
+building the graph), bwd (`torch.autograd.grad` of a kept graph) and fwdbwd (both); and `impl`, the
+Function's host functions (`norm_function.triton_forward` then `triton_backward`) called directly:
+the implementation's own host cost, without autograd's, which any Function pays (`Floor`).
+
+The stubs' own calls are taken out fairly: each pass's traced launches are replayed on stubs alone,
+with the same grids and arguments, timed the same way, and that time is subtracted from the pass's.
 
 Timing: `timeit` with the process's CPU time as its clock (a shared machine's other load does not
 count; garbage collection is off while it times), after `warmup` calls, `repeat` rounds of `number`
 calls each; a pass's cost is the median round divided by `number`. `--profile` runs cProfile on the
 same clock.
+
+Allocations: unless `--system-allocator`, `main` first makes glibc keep freed blocks for reuse
+(`caching_allocator`), as CUDA's caching allocator does on a GPU; otherwise each full-size CPU tensor
+costs an mmap and munmap that no GPU host pays (~11 us for 205 MB here, twice per fwd+bwd in y and dx).
 
 Left out, and to be added per launch: a real Triton launch's own host cost (`JITFunction.run` binds and
 specializes the arguments, looks up the compiled kernel, calls the driver; about 8-20 us per launch
@@ -26,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import functools
 import pstats
 import statistics
 import sys
@@ -37,7 +47,7 @@ import torch
 
 from normbench.kernels import trace
 
-PASSES = ("fwd", "bwd", "fwdbwd")
+PASSES = ("fwd", "bwd", "fwdbwd", "impl")  # impl: fwd+bwd of the host functions alone, without autograd
 # Uninitialized CPU tensors at the full shape: the stubs never touch their memory, and CPU operators
 # dispatch through C++ as CUDA ones do (meta tensors run some, e.g. sum and empty_like, through
 # Python reference implementations, several times slower than any real device's host path).
@@ -83,19 +93,20 @@ class Floor(torch.autograd.Function):
     backward, nothing else (autograd's own bookkeeping and the outputs' allocations)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, *args):
+    def forward(ctx, x, weight, bias, args):
         ctx.save_for_backward(x, weight)
         return torch.empty_like(x)
 
     @staticmethod
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight), *(None,) * 7
+        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(weight), None
 
 
 @dataclass
 class HostCost:
-    us: dict[str, float]  # median host microseconds per pass
+    us: dict[str, float]  # median host microseconds per pass, the stubs' own time taken out
+    stub_us: dict[str, float]  # what the stubs' calls cost per pass (subtracted from `us`)
     kernels: dict[str, int]  # Triton launches per pass (fwd, bwd)
     torch_ops: dict[str, int]  # torch operators that launch a kernel on a GPU, per pass (fwd, bwd)
 
@@ -109,11 +120,14 @@ def pass_calls(norm: str, shape, dtype: torch.dtype, layout_name: str, device=DE
     x, weight, bias, args = trace.function_inputs(norm, shape, dtype, layout_name, device=device)
     inputs = (x, weight, bias)
     dy = torch.empty_like(x)
-    kept = function.apply(x, weight, bias, *args)  # the graph the bwd pass runs again and again
+    kept = function.apply(x, weight, bias, args)  # the graph the bwd pass runs again and again
     return {
-        "fwd": lambda: function.apply(x, weight, bias, *args),
+        "impl": functools.partial(_host_functions, x.detach(), weight.detach(), bias.detach(), args, dy)
+        if function is _TritonNorm
+        else lambda: None,
+        "fwd": lambda: function.apply(x, weight, bias, args),
         "bwd": lambda: torch.autograd.grad(kept, inputs, dy, retain_graph=True),
-        "fwdbwd": lambda: torch.autograd.grad(function.apply(x, weight, bias, *args), inputs, dy),
+        "fwdbwd": lambda: torch.autograd.grad(function.apply(x, weight, bias, args), inputs, dy),
     }
 
 
@@ -130,19 +144,68 @@ def measure(
 ) -> HostCost:
     """Median host microseconds per pass, and the launches each makes (see the module's docstring)."""
     counts = trace.trace(norm, shape, dtype, layout_name)
+    if function is not None:  # not impl=triton's Function: it launches nothing
+        counts = {name: trace.Pass() for name in counts}
+
+    def median_us(call) -> float:
+        for _ in range(warmup):
+            call()
+        rounds = timeit.Timer(call, timer=time.process_time).repeat(repeat=repeat, number=number)
+        return statistics.median(rounds) / number * 1e6
+
+    # The stubs' own calls, replayed with the traced arguments: the time they add to a pass is the
+    # launch's Python call (the real one is counted per launch instead, docs/triton.md), so it comes out.
+    stub_us = {name: median_us(functools.partial(_replay_stubs, _stubs(p.launches))) for name, p in counts.items()}
+    if "sum" in counts["bwd"].torch_ops:  # `stubbed` slices the partials before the sum: the tool's, too
+        probe = torch.empty(2, 1, 1, shape[1])
+        stub_us["bwd"] += median_us(lambda: probe[:, :0])
+    stub_us["fwdbwd"] = stub_us["impl"] = stub_us["fwd"] + stub_us["bwd"]
     us = {}
     with stubbed():
         calls = pass_calls(norm, shape, dtype, layout_name, function=function)
         for name in PASSES:
-            for _ in range(warmup):
-                calls[name]()
-            rounds = timeit.Timer(calls[name], timer=time.process_time).repeat(repeat=repeat, number=number)
-            us[name] = statistics.median(rounds) / number * 1e6
+            us[name] = max(0.0, median_us(calls[name]) - stub_us[name])
     return HostCost(
         us,
+        stub_us,
         {name: len(p.launches) for name, p in counts.items()},
         {name: len(p.torch_ops) for name, p in counts.items()},
     )
+
+
+def _host_functions(x, weight, bias, args, dy) -> None:
+    """norm_function's forward and backward host functions, called as the Function calls them."""
+    from normbench.kernels.norm_function import triton_backward, triton_forward
+
+    _, x, mean, rstd, plan = triton_forward(x, weight, bias, args)
+    triton_backward(dy, x, weight, mean, rstd, plan)
+
+
+def caching_allocator() -> bool:
+    """Make this process's CPU allocations behave as CUDA's caching allocator does for the host: glibc
+    serves every block from its heap (M_MMAP_MAX 0) and keeps what is freed (M_TRIM_THRESHOLD), so
+    allocating a full-size tensor again reuses the freed block (~1 us) instead of an mmap and munmap of
+    hundreds of MB (~11 us), host time that a GPU's cached allocations do not have. False where there
+    is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError, TypeError):
+        return False
+
+
+def _stubs(launches: list) -> list:
+    return [(_Stub(launch.kernel), launch.grid, launch.args, launch.meta) for launch in launches]
+
+
+def _replay_stubs(stubs: list) -> None:
+    for stub, grid, args, meta in stubs:
+        stub[grid](*args, **meta)
 
 
 def profile(cases: list, calls_per_case: int = 200, top: int = 25) -> str:
@@ -170,7 +233,7 @@ class _Text:
 
 
 def _row(case: tuple, c: HostCost, counts: bool = True) -> str:
-    us = " | ".join(f"{c.us[name]:.0f}" for name in PASSES)
+    us = " | ".join(f"{c.us[name]:.0f}" if counts or name != "impl" else "" for name in PASSES)
     launches = f"{c.kernels['fwd']}+{c.kernels['bwd']} | {c.torch_ops['fwd']}+{c.torch_ops['bwd']}" if counts else " | "
     return f"| {' | '.join(case)} | {us} | {launches} |"
 
@@ -184,14 +247,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=15, help="timed rounds per pass (median taken)")
     parser.add_argument("--number", type=int, default=40, help="calls per round")
     parser.add_argument("--profile", action="store_true", help="also print cProfile's top functions (fwdbwd)")
+    parser.add_argument(
+        "--system-allocator",
+        action="store_true",
+        help="leave glibc's malloc as it is: every full-size tensor is then an mmap and munmap (~11 us each)",
+    )
     opts = parser.parse_args(argv)
+    if not opts.system_allocator:
+        caching_allocator()
     cases = [
         c
         for c in trace.sweep_cases()
         if (not opts.norm or c[0] in opts.norm) and (not opts.shape or c[1] in opts.shape)
     ]
-    print("| shape | layout | dtype | norm | fwd us | bwd us | fwd+bwd us | kernels fwd+bwd | torch ops fwd+bwd |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| shape | layout | dtype | norm | fwd us | bwd us | fwd+bwd us | host functions fwd+bwd us "
+        "| kernels fwd+bwd | torch ops fwd+bwd |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     timing = {"repeat": opts.repeat, "number": opts.number}
     floor = measure("gn", trace.GPU_SHAPES["resnet_c64"], torch.float32, "contiguous", function=Floor, **timing)
     print(_row(("resnet_c64", "contiguous", "fp32", "autograd floor (`Floor`)"), floor, counts=False), flush=True)

@@ -65,6 +65,7 @@ _NO_KERNEL = {
     "unsqueeze",
     "squeeze",
     "select",
+    "unbind",
     "slice",
     "reshape",
     "_reshape_alias",
@@ -229,7 +230,7 @@ def trace(
     try:
         layout.COOPERATIVE = saved if cooperative is None else cooperative
         with recording(plan_for=plan_for) as passes:
-            y = _TritonNorm.apply(x, weight, bias, *args)
+            y = _TritonNorm.apply(x, weight, bias, args)
             dy = torch.empty_like(y)
             passes.append(Pass())
             torch.autograd.grad(y, (x, weight, bias), dy)  # no AccumulateGrad: only the Function's work
