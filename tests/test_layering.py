@@ -40,7 +40,7 @@ LAYERS = [
         },
     ),
     ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation"}),
-    ("job helpers", {"timing", "reuse"}),
+    ("job helpers", {"timing", "clocks", "reuse"}),
     ("jobs", {"speed", "model_speed", "accuracy"}),
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
     (
@@ -48,6 +48,7 @@ LAYERS = [
         {
             "cli",
             "catalog",
+            "selfcheck",
             "kernels.trace",
             "kernels.traffic",
             "kernels.compile_check",
