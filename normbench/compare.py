@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from normbench import results
+from normbench import results, swept
 from normbench.errors import UsageError
 from normbench.plots import _save, label
 
@@ -34,6 +34,8 @@ COMPARE_MD, COMPARE_HTML, COMPARE_CSV, COMPARE_PNG = "compare.md", "compare.html
 
 def side_stats(rows: pd.DataFrame, kind: str, keys: list[str]) -> pd.DataFrame:
     """Per configuration: value, spread (lo, hi) and count, of one side's ok rows of one kind."""
+    if rows.empty:  # the kind only the other side measured
+        return pd.DataFrame(columns=[*keys, "value", "lo", "hi", "n"])
     d = rows.copy()
     if kind == "accuracy":
         from normbench.report import test_error
@@ -71,6 +73,10 @@ def compare_kind(a: pd.DataFrame, b: pd.DataFrame, kind: str) -> pd.DataFrame:
     """One row per configuration of `kind` either side measured: each side's value, spread and n,
     B/A, the range of B/A the spreads allow, and the verdict."""
     keys = [k for k in CONFIG_KEYS[kind] if any(k in s and s[k].notna().any() for s in (a, b))]
+    # A key either side's sweep varied that these do not tell apart is a key too (normbench.swept).
+    rows, extra = swept.add(pd.concat([a.assign(side="a"), b.assign(side="b")], ignore_index=True), keys)
+    a, b = (rows[rows["side"] == side].drop(columns="side") for side in "ab")
+    keys += extra
     for side in (a, b):
         for k in keys:
             side[k] = side[k].map(label) if k in side else ""
@@ -101,6 +107,12 @@ def compare(path_a: str | Path, path_b: str | Path) -> pd.DataFrame:
         raise UsageError(f"--compare needs two different inputs, got {path_a} twice")
     a = _one_source(results.read([path_a]), path_a)
     b = _one_source(results.read([path_b]), path_b)
+    kinds_a, kinds_b = set(a["kind"].dropna()) & set(CONFIG_KEYS), set(b["kind"].dropna()) & set(CONFIG_KEYS)
+    if kinds_a and kinds_b and not kinds_a & kinds_b:
+        raise UsageError(
+            f"{path_a} holds {'/'.join(sorted(kinds_a))} measurements and {path_b} {'/'.join(sorted(kinds_b))}: "
+            "--compare sets two inputs of the same kind against each other, e.g. two speed sweeps"
+        )
     tables = [
         compare_kind(a[a["kind"] == kind].copy(), b[b["kind"] == kind].copy(), kind)
         for kind in CONFIG_KEYS
@@ -120,11 +132,24 @@ def _fmt(value: float, lo: float, hi: float, kind: str, n) -> str:
     return f"{value:.4g}{spread}"
 
 
+STAT_COLUMNS = {"kind", "ratio", "ratio_lo", "ratio_hi", "verdict"} | {
+    f"{c}_{side}" for c in ("value", "lo", "hi", "n") for side in "ab"
+}
+
+
+def _shown_keys(t: pd.DataFrame, kind: str) -> list[str]:
+    """One kind's configuration columns that vary (the first two where none does), then every key a
+    sweep varied beyond CONFIG_KEYS (normbench.swept): the columns that tell its rows apart."""
+    present = [k for k in CONFIG_KEYS[kind] if k in t]
+    keys = [k for k in present if t[k].nunique() > 1] or present[:2]
+    extra = [c for c in t if c not in STAT_COLUMNS and c not in present and t[c].notna().any()]
+    return keys + [c for c in extra if c not in sum(CONFIG_KEYS.values(), [])]
+
+
 def shown(table: pd.DataFrame, kind: str, names: tuple[str, str]) -> pd.DataFrame:
     """One kind's table as shown: configuration columns that vary, A, B, B/A (range), verdict."""
     t = table[table["kind"] == kind]
-    present = [k for k in CONFIG_KEYS[kind] if k in t]
-    keys = [k for k in present if t[k].nunique() > 1] or present[:2]
+    keys = _shown_keys(t, kind)
     what = "test error %, mean ± sd" if kind == "accuracy" else "median ms [p20-p80 or q1-q3]"
     out = t[keys].copy()
     for side, name in zip("ab", names):
@@ -157,8 +182,7 @@ def plot(table: pd.DataFrame, path: Path, names: tuple[str, str]) -> Path | None
     colors = {"B faster": "#1B9E77", "B better": "#1B9E77", "B slower": "#D95F02", "B worse": "#D95F02"}
     for ax, kind in zip(axes[:, 0], kinds):
         part = t[t["kind"] == kind]
-        present = [k for k in CONFIG_KEYS[kind] if k in part]
-        keys = [k for k in present if part[k].nunique() > 1] or present[:2]
+        keys = _shown_keys(part, kind)
         labels = [" · ".join(str(v) for v in row if str(v)) for row in part[keys].itertuples(index=False)]
         y = np.arange(len(part))
         lo = (part["ratio"] - part["ratio_lo"]).clip(lower=0).fillna(0)

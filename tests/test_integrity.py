@@ -163,8 +163,8 @@ def test_rebuilding_a_combined_report_keeps_its_data(tmp_path, capsys):
     after = results.read_summary(c / "summary.csv")
     assert len(after) == len(before) == 8 and sorted(after["input"].unique()) == [str(a), str(b)]
     assert sorted(p.name for p in c.glob("*.png")) == pngs and pngs
-    assert cli.report([str(a), "--out", str(c)]) == 2  # would shrink it: refused
-    assert "would lose" in capsys.readouterr().err
+    assert cli.report([str(a), "--out", str(c)]) == 2  # the report of other inputs: refused
+    assert "holds the report of other inputs" in capsys.readouterr().err
     assert len(results.read_summary(c / "summary.csv")) == 8
 
 

@@ -1,0 +1,144 @@
+"""Issue 26's hostile inputs on the results side: nothing lost, overwritten, pooled or silently wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_results import accuracy_rows, make_sweep, speed_rows
+
+from normbench import compare, report, results, speed_tables, swept
+
+# ------------------------------------------------------------------------------- swept keys stay apart
+
+
+def threads_sweep(root: Path, medians: dict[int, float], extra: list[str] = ()) -> Path:
+    """`normbench-speed -m speed.threads=1,2`: one norm, impl and pass, a median per thread count."""
+    jobs = []
+    for threads, ms in medians.items():
+        row = speed_rows("gn", "native", "fwd", 8)[0] | {"median_ms": ms, "p20_ms": ms * 0.98, "p80_ms": ms * 1.02}
+        row["threads"] = threads
+        jobs.append(([f"speed.threads={threads}", *extra], [row]))
+    return make_sweep(root, "speed", jobs)
+
+
+def groups_lr_sweep(root: Path) -> Path:
+    """`normbench-accuracy -m norm=gn norm.groups=1,32 accuracy.lr_reference.lr=0.01,0.5`, one seed."""
+    jobs = []
+    for groups in (1, 32):
+        for lr in (0.01, 0.5):
+            row = accuracy_rows("gn", 32, 0)[0] | {"test_acc": 0.5 + groups / 100 + lr / 10, "lr": lr}
+            jobs.append(([f"norm=gn", f"norm.groups={groups}", f"accuracy.lr_reference.lr={lr}"], [row]))
+    return make_sweep(root, "accuracy", jobs)
+
+
+def test_parse_overrides():
+    assert swept.parse("norm=gn +x.y=1 ~z seed=2 word") == {"norm": "gn", "x.y": "1", "seed": "2"}
+    assert swept.parse(float("nan")) == {} and swept.parse(None) == {}
+
+
+def test_speed_medians_of_a_swept_key_are_not_averaged(tmp_path):
+    speed = report.ok_rows(results.read([threads_sweep(tmp_path / "s", {1: 0.118, 2: 0.070})]), "speed")
+    stats = report.speed_stats(speed)
+    assert sorted(stats["median_ms"]) == [0.070, 0.118]  # not one 0.094 row
+    table = report.speed_table(stats)
+    assert dict(zip(table["speed.threads"], table["median ms"])) == {"1": "0.118", "2": "0.07"}
+    head = speed_tables.headline_table(stats)
+    assert sorted(head["speed.threads"]) == ["1", "2"] and len(head) == 2
+
+
+def test_a_key_the_tables_show_adds_no_column(tmp_path):
+    """`norm=bn,gn` or `speed.batch_size=4,16` are columns already: nothing is added."""
+    from test_results import speed_sweep
+
+    speed = report.ok_rows(results.read([speed_sweep(tmp_path / "s")]), "speed")
+    assert swept.swept_keys(speed) == ["impl", "norm", "speed.batch_size"]
+    assert report.speed_stats(speed).attrs["swept"] == []
+
+
+def test_accuracy_configurations_of_a_swept_key_are_not_pooled(tmp_path):
+    out = tmp_path / "s"
+    md = report.build_report([groups_lr_sweep(out)], out).read_text()
+    assert "±" not in md.split("## Accuracy")[1].split("##")[0].replace("mean ± sd", "")  # one seed: no spread
+    for groups in (1, 32):
+        for lr in (0.01, 0.5):
+            heading = f"### accuracy.lr_reference.lr = {lr}, norm.groups = {groups}"
+            assert heading in md, heading
+            error = 100 * (1 - (0.5 + groups / 100 + lr / 10))
+            assert f"| {error:.2f} " in md.split(heading)[1].split("###")[0]
+    assert md.count("one seed, so no spread") == 4  # a headline per configuration, each of one run
+
+
+def test_compare_keeps_a_swept_key_apart(tmp_path):
+    a = threads_sweep(tmp_path / "a", {1: 0.118, 2: 0.070})
+    b = threads_sweep(tmp_path / "b", {1: 0.120, 2: 0.035})
+    table = compare.compare(a, b)
+    by = table.set_index("speed.threads")
+    assert by.loc["1", "value_a"] == pytest.approx(0.118) and by.loc["2", "value_b"] == pytest.approx(0.035)
+    assert by.loc["2", "verdict"] == "B faster"
+    shown = compare.shown(table, "speed", ("A", "B"))
+    assert "speed.threads" in shown.columns and len(shown) == 2
+
+
+def test_compare_accuracy_against_speed_is_one_line(tmp_path):
+    from test_results import accuracy_sweep, speed_sweep
+
+    with pytest.raises(ValueError, match="same kind"):
+        compare.compare(accuracy_sweep(tmp_path / "a"), speed_sweep(tmp_path / "s"))
+
+
+def test_step_stats_keep_a_swept_key_apart(tmp_path):
+    rows = []
+    for threads, ms in ((1, 3.0), (2, 2.0)):
+        rows.append(
+            {"kind": "speed", "status": "ok", "input": "s", "norm": "bn", "impl": "native", "pass": "step"}
+            | {"model": "resnet20", "batch_size": 8, "median_ms": ms, "overrides": f"speed.threads={threads}"}
+        )
+    stats = speed_tables.step_stats(pd.DataFrame(rows))
+    assert sorted(stats["median_ms"]) == [2.0, 3.0]
+    assert "speed.threads" in speed_tables.step_table(stats)
+
+
+# --------------------------------------------------------------------- a report never replaces another
+
+
+def test_report_out_into_another_sweep_is_refused(tmp_path, capsys):
+    from normbench import cli
+    from test_results import accuracy_sweep, speed_sweep
+
+    a, b = speed_sweep(tmp_path / "A"), accuracy_sweep(tmp_path / "B")
+    assert cli.report([str(b)]) == 0
+    before = {name: (b / name).read_bytes() for name in ("report.md", "summary.csv")}
+    assert cli.report([str(a), "--out", str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "another sweep's directory" in err and "--out" in err and f"normbench-report {b}" not in err
+    assert {name: (b / name).read_bytes() for name in before} == before
+    assert cli.report([str(b)]) == 0  # B's own report still rebuilds in place
+
+
+def test_report_out_holding_another_report_is_refused(tmp_path, capsys):
+    from normbench import cli
+    from test_results import accuracy_sweep, speed_sweep
+
+    a, b, out = speed_sweep(tmp_path / "A"), accuracy_sweep(tmp_path / "B"), tmp_path / "out"
+    assert cli.report([str(a), "--out", str(out)]) == 0
+    assert cli.report([str(a), "--out", str(out)]) == 0  # the same report again: a rebuild
+    before = (out / "summary.csv").read_bytes()
+    assert cli.report([str(b), "--out", str(out)]) == 2
+    assert "holds the report of other inputs" in capsys.readouterr().err
+    assert (out / "summary.csv").read_bytes() == before
+
+
+def test_a_rebuild_that_would_shrink_does_not_suggest_itself(tmp_path, capsys):
+    import shutil
+
+    from normbench import cli
+    from test_results import speed_sweep
+
+    a = speed_sweep(tmp_path / "A")
+    assert cli.report([str(a)]) == 0
+    shutil.rmtree(a / "0")
+    assert cli.report([str(a)]) == 2
+    err = capsys.readouterr().err
+    assert "would lose" in err and f"`normbench-report {a}`" not in err and "--out NEW_DIR" in err
