@@ -143,7 +143,8 @@ def _shown_keys(t: pd.DataFrame, kind: str) -> list[str]:
     present = [k for k in CONFIG_KEYS[kind] if k in t]
     keys = [k for k in present if t[k].nunique() > 1] or present[:2]
     extra = [c for c in t if c not in STAT_COLUMNS and c not in present and t[c].notna().any()]
-    return keys + [c for c in extra if c not in sum(CONFIG_KEYS.values(), [])]
+    known = {k for ks in CONFIG_KEYS.values() for k in ks}
+    return keys + [c for c in extra if c not in known]
 
 
 def shown(table: pd.DataFrame, kind: str, names: tuple[str, str]) -> pd.DataFrame:

@@ -56,7 +56,7 @@ def add(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
         return frame, extra
     parsed = frame["overrides"].map(parse) if "overrides" in frame else None
     for key in swept_keys(frame):
-        values = frame[key] if key in frame else parsed.map(lambda o: o.get(key, ""))
+        values = frame[key] if key in frame else parsed.map(lambda o, key=key: o.get(key, ""))
         values = values.map(lambda v: "" if _na(v) else str(v))
         groups = [frame[k].astype(str).fillna("") for k in keys + extra]
         pooled = values.groupby(groups).nunique().gt(1).any() if groups else values.nunique() > 1

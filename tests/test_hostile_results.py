@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_results import accuracy_rows, make_sweep, speed_rows
+from test_results import accuracy_rows, accuracy_sweep, make_sweep, speed_rows, speed_sweep
 
-from normbench import compare, report, results, speed_tables, swept
+from normbench import cli, compare, report, results, speed_tables, swept
 
 # ------------------------------------------------------------------------------- swept keys stay apart
 
@@ -29,7 +30,7 @@ def groups_lr_sweep(root: Path) -> Path:
     for groups in (1, 32):
         for lr in (0.01, 0.5):
             row = accuracy_rows("gn", 32, 0)[0] | {"test_acc": 0.5 + groups / 100 + lr / 10, "lr": lr}
-            jobs.append(([f"norm=gn", f"norm.groups={groups}", f"accuracy.lr_reference.lr={lr}"], [row]))
+            jobs.append((["norm=gn", f"norm.groups={groups}", f"accuracy.lr_reference.lr={lr}"], [row]))
     return make_sweep(root, "accuracy", jobs)
 
 
@@ -50,8 +51,6 @@ def test_speed_medians_of_a_swept_key_are_not_averaged(tmp_path):
 
 def test_a_key_the_tables_show_adds_no_column(tmp_path):
     """`norm=bn,gn` or `speed.batch_size=4,16` are columns already: nothing is added."""
-    from test_results import speed_sweep
-
     speed = report.ok_rows(results.read([speed_sweep(tmp_path / "s")]), "speed")
     assert swept.swept_keys(speed) == ["impl", "norm", "speed.batch_size"]
     assert report.speed_stats(speed).attrs["swept"] == []
@@ -82,8 +81,6 @@ def test_compare_keeps_a_swept_key_apart(tmp_path):
 
 
 def test_compare_accuracy_against_speed_is_one_line(tmp_path):
-    from test_results import accuracy_sweep, speed_sweep
-
     with pytest.raises(ValueError, match="same kind"):
         compare.compare(accuracy_sweep(tmp_path / "a"), speed_sweep(tmp_path / "s"))
 
@@ -104,9 +101,6 @@ def test_step_stats_keep_a_swept_key_apart(tmp_path):
 
 
 def test_report_out_into_another_sweep_is_refused(tmp_path, capsys):
-    from normbench import cli
-    from test_results import accuracy_sweep, speed_sweep
-
     a, b = speed_sweep(tmp_path / "A"), accuracy_sweep(tmp_path / "B")
     assert cli.report([str(b)]) == 0
     before = {name: (b / name).read_bytes() for name in ("report.md", "summary.csv")}
@@ -118,9 +112,6 @@ def test_report_out_into_another_sweep_is_refused(tmp_path, capsys):
 
 
 def test_report_out_holding_another_report_is_refused(tmp_path, capsys):
-    from normbench import cli
-    from test_results import accuracy_sweep, speed_sweep
-
     a, b, out = speed_sweep(tmp_path / "A"), accuracy_sweep(tmp_path / "B"), tmp_path / "out"
     assert cli.report([str(a), "--out", str(out)]) == 0
     assert cli.report([str(a), "--out", str(out)]) == 0  # the same report again: a rebuild
@@ -131,11 +122,6 @@ def test_report_out_holding_another_report_is_refused(tmp_path, capsys):
 
 
 def test_a_rebuild_that_would_shrink_does_not_suggest_itself(tmp_path, capsys):
-    import shutil
-
-    from normbench import cli
-    from test_results import speed_sweep
-
     a = speed_sweep(tmp_path / "A")
     assert cli.report([str(a)]) == 0
     shutil.rmtree(a / "0")
