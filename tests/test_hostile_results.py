@@ -128,3 +128,60 @@ def test_a_rebuild_that_would_shrink_does_not_suggest_itself(tmp_path, capsys):
     assert cli.report([str(a)]) == 2
     err = capsys.readouterr().err
     assert "would lose" in err and f"`normbench-report {a}`" not in err and "--out NEW_DIR" in err
+
+
+# ------------------------------------------------------------------- a single run owns hydra.run.dir
+
+
+@pytest.fixture
+def toy(tmp_path) -> Path:
+    import textwrap
+
+    from test_launchers import TOY_APP, TOY_CONFIG
+
+    (tmp_path / "app.yaml").write_text(TOY_CONFIG)
+    (tmp_path / "app.py").write_text(textwrap.dedent(TOY_APP))
+    return tmp_path
+
+
+def toy_run(toy: Path, *args: str):
+    import sys
+
+    from test_launchers import run
+
+    return run([sys.executable, "app.py", *args], cwd=toy)
+
+
+def test_a_second_run_into_one_dir_is_refused(toy):
+    first = toy_run(toy, "hydra.run.dir=D", "x=1")
+    assert first.returncode == 0, first.stderr
+    rows = (toy / "D" / "rows.csv").read_bytes()
+    second = toy_run(toy, "hydra.run.dir=D", "x=3")
+    assert second.returncode == 2
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "already holds results (rows.csv)" in lines[0] and "fresh hydra.run.dir" in lines[0]
+    assert (toy / "D" / "rows.csv").read_bytes() == rows
+
+
+def test_a_run_into_a_sweeps_job_dir_is_refused(tmp_path):
+    from normbench.callbacks import SweepDirTaken, claim_run_dir
+
+    sweep = accuracy_sweep(tmp_path / "acc")
+    with pytest.raises(SweepDirTaken, match="rows.csv"):
+        claim_run_dir(sweep / "0", "normbench-speed")
+    with pytest.raises(SweepDirTaken, match="multirun.yaml"):
+        claim_run_dir(sweep, "normbench-speed")
+
+
+def test_a_planted_log_link_is_not_followed(toy):
+    (toy / "D" / ".hydra").mkdir(parents=True)
+    outside = toy / "outside.txt"
+    outside.write_text("not the run's\n")
+    for name in ("app.log", ".hydra/config.yaml", "peak_bandwidth.json.lock"):
+        (toy / "D" / name).symlink_to(outside)
+    done = toy_run(toy, "hydra.run.dir=D")
+    assert done.returncode == 0, done.stderr
+    assert outside.read_text() == "not the run's\n"
+    assert not (toy / "D" / "app.log").is_symlink() and "wrote 1 row" in (toy / "D" / "app.log").read_text()
+    assert "x: 1" in (toy / "D" / ".hydra" / "config.yaml").read_text()
+    assert done.stderr.count("removed the symbolic link") == 3
