@@ -185,3 +185,59 @@ def test_a_planted_log_link_is_not_followed(toy):
     assert not (toy / "D" / "app.log").is_symlink() and "wrote 1 row" in (toy / "D" / "app.log").read_text()
     assert "x: 1" in (toy / "D" / ".hydra" / "config.yaml").read_text()
     assert done.stderr.count("removed the symbolic link") == 3
+
+
+# ---------------------------------------------------------------------------------- the peak cache
+
+
+def peak_key(copy_mb: int = 8) -> str:
+    import torch
+
+    return f"cpu [cpu] {copy_mb}MiB {torch.get_num_threads()} threads"
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        {"peak_gbps": 0.001, "peak_method": "copy", "peak_copy_ms": 2 * 8 * 2**20 / 1e6},  # consistent, implausible
+        {"peak_gbps": 0.001, "peak_method": "copy", "peak_copy_ms": 1.0},  # not what its copy time gives
+        {"peak_gbps": 50.0, "peak_method": "copy", "peak_copy_ms": 2 * 8 * 2**20 / 50e6, "bytes": 1},  # a new key
+        {"peak_gbps": float("inf"), "peak_method": "copy", "peak_copy_ms": 0.0},
+        {"peak_gbps": True, "peak_method": "copy", "peak_copy_ms": 1.0},
+    ],
+)
+def test_a_planted_peak_is_measured_again(tmp_path, monkeypatch, planted):
+    import json
+
+    import torch
+    from test_integrity import copy_record
+
+    from normbench import timing
+
+    (tmp_path / timing.PEAK_FILE).write_text(json.dumps({peak_key(): planted}))
+    monkeypatch.setattr(timing, "_PEAKS", {})
+    monkeypatch.setattr(timing, "measure_copy_bandwidth", lambda *a, **k: copy_record(12.5, 8))
+    assert timing.peak_bandwidth(torch.device("cpu"), "cpu", tmp_path, 8)["peak_gbps"] == 12.5
+    good = copy_record(40.0, 8)
+    (tmp_path / timing.PEAK_FILE).write_text(json.dumps({peak_key(): good}))
+    monkeypatch.setattr(timing, "_PEAKS", {})
+    assert timing.peak_bandwidth(torch.device("cpu"), "cpu", tmp_path, 8) == good  # a measured one is reused
+
+
+def test_a_lock_file_that_is_a_symlink_loop_is_replaced(tmp_path, monkeypatch):
+    import torch
+    from test_integrity import copy_record
+
+    from normbench import timing
+
+    lock = tmp_path / (timing.PEAK_FILE + ".lock")
+    lock.symlink_to(lock)  # ELOOP on open
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / (timing.PEAK_FILE + ".lock")).symlink_to(outside)  # would be truncated
+    monkeypatch.setattr(timing, "_PEAKS", {})
+    monkeypatch.setattr(timing, "measure_copy_bandwidth", lambda *a, **k: copy_record(12.5, 8))
+    for where in (tmp_path, tmp_path / "sub"):
+        assert timing.peak_bandwidth(torch.device("cpu"), "cpu", where, 8)["peak_gbps"] == 12.5
+    assert outside.read_text() == "keep" and not lock.is_symlink()

@@ -239,7 +239,8 @@ from normbench import timing
 
 def slow_measure(device, copy_mb, **kw):
     time.sleep(0.5)  # long enough for every process to race the others
-    return {"peak_gbps": random.uniform(1, 100), "peak_method": "test"}
+    ms = random.uniform(1, 10)
+    return {"peak_gbps": 2 * copy_mb * 2**20 / (ms * 1e-3) / 1e9, "peak_method": "test", "peak_copy_ms": ms}
 
 timing.measure_copy_bandwidth = slow_measure
 print(timing.peak_bandwidth(torch.device("cpu"), "cpu", Path(sys.argv[1]), 8)["peak_gbps"])
@@ -265,9 +266,14 @@ def test_a_broken_peak_cache_is_measured_again(tmp_path, monkeypatch, cached):
     content = cached if not isinstance(cached, (int, str, type(None))) else {key: cached}
     (tmp_path / timing.PEAK_FILE).write_text(json.dumps(content))
     monkeypatch.setattr(timing, "_PEAKS", {})
-    monkeypatch.setattr(timing, "measure_copy_bandwidth", lambda *a, **k: {"peak_gbps": 12.5, "peak_method": "t"})
+    monkeypatch.setattr(timing, "measure_copy_bandwidth", lambda *a, **k: copy_record(12.5, 8))
     assert timing.peak_bandwidth(torch.device("cpu"), "cpu", tmp_path, 8)["peak_gbps"] == 12.5
     assert json.loads((tmp_path / timing.PEAK_FILE).read_text())[key]["peak_gbps"] == 12.5
+
+
+def copy_record(gbps: float, copy_mb: int) -> dict:
+    """A record as measure_copy_bandwidth writes it: the peak and the copy time that gives it."""
+    return {"peak_gbps": gbps, "peak_method": "test", "peak_copy_ms": 2 * copy_mb * 2**20 / (gbps * 1e9) * 1e3}
 
 
 def test_peak_settings_are_checked(tmp_path, caplog, hydra_configs):
