@@ -384,7 +384,6 @@ def build_report(
     check_out(inputs, out, frame)
     keep_data(out, frame, rebuild=out.resolve() in {p.resolve() for p in inputs})
     out.mkdir(parents=True, exist_ok=True)
-    results.write_summary(frame, out)
 
     labels = source_labels(frame)
     acc, speed = ok_rows(frame, "accuracy"), ok_rows(frame, "speed")
@@ -488,7 +487,10 @@ def build_report(
     if acc.empty and speed.empty and bench.empty and not frame.empty:
         doc.para("No measurements were found in the inputs.")
 
-    results.atomic_write_bytes(out / REPORT_HTML, doc.html(title).encode())
+    # Written last, once the whole document is built: the summary and the report, or neither.
+    page = doc.html(title).encode()
+    results.write_summary(frame, out)
+    results.atomic_write_bytes(out / REPORT_HTML, page)
     return results.atomic_write_bytes(out / REPORT_MD, doc.markdown().encode())
 
 

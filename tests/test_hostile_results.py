@@ -241,3 +241,78 @@ def test_a_lock_file_that_is_a_symlink_loop_is_replaced(tmp_path, monkeypatch):
     for where in (tmp_path, tmp_path / "sub"):
         assert timing.peak_bandwidth(torch.device("cpu"), "cpu", where, 8)["peak_gbps"] == 12.5
     assert outside.read_text() == "keep" and not lock.is_symlink()
+
+
+# ---------------------------------------------------------------- hostile pytest-benchmark JSON, run.json
+
+
+def bench_file(tmp_path: Path, name: str, content) -> Path:
+    import json
+
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def entry(median=0.001, **fields) -> dict:
+    return {"name": "test_x", "fullname": "t.py::test_x", "stats": {"median": median, "rounds": 3}} | fields
+
+
+@pytest.mark.parametrize(
+    "content, says",
+    [
+        ('{"benchmarks": [{"name": "test_x", "stats": {"med', "not valid JSON (cut short?)"),
+        ("hello", "not valid JSON"),
+        (b"\x89PNG\r\n\x1a\n\xff\xfe", "not UTF-8 text"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ({"benchmarks": [entry(-0.001)]}, "stats.median -0.001"),
+        ({"benchmarks": [entry(True)]}, "stats.median True"),
+        ('{"benchmarks": [{"name": "test_x", "stats": {"median": NaN}}]}', "stats.median nan"),
+        ({"benchmarks": [entry(extra_info=[1, 2])]}, "extra_info of type list"),
+        ({"benchmarks": [entry(params="abc")]}, "params of type str"),
+        ({"benchmarks": [entry()], "machine_info": ["x"]}, "machine_info is a list"),
+        ({"benchmarks": [entry()], "commit_info": 3}, "commit_info is a int"),
+        ({"benchmarks": ["test_x"]}, "a benchmark entry is a str"),
+    ],
+)
+def test_a_hostile_benchmark_json_is_one_line_naming_the_file(tmp_path, capsys, content, says):
+    path = bench_file(tmp_path, "bench.json", content)
+    assert cli.report([str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err and says in err, err
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_other_stats_of_a_wrong_type_are_left_out(tmp_path):
+    from normbench import benchmark_json
+
+    stats = {"median": 0.002, "q1": True, "q3": -1, "min": "x", "rounds": 2.5, "iterations": False}
+    path = bench_file(tmp_path, "b.json", {"benchmarks": [entry() | {"stats": stats}]})
+    frame = benchmark_json.read_benchmark_json(path)
+    assert frame["median_ms"].item() == 2.0
+    for col in ("q1_ms", "q3_ms", "min_ms", "rounds", "iterations"):  # not 1000 ms, -1000 ms, 2.5 rounds
+        assert col not in frame or frame[col].isna().all(), col
+
+
+@pytest.mark.parametrize("run_json", ["[1, 2]", '{"command": 5, "versions": "abc", "jobs": [1, 2], "name": 3}', "{"])
+def test_a_malformed_run_json_gives_summary_and_report(tmp_path, run_json):
+    sweep = accuracy_sweep(tmp_path / "acc")
+    (sweep / "run.json").write_text(run_json)
+    assert cli.report([str(sweep)]) == 0
+    md = (sweep / "report.md").read_text()
+    assert (sweep / "summary.csv").is_file() and "### `acc`" in md and "versions: not recorded" in md
+
+
+def test_a_report_that_fails_writes_neither_summary_nor_report(tmp_path, monkeypatch):
+    sweep = accuracy_sweep(tmp_path / "acc")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the document could not be built")
+
+    monkeypatch.setattr(report.Document, "html", broken)
+    with pytest.raises(RuntimeError):
+        report.build_report([sweep], sweep)
+    assert not (sweep / "summary.csv").exists() and not (sweep / "report.md").exists()
