@@ -322,6 +322,14 @@ def _accuracy_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> No
         doc.image(plot, "Test error vs K per norm (BatchNorm: three evaluations); the GN paper's protocol beside")
 
 
+def pooled_accuracy_keys(acc: pd.DataFrame) -> list[str]:
+    """The keys the sweep varied that the accuracy tables keep apart only as extra columns
+    (normbench.swept): what any comparison by norm, K and setup alone would pool."""
+    from normbench.accuracy_tables import GROUP_COLUMNS, RUN_KEYS
+
+    return swept.add(with_setup(acc), [*GROUP_COLUMNS, *RUN_KEYS])[1]
+
+
 def _claims_plot(acc: pd.DataFrame, path: Path) -> Path | None:
     from normbench import plots
 
@@ -403,7 +411,9 @@ def build_report(
         "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
         "roofline": plots.speed_roofline(speed, out / PLOTS["roofline"]) if not speed.empty else None,
         "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"]) if one_each else None,
-        "claims": _claims_plot(acc, out / PLOTS["claims"]) if claims.available(acc) else None,
+        "claims": _claims_plot(acc, out / PLOTS["claims"])
+        if claims.available(acc) and not pooled_accuracy_keys(acc)
+        else None,
     }
     for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
         if made[key] is None:
@@ -427,7 +437,16 @@ def build_report(
     if not acc.empty:
         _accuracy_section(doc, acc, made["accuracy"])
     if claims.available(acc):
-        _claims_section(doc, acc, made["claims"])
+        pooled = pooled_accuracy_keys(acc)
+        if pooled:
+            doc.heading(2, "The notebook's claims")
+            doc.para(
+                f"Not judged: this sweep varies {', '.join(f'`{k}`' for k in pooled)}, which the claims' "
+                "comparisons do not tell apart, so each would pool different configurations. Judge them on a "
+                "sweep that holds those keys fixed (docs/claims.md)."
+            )
+        else:
+            _claims_section(doc, acc, made["claims"])
 
     if not speed.empty:
         doc.heading(2, "Speed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_results import accuracy_rows, accuracy_sweep, make_sweep, speed_rows, speed_sweep
@@ -72,7 +73,7 @@ def test_accuracy_configurations_of_a_swept_key_are_not_pooled(tmp_path):
 def test_compare_keeps_a_swept_key_apart(tmp_path):
     a = threads_sweep(tmp_path / "a", {1: 0.118, 2: 0.070})
     b = threads_sweep(tmp_path / "b", {1: 0.120, 2: 0.035})
-    table = compare.compare(a, b)
+    table = compare.compare(a, b, noise=1.5)
     by = table.set_index("speed.threads")
     assert by.loc["1", "value_a"] == pytest.approx(0.118) and by.loc["2", "value_b"] == pytest.approx(0.035)
     assert by.loc["2", "verdict"] == "B faster"
@@ -316,3 +317,43 @@ def test_a_report_that_fails_writes_neither_summary_nor_report(tmp_path, monkeyp
     with pytest.raises(RuntimeError):
         report.build_report([sweep], sweep)
     assert not (sweep / "summary.csv").exists() and not (sweep / "report.md").exists()
+
+
+# --------------------------------------------------------------------------- the noise floor of --compare
+
+
+def test_the_noise_floor_grows_with_the_runs_spreads(tmp_path, capsys):
+    """A 3x change is named between runs whose p20-p80 is +-2%, and within noise between runs as noisy
+    as the A/A of docs/report.md (+-25%: a busy machine); --noise sets the floor instead."""
+
+    def sweep(name: str, medians: dict, spread: float) -> Path:
+        jobs = []
+        for threads, ms in medians.items():
+            row = speed_rows("gn", "native", "fwd", 8)[0] | {"median_ms": ms, "threads": threads}
+            row |= {"p20_ms": ms * (1 - spread), "p80_ms": ms * (1 + spread)}
+            jobs.append(([f"speed.threads={threads}"], [row]))
+        return make_sweep(tmp_path / name, "speed", jobs)
+
+    quiet = compare.compare(sweep("a", {1: 0.1, 2: 0.1}, 0.02), sweep("b", {1: 0.3, 2: 0.1 / 3}, 0.02))
+    assert quiet["noise_floor"].iloc[0] == pytest.approx(np.exp(compare.NOISE_K * np.log(1.02 / 0.98)))
+    assert list(quiet.sort_values("speed.threads")["verdict"]) == ["B slower", "B faster"]
+    a, b = sweep("c", {1: 0.1, 2: 0.1}, 0.25), sweep("d", {1: 0.3, 2: 0.1 / 3}, 0.25)
+    busy = compare.compare(a, b)
+    assert busy["noise_floor"].iloc[0] > 3 and (busy["verdict"] == "within noise").all()
+    assert list(compare.compare(a, b, noise=2.0).sort_values("speed.threads")["verdict"]) == ["B slower", "B faster"]
+    with pytest.raises(SystemExit) as stop:  # argparse: its usage, then the one line
+        cli.report(["--compare", str(a), str(b), "--noise", "0.5"])
+    assert stop.value.code == 2 and "--noise: must be a factor >= 1" in capsys.readouterr().err
+
+
+def test_claims_are_not_judged_over_a_pooled_key(tmp_path, monkeypatch):
+    from normbench import claims
+
+    def judge(acc):
+        raise AssertionError("judged over pooled configurations")
+
+    monkeypatch.setattr(claims, "available", lambda acc: True)  # the claims' runs, as far as norm and K go
+    monkeypatch.setattr(claims, "judge", judge)
+    sweep = groups_lr_sweep(tmp_path / "s")
+    md = report.build_report([sweep], sweep).read_text()
+    assert "Not judged: this sweep varies `accuracy.lr_reference.lr`, `norm.groups`" in md
