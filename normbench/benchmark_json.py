@@ -106,7 +106,14 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
         }
         row.update(params)
         row.update(extra)
-        if all(row.get(k) is not None for k in ("norm", "impl", "pass")):
+        if "batch_size" not in row and isinstance(row.get("shape"), str):
+            first = re.match(r"\D*(\d+)", row["shape"])
+            if first:
+                row["batch_size"] = int(first.group(1))
+        # One norm's pass: named by strings, at a known batch size; anything else is a benchmark of its own.
+        named = all(isinstance(row.get(k), str) for k in ("norm", "impl", "pass"))
+        batch = row.get("batch_size")
+        if named and isinstance(batch, (int, float)) and not isinstance(batch, bool) and math.isfinite(batch):
             row["kind"] = "speed"
         for stat in ("median", "min", "max", "mean", "stddev", "q1", "q3"):
             if stat in stats:
@@ -127,10 +134,6 @@ def read_benchmark_json(path: str | Path) -> pd.DataFrame:
                 row["pct_of_peak"] = 100.0 * float(row["gbps"]) / peak
         except (KeyError, TypeError, ValueError):
             pass
-        if row["kind"] == "speed" and "batch_size" not in row and isinstance(row.get("shape"), str):
-            first = re.match(r"\D*(\d+)", row["shape"])
-            if first:
-                row["batch_size"] = int(first.group(1))
         row.setdefault("device", "cpu")
         if row["device"] == "cpu" and cpu:
             row.setdefault("device_name", cpu)

@@ -125,7 +125,7 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
         info.update(
             command=f"pytest --benchmark-json {path.name} ...  (pytest-benchmark {data.get('version', '?')})",
             date=data.get("datetime"),
-            git_commit=(commit.get("id") or None) and commit["id"] + ("+dirty" if commit.get("dirty") else ""),
+            git_commit=(commit.get("id") or None) and f"{commit['id']}" + ("+dirty" if commit.get("dirty") else ""),
             host=machine.get("node"),
             versions={"python": machine.get("python_version")},
         )

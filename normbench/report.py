@@ -128,16 +128,18 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
 
 def benchmarks_table(bench: pd.DataFrame) -> pd.DataFrame:
     """pytest-benchmark entries that are not one norm's pass: one row each, under its own name."""
+
+    def col(name: str) -> pd.Series:  # a field no entry of the file had is no column at all
+        return bench[name] if name in bench else pd.Series(np.nan, index=bench.index)
+
     t = pd.DataFrame(
         {
             "input": bench["input"],
-            "group": bench["group"].fillna(""),
-            "benchmark": bench["benchmark"],
+            "group": col("group").fillna(""),
+            "benchmark": col("benchmark"),
             "median ms": bench["median_ms"].map(_sig),
-            "q1-q3 ms": [
-                f"{_sig(a)}-{_sig(b)}" for a, b in zip(bench.get("q1_ms", np.nan), bench.get("q3_ms", np.nan))
-            ],
-            "rounds": bench["rounds"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+            "q1-q3 ms": [f"{_sig(a)}-{_sig(b)}" for a, b in zip(col("q1_ms"), col("q3_ms"))],
+            "rounds": col("rounds").map(lambda v: "" if pd.isna(v) else f"{v:g}"),
         }
     )
     return t.drop(columns=[] if t["input"].nunique() > 1 else ["input"]).reset_index(drop=True)

@@ -357,3 +357,18 @@ def test_claims_are_not_judged_over_a_pooled_key(tmp_path, monkeypatch):
     sweep = groups_lr_sweep(tmp_path / "s")
     md = report.build_report([sweep], sweep).read_text()
     assert "Not judged: this sweep varies `accuracy.lr_reference.lr`, `norm.groups`" in md
+
+
+def test_entries_that_are_not_one_norms_pass_are_benchmarks_of_their_own(tmp_path):
+    """extra_info naming a norm by a number, or no batch size (no shape to read it from): an entry of
+    its own in "Other benchmarks", not a speed row that every speed table would trip on."""
+    entries = [
+        entry(extra_info={"norm": "bn", "impl": "native", "pass": "fwd"}),  # no batch size
+        entry(extra_info={"norm": 5, "impl": None, "pass": "fwd", "bytes": "abc", "peak_gbps": -1}),
+        entry(extra_info={"norm": "gn", "impl": "native", "pass": "fwd", "shape": "(4, 64, 8, 8)"}),
+    ]
+    path = bench_file(tmp_path, "b.json", {"benchmarks": entries, "commit_info": {"id": 7, "dirty": "yes"}})
+    assert cli.report([str(path), "--out", str(tmp_path / "out")]) == 0
+    frame = results.read_summary(tmp_path / "out" / "summary.csv")
+    assert list(frame["kind"]) == ["benchmark", "benchmark", "speed"] and frame["batch_size"].iloc[2] == 4
+    assert "git commit: `7`" in (tmp_path / "out" / "report.md").read_text()
