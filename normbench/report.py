@@ -129,13 +129,13 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
 def benchmarks_table(bench: pd.DataFrame) -> pd.DataFrame:
     """pytest-benchmark entries that are not one norm's pass: one row each, under its own name."""
 
-    def col(name: str) -> pd.Series:  # a field no entry of the file had is no column at all
-        return bench[name] if name in bench else pd.Series(np.nan, index=bench.index)
+    def col(name: str, missing: Any = np.nan) -> pd.Series:  # a field no entry of the file had is no column
+        return bench[name] if name in bench else pd.Series(missing, index=bench.index, dtype=object)
 
     t = pd.DataFrame(
         {
             "input": bench["input"],
-            "group": col("group").fillna(""),
+            "group": col("group", "").fillna(""),
             "benchmark": col("benchmark"),
             "median ms": bench["median_ms"].map(_sig),
             "q1-q3 ms": [f"{_sig(a)}-{_sig(b)}" for a, b in zip(col("q1_ms"), col("q3_ms"))],

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import test_integrity
 from test_results import accuracy_rows, accuracy_sweep, make_sweep, speed_rows, speed_sweep
 
 from normbench import cli, compare, report, results, speed_tables, swept
@@ -134,15 +135,7 @@ def test_a_rebuild_that_would_shrink_does_not_suggest_itself(tmp_path, capsys):
 # ------------------------------------------------------------------- a single run owns hydra.run.dir
 
 
-@pytest.fixture
-def toy(tmp_path) -> Path:
-    import textwrap
-
-    from test_launchers import TOY_APP, TOY_CONFIG
-
-    (tmp_path / "app.yaml").write_text(TOY_CONFIG)
-    (tmp_path / "app.py").write_text(textwrap.dedent(TOY_APP))
-    return tmp_path
+toy = test_integrity.toy  # the fixture: a Hydra app of test_launchers' in tmp_path
 
 
 def toy_run(toy: Path, *args: str):
@@ -367,8 +360,8 @@ def test_entries_that_are_not_one_norms_pass_are_benchmarks_of_their_own(tmp_pat
         entry(extra_info={"norm": 5, "impl": None, "pass": "fwd", "bytes": "abc", "peak_gbps": -1}),
         entry(extra_info={"norm": "gn", "impl": "native", "pass": "fwd", "shape": "(4, 64, 8, 8)"}),
     ]
-    path = bench_file(tmp_path, "b.json", {"benchmarks": entries, "commit_info": {"id": 7, "dirty": "yes"}})
+    path = bench_file(tmp_path, "b.json", {"benchmarks": entries, "commit_info": {"id": 7, "dirty": True}})
     assert cli.report([str(path), "--out", str(tmp_path / "out")]) == 0
     frame = results.read_summary(tmp_path / "out" / "summary.csv")
     assert list(frame["kind"]) == ["benchmark", "benchmark", "speed"] and frame["batch_size"].iloc[2] == 4
-    assert "git commit: `7`" in (tmp_path / "out" / "report.md").read_text()
+    assert "git commit: `7+dirty`" in (tmp_path / "out" / "report.md").read_text()
