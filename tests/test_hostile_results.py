@@ -113,19 +113,23 @@ def test_report_out_into_another_sweep_is_refused(tmp_path, capsys):
     assert cli.report([str(b)]) == 0  # B's own report still rebuilds in place
 
 
-def test_report_out_holding_another_report_is_refused(tmp_path, capsys):
+def test_report_out_holding_another_report_is_refused(tmp_path):
     a, b, out = speed_sweep(tmp_path / "A"), accuracy_sweep(tmp_path / "B"), tmp_path / "out"
-    assert cli.report([str(a), "--out", str(out)]) == 0
-    assert cli.report([str(a), "--out", str(out)]) == 0  # the same report again: a rebuild
-    before = (out / "summary.csv").read_bytes()
-    assert cli.report([str(b), "--out", str(out)]) == 2
-    assert "holds the report of other inputs" in capsys.readouterr().err
-    assert (out / "summary.csv").read_bytes() == before
+    frame_a, frame_b = results.read([a]), results.read([b])
+    results.write_summary(frame_a, out)  # a report of A, as `normbench-report A --out out` leaves it
+    report.check_out([a], out, frame_a)  # A again: a rebuild of the same report
+    report.check_out([out], out, results.read([out]))  # the report directory as its own input
+    with pytest.raises(ValueError, match="holds the report of other inputs"):
+        report.check_out([b], out, frame_b)
+    (out / "summary.csv").unlink()
+    (out / "report.md").write_text("# someone's report\n")
+    with pytest.raises(ValueError, match="holds a report.*of unknown inputs"):
+        report.check_out([b], out, frame_b)
 
 
 def test_a_rebuild_that_would_shrink_does_not_suggest_itself(tmp_path, capsys):
     a = speed_sweep(tmp_path / "A")
-    assert cli.report([str(a)]) == 0
+    results.write_summary(results.read([a]), a)  # its report's summary, as the sweep's end left it
     shutil.rmtree(a / "0")
     assert cli.report([str(a)]) == 2
     err = capsys.readouterr().err
