@@ -132,6 +132,9 @@ def wrapper_table(wrapper: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     """Per norm: the module wrapper's median cost per call, in us, and as a % of the fastest native fwd
     pass measured for that norm (the shape where the wrapper would weigh most)."""
     keys = [k for k in ("input", "norm", "device_name") if k in wrapper and wrapper[k].notna().any()]
+    wrapper, extra = swept.add(wrapper, keys + ["impl"])  # keys the sweep varied beyond these
+    keys += extra
+    layers = layers.assign(**{k: swept.column(layers, k) for k in extra if k not in layers})
     t = wrapper.groupby(keys, dropna=False)["median_ms"].median().reset_index()
     native = layers[(layers.get("impl") == "native") & (layers.get("pass") == "fwd")] if not layers.empty else layers
     fastest = native.groupby(keys, dropna=False)["median_ms"].min() if not native.empty else pd.Series(dtype=float)

@@ -46,6 +46,17 @@ def swept_keys(frame: pd.DataFrame) -> list[str]:
     return sorted(keys)
 
 
+def column(frame: pd.DataFrame, key: str) -> pd.Series:
+    """The values of override `key` per row, as text ("" where a row's job did not set it)."""
+    if key in frame:
+        values = frame[key]
+    elif "overrides" in frame:
+        values = frame["overrides"].map(lambda o: parse(o).get(key, ""))
+    else:
+        values = pd.Series("", index=frame.index)
+    return values.map(lambda v: "" if _na(v) else str(v))
+
+
 def add(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """`frame` with a column per swept key that grouping by `keys` would pool (its values differ within
     one group), and the names of those columns (to group and show by). A key already a column of
@@ -54,10 +65,8 @@ def add(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
     extra: list[str] = []
     if frame.empty:
         return frame, extra
-    parsed = frame["overrides"].map(parse) if "overrides" in frame else None
     for key in swept_keys(frame):
-        values = frame[key] if key in frame else parsed.map(lambda o, key=key: o.get(key, ""))
-        values = values.map(lambda v: "" if _na(v) else str(v))
+        values = column(frame, key)
         groups = [frame[k].astype(str).fillna("") for k in keys + extra]
         pooled = values.groupby(groups).nunique().gt(1).any() if groups else values.nunique() > 1
         if pooled:

@@ -369,3 +369,17 @@ def test_entries_that_are_not_one_norms_pass_are_benchmarks_of_their_own(tmp_pat
     frame = results.read_summary(tmp_path / "out" / "summary.csv")
     assert list(frame["kind"]) == ["benchmark", "benchmark", "speed"] and frame["batch_size"].iloc[2] == 4
     assert "git commit: `7+dirty`" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_wrapper_table_keeps_a_swept_key_apart():
+    """The wrapper's cost per thread count, each against the native fwd of its own thread count."""
+    layers, wrappers = [], []
+    for threads, fwd_ms, wrapper_ms in ((1, 1.0, 0.005), (2, 0.5, 0.010)):
+        over = {"overrides": f"norm=bn impl=native speed.threads={threads}"}
+        layers.append(speed_rows("bn", "native", "fwd", 4)[0] | {"median_ms": fwd_ms} | over)
+        wrappers.append({"norm": "bn", "impl": "native", "pass": "wrapper", "median_ms": wrapper_ms} | over)
+    table = speed_tables.wrapper_table(pd.DataFrame(wrappers), pd.DataFrame(layers))
+    assert table[["speed.threads", "wrapper us per call", "% of the fastest native fwd"]].values.tolist() == [
+        ["1", "5.00", "0.5"],
+        ["2", "10.00", "2.0"],
+    ]
