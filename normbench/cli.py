@@ -147,7 +147,7 @@ def report(argv: list[str] | None = None) -> int:
         "--noise",
         type=_factor,
         metavar="FACTOR",
-        help="--compare: the smallest change in time a verdict names, e.g. 1.2 (default: per device, docs/report.md)",
+        help="--compare: the smallest change in time a verdict names, e.g. 1.2 (default: from the runs' spreads)",
     )
     parser.add_argument("--version", action="version", version=version_text("normbench-report"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
