@@ -519,9 +519,11 @@ def check_out(inputs: list[Path], out: Path, frame: pd.DataFrame) -> None:
     """Refuse an output directory that holds another sweep's results or another report: a report is
     written into one of its inputs (a rebuild), a new directory, or a report of the same sources as
     `frame`'s (the inputs its rows name)."""
+    how = "pick a new --out directory (without --out: a new results/report/<date>)"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory; {how}")
     if not out.is_dir() or out.resolve() in {p.resolve() for p in inputs}:
         return
-    how = "pick a new --out directory (without --out: a new results/report/<date>)"
     if (out / provenance.RUN_FILE).is_file() or (out / "multirun.yaml").is_file() or results.find_jobs(out):
         raise UsageError(f"--out {out} is another sweep's directory: a report never writes over its results; {how}")
     summary, md = out / results.SUMMARY_CSV, out / REPORT_MD

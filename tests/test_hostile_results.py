@@ -125,6 +125,8 @@ def test_report_out_holding_another_report_is_refused(tmp_path):
     (out / "report.md").write_text("# someone's report\n")
     with pytest.raises(ValueError, match="holds a report.*of unknown inputs"):
         report.check_out([b], out, frame_b)
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        report.check_out([b], out / "report.md", frame_b)
 
 
 def test_a_rebuild_that_would_shrink_does_not_suggest_itself(tmp_path, capsys):
