@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from normbench import norms
+from normbench import norms, swept
 from normbench.plots import norm_label, norm_order, position, rank
 
 EVALUATIONS = {"test_acc": "running", "test_acc_precise_bn": "PreciseBN", "test_acc_batch_stats": "batch stats"}
@@ -40,7 +40,7 @@ def with_setup(acc: pd.DataFrame) -> pd.DataFrame:
         f"{g:g} samples per step" if fixed else (f"{w:g} worker" + "s" * (w != 1) if pd.notna(w) else "")
         for fixed, g, w in zip(fixed_global, num("global_batch"), num("workers"))
     ]
-    return acc
+    return swept.add(acc, list(GROUP_COLUMNS) + RUN_KEYS)[0]
 
 
 def long_errors(acc: pd.DataFrame) -> pd.DataFrame:
@@ -53,10 +53,15 @@ def long_errors(acc: pd.DataFrame) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else acc.iloc[0:0].assign(evaluation=[], test_error=[])
 
 
+GROUP_COLUMNS = ("input", "dataset", "model", "impl", "setup", "epochs", "norm_position")  # input: never pooled
+RUN_KEYS = ["batch_size", "norm"]
+
+
 def accuracy_groups(acc: pd.DataFrame) -> list[str]:
-    """The columns besides norm, K and seed that vary (each value gets its own table)."""
-    cols = ("input", "dataset", "model", "impl", "setup", "epochs", "norm_position")  # input: never pooled
-    return [c for c in cols if c in acc and acc[c].nunique() > 1]
+    """The columns besides norm, K and seed that vary (each value gets its own table), and every key
+    the sweep varied that these do not tell apart (`normbench.swept`, added by `with_setup`)."""
+    cols = [c for c in GROUP_COLUMNS if c in acc and acc[c].nunique() > 1]
+    return cols + swept.add(acc, cols + RUN_KEYS)[1]
 
 
 def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:

@@ -13,6 +13,10 @@ report of whatever finished when the sweep did not end normally, and turns SIGTE
 at a time limit) into that same exit. A report that fails to build is logged with its traceback, left
 as `report-error.txt` in the sweep directory, and never hides the sweep's own outcome.
 
+A single run (no -m) claims its directory the same way in `on_run_start`, before Hydra opens the job's
+log there: `hydra.run.dir` may not hold another job's results, and a symbolic link where the run will
+write (the log, `.hydra/`, the peak cache) is removed rather than written through.
+
 One job per GPU: joblib hands the next job to whichever worker process is free, so a job number says
 nothing about which GPUs are busy. Instead each worker process claims a GPU of its own for its
 lifetime (an exclusive lock file in the sweep directory) and sets `CUDA_VISIBLE_DEVICES` to it before
@@ -107,6 +111,42 @@ def claim_sweep_dir(sweep: Path, run_json: bytes) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# What a single run writes into its directory besides its log (Hydra's .hydra/ files, normbench's).
+RUN_FILES = (
+    ".hydra",
+    ".hydra/config.yaml",
+    ".hydra/hydra.yaml",
+    ".hydra/overrides.yaml",
+    "peak_bandwidth.json",
+    "peak_bandwidth.json.lock",
+)
+
+
+def claim_run_dir(run: Path, job_name: str) -> list[str]:
+    """Make `run` (hydra.run.dir) a single run's own, or raise SweepDirTaken: it may not hold a job's
+    results (`rows.csv`, `failure.json`: another run's, of either app) or a sweep. A symbolic link where
+    the run will write (its log, `.hydra/`, the peak cache) is removed, so nothing is written through it
+    to a file elsewhere; returns a note per link removed."""
+    from normbench.provenance import RUN_FILE
+    from normbench.results import FAILURE_FILE, ROWS_FILE
+
+    how = "pick a fresh hydra.run.dir (the default is stamped to the microsecond)"
+    held = [n for n in (ROWS_FILE, FAILURE_FILE, RUN_FILE, "multirun.yaml") if os.path.lexists(run / n)]
+    if held:
+        raise SweepDirTaken(
+            f"hydra.run.dir={run} already holds results ({', '.join(held)}): a run never writes over another "
+            f"job's or sweep's; {how}"
+        )
+    notes = []
+    for name in (f"{job_name}.log", *RUN_FILES):
+        path = run / name
+        if path.is_symlink():
+            target = os.readlink(path)
+            path.unlink()  # the link only: its target is not ours to touch
+            notes.append(f"removed the symbolic link {path} (to {target}): a run writes only in its own directory")
+    return notes
+
+
 def planned_jobs(config: DictConfig) -> list[list[str]] | None:
     """The overrides of every job the sweep will launch, as Hydra's basic sweeper splits them (None
     for another sweeper, or a sweep it cannot expand without its config loader)."""
@@ -194,6 +234,16 @@ class SweepReport(Callback):
             signal.signal(signal.SIGTERM, self._on_sigterm)
         except ValueError:  # not the main thread: SIGTERM keeps its default
             pass
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A single run (no -m): claim hydra.run.dir before Hydra opens the job's log there."""
+        try:
+            notes = claim_run_dir(Path(str(config.hydra.run.dir)), str(config.hydra.job.name))
+        except SweepDirTaken as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """In a joblib worker on a multi-GPU host: pin this worker to a GPU of its own."""

@@ -143,6 +143,12 @@ def report(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--title", help="the report's title")
     parser.add_argument("--compare", action="store_true", help="compare two inputs, A B: B/A per configuration")
+    parser.add_argument(
+        "--noise",
+        type=_factor,
+        metavar="FACTOR",
+        help="--compare: the smallest change in time a verdict names, e.g. 1.2 (default: from the runs' spreads)",
+    )
     parser.add_argument("--version", action="version", version=version_text("normbench-report"))
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     from normbench import compare  # after parsing: --help and --version need neither
@@ -157,7 +163,7 @@ def report(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.compare:
-            md = compare.write(*args.paths, args.out or _stamped("compare"))
+            md = compare.write(*args.paths, args.out or _stamped("compare"), noise=args.noise)
             print(f"wrote {md}, {md.with_name(compare.COMPARE_HTML)} and {md.with_name(compare.COMPARE_CSV)}")
             return 0
         md = report_job.build_report(args.paths, args.out or default_out(args.paths), title=args.title)
@@ -166,6 +172,17 @@ def report(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {md} and {md.with_name(report_job.REPORT_HTML)}")
     return 0
+
+
+def _factor(text: str) -> float:
+    """--noise: a finite factor >= 1 (argparse prints the error as one line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a factor >= 1, e.g. 1.2 (B/A over 1.2 or under 1/1.2), not {text!r}")
+    return value
 
 
 def default_out(paths: list[Path]) -> Path:

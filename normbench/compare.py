@@ -8,8 +8,9 @@ machines is one use) it gives each side's value with its spread and the ratio B/
 - accuracy: test error (%) mean ± sd over seeds; B/A below 1 means B errs less.
 
 The verdict says `B faster` / `B slower` (`B better` / `B worse`) only when the two spreads do not
-overlap, else `within noise`; a side with one seed has no spread to judge by. Configurations only one
-side has are listed too. Writes `compare.md`, `compare.html`, `compare.csv` and `compare.png`.
+overlap and, for times, B/A is beyond the noise floor (`noise_floor`: it grows with the spreads the
+two runs show; or `--noise`), else `within noise`; a side with one seed has no spread to judge by.
+Configurations only one side has are listed too. Writes `compare.md`, `compare.html`, `compare.csv` and `compare.png`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from normbench import results
+from normbench import results, swept
 from normbench.errors import UsageError
 from normbench.plots import _save, label
 
@@ -34,6 +35,8 @@ COMPARE_MD, COMPARE_HTML, COMPARE_CSV, COMPARE_PNG = "compare.md", "compare.html
 
 def side_stats(rows: pd.DataFrame, kind: str, keys: list[str]) -> pd.DataFrame:
     """Per configuration: value, spread (lo, hi) and count, of one side's ok rows of one kind."""
+    if rows.empty:  # the kind only the other side measured
+        return pd.DataFrame(columns=[*keys, "value", "lo", "hi", "n"])
     d = rows.copy()
     if kind == "accuracy":
         from normbench.report import test_error
@@ -55,11 +58,30 @@ def side_stats(rows: pd.DataFrame, kind: str, keys: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _verdict(row: pd.Series, kind: str) -> str:
+# The smallest change in time a verdict names, as a factor (B/A or A/B): exp(NOISE_K x the median of
+# ln(hi/lo) over both sides' rows). Two runs of one command differ by more than each run's own p20-p80
+# (a shared machine's load changes between jobs, not within one), and by more the busier the machine,
+# which widens those spreads too: so the floor scales with the spreads the two runs show. NOISE_K from
+# six A/A comparisons of the reduced default CPU sweep on a shared 2-core VM, which needed 3.9 to 5.8
+# (docs/report.md, "Noise"). `--noise` sets a fixed floor instead.
+NOISE_K = 6.0
+
+
+def noise_floor(table: pd.DataFrame) -> float:
+    """The floor for one kind's comparison table (value, lo, hi per side); 1 where no spread is known."""
+    spreads = [np.log(table[f"hi_{s}"] / table[f"lo_{s}"]) for s in "ab" if f"lo_{s}" in table]
+    logs = pd.concat(spreads).replace([np.inf, -np.inf], np.nan).dropna() if spreads else pd.Series(dtype=float)
+    logs = logs[logs >= 0]
+    return float(np.exp(NOISE_K * logs.median())) if len(logs) else 1.0
+
+
+def _verdict(row: pd.Series, kind: str, floor: float = 1.0) -> str:
     if pd.isna(row["value_a"]) or pd.isna(row["value_b"]):
         return "only in A" if pd.isna(row["value_b"]) else "only in B"
     if pd.isna(row["lo_a"]) or pd.isna(row["lo_b"]):
         return "no spread to judge by"
+    if 1 / floor < row["ratio"] < floor:
+        return "within noise"
     if row["lo_b"] > row["hi_a"]:
         return "B slower" if kind != "accuracy" else "B worse"
     if row["hi_b"] < row["lo_a"]:
@@ -67,10 +89,15 @@ def _verdict(row: pd.Series, kind: str) -> str:
     return "within noise"
 
 
-def compare_kind(a: pd.DataFrame, b: pd.DataFrame, kind: str) -> pd.DataFrame:
+def compare_kind(a: pd.DataFrame, b: pd.DataFrame, kind: str, noise: float | None = None) -> pd.DataFrame:
     """One row per configuration of `kind` either side measured: each side's value, spread and n,
-    B/A, the range of B/A the spreads allow, and the verdict."""
+    B/A, the range of B/A the spreads allow, and the verdict: a change in time only where the spreads
+    do not overlap and B/A is beyond the noise floor (`noise`, else `noise_floor`)."""
     keys = [k for k in CONFIG_KEYS[kind] if any(k in s and s[k].notna().any() for s in (a, b))]
+    # A key either side's sweep varied that these do not tell apart is a key too (normbench.swept).
+    rows, extra = swept.add(pd.concat([a.assign(side="a"), b.assign(side="b")], ignore_index=True), keys)
+    a, b = (rows[rows["side"] == side].drop(columns="side") for side in "ab")
+    keys += extra
     for side in (a, b):
         for k in keys:
             side[k] = side[k].map(label) if k in side else ""
@@ -79,7 +106,9 @@ def compare_kind(a: pd.DataFrame, b: pd.DataFrame, kind: str) -> pd.DataFrame:
     both["ratio"] = both["value_b"] / both["value_a"]
     both["ratio_lo"] = both["lo_b"] / both["hi_a"]  # the spreads' extremes, B low over A high
     both["ratio_hi"] = both["hi_b"] / both["lo_a"]
-    both["verdict"] = both.apply(_verdict, axis=1, kind=kind)
+    floor = 1.0 if kind == "accuracy" else (noise or noise_floor(both))  # accuracy: the sd over seeds
+    both["verdict"] = both.apply(_verdict, axis=1, kind=kind, floor=floor)
+    both["noise_floor"] = floor
     both.insert(0, "kind", kind)
     return both.reset_index(drop=True)
 
@@ -94,15 +123,21 @@ def _one_source(frame: pd.DataFrame, path: Path) -> pd.DataFrame:
     return frame[frame["status"] == "ok"]
 
 
-def compare(path_a: str | Path, path_b: str | Path) -> pd.DataFrame:
+def compare(path_a: str | Path, path_b: str | Path, noise: float | None = None) -> pd.DataFrame:
     """The comparison table of B against A (see the module's docstring)."""
     path_a, path_b = Path(path_a), Path(path_b)
     if path_a.resolve() == path_b.resolve():
         raise UsageError(f"--compare needs two different inputs, got {path_a} twice")
     a = _one_source(results.read([path_a]), path_a)
     b = _one_source(results.read([path_b]), path_b)
+    kinds_a, kinds_b = set(a["kind"].dropna()) & set(CONFIG_KEYS), set(b["kind"].dropna()) & set(CONFIG_KEYS)
+    if kinds_a and kinds_b and not kinds_a & kinds_b:
+        raise UsageError(
+            f"{path_a} holds {'/'.join(sorted(kinds_a))} measurements and {path_b} {'/'.join(sorted(kinds_b))}: "
+            "--compare sets two inputs of the same kind against each other, e.g. two speed sweeps"
+        )
     tables = [
-        compare_kind(a[a["kind"] == kind].copy(), b[b["kind"] == kind].copy(), kind)
+        compare_kind(a[a["kind"] == kind].copy(), b[b["kind"] == kind].copy(), kind, noise)
         for kind in CONFIG_KEYS
         if (a["kind"] == kind).any() or (b["kind"] == kind).any()
     ]
@@ -120,11 +155,25 @@ def _fmt(value: float, lo: float, hi: float, kind: str, n) -> str:
     return f"{value:.4g}{spread}"
 
 
+STAT_COLUMNS = {"kind", "ratio", "ratio_lo", "ratio_hi", "verdict", "noise_floor"} | {
+    f"{c}_{side}" for c in ("value", "lo", "hi", "n") for side in "ab"
+}
+
+
+def _shown_keys(t: pd.DataFrame, kind: str) -> list[str]:
+    """One kind's configuration columns that vary (the first two where none does), then every key a
+    sweep varied beyond CONFIG_KEYS (normbench.swept): the columns that tell its rows apart."""
+    present = [k for k in CONFIG_KEYS[kind] if k in t]
+    keys = [k for k in present if t[k].nunique() > 1] or present[:2]
+    extra = [c for c in t if c not in STAT_COLUMNS and c not in present and t[c].notna().any()]
+    known = {k for ks in CONFIG_KEYS.values() for k in ks}
+    return keys + [c for c in extra if c not in known]
+
+
 def shown(table: pd.DataFrame, kind: str, names: tuple[str, str]) -> pd.DataFrame:
     """One kind's table as shown: configuration columns that vary, A, B, B/A (range), verdict."""
     t = table[table["kind"] == kind]
-    present = [k for k in CONFIG_KEYS[kind] if k in t]
-    keys = [k for k in present if t[k].nunique() > 1] or present[:2]
+    keys = _shown_keys(t, kind)
     what = "test error %, mean ± sd" if kind == "accuracy" else "median ms [p20-p80 or q1-q3]"
     out = t[keys].copy()
     for side, name in zip("ab", names):
@@ -157,8 +206,7 @@ def plot(table: pd.DataFrame, path: Path, names: tuple[str, str]) -> Path | None
     colors = {"B faster": "#1B9E77", "B better": "#1B9E77", "B slower": "#D95F02", "B worse": "#D95F02"}
     for ax, kind in zip(axes[:, 0], kinds):
         part = t[t["kind"] == kind]
-        present = [k for k in CONFIG_KEYS[kind] if k in part]
-        keys = [k for k in present if part[k].nunique() > 1] or present[:2]
+        keys = _shown_keys(part, kind)
         labels = [" · ".join(str(v) for v in row if str(v)) for row in part[keys].itertuples(index=False)]
         y = np.arange(len(part))
         lo = (part["ratio"] - part["ratio_lo"]).clip(lower=0).fillna(0)
@@ -178,14 +226,13 @@ def plot(table: pd.DataFrame, path: Path, names: tuple[str, str]) -> Path | None
     return _save(fig, path)
 
 
-def write(path_a: str | Path, path_b: str | Path, out_dir: str | Path) -> Path:
+def write(path_a: str | Path, path_b: str | Path, out_dir: str | Path, noise: float | None = None) -> Path:
     """Compare B with A into `out_dir`; return the path of `compare.md`."""
     from normbench.report import Document
 
     path_a, path_b, out = Path(path_a), Path(path_b), Path(out_dir)
-    table = compare(path_a, path_b)
+    table = compare(path_a, path_b, noise)
     out.mkdir(parents=True, exist_ok=True)
-    results.atomic_write_bytes(out / COMPARE_CSV, table.to_csv(index=False).encode())
     names = (f"A = {path_a.name}", f"B = {path_b.name}")
     title = f"normbench comparison: {path_b.name} (B) against {path_a.name} (A)"
     doc = Document(out)
@@ -194,17 +241,22 @@ def write(path_a: str | Path, path_b: str | Path, out_dir: str | Path) -> Path:
     doc.para(
         "Each configuration both sides measured, each side's value with its spread, and B/A (the range in "
         "brackets is what the spreads allow). The verdict names a change only where the spreads do not "
-        f"overlap. Every number: `{COMPARE_CSV}`."
+        "overlap and, for times, B/A is beyond the noise floor: two runs of the same command differ by up to "
+        f"that much (docs/report.md, Noise; `--noise FACTOR` sets it). Every number: `{COMPARE_CSV}`."
     )
     for kind in dict.fromkeys(table["kind"]):
         doc.heading(2, kind.capitalize())
-        counts = table.loc[table["kind"] == kind, "verdict"].value_counts()
-        doc.para(", ".join(f"{n} {v}" for v, n in counts.items()))
+        part = table[table["kind"] == kind]
+        counts = ", ".join(f"{n} {v}" for v, n in part["verdict"].value_counts().items())
+        floor = part["noise_floor"].iloc[0]
+        doc.para(counts + (f" (noise floor: {floor:.3g}x)" if kind != "accuracy" else ""))
         doc.table(shown(table, kind, names))
     png = plot(table, out / COMPARE_PNG, ("A", "B"))
     if png:
         doc.image(png, "B/A per configuration")
     else:
         (out / COMPARE_PNG).unlink(missing_ok=True)
-    results.atomic_write_bytes(out / COMPARE_HTML, doc.html(title).encode())
+    page = doc.html(title).encode()  # every file once the document is built: all of them or none
+    results.atomic_write_bytes(out / COMPARE_CSV, table.to_csv(index=False).encode())
+    results.atomic_write_bytes(out / COMPARE_HTML, page)
     return results.atomic_write_bytes(out / COMPARE_MD, doc.markdown().encode())

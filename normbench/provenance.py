@@ -83,6 +83,27 @@ def run_info(argv: list[str] | None = None, **fields: Any) -> dict[str, Any]:
     }
 
 
+# What a report shows of run.json, each as the type run_info writes it.
+RUN_FIELDS = {"command": str, "cwd": str, "date": str, "git_commit": str, "host": str, "versions": dict}
+
+
+def _run_json(path: Path) -> dict[str, Any] | None:
+    """The fields of a run.json a report shows, where each has the type run_info writes (a hand-edited
+    or broken field is left out: "not recorded"); None where the file is not a JSON object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    out = {k: data[k] for k, kind in RUN_FIELDS.items() if isinstance(data.get(k), kind)}
+    if "versions" in out:
+        out["versions"] = {str(k): v for k, v in out["versions"].items() if isinstance(v, str)}
+    if isinstance(data.get("jobs"), list):
+        out["jobs"] = data["jobs"]
+    return out
+
+
 def read_run_info(path: str | Path) -> dict[str, Any]:
     """What made the results at `path` (a sweep or run directory, or a pytest-benchmark JSON file).
 
@@ -96,24 +117,23 @@ def read_run_info(path: str | Path) -> dict[str, Any]:
     if path.is_file():
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return info
-        commit = data.get("commit_info") or {}
-        machine = data.get("machine_info") or {}
+        if not isinstance(data, dict):
+            return info
+        commit, machine = (data[k] if isinstance(data.get(k), dict) else {} for k in ("commit_info", "machine_info"))
         info.update(
             command=f"pytest --benchmark-json {path.name} ...  (pytest-benchmark {data.get('version', '?')})",
             date=data.get("datetime"),
-            git_commit=(commit.get("id") or None) and commit["id"] + ("+dirty" if commit.get("dirty") else ""),
+            git_commit=(commit.get("id") or None) and f"{commit['id']}" + ("+dirty" if commit.get("dirty") else ""),
             host=machine.get("node"),
             versions={"python": machine.get("python_version")},
         )
         return info
     if (path / RUN_FILE).is_file():
-        try:
-            info.update(json.loads((path / RUN_FILE).read_text()))
-            return info
-        except (OSError, ValueError):
-            pass
+        recorded = _run_json(path / RUN_FILE)
+        if recorded is not None:
+            return {**info, **recorded}
     for name in ("multirun.yaml", ".hydra/hydra.yaml"):
         cfg = load_yaml(path / name) if (path / name).is_file() else None
         if isinstance(cfg, dict) and isinstance(cfg.get("hydra"), dict):

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normbench import claims, provenance, results, speed_tables
+from normbench import claims, provenance, results, speed_tables, swept
 from normbench.accuracy_tables import (
     accuracy_groups,
     accuracy_stats,
@@ -80,7 +80,8 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     `native` (native's median / this median; > 1 is faster than native) for the same configuration."""
     keys = [k for k in SPEED_KEYS if k in speed and speed[k].notna().any()]
     metrics = [m for m in ("median_ms", "wall_ms", "host_us", "gbps", "pct_of_peak", "layers") if m in speed]
-    d = speed.copy()
+    d, extra = swept.add(speed.copy(), keys + ["impl"])  # a key the sweep varies that these do not show
+    keys += extra
     for k in keys:
         if k != "batch_size":
             d[k] = d[k].map(label)
@@ -89,10 +90,11 @@ def speed_stats(speed: pd.DataFrame) -> pd.DataFrame:
     base = stats.set_index(keys).index.map(lambda k: native.get(k, np.nan))
     stats["speedup_vs_native"] = np.asarray(base, dtype=float) / stats["median_ms"].to_numpy(dtype=float)
     order = {"norm": norm_order(), "impl": impl_order(), "pass": PASS_ORDER}
-    sort = [k for k in ("norm", "pass", "dtype", "layout", "batch_size", "shape", "impl") if k in stats]
-    return stats.sort_values(sort, key=lambda s: rank(s, order[s.name]) if s.name in order else s).reset_index(
-        drop=True
-    )
+    sort = [k for k in ("norm", "pass", "dtype", "layout", "batch_size", "shape", *extra, "impl") if k in stats]
+    stats = stats.sort_values(sort, key=lambda s: rank(s, order[s.name]) if s.name in order else s)
+    stats = stats.reset_index(drop=True)
+    stats.attrs["swept"] = extra  # the tables show these beside their own keys
+    return stats
 
 
 def _sig(x: float, digits: int = 4) -> str:
@@ -109,6 +111,7 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
     show = ["norm", "impl", "pass", "batch_size"]
     show = _varying(probe, ["input"]) + show
     show += _varying(probe, ["shape", "dtype", "layout", "groups", "cuda_graph", "device_name"], within="norm")
+    show += [c for c in stats.attrs.get("swept", []) if c not in show]  # normbench.swept
     t = stats[show].copy()
     t["batch_size"] = t["batch_size"].map(lambda b: f"{b:g}" if isinstance(b, (int, float)) else str(b))
     t = t.rename(columns={"batch_size": "batch", "device_name": "device"})
@@ -130,16 +133,18 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
 
 def benchmarks_table(bench: pd.DataFrame) -> pd.DataFrame:
     """pytest-benchmark entries that are not one norm's pass: one row each, under its own name."""
+
+    def col(name: str, missing: Any = np.nan) -> pd.Series:  # a field no entry of the file had is no column
+        return bench[name] if name in bench else pd.Series(missing, index=bench.index, dtype=object)
+
     t = pd.DataFrame(
         {
             "input": bench["input"],
-            "group": bench["group"].fillna(""),
-            "benchmark": bench["benchmark"],
+            "group": col("group", "").fillna(""),
+            "benchmark": col("benchmark"),
             "median ms": bench["median_ms"].map(_sig),
-            "q1-q3 ms": [
-                f"{_sig(a)}-{_sig(b)}" for a, b in zip(bench.get("q1_ms", np.nan), bench.get("q3_ms", np.nan))
-            ],
-            "rounds": bench["rounds"].map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+            "q1-q3 ms": [f"{_sig(a)}-{_sig(b)}" for a, b in zip(col("q1_ms"), col("q3_ms"))],
+            "rounds": col("rounds").map(lambda v: "" if pd.isna(v) else f"{v:g}"),
         }
     )
     return t.drop(columns=[] if t["input"].nunique() > 1 else ["input"]).reset_index(drop=True)
@@ -324,6 +329,14 @@ def _accuracy_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> No
         doc.image(plot, "Test error vs K per norm (BatchNorm: three evaluations); the GN paper's protocol beside")
 
 
+def pooled_accuracy_keys(acc: pd.DataFrame) -> list[str]:
+    """The keys the sweep varied that the accuracy tables keep apart only as extra columns
+    (normbench.swept): what any comparison by norm, K and setup alone would pool."""
+    from normbench.accuracy_tables import GROUP_COLUMNS, RUN_KEYS
+
+    return swept.add(with_setup(acc), [*GROUP_COLUMNS, *RUN_KEYS])[1]
+
+
 def _claims_plot(acc: pd.DataFrame, path: Path) -> Path | None:
     from normbench import plots
 
@@ -383,9 +396,9 @@ def build_report(
     inputs = [Path(p) for p in paths]
     out = Path(out_dir)
     frame = results.read(inputs)
-    keep_data(out, frame)
+    check_out(inputs, out, frame)
+    keep_data(out, frame, rebuild=out.resolve() in {p.resolve() for p in inputs})
     out.mkdir(parents=True, exist_ok=True)
-    results.write_summary(frame, out)
 
     labels = source_labels(frame)
     acc, speed = ok_rows(frame, "accuracy"), ok_rows(frame, "speed")
@@ -405,7 +418,9 @@ def build_report(
         "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
         "roofline": plots.speed_roofline(speed, out / PLOTS["roofline"]) if not speed.empty else None,
         "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"]) if one_each else None,
-        "claims": _claims_plot(acc, out / PLOTS["claims"]) if claims.available(acc) else None,
+        "claims": _claims_plot(acc, out / PLOTS["claims"])
+        if claims.available(acc) and not pooled_accuracy_keys(acc)
+        else None,
     }
     for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
         if made[key] is None:
@@ -429,7 +444,16 @@ def build_report(
     if not acc.empty:
         _accuracy_section(doc, acc, made["accuracy"])
     if claims.available(acc):
-        _claims_section(doc, acc, made["claims"])
+        pooled = pooled_accuracy_keys(acc)
+        if pooled:
+            doc.heading(2, "The notebook's claims")
+            doc.para(
+                f"Not judged: this sweep varies {', '.join(f'`{k}`' for k in pooled)}, which the claims' "
+                "comparisons do not tell apart, so each would pool different configurations. Judge them on a "
+                "sweep that holds those keys fixed (docs/claims.md)."
+            )
+        else:
+            _claims_section(doc, acc, made["claims"])
 
     if not speed.empty:
         doc.heading(2, "Speed")
@@ -492,13 +516,42 @@ def build_report(
     if acc.empty and speed.empty and bench.empty and not frame.empty:
         doc.para("No measurements were found in the inputs.")
 
-    results.atomic_write_bytes(out / REPORT_HTML, doc.html(title).encode())
+    # Written last, once the whole document is built: the summary and the report, or neither.
+    page = doc.html(title).encode()
+    results.write_summary(frame, out)
+    results.atomic_write_bytes(out / REPORT_HTML, page)
     return results.atomic_write_bytes(out / REPORT_MD, doc.markdown().encode())
 
 
-def keep_data(out: Path, frame: pd.DataFrame) -> None:
+def check_out(inputs: list[Path], out: Path, frame: pd.DataFrame) -> None:
+    """Refuse an output directory that holds another sweep's results or another report: a report is
+    written into one of its inputs (a rebuild), a new directory, or a report of the same sources as
+    `frame`'s (the inputs its rows name)."""
+    how = "pick a new --out directory (without --out: a new results/report/<date>)"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a directory; {how}")
+    if not out.is_dir() or out.resolve() in {p.resolve() for p in inputs}:
+        return
+    if (out / provenance.RUN_FILE).is_file() or (out / "multirun.yaml").is_file() or results.find_jobs(out):
+        raise UsageError(f"--out {out} is another sweep's directory: a report never writes over its results; {how}")
+    summary, md = out / results.SUMMARY_CSV, out / REPORT_MD
+    if not summary.is_file():
+        if md.is_file():
+            raise UsageError(f"--out {out} holds a report ({REPORT_MD}) of unknown inputs; {how}")
+        return
+    try:
+        had = {Path(str(i)).resolve() for i in results.read_summary(summary)["input"].dropna().unique()}
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"--out {out} holds a {results.SUMMARY_CSV} that cannot be read ({exc}); {how}") from None
+    sources = frame["input"].dropna().unique() if "input" in frame else [str(p) for p in inputs]
+    if had != {Path(str(i)).resolve() for i in sources}:
+        names = ", ".join(sorted(str(p) for p in had)) or "none recorded"
+        raise UsageError(f"--out {out} holds the report of other inputs ({names}); {how}")
+
+
+def keep_data(out: Path, frame: pd.DataFrame, rebuild: bool = False) -> None:
     """Refuse to write a summary that holds fewer measurements than the one already in `out`: a rebuild
-    never shrinks a report's data (rebuild a combined report from its own directory, or use another --out)."""
+    never shrinks a report's data (`rebuild`: `out` is one of the inputs, so the hint is another --out)."""
     old = out / results.SUMMARY_CSV
     if not old.is_file():
         return
@@ -509,7 +562,8 @@ def keep_data(out: Path, frame: pd.DataFrame) -> None:
     had = int((before["status"] == "ok").sum())
     has = int((frame["status"] == "ok").sum()) if "status" in frame else 0
     if has < had:
+        hint = "" if rebuild else f"rebuild it from itself with `normbench-report {out}`, or "
         raise UsageError(
             f"{out} holds a report of {had} measurement(s); these inputs give {has}, and rebuilding would lose "
-            f"the rest: rebuild it with `normbench-report {out}`, or write elsewhere with --out"
+            f"the rest: {hint}write this report elsewhere with --out NEW_DIR"
         )

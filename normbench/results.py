@@ -209,9 +209,10 @@ def planned_jobs(root: Path) -> list[list[str]] | None:
     """The overrides of every job the sweep planned, as `run.json` recorded them (None: not recorded)."""
     try:
         jobs = json.loads((root / RUN_FILE).read_text()).get("jobs")
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         return None
-    return jobs if isinstance(jobs, list) else None
+    lists = isinstance(jobs, list) and all(isinstance(j, list) for j in jobs)
+    return jobs if lists else None  # a hand-edited or broken list: no jobs known to be missing
 
 
 def _not_started(root: Path, frames: list[pd.DataFrame]) -> pd.DataFrame:

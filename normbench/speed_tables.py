@@ -18,6 +18,7 @@ import re
 import numpy as np
 import pandas as pd
 
+from normbench import swept
 from normbench.plots import _varying, impl_order, label, norm_order, rank
 
 STEP, WRAPPER = "step", "wrapper"
@@ -68,7 +69,7 @@ def headline_table(stats: pd.DataFrame) -> pd.DataFrame:
         c
         for c in ["input", "model", "norm", "pass", "dtype", "layout", "cuda_graph", "device_name"]
         if c in d and (c in ("norm", "pass") or c in extra)
-    ]
+    ] + stats.attrs.get("swept", [])  # keys the sweep varied beyond these (normbench.swept)
     picked = []
     for _, g in d.groupby(groups, dropna=False, sort=False):
         largest = g[g["elements"] == g["elements"].max()] if g["elements"].notna().any() else g
@@ -91,7 +92,8 @@ def step_stats(steps: pd.DataFrame) -> pd.DataFrame:
     over native (same norm) and over bn native (same model, batch, dtype, ...); > 1 is faster."""
     keys = [k for k in STEP_KEYS if k in steps and steps[k].notna().any()]
     metrics = [m for m in ("median_ms", "norm_ms", "norm_share") if m in steps]
-    d = steps.copy()
+    d, swept_keys = swept.add(steps.copy(), keys + ["norm", "impl"])  # keys the sweep varied beyond these
+    keys += swept_keys
     for k in keys:
         if k != "batch_size":
             d[k] = d[k].map(label)
@@ -104,13 +106,16 @@ def step_stats(steps: pd.DataFrame) -> pd.DataFrame:
 
     stats["speedup_vs_native"] = [base(r, None) / r["median_ms"] for _, r in stats.iterrows()]
     stats["speedup_vs_bn_native"] = [base(r, "bn") / r["median_ms"] for _, r in stats.iterrows()]
-    return _order(stats, keys + ["norm", "impl"])
+    stats = _order(stats, keys + ["norm", "impl"])
+    stats.attrs["swept"] = swept_keys
+    return stats
 
 
 def step_table(stats: pd.DataFrame) -> pd.DataFrame:
     """The step table as shown: what varies, then formatted times, share and speedups."""
     show = _varying(stats, ["input"]) + ["model", "batch_size"]
-    show += _varying(stats, ["dtype", "layout", "cuda_graph", "device_name"]) + ["norm", "impl"]
+    show += _varying(stats, ["dtype", "layout", "cuda_graph", "device_name"]) + stats.attrs.get("swept", [])
+    show += ["norm", "impl"]
     t = stats[[c for c in show if c in stats]].copy()
     t["batch_size"] = t["batch_size"].map(label)
     t["step ms"] = stats["median_ms"].map(_ms)
@@ -127,6 +132,9 @@ def wrapper_table(wrapper: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
     """Per norm: the module wrapper's median cost per call, in us, and as a % of the fastest native fwd
     pass measured for that norm (the shape where the wrapper would weigh most)."""
     keys = [k for k in ("input", "norm", "device_name") if k in wrapper and wrapper[k].notna().any()]
+    wrapper, extra = swept.add(wrapper, keys + ["impl"])  # keys the sweep varied beyond these
+    keys += extra
+    layers = layers.assign(**{k: swept.column(layers, k) for k in extra if k not in layers})
     t = wrapper.groupby(keys, dropna=False)["median_ms"].median().reset_index()
     native = layers[(layers.get("impl") == "native") & (layers.get("pass") == "fwd")] if not layers.empty else layers
     fastest = native.groupby(keys, dropna=False)["median_ms"].min() if not native.empty else pd.Series(dtype=float)

@@ -195,12 +195,29 @@ def measure_copy_bandwidth(device: torch.device, copy_mb: int = 512, **timing) -
     }
 
 
-def _valid_peak(record) -> bool:
-    """A cached record worth reusing: a dict with a positive, finite `peak_gbps`."""
-    if not isinstance(record, dict):
+PEAK_KEYS = {"peak_gbps", "peak_method", "peak_copy_ms"}  # what measure_copy_bandwidth records
+# No memory copies slower than 0.1 GB/s or faster than 100 TB/s (an H200's HBM3e: 4.8 TB/s, NVIDIA's
+# datasheet): a cached peak outside is planted or broken, and would put every row at 0% or 10^5 %.
+PLAUSIBLE_GBPS = (0.1, 1e5)
+
+
+def _valid_peak(record, copy_mb: int | None = None) -> bool:
+    """A cached record worth reusing: the keys a measurement writes and no others but `peak_*` ones
+    (each becomes a row column), a plausible positive, finite `peak_gbps`, and (given `copy_mb`) the
+    bandwidth its own copy time implies."""
+    if not isinstance(record, dict) or not PEAK_KEYS <= set(record) or not isinstance(record["peak_method"], str):
         return False
-    value = record.get("peak_gbps")
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not all(isinstance(k, str) and k.startswith("peak_") for k in record):
+        return False
+
+    def positive(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+    gbps, ms = record["peak_gbps"], record["peak_copy_ms"]
+    if not (positive(gbps) and positive(ms) and PLAUSIBLE_GBPS[0] <= gbps <= PLAUSIBLE_GBPS[1]):
+        return False
+    implied = 2 * copy_mb * 2**20 / (ms * 1e-3) / 1e9 if copy_mb else gbps  # read + write of copy_mb MiB
+    return math.isclose(gbps, implied, rel_tol=1e-6)
 
 
 def peak_bandwidth(
@@ -211,29 +228,44 @@ def peak_bandwidth(
     The record is kept in memory and in `cache_dir/peak_bandwidth.json` (keyed by device, copy size
     and, on the CPU, thread count). The file is read, measured into and written under one lock, so
     the first job of a sweep measures and every other job, in any process, reports that same peak; a
-    record that is not a positive number (a hand-edited or broken file) is measured again.
+    record that is not what a measurement writes (a hand-edited or broken file: another key, a peak
+    outside PLAUSIBLE_GBPS or that its copy time does not give) is measured again.
     """
     key = f"{device_name} [{device}] {copy_mb}MiB"
     if device.type == "cpu":  # one core copies less than all of them: a peak per thread count
         key += f" {torch.get_num_threads()} threads"
     if cache_dir is None:
-        if not _valid_peak(_PEAKS.get(key)):
+        if not _valid_peak(_PEAKS.get(key), copy_mb):
             _PEAKS[key] = measure_copy_bandwidth(device, copy_mb, **timing)
         return _PEAKS[key]
     path = Path(cache_dir) / PEAK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
+    lock = Path(str(path) + ".lock")
+    if lock.is_symlink():  # FileLock would open (and truncate) what it points to: a planted link, not a lock
+        lock.unlink()
+    try:
+        held = FileLock(str(lock))
+        held.acquire()
+    except OSError as exc:
+        from normbench.errors import UsageError
+
+        raise UsageError(f"cannot lock {lock} ({exc.strerror or exc}): remove it, or use a fresh directory") from None
+    try:
         try:
             records = json.loads(path.read_text()) if path.exists() else {}
         except (OSError, ValueError):
             records = {}  # unreadable: measure again
         if not isinstance(records, dict):
             records = {}
-        if not _valid_peak(records.get(key)):
+        if not _valid_peak(records.get(key), copy_mb):
             records[key] = (
-                _PEAKS[key] if _valid_peak(_PEAKS.get(key)) else measure_copy_bandwidth(device, copy_mb, **timing)
+                _PEAKS[key]
+                if _valid_peak(_PEAKS.get(key), copy_mb)
+                else measure_copy_bandwidth(device, copy_mb, **timing)
             )
             atomic_write_bytes(path, json.dumps(records, indent=2).encode())
+    finally:
+        held.release()
     _PEAKS[key] = records[key]
     return records[key]
 
