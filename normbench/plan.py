@@ -6,7 +6,7 @@
 It expands the sweep (the experiment's `hydra.sweeper.params`, then comma lists on the command line),
 counts the trainings as the sweep makes them (a norm that cannot see K trains once per seed:
 normbench.reuse), their steps and images, and prices each (norm, K) by what it counts here on the CPU
-(the operators one training step dispatches and its FLOPs, from the model itself) and the `plan` node's
+(the operators one training step dispatches and its FLOPs, by running the model on a few samples) and the `plan` node's
 rates, which the experiment states with their basis (docs/accuracy.md, "Planning a sweep"):
 
     step_s = max(ops x host_us_per_op, ops x gpu_us_per_op + flops / device_flops)   # one process
@@ -18,13 +18,13 @@ The rates are assumptions until a run measures them (its rows' samples_per_s): t
 from __future__ import annotations
 
 import itertools
-import math
 import sys
 from collections import Counter
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -68,33 +68,22 @@ class StepCost:
 
 
 def step_cost(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, global_batch: int) -> StepCost:
-    """Count one training step of cfg's model and norm, as the fast loop would run it where it is on:
-    on meta tensors at the real global batch (shapes without data: nothing computed), or, for a norm
-    that reads a value on the host (brn's step count), on the CPU at one normalization batch per
-    worker for 2 workers, its FLOPs scaled to the global batch (convolutions and matmuls are linear in it)."""
+    """Count one training step of cfg's model and norm on the CPU, as the fast loop runs it where it
+    is on (autocast's casts included), at 2 workers' samples (one where K is the whole step): the
+    operators do not depend on the number of workers beyond that, and the FLOPs of convolutions and
+    matmuls are linear in the batch, so they are scaled to the global batch."""
     split = accuracy.step_split(cfg.accuracy)
-    try:
-        return _count_step(cfg, input_shape, num_classes, global_batch, "meta")
-    except RuntimeError:
-        batch = min(global_batch, 2 * split.k)
-        cost = _count_step(cfg, input_shape, num_classes, batch, "cpu")
-        return StepCost(cost.ops, cost.flops * global_batch / batch)
-
-
-def _count_step(cfg: DictConfig, input_shape, num_classes: int, batch: int, device: str) -> StepCost:
-    split = accuracy.step_split(cfg.accuracy)
+    batch = split.k if split.workers == 1 else 2 * split.k
     make_norm, _ = accuracy.norm_factory(cfg, split.k)
     torch.manual_seed(0)
     model = models.from_config(cfg.model, input_shape=input_shape, num_classes=num_classes, norm=make_norm)
-    model = model.to(device)
     opts = fastpath.options(cfg.accuracy, images=len(input_shape) == 3)
     forward = fastpath.prepare(model, replace(opts, compile=False), 1 + len(input_shape))[0] if opts.enabled else model
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
-    x = torch.randn(batch, *input_shape, device=device)
-    y = torch.randint(num_classes, (batch,), device=device)
+    x, y = torch.randn(batch, *input_shape), torch.randint(num_classes, (batch,))
 
     def step():
-        with fastpath.autocast(opts, torch.device(device)):
+        with fastpath.autocast(opts, torch.device("cpu")):
             loss = F.cross_entropy(forward(x), y)
         sgd.zero_grad(set_to_none=True)
         loss.backward()
@@ -104,7 +93,7 @@ def _count_step(cfg: DictConfig, input_shape, num_classes: int, batch: int, devi
     counter, flops = _CountOps(), FlopCounterMode(display=False)
     with counter, flops:
         step()
-    return StepCost(counter.ops, float(flops.get_total_flops()))
+    return StepCost(counter.ops, flops.get_total_flops() * global_batch / batch)
 
 
 def sweep_params(hydra_params: dict, cli: list[str]) -> tuple[dict[str, list[str]], list[str]]:
@@ -130,81 +119,124 @@ def dataset_sizes(node: DictConfig) -> tuple[int, int, tuple[int, ...], int]:
     return d.x_train.shape[0], d.x_test.shape[0], tuple(d.x_train.shape[1:]), d.num_classes
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir, initialize_config_module
+class _Composer:
+    """Hydra's compose API over the app's configs, initialized once for every compose of a plan."""
 
-    from normbench.cli import CONFIGS
+    def __enter__(self):
+        from hydra import initialize_config_dir, initialize_config_module
 
-    init = (
-        initialize_config_module("normbench.conf", version_base="1.3")
-        if CONFIGS.startswith("pkg://")
-        else initialize_config_dir(CONFIGS, version_base="1.3")
-    )
-    with init:
-        return hydra_compose(config_name="accuracy", overrides=overrides, return_hydra_config=True)
+        from normbench.cli import CONFIGS
+
+        if CONFIGS.startswith("pkg://"):
+            self._init = initialize_config_module("normbench.conf", version_base="1.3")
+        else:
+            self._init = initialize_config_dir(CONFIGS, version_base="1.3")
+        self._init.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._init.__exit__(*exc)
+
+    def __call__(self, overrides: list[str]) -> DictConfig:
+        from hydra import compose
+
+        return compose(config_name="accuracy", overrides=overrides, return_hydra_config=True)
+
+
+def _is_sweep(override: str) -> bool:
+    value = override.partition("=")[2]
+    return "," in value and not value.startswith("[")
+
+
+@dataclass(frozen=True)
+class Group:
+    """The trainings of one (norm, K) in a sweep; K is None where the norm cannot see it."""
+
+    norm: str
+    k: int | None
+    trainings: int
+    global_batch: int
+    steps: int  # optimizer steps per training
+    eval_steps: float  # evaluation, as training steps of the same cost (forward only: a third)
+    cost: StepCost
+
+
+def groups(cli: list[str]) -> tuple[list[Group], DictConfig, int]:
+    """The sweep's trainings by (norm, K), its base config (dataset, `plan` rates) and its job count."""
+    with _Composer() as compose:
+        base = compose([o for o in cli if not _is_sweep(o)])
+        params, plain = sweep_params(OmegaConf.to_container(base.hydra.sweeper.params), cli)
+        by_norm = {}  # a norm is a config group: compose once per norm; K and seed are plain keys
+        for norm in params.get("norm", [base.norm.name]):
+            by_norm[norm] = base if norm == base.norm.name else compose([*plain, f"norm={norm}"])
+    n_train, n_test, shape, classes = dataset_sizes(base.dataset)
+    keys = [k for k in params if k not in ("norm", "seed")]
+    trained: Counter = Counter()
+    jobs = 0
+    for values in itertools.product(*(params[k] for k in keys)):
+        for composed in by_norm.values():
+            cfg = composed.copy()
+            for key, value in zip(keys, values):
+                OmegaConf.update(cfg, key, yaml_value(value), merge=False)
+            split = accuracy.step_split(cfg.accuracy)
+            k_free = split.protocol == "global_batch" and norms.batch_independent(cfg.norm.name)
+            seeds = params.get("seed", [cfg.seed])
+            jobs += len(seeds)
+            key = (cfg.norm.name, None if k_free else split.k, split.global_batch)
+            if key not in trained:
+                trained[key] = (cfg, set())
+            trained[key][1].update(seeds)
+    out = []
+    for (norm, k, global_batch), (cfg, seeds) in trained.items():
+        epochs = int(cfg.accuracy.epochs)
+        steps = epochs * (n_train // global_batch)
+        eval_steps = (epochs + 2) * n_test / global_batch / 3  # each epoch's test pass; bn: batch stats, PreciseBN
+        cost = step_cost(cfg, shape, classes, global_batch)
+        out.append(Group(norm, k, len(seeds), global_batch, steps, eval_steps, cost))
+    return sorted(out, key=lambda g: (g.norm, g.k or 0)), base, jobs
+
+
+def yaml_value(text: str):
+    """A swept value as Hydra would read it (an int, a float, a string)."""
+    return yaml.safe_load(text)
 
 
 def plan(cli: list[str]) -> list[str]:
     """The plan's lines for the accuracy app's overrides `cli`."""
-    base = compose([o for o in cli if "," not in o.partition("=")[2] or o.partition("=")[2].startswith("[")])
-    params, plain = sweep_params(OmegaConf.to_container(base.hydra.sweeper.params, resolve=False), cli)
+    found, base, jobs = groups(cli)
     rates = {**CPU_PLAN, **(OmegaConf.to_container(base.plan, resolve=True) if base.get("plan") else {})}
-    names = list(params)
-    trainings: Counter = Counter()  # (norm, K) -> trainings
-    jobs, first = 0, {}
-    for values in itertools.product(*params.values()):
-        job = dict(zip(names, values))
-        jobs += 1
-        cfg = first.get((job.get("norm"), job.get("accuracy.batch_size")))
-        if cfg is None:
-            cfg = compose([*plain, *(f"{k}={v}" for k, v in job.items() if k != "seed")])
-            first[(job.get("norm"), job.get("accuracy.batch_size"))] = cfg
-        split = accuracy.step_split(cfg.accuracy)
-        k_free = split.protocol == "global_batch" and norms.batch_independent(cfg.norm.name)
-        key = (cfg.norm.name, None if k_free else split.k, job.get("seed", cfg.seed))
-        trainings[key] += 1
-    lines = [f"plan for normbench-accuracy -m {' '.join(cli)}", f"jobs {jobs}, trainings {len(trainings)}"]
-    per: Counter = Counter((norm, k) for norm, k, _ in trainings)
-    any_cfg = next(iter(first.values()))
-    n_train, n_test, shape, classes = dataset_sizes(any_cfg.dataset)
-    epochs = int(any_cfg.accuracy.epochs)
-    total_steps = total_device_s = total_host_s = images = 0.0
-    lines.append(f"{'norm':>10} {'K':>3} {'trainings':>9} {'steps':>7} {'ops/step':>8} {'GFLOP/step':>10} {'s/training':>10}")
-    for (norm, k), count in sorted(per.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
-        cfg = next(c for (n, kk), c in first.items() if c.norm.name == norm and (k is None or int(kk) == k))
-        split = accuracy.step_split(cfg.accuracy)
-        steps = epochs * (n_train // split.global_batch)
-        # evaluation: each epoch's test pass and, for BatchNorm, batch statistics and PreciseBN: forward only
-        eval_steps = (epochs + 2) * n_test / split.global_batch / 3
-        cost = step_cost(cfg, shape, classes, split.global_batch)
-        host_s = cost.ops * rates["host_us_per_op"] * 1e-6
-        device_s = cost.ops * rates["gpu_us_per_op"] * 1e-6 + cost.flops / rates["device_flops"]
-        run_steps = steps + eval_steps
-        total_steps += count * run_steps
-        total_host_s += count * run_steps * host_s
-        total_device_s += count * run_steps * device_s
-        images += count * steps * split.global_batch
-        per_training = run_steps * max(host_s, device_s)
-        lines.append(
-            f"{norm:>10} {k or '-':>3} {count:>9} {steps:>7} {cost.ops:>8} {cost.flops / 1e9:>10.2f} {per_training:>10.1f}"
-        )
+    n_train = dataset_sizes(base.dataset)[0]
+    trainings = sum(g.trainings for g in found)
+    lines = [f"plan for normbench-accuracy -m {' '.join(cli)}", f"jobs {jobs}, trainings {trainings}"]
+    lines.append(f"{'norm':>10} {'K':>3} {'trainings':>9} {'steps':>7} {'ops/step':>8} {'GFLOP/step':>10} {'s/run':>7}")
+    host_total = device_total = steps_total = images = 0.0
+    for g in found:
+        host_s = g.cost.ops * rates["host_us_per_op"] * 1e-6
+        device_s = g.cost.ops * rates["gpu_us_per_op"] * 1e-6 + g.cost.flops / rates["device_flops"]
+        run = g.steps + g.eval_steps
+        host_total += g.trainings * run * host_s
+        device_total += g.trainings * run * device_s
+        steps_total += g.trainings * run
+        images += g.trainings * g.steps * g.global_batch
+        row = f"{g.norm:>10} {g.k or '-':>3} {g.trainings:>9} {g.steps:>7} {g.cost.ops:>8} {g.cost.flops / 1e9:>10.2f}"
+        lines.append(f"{row} {run * max(host_s, device_s):>7.1f}")
     jobs_at_once = int(rates["jobs"])
-    setup = len(trainings) * rates["setup_s"] / jobs_at_once + rates["startup_s"]
+    setup = trainings * rates["setup_s"] / jobs_at_once + rates["startup_s"]
     if rates["shared_device"]:  # processes overlap their host work; the GPU runs one kernel at a time
-        wall = max(total_host_s / jobs_at_once, total_device_s) + setup
+        wall = max(host_total / jobs_at_once, device_total) + setup
     else:  # a core per process: host and compute are both the process's own
-        wall = (total_host_s + total_device_s) / jobs_at_once + setup
-    lines += [
-        f"{len(trainings)} trainings x {epochs} epochs of {n_train} images: {images / 1e6:.1f} M images, "
-        f"{total_steps:.0f} steps (evaluation included), {jobs_at_once} processes side by side",
-        f"estimated wall time {wall:.0f} s ({wall / 60:.1f} min) on {rates['device']}"
-        + (f", budget {rates['budget_s']:.0f} s: {'fits' if wall <= rates['budget_s'] else 'DOES NOT FIT'}"
-           if rates.get("budget_s") else ""),
+        wall = (host_total + device_total) / jobs_at_once + setup
+    budget = rates.get("budget_s")
+    verdict = f", budget {budget:.0f} s: {'fits' if wall <= budget else 'DOES NOT FIT'}" if budget else ""
+    epochs = int(base.accuracy.epochs)
+    return [
+        *lines,
+        f"{trainings} trainings x {epochs} epochs of {n_train} images: {images / 1e6:.1f} M images, "
+        f"{steps_total:.0f} steps (evaluation included), {jobs_at_once} processes side by side",
+        f"estimated wall time {wall:.0f} s ({wall / 60:.1f} min) on {rates['device']}{verdict}",
         f"basis: {rates['basis']}",
         "an ESTIMATE from assumed rates, not a measurement: a run's rows (samples_per_s, wall_s) measure it",
     ]
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

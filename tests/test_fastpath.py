@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from normbench import accuracy, fastpath, models, norms, optim
+from normbench import accuracy, fastpath, models, norms, optim, plan
 from normbench import data as datasets
 from normbench.errors import Unsupported, UsageError
 from normbench.evaluation import precise_bn
@@ -211,3 +211,40 @@ def test_weight_decay_on_weights_spares_norm_parameters_and_biases():
     for n, p in model.named_parameters():
         expected = before[n] * (1 - 0.1 * 5e-4 * 1.9) if p.dim() > 1 else before[n]
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-9)
+
+
+def resnet20_training_flops_per_image() -> int:
+    """He et al. 2016's ResNet-20 on 32x32, by hand: 2 FLOPs per multiply-add of each 3x3 conv and
+    the classifier; a training step is the forward, the gradient of every conv's weight, and of
+    every conv's input but the stem's (the images need none): 3 forwards less the stem's once."""
+    conv = lambda cin, cout, hw: 2 * cin * cout * 9 * hw * hw  # noqa: E731
+    stem = conv(3, 16, 32)
+    body = 6 * conv(16, 16, 32) + conv(16, 32, 16) + 5 * conv(32, 32, 16) + conv(32, 64, 8) + 5 * conv(64, 64, 8)
+    forward = stem + body + 2 * 64 * 10
+    return 3 * forward - stem
+
+
+def test_plan_counts_the_sweeps_trainings_steps_and_flops_without_a_gpu():
+    lines = plan.plan(["+experiment=cifar10_resnet20_gpu", "norm=bn,gn", "accuracy.batch_size=2,4", "seed=0,1"])
+    text = "\n".join(lines)
+    assert "jobs 8, trainings 6" in text  # gn trains once per seed; bn once per K and seed
+    rows = {tuple(line.split()[:2]): line.split() for line in lines if line.split()[:1] in (["bn"], ["gn"])}
+    assert set(rows) == {("bn", "2"), ("bn", "4"), ("gn", "-")}
+    for _norm, _k, trainings, steps, _ops, gflop, _s in rows.values():
+        assert int(steps) == 5 * (50_000 // 128) and int(trainings) == 2
+        assert float(gflop) == round(128 * resnet20_training_flops_per_image() / 1e9, 2)
+    assert "6 trainings x 5 epochs of 50000 images: 1.5 M images" in text
+    assert "budget 540 s: fits" in text and "ESTIMATE" in text and "He 2022" in text
+    tight = plan.plan(["+experiment=cifar10_resnet20_gpu", "norm=bn", "accuracy.batch_size=2", "plan.budget_s=1"])
+    assert "budget 1 s: DOES NOT FIT" in "\n".join(tight)
+
+
+def test_the_gpu_experiment_is_the_issues_grid():
+    with initialize_config_module("normbench.conf", version_base="1.3"):
+        cfg = compose(config_name="accuracy", overrides=["+experiment=cifar10_resnet20_gpu"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert sorted(params.norm.split(",")) == ["bn", "brn", "gn", "in", "ln"]
+    assert sorted(map(int, params["accuracy.batch_size"].split(","))) == [2, 4, 8, 16, 32]
+    assert len(params.seed.split(",")) == 5 and cfg.accuracy.global_batch == 128
+    assert cfg.dataset.train_per_class is None and cfg.dataset.augment and cfg.accuracy.fast_path
+    assert cfg.accuracy.nesterov and cfg.accuracy.weight_decay_on == "weights"
