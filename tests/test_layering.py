@@ -39,7 +39,7 @@ LAYERS = [
         },
     ),
     ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation"}),
-    ("job helpers", {"timing", "reuse"}),
+    ("job helpers", {"timing", "reuse", "fastpath", "optim"}),
     ("jobs", {"speed", "model_speed", "accuracy"}),
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
     (
@@ -47,6 +47,7 @@ LAYERS = [
         {
             "cli",
             "catalog",
+            "plan",
             "kernels.trace",
             "kernels.traffic",
             "kernels.compile_check",
