@@ -181,7 +181,13 @@ def prepare(model: nn.Module, opts: Options, input_dim: int) -> tuple[Callable[[
     if opts.precision != "fp32":
         norm_types = tuple(NORMS.values())
         hooks = [m.register_forward_pre_hook(_float32_input) for m in model.modules() if isinstance(m, norm_types)]
-    forward = torch.compile(model, backend=BACKEND) if opts.compile else model
+    forward = model
+    if opts.compile:
+        # A sweep's process trains model after model, each (norm, K) another graph: past dynamo's
+        # recompile limit it would fall back to eager unnoticed. Inductor's on-disk cache still holds
+        # the kernels of graphs it has seen.
+        torch._dynamo.reset()
+        forward = torch.compile(model, backend=BACKEND)
     return forward, hooks
 
 

@@ -97,15 +97,17 @@ def step_cost(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, g
 
 
 def sweep_params(hydra_params: dict, cli: list[str]) -> tuple[dict[str, list[str]], list[str]]:
-    """The swept keys and their values (the experiment's, then the command line's comma lists) and the
-    plain overrides."""
+    """The swept keys and their values and the plain overrides: the command line wins over the
+    experiment's `hydra.sweeper.params` for a key both set, as in Hydra's sweep (`norm=bn` sweeps no norms)."""
     params = {str(k): [v.strip() for v in str(v).split(",")] for k, v in (hydra_params or {}).items()}
     plain = []
     for item in cli:
         key, _, value = item.partition("=")
-        if "," in value and not value.startswith("["):
-            params[key.lstrip("+")] = value.split(",")
+        key = key.lstrip("+")
+        if _is_sweep(item):
+            params[key] = value.split(",")
         else:
+            params.pop(key, None)
             plain.append(item)
     return params, plain
 

@@ -235,8 +235,10 @@ def test_plan_counts_the_sweeps_trainings_steps_and_flops_without_a_gpu():
         assert float(gflop) == round(128 * resnet20_training_flops_per_image() / 1e9, 2)
     assert "6 trainings x 5 epochs of 50000 images: 1.5 M images" in text
     assert "budget 540 s: fits" in text and "ESTIMATE" in text and "He 2022" in text
-    tight = plan.plan(["+experiment=cifar10_resnet20_gpu", "norm=bn", "accuracy.batch_size=2", "plan.budget_s=1"])
-    assert "budget 1 s: DOES NOT FIT" in "\n".join(tight)
+    tight = "\n".join(
+        plan.plan(["+experiment=cifar10_resnet20_gpu", "norm=bn", "accuracy.batch_size=2", "plan.budget_s=1"])
+    )
+    assert "jobs 5, trainings 5" in tight and "budget 1 s: DOES NOT FIT" in tight  # the command line wins
 
 
 def test_the_gpu_experiment_is_the_issues_grid():
