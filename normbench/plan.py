@@ -11,6 +11,7 @@ rates, which the experiment states with their basis (docs/accuracy.md, "Planning
 
     step_s = max(ops x host_us_per_op, ops x gpu_us_per_op + flops / device_flops)   # one process
     a sweep of `jobs` processes side by side: steps/s = min(jobs / step_s, 1 / device_s)
+    plus start-up, and set-up per training and per job, shared by the processes
 
 The rates are assumptions until a run measures them (its rows' samples_per_s): the plan says so.
 """
@@ -33,18 +34,20 @@ from normbench import accuracy, fastpath, models, norms
 from normbench import data as datasets
 from normbench.errors import UsageError
 
-# Where an experiment names no rates: this 2-core CPU VM, one process per core, the standard loop
-# (tests/benchmarks/test_bench_train.py measured ResNet-20 at ~130 images/s per core under load).
+# Where an experiment names no rates: a 2-core CPU VM, one process per core. Rough, calibrated so that
+# the default sweep's estimate (~2 min) is near its measured 2 min 24 s (docs/accuracy.md, "Run times").
 CPU_PLAN = {
     "device": "a 2-core CPU",
-    "basis": "the default rates (the experiment has no `plan` node): those of a 2-core CPU VM, one process per core",
-    "host_us_per_op": 10.0,
+    "basis": "the default rates (the experiment has no `plan` node), calibrated on the default sweep's "
+    "measured wall time on a 2-core VM: rough",
+    "host_us_per_op": 20.0,
     "gpu_us_per_op": 0.0,
     "device_flops": 3.0e10,
     "shared_device": False,
     "jobs": 2,
-    "startup_s": 10.0,
+    "startup_s": 20.0,
     "setup_s": 1.0,
+    "job_s": 2.0,
     "budget_s": None,
 }
 
@@ -223,7 +226,8 @@ def plan(cli: list[str]) -> list[str]:
         row = f"{g.norm:>10} {g.k or '-':>3} {g.trainings:>9} {g.steps:>7} {g.cost.ops:>8} {g.cost.flops / 1e9:>10.2f}"
         lines.append(f"{row} {run * max(host_s, device_s):>7.1f}")
     jobs_at_once = int(rates["jobs"])
-    setup = trainings * rates["setup_s"] / jobs_at_once + rates["startup_s"]
+    # start-up once; per training its set-up; per job Hydra's launch and the rows it writes
+    setup = (trainings * rates["setup_s"] + jobs * rates["job_s"]) / jobs_at_once + rates["startup_s"]
     if rates["shared_device"]:  # processes overlap their host work; the GPU runs one kernel at a time
         wall = max(host_total / jobs_at_once, device_total) + setup
     else:  # a core per process: host and compute are both the process's own
@@ -242,10 +246,12 @@ def plan(cli: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hydra.errors import HydraException
+
     try:
         print("\n".join(plan(list(sys.argv[1:] if argv is None else argv))))
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (UsageError, HydraException) as exc:  # a bad override: Hydra's message, on one line
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     return 0
 
