@@ -23,6 +23,7 @@ per-epoch curve (`curve.csv` beside `rows.csv`), wall time and throughput.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import sys
@@ -39,7 +40,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from normbench import data as datasets
-from normbench import models, norms, reuse
+from normbench import fastpath, models, norms, optim, reuse
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
 from normbench.evaluation import (
@@ -241,6 +242,7 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         # A reused row keeps the wall time and throughput of the training it reports.
         "wall_s": result["wall_s"],
         "samples_per_s": result["samples_per_s"],
+        "train_loop": result["train_loop"],
         "reused_from": reused_from,
         "device": str(device),
         "device_name": device_name(device),
@@ -303,9 +305,15 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
             )
 
     lr = scaled_lr(float(acc.lr_reference.lr), int(acc.lr_reference.batch), global_batch)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=float(acc.momentum), weight_decay=float(acc.weight_decay)
-    )
+    optimizer = optim.sgd(model, acc, lr)
+    smoothing = optim.label_smoothing(acc)
+    loop = fastpath.options(acc, images=data.x_train.dim() == 4)
+    fastpath.check_device(loop, device)
+    if loop.enabled:  # data on the device by index, layout, precision, compile: normbench.fastpath
+        batches = fastpath.DeviceBatches(data, loop.channels_last).epoch
+        forward, _ = fastpath.prepare(model, loop, data.x_train.dim())
+    else:
+        batches, forward = functools.partial(datasets.train_batches, data), model
     total_steps = epochs * steps_per_epoch
     warmup = round(float(acc.warmup_epochs) * steps_per_epoch)
     schedule = lr_schedule(optimizer, total_steps, warmup)
@@ -324,7 +332,7 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
         global_batch,
         device_name(device),
     )
-    curve, train_s, seen = [], 0.0, 0
+    curve, train_s, seen, first_step_s = [], 0.0, 0, None
     start = time.perf_counter()
     bar = tqdm(
         total=total_steps,
@@ -340,15 +348,18 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
             correct = torch.zeros((), dtype=torch.long, device=device)
-            for x, y in datasets.train_batches(data, global_batch, order):
-                try:
-                    logits = model(x)
-                except UsageError as exc:  # e.g. a per-worker batch that leaves bn one value per channel
-                    raise UsageError(f"accuracy.batch_size={k} x workers={workers}, {model_name}: {exc}") from None
-                loss = F.cross_entropy(logits, y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+            for x, y in batches(global_batch, order):
+                with fastpath.compile_errors(loop), fastpath.autocast(loop, device):
+                    try:
+                        logits = forward(x)
+                    except UsageError as exc:  # e.g. a per-worker batch that leaves bn one value per channel
+                        raise UsageError(f"accuracy.batch_size={k} x workers={workers}, {model_name}: {exc}") from None
+                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
                 optimizer.step()
+                if first_step_s is None and loop.compile:  # it compiled: not training throughput
+                    first_step_s = fastpath.synchronized_time(device) - t0
                 schedule.step()
                 loss_sum += loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
@@ -358,6 +369,8 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
                 raise RuntimeError(f"{label}: train loss diverged to {train_loss} in epoch {epoch} (lr {lr:.4g})")
             train_s += time.perf_counter() - t0
             seen += steps_per_epoch * global_batch
+            if epoch == 1 and first_step_s is not None:
+                train_s, seen = train_s - first_step_s, seen - global_batch
             model.eval()
             test_acc = accuracy(model, data.x_test, data.y_test, eval_batch)
             curve.append(
@@ -389,7 +402,8 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
         "test_acc_batch_stats": by_batch,
         "precise_bn_samples": used,
         "wall_s": time.perf_counter() - start,
-        "samples_per_s": seen / train_s,
+        "samples_per_s": seen / train_s if seen else math.nan,
+        "train_loop": loop.describe(),
     }
 
 

@@ -33,6 +33,19 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 @dataclass(frozen=True)
+class Pixels:
+    """Training images as stored, uint8 (N, C, H, W), and the standardization that made `x_train`
+    from them: x_train = (pixels / 255 - mean) / std, per channel (the fast loop's source)."""
+
+    train: Tensor
+    mean: Tensor  # (1, C, 1, 1) float32
+    std: Tensor
+
+    def to(self, device: torch.device) -> Pixels:
+        return Pixels(self.train.to(device), self.mean.to(device), self.std.to(device))
+
+
+@dataclass(frozen=True)
 class Dataset:
     """A train and a test split, as tensors: x is (N, C, *spatial) float32, y is (N,) int64."""
 
@@ -43,9 +56,11 @@ class Dataset:
     y_test: Tensor
     num_classes: int
     augment: bool = False  # random crop with padding + horizontal flip at training time (images only)
+    pixels: Pixels | None = None  # the uint8 images x_train was standardized from, where there are any
 
     def to(self, device: torch.device) -> Dataset:
-        return replace(self, **{k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")})
+        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_test", "y_test")}
+        return replace(self, **moved, pixels=self.pixels.to(device) if self.pixels is not None else None)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -59,15 +74,35 @@ def load(cfg, device: torch.device | str = "cpu") -> Dataset:
             f"dataset._target_={cfg.get('_target_')} returned a {type(data).__name__}, not a normbench.data.Dataset "
             "(see docs/plugins.md)"
         )
+    if data.augment and data.x_train.dim() != 4:
+        raise UsageError(
+            f"dataset {data.name} has no images ({tuple(data.x_train.shape[1:])} per sample), so it cannot be "
+            "augmented by crop and flip: set dataset.augment=false"
+        )
     return data.to(torch.device(device))
+
+
+def channel_stats(x_train: Tensor) -> tuple[Tensor, Tensor]:
+    """The training split's per-channel mean and std, shaped to broadcast over (N, C, *spatial)."""
+    dims = [0] + list(range(2, x_train.dim()))
+    return x_train.mean(dim=dims, keepdim=True), x_train.std(dim=dims, keepdim=True).clamp_min(1e-8)
 
 
 def standardize(x_train: Tensor, x_test: Tensor) -> tuple[Tensor, Tensor]:
     """Per-channel standardization with the training split's mean and std (the test split never leaks in)."""
-    dims = [0] + list(range(2, x_train.dim()))
-    mean = x_train.mean(dim=dims, keepdim=True)
-    std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-8)
+    mean, std = channel_stats(x_train)
     return (x_train - mean) / std, (x_test - mean) / std
+
+
+def from_pixels(
+    name: str, train: Tensor, y_train: Tensor, test: Tensor, y_test: Tensor, num_classes: int, augment: bool
+) -> Dataset:
+    """A dataset of uint8 (N, C, H, W) images: float copies in [0, 1] standardized per channel, and
+    the pixels themselves for the fast loop (the same values: `Pixels` says how)."""
+    to_float = lambda a: a.float().div_(255)  # noqa: E731
+    mean, std = channel_stats(to_float(train))
+    x_train, x_test = (to_float(train) - mean) / std, (to_float(test) - mean) / std
+    return Dataset(name, x_train, y_train, x_test, y_test, num_classes, augment, Pixels(train, mean, std))
 
 
 @functools.lru_cache(maxsize=4)  # a multirun trains many models in one process on the same data
@@ -111,8 +146,10 @@ def synthetic(
     noise: float = 1.0,
     seed: int = 0,
     augment: bool = False,
+    pixels: bool = False,
 ) -> Dataset:
-    """Gaussian classes around seeded random prototypes: learnable in a few steps, for fast tests."""
+    """Gaussian classes around seeded random prototypes: learnable in a few steps, for fast tests.
+    `pixels`: stored as uint8 images (a sigmoid of each value, x 255), as CIFAR-10 is."""
     shape = tuple(int(s) for s in shape)
     if len(shape) not in (2, 3) or min(shape) < 1 or num_classes < 2 or train_size < 1 or test_size < 1:
         raise UsageError(
@@ -128,8 +165,13 @@ def synthetic(
         return prototypes[y] + noise * torch.randn((n, *shape), generator=g), y
 
     (x_train, y_train), (x_test, y_test) = draw(train_size), draw(test_size)
+    if pixels:
+        if len(shape) != 3:
+            raise UsageError(f"synthetic: pixels=true makes images, which need shape [C, H, W], got {list(shape)}")
+        to_u8 = lambda x: x.sigmoid().mul(255).round().to(torch.uint8)  # noqa: E731
+        return from_pixels("synthetic", to_u8(x_train), y_train, to_u8(x_test), y_test, num_classes, augment)
     x_train, x_test = standardize(x_train, x_test)
-    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes, augment=augment and len(shape) == 3)
+    return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes, augment=augment)
 
 
 def cifar10(
@@ -154,10 +196,8 @@ def cifar10(
     else:
         arrays = _torchvision_cifar10_arrays(Path(download_dir), train_per_class, test_per_class)
     xs, ys, xt, yt = arrays
-    # uint8 HWC -> float CHW in [0, 1], then per-channel standardization as usual for CIFAR.
-    to_float = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float().div_(255)  # noqa: E731
-    x_train, x_test = standardize(to_float(xs), to_float(xt))
-    return Dataset("cifar10", x_train, torch.from_numpy(ys), x_test, torch.from_numpy(yt), 10, augment=augment)
+    chw = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()  # noqa: E731  uint8 HWC -> CHW
+    return from_pixels("cifar10", chw(xs), torch.from_numpy(ys), chw(xt), torch.from_numpy(yt), 10, augment)
 
 
 # ------------------------------------------------------------------------------------- image folders

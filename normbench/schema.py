@@ -126,6 +126,7 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "reused_from": ("str", "", "the job whose training this row reuses (K-invariant norms); empty if trained here"),
     "wall_s": ("float", "s", "wall time of the run"),
     "samples_per_s": ("float", "samples/s", "training throughput"),
+    "train_loop": ("str", "", "accuracy: standard, or fast and its options (precision, channels_last, compile)"),
     # pytest-benchmark
     "benchmark": ("str", "", "the benchmark's name, parameters included"),
     "group": ("str", "", "the benchmark's group"),

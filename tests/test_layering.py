@@ -40,7 +40,7 @@ LAYERS = [
         },
     ),
     ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation"}),
-    ("job helpers", {"timing", "clocks", "reuse"}),
+    ("job helpers", {"timing", "clocks", "reuse", "fastpath", "optim"}),
     ("jobs", {"speed", "model_speed", "accuracy"}),
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
     (
@@ -49,6 +49,7 @@ LAYERS = [
             "cli",
             "catalog",
             "selfcheck",
+            "plan",
             "kernels.trace",
             "kernels.traffic",
             "kernels.compile_check",
