@@ -39,7 +39,7 @@ LAYERS = [
             "norms.triton_impl",
         },
     ),
-    ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation"}),
+    ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation", "swept"}),
     ("job helpers", {"timing", "clocks", "reuse", "fastpath", "optim"}),
     ("jobs", {"speed", "model_speed", "accuracy"}),
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
