@@ -1,0 +1,123 @@
+"""Hostile and mistaken inputs a new user tried (issue 26): each is refused with one line that names the
+key and the fix, before anything runs or is written; nothing is called that was not meant to be."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from normbench import accuracy, data, models, plugins
+from normbench.errors import UsageError
+from tests.test_accuracy import TINY
+
+
+def config(*overrides: str, app: str = "accuracy"):
+    with initialize_config_module("normbench.conf", version_base="1.3"):
+        return compose(config_name=app, overrides=list(overrides))
+
+
+# ------------------------------------------------------------------------------ _target_ restriction
+
+
+def test_a_dataset_target_that_is_not_a_dataset_builder_is_never_called(tmp_path):
+    src, dst = tmp_path / "src.txt", tmp_path / "dst.txt"
+    src.write_text("secret")
+    cfg = config("dataset._target_=shutil.copyfile", f"+dataset.src={src}", f"+dataset.dst={dst}")
+    with pytest.raises(UsageError, match=r"dataset._target_=shutil.copyfile is not a dataset builder, so it is not"):
+        accuracy.run(cfg, tmp_path)
+    assert not dst.exists()
+
+
+def test_a_model_target_must_build_models(tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    with pytest.raises(UsageError, match=r"model._target_=shutil.rmtree is not a model builder"):
+        models.from_config({"_target_": "shutil.rmtree", "path": str(victim)})
+    assert victim.is_dir()
+    # normbench's module path is no loophole: what counts is where the function lives and its mark.
+    with pytest.raises(UsageError, match="is not a dataset builder"):
+        data.load({"_target_": "normbench.data.pickle.loads", "data": b""})
+
+
+def test_a_nested_target_in_the_options_is_refused_before_it_runs(tmp_path):
+    dst = tmp_path / "dst.txt"
+    node = {
+        "_target_": "normbench.data.synthetic",
+        "shape": {"_target_": "shutil.copyfile", "src": __file__, "dst": str(dst)},
+    }
+    with pytest.raises(UsageError, match=r"dataset.shape._target_: a dataset's options may not name a _target_"):
+        data.load(node)
+    assert not dst.exists()
+
+
+def test_registered_and_library_builders_are_allowed():
+    @plugins.register("dataset")
+    def tensor_maker():
+        return torch.zeros(2)
+
+    assert plugins.allowed(tensor_maker, "dataset") and not plugins.allowed(tensor_maker, "model")
+    assert plugins.allowed(torch.nn.Linear, "model") and not plugins.allowed(torch.nn.Linear, "dataset")
+    assert plugins.allowed(data.mnist1d, "dataset") and plugins.allowed(models.resnet20, "model")
+    assert not plugins.allowed(torch.zeros, "model") and not plugins.allowed(data.load, "dataset")
+    with pytest.raises(ValueError, match="register takes one of"):
+        plugins.register("optimizer")
+
+
+# ------------------------------------------------------------------------------------ accuracy keys
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("accuracy.lr_reference.lr=nan", r"accuracy.lr_reference.lr must be a finite number > 0, got nan"),
+        ("accuracy.lr_reference.lr=-1", r"accuracy.lr_reference.lr must be a finite number > 0, got -1"),
+        ("accuracy.lr_reference.lr=inf", r"accuracy.lr_reference.lr must be a finite number > 0, got inf"),
+        ("accuracy.momentum=abc", r"accuracy.momentum must be a finite number in \[0, 1\), got 'abc'"),
+        ("accuracy.momentum=1.5", r"accuracy.momentum must be a finite number in \[0, 1\), got 1.5"),
+        ("accuracy.weight_decay=-1", r"accuracy.weight_decay must be a finite number >= 0, got -1"),
+        ("accuracy.warmup_epochs=-1", r"accuracy.warmup_epochs must be a finite number >= 0"),
+        ("accuracy.eval_batch=0", r"accuracy.eval_batch must be a positive int, got 0"),
+        ("accuracy.eval_batch=-5", r"accuracy.eval_batch must be a positive int, got -5"),
+        ("accuracy.lr_reference.batch=0", r"accuracy.lr_reference.batch must be a positive int, got 0"),
+    ],
+)
+def test_accuracy_values_are_refused_before_training(tmp_path, monkeypatch, override, message):
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained despite a bad config")
+
+    monkeypatch.setattr(accuracy, "train", no_training)
+    with pytest.raises(UsageError, match=message) as info:
+        accuracy.run(config(*TINY, override), tmp_path)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_mnist1d_options_of_the_wrong_type_are_one_line():
+    with pytest.raises(UsageError, match=r"dataset.num_samples must be an int, got 'abc'"):
+        data.load(config("dataset.num_samples=abc").dataset)
+    with pytest.raises(UsageError, match=r"dataset.train_split must be a number between 0 and 1, got 'x'"):
+        data.mnist1d(train_split="x")
+
+
+# ------------------------------------------------------------------------------------ image folders
+
+
+def test_an_image_folder_with_more_classes_than_cifar10_is_refused(tmp_path):
+    from tests.test_data import write_image_folder
+
+    write_image_folder(tmp_path / "tree", classes=[f"c{i:02d}" for i in range(12)], train=1, test=1, size=4)
+    with pytest.raises(UsageError, match=r"12 classes under train/ \(c00, c01, .*c11\), more than CIFAR-10's 10"):
+        data.cifar10(root=str(tmp_path / "tree"))
+
+
+@pytest.mark.parametrize("limit", [30, 60])  # 64 pixels: over the limit (PIL warns), over twice it (PIL raises)
+def test_a_decompression_bomb_is_named(tmp_path, monkeypatch, limit):
+    from PIL import Image
+
+    from tests.test_data import write_image_folder
+
+    write_image_folder(tmp_path / "tree", train=1, test=1, size=8)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # the 8x8 images are bombs at this limit
+    with pytest.raises(UsageError, match=r"train/cat/0000.png is not a CIFAR-sized image .*64 pixels"):
+        data.cifar10(root=str(tmp_path / "tree"))
