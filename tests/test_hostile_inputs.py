@@ -121,3 +121,35 @@ def test_a_decompression_bomb_is_named(tmp_path, monkeypatch, limit):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # the 8x8 images are bombs at this limit
     with pytest.raises(UsageError, match=r"train/cat/0000.png is not a CIFAR-sized image .*64 pixels"):
         data.cifar10(root=str(tmp_path / "tree"))
+
+
+# --------------------------------------------------------------------------------------- speed keys
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("speed.peak_gbps=inf", r"speed.peak_gbps must be a positive finite number or null, got inf"),
+        ("speed.min_run_time=inf", r"speed.min_run_time must be a positive finite number, got inf"),
+        ("speed.min_run_time=1e9", r"speed.min_run_time=1000000000.0 is more than 3600"),
+        ("speed.threads=1000", r"speed.threads=1000 is more than \d+: CPU threads, at most the \d+ core"),
+        ("speed.batch_size=100000000", r"the shape \(100000000, .*\) .* need about .* GiB, and cpu has .* GiB free"),
+        ("speed.spatial=[1000,1000,1000000]", r"the shape \(.*1000000\) .*need about [0-9.e+]+ GiB"),
+        ("speed.peak_copy_mb=100000000", r"speed.peak_copy_mb=100000000: the peak's two copy buffers need about"),
+        ("norm.eps=inf", r"bn: eps must be a finite number > 0, got inf: e.g. norm.eps=1e-5"),
+    ],
+)
+def test_speed_values_are_refused_before_anything_is_allocated(tmp_path, override, message):
+    from normbench import speed
+
+    with pytest.raises(UsageError, match=message) as info:
+        speed.run(config("device=cpu", "pass=fwd", override, app="speed"), tmp_path)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_peak_copy_is_fine_when_the_peak_is_given():
+    from normbench import speed
+
+    cfg = config("device=cpu", "speed.peak_copy_mb=100000000", "speed.peak_gbps=10", app="speed")
+    speed.check_speed_config(cfg.speed, torch.device("cpu"))  # no copy is made, so nothing to refuse

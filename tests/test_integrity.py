@@ -400,7 +400,7 @@ def test_seed_must_be_an_int(seed):
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"eps": "abc"}, "eps must be a number"),
+        ({"eps": "abc"}, "eps must be a finite number > 0"),
         ({"momentum": "fast"}, "momentum must be in"),
         ({"affine": "no"}, "affine must be true or false"),
         ({"track_running_stats": "yes"}, "track_running_stats"),
