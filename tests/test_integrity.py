@@ -272,7 +272,7 @@ def test_a_broken_peak_cache_is_measured_again(tmp_path, monkeypatch, cached):
 
 def test_peak_settings_are_checked(tmp_path, caplog, hydra_configs):
     for bad, match in (
-        ("speed.peak_gbps=0", "peak_gbps must be a positive number"),
+        ("speed.peak_gbps=0", "peak_gbps must be a positive finite number"),
         ("speed.peak_gbps=-3", "peak_gbps"),
         ("speed.peak_gbps=abc", "peak_gbps.*'abc'"),
         ("speed.peak_copy_mb=0", "peak_copy_mb must be a positive int"),
