@@ -93,6 +93,12 @@ def check_accuracy_config(acc: DictConfig) -> None:
     real_number(acc.get("warmup_epochs"), "accuracy.warmup_epochs", ">= 0", lambda v: v >= 0, "e.g. 1, or 0 for none")
 
 
+def shown(score: float) -> str:
+    """A score for the console: "n/a" where there is none (NaN: a norm without batch statistics, or
+    PreciseBN skipped)."""
+    return "n/a" if math.isnan(score) else f"{score:.4f}"
+
+
 def scaled_lr(reference_lr: float, reference_batch: int, global_batch: int) -> float:
     """The linear scaling rule (Goyal et al. 2017, Sec. 2.1): the LR is proportional to samples per step."""
     return reference_lr * global_batch / reference_batch
@@ -277,13 +283,13 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
     ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
     write_curve(out_dir, [{**ids, **point} for point in curve])
     log.info(
-        "%s K=%d W=%d: test acc %.4f (PreciseBN %.4f, batch stats %.4f)%s",
+        "%s K=%d W=%d: test acc %.4f (PreciseBN %s, batch stats %s)%s",
         cfg.norm.name,
         split.k,
         split.workers,
         row["test_acc"],
-        row["test_acc_precise_bn"],
-        row["test_acc_batch_stats"],
+        shown(row["test_acc_precise_bn"]),
+        shown(row["test_acc_batch_stats"]),
         f", reused from job {reused_from}" if reused_from else "",
     )
     return [row]

@@ -3,6 +3,14 @@ key and the fix, before anything runs or is written; nothing is called that was 
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -153,3 +161,103 @@ def test_a_huge_peak_copy_is_fine_when_the_peak_is_given():
 
     cfg = config("device=cpu", "speed.peak_copy_mb=100000000", "speed.peak_gbps=10", app="speed")
     speed.check_speed_config(cfg.speed, torch.device("cpu"))  # no copy is made, so nothing to refuse
+
+
+# -------------------------------------------------------------------------------------------- console
+
+
+def test_the_console_says_n_a_for_evaluations_a_norm_does_not_have(tmp_path, caplog):
+    caplog.set_level("INFO", logger="normbench.accuracy")
+    [row] = accuracy.run(config(*TINY, "norm=gn", "accuracy.epochs=1"), tmp_path)
+    assert math.isnan(row["test_acc_precise_bn"]) and math.isnan(row["test_acc_batch_stats"])
+    [line] = [r.getMessage() for r in caplog.records if "test acc" in r.getMessage() and "epoch" not in r.getMessage()]
+    assert line.endswith(f"test acc {row['test_acc']:.4f} (PreciseBN n/a, batch stats n/a)"), line
+    assert accuracy.shown(0.91234) == "0.9123"
+
+
+def test_a_sweep_job_says_which_of_the_planned_jobs_it_is(tmp_path):
+    from normbench.cli import job_progress
+
+    jobs = [["norm=bn", "seed=0"], ["norm=gn", "seed=0"], ["norm=gn", "seed=1"]]
+    (tmp_path / "run.json").write_text(json.dumps({"command": "normbench-accuracy -m", "jobs": jobs}))
+    assert job_progress(tmp_path, 2) == "job 3 of 3: norm=gn seed=1"
+    assert job_progress(tmp_path, 3) is None  # not a planned job
+    (tmp_path / "run.json").write_text('{"jobs": null}')  # another sweeper: nothing planned
+    assert job_progress(tmp_path, 0) is None
+    (tmp_path / "run.json").write_text("not json")
+    assert job_progress(tmp_path, 0) is None
+    assert job_progress(tmp_path / "absent", 0) is None
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and kill -9
+
+
+@pytest.mark.parametrize(("flags", "lines"), [([], 1), (["-m"], 0)])
+def test_ctrl_c_exits_130_without_a_traceback(capsys, monkeypatch, flags, lines):
+    from normbench import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sys, "argv", ["normbench-speed", *flags, "norm=gn"])
+    with pytest.raises(SystemExit) as info:
+        cli._app("speed", interrupted)
+    assert info.value.code == 130
+    err = capsys.readouterr().err
+    # A single run says so; a sweep's exit hook prints its own one line (what finished, what did not).
+    assert err.splitlines() == (["error: normbench-speed was interrupted (Ctrl-C)"] if lines else [])
+
+
+ORPHAN = """
+import multiprocessing, sys, time
+from normbench.workers import end_with_parent
+
+
+def worker(path):
+    assert end_with_parent(interval=0.02)
+    while True:  # a job that writes for as long as it lives
+        with open(path, "a") as f:
+            f.write("x")
+        time.sleep(0.01)
+
+
+if __name__ == "__main__":
+    p = multiprocessing.get_context("fork").Process(target=worker, args=(sys.argv[1],))
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has ended; only its exit status waits to be read
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_a_worker_process_ends_with_its_parent_on_kill_9(tmp_path):
+    out = tmp_path / "written"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    parent = subprocess.Popen([sys.executable, "-c", ORPHAN, str(out)], stdout=subprocess.PIPE, text=True, env=env)
+    worker = int(parent.stdout.readline())
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _alive(worker) and out.stat().st_size > 0
+    parent.kill()  # SIGKILL: the parent runs no handler, so only the worker's own watcher can end it
+    parent.wait()
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(worker), "the worker outlived its parent"
+    size = out.stat().st_size
+    time.sleep(0.1)
+    assert out.stat().st_size == size  # and it writes no more
+
+
+def test_the_main_process_has_no_parent_to_end_with():
+    from normbench.workers import end_with_parent
+
+    assert end_with_parent() is False  # pytest's own process: under nohup a sweep must outlive its shell
