@@ -88,7 +88,8 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
         from normbench.workers import end_with_parent
 
         end_with_parent()  # a launcher's worker process ends with the sweep (kill -9 of the command)
-        progress = job_progress(hc.sweep.dir, int(hc.job.num))
+        sweep_dir = OmegaConf.select(hc, "sweep.dir", throw_on_resolution_failure=False)
+        progress = sweep_dir and job_progress(sweep_dir, int(hc.job.num))
         if progress:
             log.info("%s", progress)
     try:

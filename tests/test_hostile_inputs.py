@@ -147,9 +147,10 @@ def test_a_decompression_bomb_is_named(tmp_path, monkeypatch, limit):
         ("norm.eps=inf", r"bn: eps must be a finite number > 0, got inf: e.g. norm.eps=1e-5"),
     ],
 )
-def test_speed_values_are_refused_before_anything_is_allocated(tmp_path, override, message):
+def test_speed_values_are_refused_before_anything_is_allocated(tmp_path, monkeypatch, override, message):
     from normbench import speed
 
+    monkeypatch.setattr(speed, "_hydra", lambda: None)  # a plain single run, whatever Hydra state another test left
     with pytest.raises(UsageError, match=message) as info:
         speed.run(config("device=cpu", "pass=fwd", override, app="speed"), tmp_path)
     assert "\n" not in str(info.value)
