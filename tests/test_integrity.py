@@ -353,6 +353,9 @@ def test_a_crafted_cifar_pickle_does_not_run(tmp_path, monkeypatch):
 
 
 def test_a_loaders_own_type_error_keeps_its_traceback(monkeypatch):
+    from normbench import plugins
+
+    @plugins.register("dataset")
     def broken(num_classes: int = 4):
         return len(None)  # a bug inside the loader: TypeError
 
