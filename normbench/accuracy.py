@@ -66,6 +66,40 @@ def positive_int(value, key: str, hint: str) -> int:
     return value
 
 
+def real_number(value, key: str, rule: str, ok, hint: str) -> float:
+    """`value` as a float if it is a finite number with `ok(value)`, else UsageError naming `key`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise UsageError(f"{key} must be a finite number {rule}, got {value!r}: {hint}")
+    return float(value)
+
+
+def check_accuracy_config(acc: DictConfig) -> None:
+    """The accuracy.* values training reads, checked before anything is built or trained: one line
+    naming the key that is wrong (K, the workers and PreciseBN's samples are checked where they are read)."""
+    positive_int(acc.get("epochs"), "accuracy.epochs", "e.g. accuracy.epochs=10")
+    positive_int(acc.get("eval_batch"), "accuracy.eval_batch", "the test batch in eval mode, e.g. 1000")
+    ref = acc.get("lr_reference") or {}
+    real_number(
+        ref.get("lr"),
+        "accuracy.lr_reference.lr",
+        "> 0",
+        lambda v: v > 0,
+        "the LR per lr_reference.batch samples, e.g. 0.1",
+    )
+    positive_int(
+        ref.get("batch"), "accuracy.lr_reference.batch", "the samples per step lr_reference.lr is for, e.g. 64"
+    )
+    real_number(acc.get("momentum"), "accuracy.momentum", "in [0, 1)", lambda v: 0 <= v < 1, "SGD's momentum, e.g. 0.9")
+    real_number(acc.get("weight_decay"), "accuracy.weight_decay", ">= 0", lambda v: v >= 0, "e.g. 5e-4, or 0 for none")
+    real_number(acc.get("warmup_epochs"), "accuracy.warmup_epochs", ">= 0", lambda v: v >= 0, "e.g. 1, or 0 for none")
+
+
+def shown(score: float) -> str:
+    """A score for the console: "n/a" where there is none (NaN: a norm without batch statistics, or
+    PreciseBN skipped)."""
+    return "n/a" if math.isnan(score) else f"{score:.4f}"
+
+
 def scaled_lr(reference_lr: float, reference_batch: int, global_batch: int) -> float:
     """The linear scaling rule (Goyal et al. 2017, Sec. 2.1): the LR is proportional to samples per step."""
     return reference_lr * global_batch / reference_batch
@@ -194,8 +228,8 @@ def reuse_key(cfg: DictConfig, split: Split) -> dict:
 
 def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> list[dict]:
     acc = cfg.accuracy
+    check_accuracy_config(acc)
     split = step_split(acc)
-    positive_int(acc.epochs, "accuracy.epochs", "e.g. accuracy.epochs=10")
     device = resolve_device(cfg.device, job_index())
     if acc.get("cpu_threads"):
         # Tiny models gain nothing from intra-op threads, and on a shared or oversubscribed CPU their
@@ -251,13 +285,13 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
     ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
     write_curve(out_dir, [{**ids, **point} for point in curve])
     log.info(
-        "%s K=%d W=%d: test acc %.4f (PreciseBN %.4f, batch stats %.4f)%s",
+        "%s K=%d W=%d: test acc %.4f (PreciseBN %s, batch stats %s)%s",
         cfg.norm.name,
         split.k,
         split.workers,
         row["test_acc"],
-        row["test_acc_precise_bn"],
-        row["test_acc_batch_stats"],
+        shown(row["test_acc_precise_bn"]),
+        shown(row["test_acc_batch_stats"]),
         f", reused from job {reused_from}" if reused_from else "",
     )
     return [row]

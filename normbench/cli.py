@@ -63,9 +63,35 @@ def check_common(cfg: DictConfig) -> None:
         raise UsageError(f"seed must be an int, got {seed!r}: e.g. seed=0, or seed=0,1,2 in a sweep")
 
 
+def job_progress(sweep_dir: str | Path, num: int) -> str | None:
+    """ "job 3 of 72: norm=gn accuracy.batch_size=4 seed=1", from the planned jobs the sweep recorded
+    in run.json at its start (normbench.callbacks); None where it recorded none."""
+    import json
+
+    from normbench.provenance import RUN_FILE
+
+    try:
+        jobs = json.loads((Path(sweep_dir) / RUN_FILE).read_text()).get("jobs")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(jobs, list) or not 0 <= num < len(jobs):
+        return None
+    overrides = jobs[num]
+    what = " ".join(map(str, overrides)) if isinstance(overrides, list) else ""
+    return f"job {num + 1} of {len(jobs)}" + (f": {what}" if what else "")
+
+
 def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:
+        from normbench.workers import end_with_parent
+
+        end_with_parent()  # a launcher's worker process ends with the sweep (kill -9 of the command)
+        sweep_dir = OmegaConf.select(hc, "sweep.dir", throw_on_resolution_failure=False)
+        progress = sweep_dir and job_progress(sweep_dir, int(hc.job.num))
+        if progress:
+            log.info("%s", progress)
     try:
         check_common(cfg)
         rows = job(cfg, out)
@@ -102,7 +128,14 @@ def _app(app: str, hydra_main: Callable[[], None]) -> None:
     elif "--list" in flags:
         print(catalog.listing(CONFIGS, app))
     else:
-        hydra_main()
+        try:
+            hydra_main()
+        except KeyboardInterrupt:
+            # Ctrl-C: no traceback. A sweep's exit hook (normbench.callbacks) still reports what finished
+            # and prints its one line; a single run says it here.
+            if not ({"-m", "--multirun"} & set(flags) or "hydra.mode=MULTIRUN" in flags):
+                print(f"error: normbench-{app} was interrupted (Ctrl-C)", file=sys.stderr)
+            sys.exit(130)
 
 
 @hydra.main(config_path=CONFIGS, config_name="speed", version_base="1.3")

@@ -16,6 +16,7 @@ import functools
 import io
 import pickle
 import random
+import warnings
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -68,7 +69,7 @@ class Dataset:
 
 def load(cfg, device: torch.device | str = "cpu") -> Dataset:
     """The dataset a Hydra `dataset` node (or a plain dict) names by `_target_`, on `device`."""
-    data = plugins.build(cfg, "dataset", "normbench.data.mnist1d")
+    data = plugins.build(cfg, "dataset", "normbench.data.mnist1d", kind="dataset")
     if not isinstance(data, Dataset):
         raise UsageError(
             f"dataset._target_={cfg.get('_target_')} returned a {type(data).__name__}, not a normbench.data.Dataset "
@@ -121,6 +122,7 @@ def _mnist1d_arrays(num_samples: int, seed: int, train_split: float) -> tuple[np
     return d["x"], d["y"], d["x_test"], d["y_test"]
 
 
+@plugins.register("dataset")
 def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -> Dataset:
     """MNIST-1D: ten 1-D digit templates, randomly padded, translated, sheared, scaled and noised.
 
@@ -129,6 +131,13 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
     learning with MNIST-1D", ICML 2024, Table 1), so norms and batch sizes can differ visibly.
     Input: (N, 1, 40).
     """
+    for key, value in (("num_samples", num_samples), ("seed", seed)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(
+                f"dataset.{key} must be an int, got {value!r}: e.g. dataset.num_samples=5000 dataset.seed=42"
+            )
+    if isinstance(train_split, bool) or not isinstance(train_split, (int, float)):
+        raise UsageError(f"dataset.train_split must be a number between 0 and 1, got {train_split!r}: e.g. 0.8")
     if num_samples < 20 or not 0 < train_split < 1:
         raise UsageError(
             f"mnist1d: num_samples must be >= 20 and 0 < train_split < 1, got {num_samples} and {train_split}"
@@ -138,6 +147,7 @@ def mnist1d(num_samples: int = 5000, seed: int = 42, train_split: float = 0.8) -
     return Dataset("mnist1d", x_train, torch.from_numpy(ys).long(), x_test, torch.from_numpy(yt).long(), 10)
 
 
+@plugins.register("dataset")
 def synthetic(
     num_classes: int = 4,
     shape: list[int] | tuple[int, ...] = (1, 40),
@@ -174,6 +184,7 @@ def synthetic(
     return Dataset("synthetic", x_train, y_train, x_test, y_test, num_classes, augment=augment)
 
 
+@plugins.register("dataset")
 def cifar10(
     root: str | None = None,
     download_dir: str = ".data",
@@ -257,6 +268,11 @@ def _image_folder_arrays(root: str, train_per_class: int | None, test_per_class:
             raise _layout_error(root, f"no images under {split}/<class>/")
     if list(splits["train"]) != list(splits["test"]):
         raise _layout_error(root, f"train has classes {list(splits['train'])} but test has {list(splits['test'])}")
+    if len(splits["train"]) > len(CIFAR10_CLASSES):  # labels past 9 would reach a 10-class model
+        names = list(splits["train"])
+        raise _layout_error(
+            root, f"{len(names)} classes under train/ ({', '.join(names[:12])}), more than CIFAR-10's 10"
+        )
     out = []
     for split, limit in (("train", train_per_class), ("test", test_per_class)):
         images, labels = [], []
@@ -274,8 +290,16 @@ def _image_folder_arrays(root: str, train_per_class: int | None, test_per_class:
 def _decode(tree: _Tree, name: str, image_module) -> np.ndarray:
     """One image as an RGB array; a file that cannot be read or decoded is named in the error."""
     try:
-        with image_module.open(io.BytesIO(tree.read(name))) as im:
-            return np.asarray(im.convert("RGB"))
+        # An image declaring more pixels than PIL's MAX_IMAGE_PIXELS is a decompression bomb: its
+        # warning (over the limit) becomes the error it raises at twice the limit, before decoding.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", image_module.DecompressionBombWarning)
+            with image_module.open(io.BytesIO(tree.read(name))) as im:
+                return np.asarray(im.convert("RGB"))
+    except (image_module.DecompressionBombWarning, image_module.DecompressionBombError) as exc:
+        raise UsageError(
+            f"dataset.root={tree.root}: {name} is not a CIFAR-sized image ({exc}): replace or remove that file"
+        ) from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:  # truncated, corrupt, bad CRC
         raise UsageError(
             f"dataset.root={tree.root}: cannot read {name} ({type(exc).__name__}: {exc}): replace or remove that file"

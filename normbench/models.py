@@ -183,6 +183,7 @@ class MLP(nn.Module):
 # The `_target_`s of conf/model/: each takes the job's input shape (C, *spatial), classes and norm
 # factory, plus its options. Defaults for all three let the speed app build one bare (`shape=model`),
 # where it swaps each norm layer for the one it times: torch.nn's BatchNorm is only a placeholder.
+@plugins.register("model")
 def resnet20(
     input_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 10, norm: NormFactory | None = None, **options
 ) -> ResNet20:
@@ -191,6 +192,7 @@ def resnet20(
     return _construct(ResNet20, "resnet20", channels, num_classes, norm or nn.BatchNorm2d, **options)
 
 
+@plugins.register("model")
 def cnn1d(
     input_shape: tuple[int, ...] = (1, 40), num_classes: int = 10, norm: NormFactory | None = None, **options
 ) -> SmallCNN1d:
@@ -199,6 +201,7 @@ def cnn1d(
     return _construct(SmallCNN1d, "cnn1d", channels, num_classes, norm or nn.BatchNorm1d, length=length, **options)
 
 
+@plugins.register("model")
 def mlp(
     input_shape: tuple[int, ...] = (1, 40), num_classes: int = 10, norm: NormFactory | None = None, **options
 ) -> MLP:
@@ -207,6 +210,7 @@ def mlp(
     return _construct(MLP, "mlp", math.prod(input_shape), num_classes, norm or nn.BatchNorm1d, **options)
 
 
+@plugins.register("model")
 def timm_model(
     model_name: str, input_shape: tuple[int, ...], num_classes: int, norm: NormFactory, **options
 ) -> nn.Module:
@@ -255,7 +259,7 @@ def from_config(node, key: str = "model", example: str = "normbench.models.cnn1d
     """The model a config node names by `_target_`, built with the job's `runtime` arguments: the one
     way both apps build a model (the accuracy job passes input_shape, num_classes and norm; the speed
     job's `shape=model` passes none and swaps the norm layers)."""
-    model = plugins.build(node, key, example, **runtime)
+    model = plugins.build(node, key, example, kind="model", **runtime)
     if not isinstance(model, nn.Module):
         raise UsageError(f"{key}._target_={node.get('_target_')} built a {type(model).__name__}, not a torch.nn.Module")
     return model

@@ -5,6 +5,12 @@ act on: no `_target_`, a target that cannot be imported, an option it does not t
 of the job's it does not accept is one UsageError naming the key; an exception the target raises
 (a UsageError, or a bug's) passes through as itself, not wrapped in Hydra's InstantiationException.
 So a user's own model or dataset is a YAML file in a `--config-dir` (docs/plugins.md).
+
+A target runs with the user's options before anything can check what it returns, so `build` first
+checks that it is a model or dataset builder at all (`allowed`): an `nn.Module` subclass (models), a
+function marked with `@register("model")` or `@register("dataset")` (normbench's own and a user's),
+or, for models, a function of a library that builds models (`MODEL_LIBRARIES`). Anything else
+(`dataset._target_=shutil.copyfile`) is refused before it is called.
 """
 
 from __future__ import annotations
@@ -18,12 +24,49 @@ from omegaconf import DictConfig, OmegaConf
 
 from normbench.errors import UsageError
 
+KINDS = ("model", "dataset")
+# Libraries whose public functions build models (torchvision.models.resnet50, timm.create_model).
+MODEL_LIBRARIES = ("torchvision.models", "timm")
+_MARK = "__normbench_builds__"
 
-def build(node, key: str, example: str, **runtime):
+
+def register(kind: str):
+    """Mark a function as a builder of `kind` ("model" or "dataset"), so a `_target_` may name it:
+
+    @plugins.register("dataset")
+    def blobs(n=1000): ...
+    """
+    if kind not in KINDS:
+        raise ValueError(f"register takes one of {KINDS}, got {kind!r}")
+
+    def mark(fn):
+        setattr(fn, _MARK, kind)
+        return fn
+
+    return mark
+
+
+def allowed(fn, kind: str) -> bool:
+    """Whether `fn` may be a `_target_` of `kind`: a registered builder of that kind, an nn.Module class
+    (models), or a function of a model library (models)."""
+    if getattr(fn, _MARK, None) == kind:
+        return True
+    if kind != "model":
+        return False
+    if isinstance(fn, type):
+        from torch import nn
+
+        return issubclass(fn, nn.Module)
+    module = str(getattr(fn, "__module__", None) or "")
+    return callable(fn) and any(module == m or module.startswith(m + ".") for m in MODEL_LIBRARIES)
+
+
+def build(node, key: str, example: str, *, kind: str, **runtime):
     """The object `node` (a DictConfig or dict with `_target_`) builds, called with `runtime` too.
 
     `key` is the node's place in the config (`model`, `dataset`, `shape.model`) and `example` a target
-    that works there, both for messages. Lists and dicts reach the target as plain Python ones.
+    that works there, both for messages; `kind` ("model" or "dataset") what the target must build
+    (see `allowed`). Lists and dicts reach the target as plain Python ones.
     """
     node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
     target = node.get("_target_")
@@ -39,6 +82,7 @@ def build(node, key: str, example: str, **runtime):
             f"{key}._target_={target} could not be built ({type(cause).__name__}: {_first_line(cause)}): "
             f"install its package or fix the name, e.g. {key}._target_={example}"
         ) from None
+    _check_targets(node, key, kind, fn, target, example)
     options = [k for k in node if not str(k).startswith("_")]
     takes_any = _check_arguments(fn, target, key, options, runtime)
     try:
@@ -53,6 +97,42 @@ def build(node, key: str, example: str, **runtime):
         # The target's own exception, not Hydra's wrapper: a UsageError stays one line, a bug keeps its
         # type and its traceback into the target.
         raise cause from None
+
+
+def _check_targets(node, key: str, kind: str, fn, target, example: str) -> None:
+    """Refuse `target` unless it builds a `kind`; Hydra would also call any `_target_` nested in the
+    options before the target, so those are refused too."""
+    if not allowed(fn, kind):
+        what = (
+            "an nn.Module class, a function of torchvision.models or timm, or a function"
+            if kind == "model"
+            else "a function"
+        )
+        raise UsageError(
+            f"{key}._target_={target} is not a {kind} builder, so it is not called: a {kind} target must be "
+            f"{what} marked @normbench.plugins.register({kind!r}) (docs/plugins.md), e.g. {key}._target_={example}"
+        )
+    nested = [f"{key}.{path}" for path in _nested_targets(OmegaConf.to_container(node, resolve=False), "")]
+    if nested:
+        raise UsageError(
+            f"{', '.join(nested)}: a {kind}'s options may not name a _target_ of their own (Hydra would call it "
+            "before the target); build the object inside your target instead"
+        )
+
+
+def _nested_targets(value, path: str) -> list[str]:
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if path and k == "_target_":
+                found.append(sub)
+            elif k != "_target_":
+                found += _nested_targets(v, sub)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += _nested_targets(v, f"{path}[{i}]" if path else f"[{i}]")
+    return found
 
 
 def _check_arguments(fn, target, key: str, options: list[str], runtime: dict) -> bool:

@@ -152,19 +152,29 @@ def make_input(shape, dtype: torch.dtype, layout: str, device: torch.device) -> 
     return x.requires_grad_()
 
 
-def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bool = False):
-    """`value` if it is a positive number (an int when `integer`), else UsageError naming `key`."""
+def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bool = False, most: float | None = None):
+    """`value` if it is a positive finite number (an int when `integer`) of at most `most`, else
+    UsageError naming `key`."""
+    import math
+
     if value is None and allow_none:
         return None
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0:
-        what = "a positive int" if integer else "a positive number"
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not math.isfinite(value):
+        what = "a positive int" if integer else "a positive finite number"
         raise UsageError(f"{key} must be {what}{' or null' if allow_none else ''}, got {value!r}: {hint}")
+    if most is not None and value > most:
+        raise UsageError(f"{key}={value} is more than {most:g}: {hint}")
     return value
 
 
 def check_speed_config(sp: DictConfig, device: torch.device) -> None:
-    """The speed.* keys, checked before anything is timed: one line naming the key that is wrong."""
+    """The speed.* keys, checked before anything is timed or allocated: one line naming the key that
+    is wrong, and the memory a shape or the peak's copy would take against what the device has free."""
+    import math
+
+    from normbench.device import cpu_cores, free_memory
+
     if sp.get("cuda_graph") not in (None, True, False):
         raise UsageError(f"speed.cuda_graph must be true or false, got {sp.get('cuda_graph')!r}")
     if sp.get("cuda_graph") and device.type != "cuda":
@@ -172,18 +182,53 @@ def check_speed_config(sp: DictConfig, device: torch.device) -> None:
             f"speed.cuda_graph=true times the replay of a captured CUDA graph, and the device is {device}: "
             "run it with device=cuda on a GPU, or leave speed.cuda_graph=false"
         )
-    _number(sp.get("min_run_time"), "speed.min_run_time", "seconds of timed calls per pass, e.g. 0.2")
+    _number(sp.get("min_run_time"), "speed.min_run_time", "seconds of timed calls per pass, e.g. 0.2", most=3600)
     _number(sp.get("min_repeats"), "speed.min_repeats", "e.g. 10", integer=True)
     _number(sp.get("warmup_ms"), "speed.warmup_ms", "e.g. 25")
     _number(sp.get("rep_ms"), "speed.rep_ms", "e.g. 100")
-    _number(sp.get("threads"), "speed.threads", "CPU threads, e.g. 1", integer=True, allow_none=True)
+    cores = cpu_cores()
+    _number(
+        sp.get("threads"),
+        "speed.threads",
+        f"CPU threads, at most the {cores} core(s) this process may use, e.g. 1",
+        integer=True,
+        allow_none=True,
+        most=cores,
+    )
     _number(
         sp.get("peak_gbps"),
         "speed.peak_gbps",
         "the roofline in GB/s, e.g. 3350, or null to measure it",
         allow_none=True,
     )
-    _number(sp.get("peak_copy_mb"), "speed.peak_copy_mb", "MiB per copy buffer, e.g. 512", integer=True)
+    copy_mb = _number(sp.get("peak_copy_mb"), "speed.peak_copy_mb", "MiB per copy buffer, e.g. 512", integer=True)
+    # Sizes estimated before anything is allocated: an allocation that cannot succeed is a traceback
+    # (or, on the CPU, the OOM killer) instead of a line. Elements at float32's 4 bytes, the widest dtype.
+    free = free_memory(device)
+    dims = [sp.get("batch_size"), sp.get("channels"), *(sp.get("spatial") or [])]
+    needs = []
+    if all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        needs.append(
+            (
+                f"the shape {tuple(dims)} (speed.batch_size, speed.channels, speed.spatial): its input, output "
+                "and their gradients",
+                4 * 4 * math.prod(dims),
+                "choose a smaller shape",
+            )
+        )
+    if sp.get("peak_gbps") is None:
+        needs.append(
+            (
+                f"speed.peak_copy_mb={copy_mb}: the peak's two copy buffers",
+                2 * copy_mb * 2**20,
+                "lower speed.peak_copy_mb (e.g. 512) or give speed.peak_gbps",
+            )
+        )
+    for what, nbytes, fix in needs:
+        if free is not None and nbytes > free:
+            raise UsageError(
+                f"{what} need about {nbytes / 2**30:.3g} GiB, and {device} has {free / 2**30:.3g} GiB free: {fix}"
+            )
 
 
 def warn_if_cached(copy_mb: int, device: torch.device) -> None:

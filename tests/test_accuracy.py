@@ -414,7 +414,7 @@ def test_lr_schedule_warms_up_linearly_then_anneals_to_zero(total, warmup):
         (["dataset._target_=normbench.data.imagenet"], "dataset._target_=normbench.data.imagenet could not be built"),
         (["model._target_=normbench.models.vgg"], "model._target_=normbench.models.vgg could not be built"),
         (["model._target_=torch.nn.Linear"], r"does not take input_shape, num_classes, norm.*docs/plugins.md"),
-        (["model._target_=builtins.dict"], "model._target_=builtins.dict built a dict, not a torch.nn.Module"),
+        (["model._target_=builtins.dict"], "model._target_=builtins.dict is not a model builder, so it is not called"),
         (["+model.depth=3"], "model cnn1d: .*depth.*conf/model/cnn1d.yaml"),
         (["norm=gn", "norm.groups=5"], r"gn with 5 groups \(norm.groups\) cannot normalize .* 32-channel layers"),
         (["norm=gn", "+norm_options.gn.groups=4"], "one key, norm.groups.*set norm.groups=4"),

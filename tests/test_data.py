@@ -60,7 +60,7 @@ def test_a_bad_dataset_node_is_one_clear_usage_error():
         data.load({"_target_": "normbench.data.synthetic", "colour": "blue"})
     with pytest.raises(UsageError, match="dataset needs a _target_.*normbench.data.mnist1d"):
         data.load({"num_samples": 100})
-    with pytest.raises(UsageError, match="returned a Tensor, not a normbench.data.Dataset"):
+    with pytest.raises(UsageError, match="dataset._target_=torch.zeros is not a dataset builder"):
         data.load({"_target_": "torch.zeros", "_args_": [2]})
 
 

@@ -278,7 +278,7 @@ def copy_record(gbps: float, copy_mb: int) -> dict:
 
 def test_peak_settings_are_checked(tmp_path, caplog, hydra_configs):
     for bad, match in (
-        ("speed.peak_gbps=0", "peak_gbps must be a positive number"),
+        ("speed.peak_gbps=0", "peak_gbps must be a positive finite number"),
         ("speed.peak_gbps=-3", "peak_gbps"),
         ("speed.peak_gbps=abc", "peak_gbps.*'abc'"),
         ("speed.peak_copy_mb=0", "peak_copy_mb must be a positive int"),
@@ -359,6 +359,9 @@ def test_a_crafted_cifar_pickle_does_not_run(tmp_path, monkeypatch):
 
 
 def test_a_loaders_own_type_error_keeps_its_traceback(monkeypatch):
+    from normbench import plugins
+
+    @plugins.register("dataset")
     def broken(num_classes: int = 4):
         return len(None)  # a bug inside the loader: TypeError
 
@@ -406,7 +409,7 @@ def test_seed_must_be_an_int(seed):
 @pytest.mark.parametrize(
     ("options", "match"),
     [
-        ({"eps": "abc"}, "eps must be a number"),
+        ({"eps": "abc"}, "eps must be a finite number > 0"),
         ({"momentum": "fast"}, "momentum must be in"),
         ({"affine": "no"}, "affine must be true or false"),
         ({"track_running_stats": "yes"}, "track_running_stats"),

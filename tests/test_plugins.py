@@ -39,11 +39,12 @@ class Model(nn.Module):
 """
 
 
-# And a dataset: a function returning normbench.data.Dataset.
+# And a dataset: a function returning normbench.data.Dataset, registered as a dataset builder.
 USER_DATA = """
-from normbench import data
+from normbench import data, plugins
 
 
+@plugins.register("dataset")
 def blobs(n=64):
     return data.synthetic(num_classes=3, shape=[2, 12], train_size=n, test_size=n // 2, seed=5)
 """

@@ -60,8 +60,8 @@ class Norm(nn.Module):
                 f"{self.name}: num_features must be a positive int (the input's channel count), got {num_features!r}"
             )
         eps = self.default_eps if eps is None else eps
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise UsageError(f"{self.name}: eps must be a number > 0, got {eps!r}: e.g. eps=1e-5")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise UsageError(f"{self.name}: eps must be a finite number > 0, got {eps!r}: e.g. norm.eps=1e-5")
         if not isinstance(affine, bool):  # "no" would be truthy: a string must not pick the behaviour
             raise UsageError(f"{self.name}: affine must be true or false, got {affine!r}")
         self.num_features = num_features

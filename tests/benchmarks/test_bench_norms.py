@@ -3,6 +3,7 @@
     pytest tests/benchmarks --benchmark-only                          # ~1 minute on a CPU
     pytest tests/benchmarks --benchmark-only --benchmark-json=bench.json
     pytest tests/benchmarks --benchmark-only -k "gn and fwdbwd"       # one norm and pass
+    NORMBENCH_BENCH_SIZE=tiny pytest tests/benchmarks --benchmark-only   # CI: one tiny size, few rounds
 
 Each benchmark's group is "<norm> <pass> <size>", so the default `--benchmark-group-by=group` puts
 the implementations of one norm side by side; `extra_info` carries the shape, the bytes of the
@@ -11,11 +12,14 @@ byte model (normbench.speed.bytes_moved), GB/s from the median and the device's 
 reads the clock, so a round's time covers the kernels it launched, not just their launch; on the
 CPU it runs on one thread, as normbench-speed does by default. These are
 quick side-by-side numbers; the careful ones (L2 flush, percentiles, peak memory) come from
-`normbench-speed`. The compile of impl=compiled happens in a warm-up call before timing.
+`normbench-speed`. The compile of impl=compiled happens in a warm-up call before timing, and the
+`bwd` pass calls backward on one retained graph, under the speed job's `retained_backward()`.
+NORMBENCH_BENCH_SIZE=tiny (CI's) runs every case once at one tiny size, to show it works, not to time it.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -23,7 +27,7 @@ import torch
 
 from normbench import norms
 from normbench.device import device_name
-from normbench.speed import PASSES, bytes_moved, pass_callable
+from normbench.speed import PASSES, bytes_moved, pass_callable, retained_backward
 from normbench.timing import peak_bandwidth
 
 CUDA = torch.cuda.is_available()
@@ -32,6 +36,9 @@ NORMS = ["bn", "ln", "in", "gn"]
 # L is S with an 8x batch: compiled reuses its graph (batch is its one dynamic dimension). CPU sizes
 # keep the suite near a minute; on a GPU, L (205 MB in float32) is far larger than the L2 cache.
 SIZES = {"S": (32, 64, 56, 56), "L": (256, 64, 56, 56)} if CUDA else {"S": (4, 32, 16, 16), "L": (32, 32, 16, 16)}
+TINY = os.environ.get("NORMBENCH_BENCH_SIZE") == "tiny"
+if TINY:
+    SIZES = {"tiny": (2, 8, 4, 4)}
 
 
 def runnable(impl: str) -> bool:
@@ -56,10 +63,10 @@ def synchronized_clock() -> float:
 
 pytestmark = pytest.mark.benchmark(
     timer=synchronized_clock if CUDA else time.perf_counter,
-    max_time=0.1,
-    min_rounds=5,
+    max_time=0.001 if TINY else 0.1,
+    min_rounds=2 if TINY else 5,
     warmup=True,
-    warmup_iterations=3,
+    warmup_iterations=1 if TINY else 3,
 )
 
 
@@ -76,11 +83,20 @@ def one_cpu_thread():
 @pytest.fixture(scope="module")
 def peak(one_cpu_thread):
     # A smaller copy than the speed job's 512 MiB: the suite's numbers are relative anyway.
-    return peak_bandwidth(DEVICE, device_name(DEVICE), None, 128, min_repeats=3, min_run_time=0.05)
+    copy_mb = 8 if TINY else 128
+    return peak_bandwidth(DEVICE, device_name(DEVICE), None, copy_mb, min_repeats=3, min_run_time=0.05)
+
+
+@pytest.fixture
+def retained():
+    """As the speed job times: compiled graphs built with AOTAutograd's donated buffers off, so the
+    `bwd` pass can call backward on one retained graph again and again."""
+    with retained_backward():
+        yield
 
 
 @pytest.mark.parametrize("norm, impl, pass_, size", CASES)
-def test_norm(benchmark, peak, norm, impl, pass_, size):
+def test_norm(benchmark, peak, retained, norm, impl, pass_, size):
     shape = SIZES[size]
     torch.manual_seed(0)
     options = {"groups": 8} if norm == "gn" else {}
