@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normbench"
 
 # Bottom to top (DESIGN.md, "Shape of the code"); a module may import its own layer and those below.
 LAYERS = [
-    ("base", {"errors", "schema", "provenance", "plugins", "device"}),
+    ("base", {"errors", "schema", "provenance", "plugins", "device", "workers"}),
     (
         "kernels",
         {
