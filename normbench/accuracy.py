@@ -39,7 +39,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from normbench import data as datasets
-from normbench import models, norms, reuse
+from normbench import lr_search, models, norms, reuse
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
 from normbench.evaluation import (
@@ -191,6 +191,14 @@ def reuse_key(cfg: DictConfig, split: Split) -> dict:
     return fields
 
 
+def job_name(out_dir: Path, shared_dir) -> str:
+    """A job's directory relative to its sweep's (what a reused row names in `reused_from`)."""
+    try:
+        return Path(out_dir).resolve().relative_to(Path(shared_dir).resolve()).as_posix()
+    except (TypeError, ValueError):
+        return str(out_dir)
+
+
 def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> list[dict]:
     acc = cfg.accuracy
     split = step_split(acc)
@@ -202,16 +210,19 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         torch.set_num_threads(positive_int(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"))
     _, norm_options = norm_factory(cfg, split.k)
 
+    lr, found = None, None
+    if acc.get("lr_search") is not None:
+        found = choose_lr(cfg, split, device, out_dir, shared_dir)
+        lr = scaled_lr(found["chosen"], int(acc.lr_reference.batch), split.global_batch)
+
     def train_here() -> dict:
-        return train(cfg, split, device)
+        return train(cfg, split, device, lr=lr)
 
     reused_from = None
     if shared_dir is not None and acc.get("reuse", True) and norms.batch_independent(cfg.norm.name):
-        try:
-            job = Path(out_dir).resolve().relative_to(Path(shared_dir).resolve()).as_posix()
-        except ValueError:
-            job = str(out_dir)
-        result, reused_from = reuse.train_once(shared_dir, reuse_key(cfg, split), job, train_here)
+        result, reused_from = reuse.train_once(
+            shared_dir, reuse_key(cfg, split), job_name(out_dir, shared_dir), train_here
+        )
     else:
         result = train_here()
 
@@ -229,6 +240,8 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "workers": split.workers,
         "global_batch": split.global_batch,
         "lr": result["lr"],
+        "lr_chosen": found["chosen"] if found else math.nan,  # per lr_reference.batch samples, as the grid
+        "lr_grid": lr_search.grid_text(found) if found else None,
         "epochs": int(acc.epochs),
         "steps": result["steps"],
         "seed": int(cfg.seed),
@@ -238,6 +251,7 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "precise_bn_samples": result["precise_bn_samples"],
         "train_loss": curve[-1]["train_loss"],
         "train_acc": curve[-1]["train_acc"],
+        "train_eval_acc": result.get("train_eval_acc", math.nan),
         # A reused row keeps the wall time and throughput of the training it reports.
         "wall_s": result["wall_s"],
         "samples_per_s": result["samples_per_s"],
@@ -271,12 +285,49 @@ def precise_bn_batches(data: datasets.Dataset, samples: int, k: int, seed: int):
         yield datasets.augment(x, gen) if data.augment else x
 
 
-def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
-    """Train one model and evaluate it; everything measured, as JSON data (a job may share it)."""
+def choose_lr(cfg: DictConfig, split: Split, device: torch.device, out_dir: Path, shared_dir) -> dict:
+    """`accuracy.lr_search`: the grid tried on a validation split of the training data (normbench.lr_search),
+    once per configuration: the seed (and K, for a norm that cannot see it) left out of the sharing key."""
+    node = cfg.accuracy.lr_search
+    lr_search.grid_of(node)  # a bad grid fails here, before any training
+    search_cfg = lr_search.search_config(cfg)
+    search_cfg.seed = int(node.get("seed", 0))
+    data = datasets.load(cfg.dataset, device)
+
+    def train_at(lr: float, split_data: datasets.Dataset) -> dict:
+        return train(
+            search_cfg,
+            split,
+            device,
+            data=split_data,
+            lr=scaled_lr(lr, int(cfg.accuracy.lr_reference.batch), split.global_batch),
+        )
+
+    key = reuse_key(search_cfg, split)
+    key["lr_search_of"] = split.k if not norms.batch_independent(cfg.norm.name) else "any K"
+    found, _ = reuse.train_once(
+        shared_dir, key, job_name(out_dir, shared_dir), lambda: lr_search.search(node, train_at, data)
+    )
+    log.info(
+        "%s K=%d: lr %g per %d samples chosen from %s",
+        cfg.norm.name,
+        split.k,
+        found["chosen"],
+        int(cfg.accuracy.lr_reference.batch),
+        lr_search.grid_text(found),
+    )
+    return found
+
+
+def train(
+    cfg: DictConfig, split: Split, device: torch.device, data: datasets.Dataset | None = None, lr: float | None = None
+) -> dict:
+    """Train one model and evaluate it; everything measured, as JSON data (a job may share it). `data`
+    replaces the configured dataset (the LR search's validation split), `lr` the linearly scaled fixed LR."""
     acc = cfg.accuracy
     k, workers, global_batch = split.k, split.workers, split.global_batch
     epochs = int(acc.epochs)
-    data = datasets.load(cfg.dataset, device)
+    data = datasets.load(cfg.dataset, device) if data is None else data
     n_train = data.x_train.shape[0]
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch < 1:
@@ -302,7 +353,9 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
                 f"training samples of {data.name}: set it in that range (or null to skip PreciseBN)"
             )
 
-    lr = scaled_lr(float(acc.lr_reference.lr), int(acc.lr_reference.batch), global_batch)
+    if lr is None:
+        lr = scaled_lr(float(acc.lr_reference.lr), int(acc.lr_reference.batch), global_batch)
+    clip = acc.get("grad_clip")
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=float(acc.momentum), weight_decay=float(acc.weight_decay)
     )
@@ -348,6 +401,8 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
                 loss = F.cross_entropy(logits, y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if clip is not None:  # global gradient norm clipping (docs/accuracy.md: the no-norm baseline)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
                 optimizer.step()
                 schedule.step()
                 loss_sum += loss.detach()
@@ -388,9 +443,23 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
         "test_acc_precise_bn": precise,
         "test_acc_batch_stats": by_batch,
         "precise_bn_samples": used,
+        "train_eval_acc": train_eval_accuracy(model, data, acc.get("train_eval_samples"), eval_batch),
         "wall_s": time.perf_counter() - start,
         "samples_per_s": seen / train_s,
     }
+
+
+def train_eval_accuracy(model: nn.Module, data: datasets.Dataset, samples, batch: int) -> float:
+    """Train accuracy after training in eval mode (BatchNorm on its running statistics), on the first
+    `samples` training samples of a fixed draw (seed 0, unaugmented: the same subset for every run): the train side of a
+    train/test gap that the noise of train-mode batch statistics does not enter. NaN for samples=null."""
+    if samples is None:
+        return math.nan
+    n = positive_int(samples, "accuracy.train_eval_samples", "the training samples scored in eval mode, e.g. 1024")
+    subset = torch.randperm(data.x_train.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    subset = subset.to(data.x_train.device)
+    model.eval()
+    return accuracy(model, data.x_train[subset], data.y_train[subset], batch)
 
 
 def write_curve(out_dir: Path, points: list[dict]) -> Path:
