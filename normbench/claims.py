@@ -293,7 +293,12 @@ def comparisons(acc: pd.DataFrame) -> list[tuple[str, str, list[Comparison], str
             [
                 Comparison("range of error over the batches, bn vs no norm", bn_abs, no_abs, "higher", unit=" pp"),
                 Comparison(
-                    "range relative to the mean error, bn vs no norm", bn_rel, no_rel, "higher", unit="%", margin=None
+                    "range relative to the mean error, bn vs no norm",
+                    bn_rel,
+                    no_rel,
+                    "higher",
+                    unit="% of mean",
+                    margin=None,
                 ),
             ],
             f"Mean error: bn {bn_values}; no norm {no_values}",

@@ -335,11 +335,13 @@ def _claims_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> None
     doc.para(
         "The seed notebook (../shared/seed/) states six lessons about BatchNorm as facts; each is tested here by "
         "comparisons that change one variable (docs/claims.md). Values are mean ± sd over "
-        f"{table.attrs.get('seeds', '?')} seeds. Decision rule: with d the difference of the two means and s = "
-        "sqrt(sd_A^2 + sd_B^2), a claim is **supported** when |d| > 2s in the claimed direction, **not "
-        "supported** when |d| > 2s against it, and **inconclusive on this task** otherwise; a claim of equality "
-        f"(C2) is supported when |d| <= 2s and s <= {claims.EQUAL_WITHIN:g} pp. A claim made of several "
-        "comparisons is **mixed** when they disagree."
+        f"{table.attrs.get('seeds', '?')} seeds; A - B is the mean of the per-seed differences (the two sides "
+        "matched by seed: same initial weights and data order) with its 95% confidence interval (t interval; "
+        "widened to the BCa bootstrap's where the differences are skewed). A claim is **supported** when the "
+        "interval excludes 0 in the claimed direction, **not supported** when it excludes 0 against it, "
+        f"**equal** when TOST puts the difference within ±{claims.MARGIN:g} pp (the 90% interval inside the "
+        "margin; Schuirmann 1987), and **inconclusive** otherwise; a claim of equality (C2) is supported when "
+        "TOST says equal. A claim made of several comparisons is **mixed** when they disagree."
     )
     doc.table(table)
     if plot:
