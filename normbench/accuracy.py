@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -176,9 +177,30 @@ def run(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None = None) ->
     """
     threads = torch.get_num_threads()
     try:
-        return measure(cfg, Path(out_dir), shared_dir)
+        with reproducible(bool(cfg.accuracy.get("deterministic", False))):
+            return measure(cfg, Path(out_dir), shared_dir)
     finally:  # accuracy.cpu_threads is per run: leave the process (a test session, a notebook) as it was
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def reproducible(on: bool):
+    """PyTorch's reproducibility switches for one run (docs/accuracy.md, "Seeds and the nondeterminism
+    floor"): deterministic algorithms (an op without one warns), cuDNN without autotuning, and the
+    cuBLAS workspace setting those need on CUDA; the process's previous settings afterwards."""
+    if not on:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
 def reuse_key(cfg: DictConfig, split: Split) -> dict:

@@ -64,6 +64,11 @@ def _values(a, b, paired: bool) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def _constant(d: np.ndarray) -> bool:
+    """Whether differences are all the same up to rounding (their spread has no meaning then)."""
+    return float(np.ptp(d)) <= 1e-9 * max(1.0, float(np.abs(d).max()))
+
+
 def _check(confidence: float) -> float:
     if not 0 < confidence < 1:
         raise UsageError(f"confidence must lie strictly between 0 and 1, got {confidence}: e.g. 0.95")
@@ -74,7 +79,7 @@ def paired_t(a, b, confidence: float = CONFIDENCE) -> Interval:
     """The t interval of mean(A - B) over seeds matched by position (a[i] and b[i] share a seed)."""
     a, b = _values(a, b, paired=True)
     d = a - b
-    if np.ptp(d) == 0:  # every seed differs by the same amount: no spread, the interval is that point
+    if _constant(d):  # every seed differs by the same amount: no spread, the interval is that point
         return Interval(float(d[0]), float(d[0]), float(d[0]), len(d), "paired t", _check(confidence))
     ci = sps.ttest_rel(a, b).confidence_interval(_check(confidence))
     return Interval(float(d.mean()), float(ci.low), float(ci.high), len(d), "paired t", confidence)
@@ -84,7 +89,7 @@ def paired_bootstrap(a, b, confidence: float = CONFIDENCE, seed: int = BOOTSTRAP
     """The BCa bootstrap interval of mean(A - B) over matched seeds (scipy.stats.bootstrap, seeded)."""
     a, b = _values(a, b, paired=True)
     d = a - b
-    if np.ptp(d) == 0:
+    if _constant(d):
         return Interval(float(d[0]), float(d[0]), float(d[0]), len(d), "paired bootstrap", _check(confidence))
     res = sps.bootstrap(
         (d,), np.mean, confidence_level=_check(confidence), n_resamples=RESAMPLES, method="BCa", random_state=seed
@@ -102,7 +107,7 @@ def paired_bootstrap(a, b, confidence: float = CONFIDENCE, seed: int = BOOTSTRAP
 def skewed(d) -> bool:
     """Whether per-seed differences are skewed enough that the t interval's symmetry is in doubt."""
     d = np.asarray(d, dtype=float)
-    return len(d) >= 3 and np.ptp(d) > 0 and abs(float(sps.skew(d, bias=False))) > SKEWED
+    return len(d) >= 3 and not _constant(d) and abs(float(sps.skew(d, bias=False))) > SKEWED
 
 
 def paired(a, b, confidence: float = CONFIDENCE) -> Interval:

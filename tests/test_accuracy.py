@@ -564,3 +564,20 @@ def test_the_no_norm_baseline_can_take_back_the_conv_bias():
     cfg = config("norm=none", "+norm_options.none.bias=true")
     make, options = accuracy.norm_factory(cfg, 16)
     assert options == {"bias": True} and make(8).bias.shape == (8,)
+
+
+def test_reproducibility_switches_are_on_for_the_run_only(tmp_path, monkeypatch):
+    seen = []
+    real = accuracy.measure
+
+    def spy(*args):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        return real(*args)
+
+    monkeypatch.setattr(accuracy, "measure", spy)
+    before = torch.are_deterministic_algorithms_enabled()
+    [on] = accuracy.run(config("norm=gn", "accuracy.deterministic=true"), tmp_path)
+    [off] = accuracy.run(config("norm=gn"), tmp_path)
+    assert seen == [(True, False), (before, torch.backends.cudnn.benchmark)]
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert on["test_acc"] == off["test_acc"] and on["train_loss"] == off["train_loss"]  # CPU: the same run
