@@ -90,9 +90,8 @@ def _ms(values: np.ndarray, unit: str) -> str:
 
 def decide(a, b, expect: str, margin: float | None = MARGIN) -> str:
     """The verdict for values a and b matched by position (a[i] and b[i] share a seed)."""
-    comp = Comparison("", pd.Series(np.asarray(a, dtype=float)), pd.Series(np.asarray(b, dtype=float)), expect)
-    comp.margin = margin
-    return comp.verdict()
+    a, b = pd.Series(np.asarray(a, dtype=float)), pd.Series(np.asarray(b, dtype=float))
+    return Comparison("", a, b, expect, margin=margin).verdict()
 
 
 def combine(verdicts: list[str]) -> str:

@@ -320,24 +320,26 @@ def lr_sensitivity(choices: pd.DataFrame, path: str | Path) -> Path | None:
     if choices is None or choices.empty:
         return None
     names = _ordered(choices["norm"].unique(), norm_order())
-    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False, sharey=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False, sharey=False)
     palette = norm_palette(names)
     for ax, norm in zip(axes[0], names):
         for r in choices[choices["norm"] == norm].itertuples():
-            grid = r.grid
-            label = ", ".join(f"{c}={getattr(r, c)}" for c in ("batch_size", "global_batch") if hasattr(r, c))
-            if getattr(r, "norm_position", "before") == "after":
-                label += ", after"
-            line = ax.plot([lr for lr, _ in grid], [e for _, e in grid], marker="o", ms=3, lw=1.2, label=label)[0]
-            chosen = [e for lr, e in grid if lr == r.chosen]
+            label = f"K={r.batch_size:g}, {r.global_batch:g}/step" + (
+                ", after" if getattr(r, "norm_position", "before") == "after" else ""
+            )
+            line = ax.plot([lr for lr, _ in r.grid], [e for _, e in r.grid], marker="o", ms=3, lw=1.2, label=label)[0]
+            chosen = [e for lr, e in r.grid if lr == r.chosen]
             ax.plot([r.chosen], chosen, marker="o", ms=9, mfc="none", color=line.get_color())
         ax.set_xscale("log")
         _plain_log(ax.xaxis)
         ax.set_title(norm_label(norm), fontsize=10, color=palette[norm])
-        ax.set_xlabel("grid LR (per lr_reference.batch samples)")
-        ax.legend(fontsize=6, title="K, per step", title_fontsize=6)
+        ax.set_xlabel("grid LR")
+        ax.legend(fontsize=6, framealpha=0.6)
     axes[0][0].set_ylabel("validation error (%)")
-    fig.suptitle("LR search on a validation split of the training data (circled: chosen)", fontsize=10)
+    fig.suptitle(
+        "LR search on a validation split of the training data; LR per lr_reference.batch samples (circled: chosen)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _save(fig, Path(path))
 
