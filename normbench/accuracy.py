@@ -312,13 +312,16 @@ def choose_lr(cfg: DictConfig, split: Split, device: torch.device, out_dir: Path
     once per configuration: the seed (and K, for a norm that cannot see it) left out of the sharing key."""
     node = cfg.accuracy.lr_search
     lr_search.grid_of(node)  # a bad grid fails here, before any training
+    lr_search.search_seeds(node)
     search_cfg = lr_search.search_config(cfg)
     search_cfg.seed = int(node.get("seed", 0))
     data = datasets.load(cfg.dataset, device)
 
-    def train_at(lr: float, split_data: datasets.Dataset) -> dict:
+    def train_at(lr: float, split_data: datasets.Dataset, seed: int) -> dict:
+        seeded = search_cfg.copy()
+        seeded.seed = seed
         return train(
-            search_cfg,
+            seeded,
             split,
             device,
             data=split_data,

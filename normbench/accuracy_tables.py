@@ -140,8 +140,10 @@ def headline(acc: pd.DataFrame) -> str:
     spread = f"mean ± sd over {seeds.min()} seeds" if seeds.min() > 1 else "one seed, so no spread"
     setup = acc["setup"].iloc[0]
     by_construction = setup.endswith("per step")  # at a fixed global batch, K cannot reach their training
+    one_lr = "lr" not in acc or acc["lr"].nunique() <= 1
     fixed = (
-        f"{setup}, the same steps and LR for every K"
+        f"{setup}, the same steps {'and LR ' if one_lr else ''}for every K"
+        + ("" if one_lr else " (each norm's LR searched, and BatchNorm's per K: accuracy.lr_search)")
         if by_construction
         else f"{setup}: the global batch and LR grow with K"
     )
@@ -236,14 +238,24 @@ def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
 LR_KEYS = ("norm", "norm_position", "batch_size", "global_batch", "epochs")
 
 
+def _lr_order(values: pd.Series) -> pd.Series:
+    if values.name == "norm":
+        return rank(values, norm_order())
+    return pd.to_numeric(values, errors="coerce") if values.name == "batch_size" else values
+
+
 def lr_curves(acc: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration that ran the LR search: its LR_KEYS, `grid` [(lr, validation error %)]
     and `chosen` (per lr_reference.batch samples); empty without a search."""
     if "lr_grid" not in acc or acc["lr_grid"].isna().all():
         return pd.DataFrame()
     keys = [c for c in LR_KEYS if c in acc]
-    runs = acc[acc["lr_grid"].notna()].drop_duplicates(keys + ["lr_grid"])
-    runs = runs.sort_values(keys, key=lambda s: rank(s, norm_order()) if s.name == "norm" else s)
+    runs = acc[acc["lr_grid"].notna()].copy()
+    # A norm that cannot see K searched once for every K (normbench/accuracy.py, choose_lr): one row, K "any".
+    shared = runs["norm"].map(_independent) & (runs["protocol"] == "global_batch" if "protocol" in runs else False)
+    runs["batch_size"] = runs["batch_size"].astype(object).where(~shared, "any")
+    runs = runs.drop_duplicates(keys + ["lr_grid"])
+    runs = runs.sort_values(keys, key=_lr_order)
     return runs[keys].assign(
         grid=[lr_search.parse_grid(g) for g in runs["lr_grid"]], chosen=pd.to_numeric(runs["lr_chosen"]).to_numpy()
     )

@@ -3,9 +3,9 @@
 `accuracy.lr_search` (conf/accuracy.yaml; docs/accuracy.md): each LR of `grid` (per
 `accuracy.lr_reference.batch` samples, scaled linearly to the run's samples per step, as the fixed LR
 is) trains the run's configuration on the training split minus a held-out `validation` fraction, with
-seed `seed`, and is scored by its error on that held-out part. The lowest error wins (ties: the smaller
-LR; a diverged LR scores 100%), and the reported runs, on the whole training split and each with its
-own seed, train at that LR. The test split is never read: the search sees a Dataset whose test
+`seeds` seeds from `seed` on, and is scored by its mean error on that held-out part. The lowest error
+wins (ties: the smaller LR; a diverged run scores 100%), and the reported runs, on the whole training
+split and each with its own seed, train at that LR. The test split is never read: the search sees a Dataset whose test
 tensors are the held-out training samples.
 
 The search is one per configuration, not per seed: jobs of a sweep that differ only in the seed (and,
@@ -67,19 +67,32 @@ def validation_split(data: datasets.Dataset, fraction: float, seed: int) -> data
     )
 
 
-def search(node, train_at: Callable[[float, datasets.Dataset], dict], data: datasets.Dataset) -> dict:
-    """Try every LR of `node.grid` with `train_at(lr per reference batch, validation dataset)`, which
-    returns the train job's result; returns the chosen LR and the grid's validation errors (%)."""
-    grid = grid_of(node)
-    split = validation_split(data, validation_fraction(node), int(node.get("seed", 0)))
+def search_seeds(node) -> list[int]:
+    """The seeds each grid LR trains with: `seed`, `seed + 1`, ... (`seeds` of them, default 1)."""
+    count = node.get("seeds", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UsageError(f"accuracy.lr_search.seeds must be a positive int, got {count!r}: e.g. 3")
+    first = int(node.get("seed", 0))
+    return list(range(first, first + count))
+
+
+def search(node, train_at: Callable[[float, datasets.Dataset, int], dict], data: datasets.Dataset) -> dict:
+    """Try every LR of `node.grid` with `train_at(lr per reference batch, validation dataset, seed)`, which
+    returns the train job's result, for each seed of `search_seeds`; returns the chosen LR and each grid
+    LR's validation error (%), the mean over the seeds (a diverged seed counts 100%; NaN if all did)."""
+    grid, seeds = grid_of(node), search_seeds(node)
+    split = validation_split(data, validation_fraction(node), seeds[0])
     errors = []
     for lr in grid:
-        try:
-            result = train_at(lr, split)
-            errors.append(100.0 * (1.0 - result["curve"][-1]["test_acc"]))
-        except RuntimeError as exc:  # the train loss diverged at this LR: it cannot be chosen
-            log.info("lr search: %g diverged (%s)", lr, exc)
-            errors.append(math.nan)
+        per_seed = []
+        for seed in seeds:
+            try:
+                per_seed.append(100.0 * (1.0 - train_at(lr, split, seed)["curve"][-1]["test_acc"]))
+            except RuntimeError as exc:  # the train loss diverged at this LR
+                log.info("lr search: %g diverged with seed %d (%s)", lr, seed, exc)
+                per_seed.append(math.nan)
+        finite = [e for e in per_seed if not math.isnan(e)]
+        errors.append(sum(100.0 if math.isnan(e) else e for e in per_seed) / len(seeds) if finite else math.nan)
         log.info("lr search: lr %g -> validation error %.2f%%", lr, errors[-1])
     scored = [100.0 if math.isnan(e) else e for e in errors]
     best = min(range(len(grid)), key=lambda i: (scored[i], grid[i]))

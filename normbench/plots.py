@@ -166,7 +166,9 @@ def _protocol_title(data: pd.DataFrame) -> str:
     setup = str(data["setup"].iloc[0]) if "setup" in data and data["setup"].nunique() == 1 else ""
     if setup.endswith("samples per step"):
         g = setup.split()[0]
-        return f"fixed {g} samples per step (W = {g}/K workers): same steps and LR for every K"
+        one_lr = "lr" not in data or data["lr"].nunique() <= 1
+        same = "same steps and LR" if one_lr else "same steps (LR searched per K)"
+        return f"fixed {g} samples per step (W = {g}/K workers): {same} for every K"
     if setup.endswith(("worker", "workers")):
         return f"fixed {setup}: global batch = K x W, LR scaled with it (the GN paper's protocol)"
     return ""
@@ -324,7 +326,7 @@ def lr_sensitivity(choices: pd.DataFrame, path: str | Path) -> Path | None:
     palette = norm_palette(names)
     for ax, norm in zip(axes[0], names):
         for r in choices[choices["norm"] == norm].itertuples():
-            label = f"K={r.batch_size:g}, {r.global_batch:g}/step" + (
+            label = f"K={r.batch_size}, {r.global_batch:g}/step" + (
                 ", after" if getattr(r, "norm_position", "before") == "after" else ""
             )
             line = ax.plot([lr for lr, _ in r.grid], [e for _, e in r.grid], marker="o", ms=3, lw=1.2, label=label)[0]

@@ -536,6 +536,7 @@ def test_lr_search_is_shared_across_seeds_and_k_where_the_norm_cannot_see_k(tmp_
         ("[0.1,0.0,0.2]", r"at least two positive LRs, got \[0.1, 0.0, 0.2\]"),
         ("[-0.1,0.2]", "at least two positive LRs"),
         ("[0.1]", "at least two positive LRs"),
+        ("[0.1,0.2],seeds:0", "lr_search.seeds must be a positive int"),
     ],
 )
 def test_a_bad_lr_grid_is_one_line_before_any_training(tmp_path, grid, message):
@@ -581,3 +582,25 @@ def test_reproducibility_switches_are_on_for_the_run_only(tmp_path, monkeypatch)
     assert seen == [(True, False), (before, torch.backends.cudnn.benchmark)]
     assert torch.are_deterministic_algorithms_enabled() == before
     assert on["test_acc"] == off["test_acc"] and on["train_loss"] == off["train_loss"]  # CPU: the same run
+
+
+def test_lr_search_picks_the_lowest_validation_error_and_skips_a_diverged_lr():
+    data = accuracy.datasets.load(config().dataset, "cpu")
+    errors = {0.05: 0.30, 0.1: 0.10, 0.2: 0.10, 0.4: None}  # 0.1 and 0.2 tie; 0.4 diverges
+
+    seen = []
+
+    def train_at(lr, split, seed):
+        assert split.x_test.shape[0] == 32 and split.name.endswith("(validation split)")
+        seen.append(seed)
+        if errors[lr] is None or (lr == 0.2 and seed == 6):
+            raise RuntimeError("train loss diverged")
+        return {"curve": [{"test_acc": 1 - errors[lr] - 0.02 * (seed - 5)}]}
+
+    node = {"grid": [0.4, 0.1, 0.05, 0.2], "validation": 0.25, "seed": 5, "seeds": 2}
+    found = lr_search.search(node, train_at, data)
+    assert sorted(set(seen)) == [5, 6] and len(seen) == 8  # every LR with both seeds
+    assert found["grid"] == [0.05, 0.1, 0.2, 0.4] and found["chosen"] == 0.1 and not found["edge"]
+    # the mean over the two seeds; 0.2 diverged with one of them (100%); 0.4 with both (NaN)
+    assert found["val_error"][:3] == pytest.approx([31.0, 11.0, 55.0]) and math.isnan(found["val_error"][3])
+    assert lr_search.parse_grid(lr_search.grid_text(found))[:3] == [(0.05, 31.0), (0.1, 11.0), (0.2, 55.0)]
