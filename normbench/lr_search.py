@@ -4,10 +4,9 @@
 `accuracy.lr_reference.batch` samples, scaled linearly to the run's samples per step, as the fixed LR
 is) trains the run's configuration on the training split minus a held-out `validation` fraction, with
 `seeds` seeds from `seed` on, and is scored by its mean error on that held-out part. The lowest error
-wins (with several seeds: the smallest LR within one standard error of it; a diverged run scores
-100%), and the reported runs, on the whole training split and each with its own seed, train at that
-LR. The test split is never read: the search sees a Dataset whose test tensors are the held-out
-training samples.
+wins (ties: the smaller LR; a diverged run scores 100%), and the reported runs, on the whole training
+split and each with its own seed, train at that LR. The test split is never read: the search sees a Dataset whose test
+tensors are the held-out training samples.
 
 The search is one per configuration, not per seed: jobs of a sweep that differ only in the seed (and,
 for a norm that cannot see K, in K) share it through `normbench.reuse`.
@@ -80,15 +79,10 @@ def search_seeds(node) -> list[int]:
 def search(node, train_at: Callable[[float, datasets.Dataset, int], dict], data: datasets.Dataset) -> dict:
     """Try every LR of `node.grid` with `train_at(lr per reference batch, validation dataset, seed)`, which
     returns the train job's result, for each seed of `search_seeds`; returns the chosen LR and each grid
-    LR's validation error (%), the mean over the seeds (a diverged seed counts 100%; NaN if all did).
-
-    With several seeds the choice follows the one-standard-error rule (Hastie, Tibshirani & Friedman,
-    "The Elements of Statistical Learning", 2nd ed., Sec. 7.10): the smallest LR whose mean error is within
-    one standard error (over the seeds) of the lowest mean, since LRs the seeds cannot tell apart are
-    equally good and the smaller is further from divergence. With one seed: the lowest error."""
+    LR's validation error (%), the mean over the seeds (a diverged seed counts 100%; NaN if all did)."""
     grid, seeds = grid_of(node), search_seeds(node)
     split = validation_split(data, validation_fraction(node), seeds[0])
-    errors, spread = [], []
+    errors = []
     for lr in grid:
         per_seed = []
         for seed in seeds:
@@ -97,22 +91,12 @@ def search(node, train_at: Callable[[float, datasets.Dataset, int], dict], data:
             except RuntimeError as exc:  # the train loss diverged at this LR
                 log.info("lr search: %g diverged with seed %d (%s)", lr, seed, exc)
                 per_seed.append(math.nan)
-        scored_seeds = [100.0 if math.isnan(e) else e for e in per_seed]
-        mean = sum(scored_seeds) / len(seeds)
-        errors.append(mean if any(not math.isnan(e) for e in per_seed) else math.nan)
-        var = sum((e - mean) ** 2 for e in scored_seeds) / (len(seeds) - 1) if len(seeds) > 1 else 0.0
-        spread.append(math.sqrt(var / len(seeds)))
-        log.info("lr search: lr %g -> validation error %.2f%% (se %.2f)", lr, errors[-1], spread[-1])
+        finite = [e for e in per_seed if not math.isnan(e)]
+        errors.append(sum(100.0 if math.isnan(e) else e for e in per_seed) / len(seeds) if finite else math.nan)
+        log.info("lr search: lr %g -> validation error %.2f%%", lr, errors[-1])
     scored = [100.0 if math.isnan(e) else e for e in errors]
     best = min(range(len(grid)), key=lambda i: (scored[i], grid[i]))
-    chosen = min(i for i in range(len(grid)) if scored[i] <= scored[best] + spread[best])
-    return {
-        "grid": grid,
-        "val_error": errors,
-        "val_se": spread,
-        "chosen": grid[chosen],
-        "edge": chosen in (0, len(grid) - 1),
-    }
+    return {"grid": grid, "val_error": errors, "chosen": grid[best], "edge": best in (0, len(grid) - 1)}
 
 
 def grid_text(found: dict) -> str:
