@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normbench"
 
 # Bottom to top (DESIGN.md, "Shape of the code"); a module may import its own layer and those below.
 LAYERS = [
-    ("base", {"errors", "schema", "provenance", "plugins", "device"}),
+    ("base", {"errors", "schema", "provenance", "plugins", "device", "stats"}),
     (
         "kernels",
         {
@@ -39,7 +39,7 @@ LAYERS = [
         },
     ),
     ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation"}),
-    ("job helpers", {"timing", "reuse"}),
+    ("job helpers", {"timing", "reuse", "lr_search"}),
     ("jobs", {"speed", "model_speed", "accuracy"}),
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
     (
