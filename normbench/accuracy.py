@@ -26,6 +26,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from normbench import data as datasets
-from normbench import fastpath, models, norms, optim, reuse
+from normbench import fastpath, lr_search, models, norms, optim, reuse
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
 from normbench.evaluation import (
@@ -211,9 +212,30 @@ def run(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None = None) ->
     """
     threads = torch.get_num_threads()
     try:
-        return measure(cfg, Path(out_dir), shared_dir)
+        with reproducible(bool(cfg.accuracy.get("deterministic", False))):
+            return measure(cfg, Path(out_dir), shared_dir)
     finally:  # accuracy.cpu_threads is per run: leave the process (a test session, a notebook) as it was
         torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def reproducible(on: bool):
+    """PyTorch's reproducibility switches for one run (docs/accuracy.md, "Seeds and the nondeterminism
+    floor"): deterministic algorithms (an op without one warns), cuDNN without autotuning, and the
+    cuBLAS workspace setting those need on CUDA; the process's previous settings afterwards."""
+    if not on:
+        yield
+        return
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
 def reuse_key(cfg: DictConfig, split: Split) -> dict:
@@ -224,6 +246,14 @@ def reuse_key(cfg: DictConfig, split: Split) -> dict:
         fields["accuracy"].pop(key, None)
     fields["accuracy"]["samples_per_step"] = split.global_batch
     return fields
+
+
+def job_name(out_dir: Path, shared_dir) -> str:
+    """A job's directory relative to its sweep's (what a reused row names in `reused_from`)."""
+    try:
+        return Path(out_dir).resolve().relative_to(Path(shared_dir).resolve()).as_posix()
+    except (TypeError, ValueError):
+        return str(out_dir)
 
 
 def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> list[dict]:
@@ -237,16 +267,19 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         torch.set_num_threads(positive_int(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"))
     _, norm_options = norm_factory(cfg, split.k)
 
+    lr, found = None, None
+    if acc.get("lr_search") is not None:
+        found = choose_lr(cfg, split, device, out_dir, shared_dir)
+        lr = scaled_lr(found["chosen"], int(acc.lr_reference.batch), split.global_batch)
+
     def train_here() -> dict:
-        return train(cfg, split, device)
+        return train(cfg, split, device, lr=lr)
 
     reused_from = None
     if shared_dir is not None and acc.get("reuse", True) and norms.batch_independent(cfg.norm.name):
-        try:
-            job = Path(out_dir).resolve().relative_to(Path(shared_dir).resolve()).as_posix()
-        except ValueError:
-            job = str(out_dir)
-        result, reused_from = reuse.train_once(shared_dir, reuse_key(cfg, split), job, train_here)
+        result, reused_from = reuse.train_once(
+            shared_dir, reuse_key(cfg, split), job_name(out_dir, shared_dir), train_here
+        )
     else:
         result = train_here()
 
@@ -264,6 +297,8 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "workers": split.workers,
         "global_batch": split.global_batch,
         "lr": result["lr"],
+        "lr_chosen": found["chosen"] if found else math.nan,  # per lr_reference.batch samples, as the grid
+        "lr_grid": lr_search.grid_text(found) if found else None,
         "epochs": int(acc.epochs),
         "steps": result["steps"],
         "seed": int(cfg.seed),
@@ -273,6 +308,7 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "precise_bn_samples": result["precise_bn_samples"],
         "train_loss": curve[-1]["train_loss"],
         "train_acc": curve[-1]["train_acc"],
+        "train_eval_acc": result.get("train_eval_acc", math.nan),
         # A reused row keeps the wall time and throughput of the training it reports.
         "wall_s": result["wall_s"],
         "samples_per_s": result["samples_per_s"],
@@ -307,12 +343,52 @@ def precise_bn_batches(data: datasets.Dataset, samples: int, k: int, seed: int):
         yield datasets.augment(x, gen) if data.augment else x
 
 
-def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
-    """Train one model and evaluate it; everything measured, as JSON data (a job may share it)."""
+def choose_lr(cfg: DictConfig, split: Split, device: torch.device, out_dir: Path, shared_dir) -> dict:
+    """`accuracy.lr_search`: the grid tried on a validation split of the training data (normbench.lr_search),
+    once per configuration: the seed (and K, for a norm that cannot see it) left out of the sharing key."""
+    node = cfg.accuracy.lr_search
+    lr_search.grid_of(node)  # a bad grid fails here, before any training
+    lr_search.search_seeds(node)
+    search_cfg = lr_search.search_config(cfg)
+    search_cfg.seed = int(node.get("seed", 0))
+    data = datasets.load(cfg.dataset, device)
+
+    def train_at(lr: float, split_data: datasets.Dataset, seed: int) -> dict:
+        seeded = search_cfg.copy()
+        seeded.seed = seed
+        return train(
+            seeded,
+            split,
+            device,
+            data=split_data,
+            lr=scaled_lr(lr, int(cfg.accuracy.lr_reference.batch), split.global_batch),
+        )
+
+    key = reuse_key(search_cfg, split)
+    key["lr_search_of"] = split.k if not norms.batch_independent(cfg.norm.name) else "any K"
+    found, _ = reuse.train_once(
+        shared_dir, key, job_name(out_dir, shared_dir), lambda: lr_search.search(node, train_at, data)
+    )
+    log.info(
+        "%s K=%d: lr %g per %d samples chosen from %s",
+        cfg.norm.name,
+        split.k,
+        found["chosen"],
+        int(cfg.accuracy.lr_reference.batch),
+        lr_search.grid_text(found),
+    )
+    return found
+
+
+def train(
+    cfg: DictConfig, split: Split, device: torch.device, data: datasets.Dataset | None = None, lr: float | None = None
+) -> dict:
+    """Train one model and evaluate it; everything measured, as JSON data (a job may share it). `data`
+    replaces the configured dataset (the LR search's validation split), `lr` the linearly scaled fixed LR."""
     acc = cfg.accuracy
     k, workers, global_batch = split.k, split.workers, split.global_batch
     epochs = int(acc.epochs)
-    data = datasets.load(cfg.dataset, device)
+    data = datasets.load(cfg.dataset, device) if data is None else data
     n_train = data.x_train.shape[0]
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch < 1:
@@ -338,7 +414,9 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
                 f"training samples of {data.name}: set it in that range (or null to skip PreciseBN)"
             )
 
-    lr = scaled_lr(float(acc.lr_reference.lr), int(acc.lr_reference.batch), global_batch)
+    if lr is None:
+        lr = scaled_lr(float(acc.lr_reference.lr), int(acc.lr_reference.batch), global_batch)
+    clip = acc.get("grad_clip")
     optimizer = optim.sgd(model, acc, lr)
     smoothing = optim.label_smoothing(acc)
     loop = fastpath.options(acc, images=data.x_train.dim() == 4)
@@ -391,6 +469,8 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
                     loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                if clip is not None:  # global gradient norm clipping (docs/accuracy.md: the no-norm baseline)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
                 optimizer.step()
                 if first_step_s is None and loop.compile:  # it compiled: not training throughput
                     first_step_s = fastpath.synchronized_time(device) - t0
@@ -435,10 +515,24 @@ def train(cfg: DictConfig, split: Split, device: torch.device) -> dict:
         "test_acc_precise_bn": precise,
         "test_acc_batch_stats": by_batch,
         "precise_bn_samples": used,
+        "train_eval_acc": train_eval_accuracy(model, data, acc.get("train_eval_samples"), eval_batch),
         "wall_s": time.perf_counter() - start,
         "samples_per_s": seen / train_s if seen else math.nan,
         "train_loop": loop.describe(),
     }
+
+
+def train_eval_accuracy(model: nn.Module, data: datasets.Dataset, samples, batch: int) -> float:
+    """Train accuracy after training in eval mode (BatchNorm on its running statistics), on the first
+    `samples` training samples of a fixed draw (seed 0, unaugmented: the same subset for every run): the train side of a
+    train/test gap that the noise of train-mode batch statistics does not enter. NaN for samples=null."""
+    if samples is None:
+        return math.nan
+    n = positive_int(samples, "accuracy.train_eval_samples", "the training samples scored in eval mode, e.g. 1024")
+    subset = torch.randperm(data.x_train.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    subset = subset.to(data.x_train.device)
+    model.eval()
+    return accuracy(model, data.x_train[subset], data.y_train[subset], batch)
 
 
 def write_curve(out_dir: Path, points: list[dict]) -> Path:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from normbench import norms, swept
+from normbench import lr_search, norms, stats, swept
 from normbench.plots import norm_label, norm_order, position, rank
 
 EVALUATIONS = {"test_acc": "running", "test_acc_precise_bn": "PreciseBN", "test_acc_batch_stats": "batch stats"}
@@ -145,8 +145,10 @@ def headline(acc: pd.DataFrame) -> str:
     spread = f"mean ± sd over {seeds.min()} seeds" if seeds.min() > 1 else "one seed, so no spread"
     setup = acc["setup"].iloc[0]
     by_construction = setup.endswith("per step")  # at a fixed global batch, K cannot reach their training
+    one_lr = "lr" not in acc or acc["lr"].nunique() <= 1
     fixed = (
-        f"{setup}, the same steps and LR for every K"
+        f"{setup}, the same steps {'and LR ' if one_lr else ''}for every K"
+        + ("" if one_lr else " (each norm's LR searched, and BatchNorm's per K: accuracy.lr_search)")
         if by_construction
         else f"{setup}: the global batch and LR grow with K"
     )
@@ -190,3 +192,91 @@ def reuse_note(acc: pd.DataFrame) -> str | None:
         f"K changes nothing in their training, and each was trained once per seed (normbench/reuse.py; "
         f"tests/test_accuracy.py checks that the models are bit-identical across K)."
     )
+
+
+# ------------------------------------------------------------------------------- paired against BatchNorm
+
+
+def paired_to_baseline(acc: pd.DataFrame, baseline: str = "bn") -> pd.DataFrame:
+    """Per (group,) K and norm: the test error (eval mode) minus the baseline's at the same K and seed, in
+    percentage points, with its paired 95% confidence interval (normbench.stats.paired) over the seeds
+    both ran; empty where the baseline did not run or fewer than 2 seeds match."""
+    long = long_errors(with_setup(acc))
+    long = long[long["evaluation"] == "running"]
+    keys = accuracy_groups(long) + ["batch_size"]
+    rows = []
+    for key, g in long.groupby(keys, dropna=False):
+        base = g[g["norm"] == baseline].drop_duplicates("seed").set_index("seed")["test_error"]
+        for norm, runs in g[g["norm"] != baseline].groupby("norm"):
+            arm = runs.drop_duplicates("seed").set_index("seed")["test_error"]
+            seeds = arm.index.intersection(base.index)
+            if len(seeds) < 2:
+                continue
+            ci = stats.paired(arm.loc[seeds].to_numpy(float), base.loc[seeds].to_numpy(float))
+            rows.append(
+                {
+                    **dict(zip(keys, key if isinstance(key, tuple) else (key,))),
+                    "norm": norm,
+                    "baseline": baseline,
+                    "n": ci.n,
+                    "estimate": ci.estimate,
+                    "low": ci.low,
+                    "high": ci.high,
+                    "method": ci.method,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
+    """One group's paired differences: a row per K (large to small), a column per norm, `d [low, high]`."""
+    rows = []
+    for k, g in paired.groupby("batch_size"):
+        row: dict[str, Any] = {"K": int(k) if float(k).is_integer() else k}
+        for r in g.sort_values("norm", key=lambda s: rank(s, norm_order())).itertuples():
+            row[f"{r.norm} - {r.baseline}"] = f"{r.estimate:+.2f} [{r.low:+.2f}, {r.high:+.2f}]"
+        row["seeds"] = int(g["n"].min())
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("K", ascending=False).reset_index(drop=True)
+
+
+LR_KEYS = ("norm", "norm_position", "batch_size", "global_batch", "epochs")
+
+
+def _lr_order(values: pd.Series) -> pd.Series:
+    if values.name == "norm":
+        return rank(values, norm_order())
+    return pd.to_numeric(values, errors="coerce") if values.name == "batch_size" else values
+
+
+def lr_curves(acc: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration that ran the LR search: its LR_KEYS, `grid` [(lr, validation error %)]
+    and `chosen` (per lr_reference.batch samples); empty without a search."""
+    if "lr_grid" not in acc or acc["lr_grid"].isna().all():
+        return pd.DataFrame()
+    keys = [c for c in LR_KEYS if c in acc]
+    runs = acc[acc["lr_grid"].notna()].copy()
+    # A norm that cannot see K searched once for every K (normbench/accuracy.py, choose_lr): one row, K "any".
+    shared = runs["norm"].map(_independent) & (runs["protocol"] == "global_batch" if "protocol" in runs else False)
+    runs["batch_size"] = runs["batch_size"].astype(object).where(~shared, "any")
+    runs = runs.drop_duplicates(keys + ["lr_grid"])
+    runs = runs.sort_values(keys, key=_lr_order)
+    return runs[keys].assign(
+        grid=[lr_search.parse_grid(g) for g in runs["lr_grid"]], chosen=pd.to_numeric(runs["lr_chosen"]).to_numpy()
+    )
+
+
+def lr_choices(curves: pd.DataFrame) -> pd.DataFrame:
+    """`lr_curves` as a table: the LR chosen (marked where it is at the edge of the grid) and the
+    validation error (%) of each grid LR."""
+    rows = []
+    for r in curves.itertuples(index=False):
+        edge = r.chosen in (r.grid[0][0], r.grid[-1][0])
+        rows.append(
+            {
+                **{c: getattr(r, c) for c in LR_KEYS if c in curves},
+                "lr chosen": f"{r.chosen:g}" + (" (grid edge)" if edge else ""),
+                "validation error (%) per LR": ", ".join(f"{lr:g}: {e:.1f}" for lr, e in r.grid),
+            }
+        )
+    return pd.DataFrame(rows)

@@ -2,17 +2,12 @@
 
 The runs come from `normbench-accuracy -m +experiment=seed_claims` (conf/sweep/seed_claims.yaml);
 the design, one variable changed per comparison, is in docs/claims.md. Every comparison takes the
-per-seed values of two sets of runs, A and B, and applies one decision rule:
-
-    d = mean(A) - mean(B),  s = sqrt(sd(A)^2 + sd(B)^2)   (sd over seeds)
-    |d| > 2 s, in the claimed direction      -> supported
-    |d| > 2 s, against it                     -> not supported
-    otherwise                                 -> inconclusive on this task (the seeds disagree more
-                                                 than the runs differ)
-
-A claim of equality (C2) is supported when |d| <= 2 s and s is at most EQUAL_WITHIN percentage
-points (else the spread is too wide to say), and not supported when |d| > 2 s. A claim made of
-several comparisons is supported (or not) when all of them are, and `mixed` when they disagree.
+per-seed values of two sets of runs, A and B, matched by seed (the same seed gives both the same
+initial weights and data order), and judges the 95% confidence interval of mean(A - B) over seeds
+(`normbench.stats`): **supported** / **not supported** when it excludes 0 on the claimed side / the
+other side, **equal** when TOST puts the difference inside +-MARGIN, **inconclusive** otherwise. A
+claim of equality (C2) is supported when TOST says equal. A claim made of several comparisons is
+supported (or not) when all of them are, and `mixed` when they disagree.
 """
 
 from __future__ import annotations
@@ -24,13 +19,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from normbench import stats
 from normbench.accuracy_tables import test_error
+from normbench.errors import UsageError
 
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, MIXED = "supported", "not supported", "inconclusive on this task", "mixed"
-EQUAL_WITHIN = 1.0  # percentage points: the widest seed spread under which "no difference" means equal
+SUPPORTED, NOT_SUPPORTED, EQUAL, INCONCLUSIVE = stats.SUPPORTED, stats.NOT_SUPPORTED, stats.EQUAL, stats.INCONCLUSIVE
+MIXED = "mixed"
+MARGIN = 1.0  # percentage points of test error (or of a gap): a smaller difference counts as none (docs/claims.md)
 LARGE_K, SMALL_K = 64, 2  # normalization batches compared (at 64 samples per step)
 GLOBAL = 64  # samples per optimizer step of the normalization-batch runs
-OPTIMIZER_BATCHES = (16, 64, 256)  # C6: optimizer batch sizes, one worker (K = the optimizer batch)
+# C6: optimizer batches (one worker, K = the batch); conf/claim_run/*_batch*.yaml set their epochs so that
+# each trains about the steps of the batch-64 runs (on MNIST-1D: 250, 248 and 240).
+OPTIMIZER_BATCHES = (16, 64, 256)
 
 CLAIMS = {
     "C1": "Place BN after the activation.",
@@ -44,30 +44,38 @@ CLAIMS = {
 
 @dataclass
 class Comparison:
-    """One comparison: what A and B are, their per-seed values, and the claimed relation of A to B."""
+    """One comparison: what A and B are, their values by seed, the claimed relation of A to B, and the
+    margin under which a difference counts as none (None: never `equal`)."""
 
     name: str
-    a: np.ndarray
-    b: np.ndarray
+    a: pd.Series  # indexed by seed
+    b: pd.Series
     expect: str  # "lower", "higher" or "equal": A relative to B
     unit: str = "%"
+    margin: float | None = MARGIN
 
-    @property
-    def d(self) -> float:
-        return float(np.mean(self.a) - np.mean(self.b))
+    def matched(self) -> tuple[np.ndarray, np.ndarray]:
+        """The two sides on the seeds both have (a failed run drops its seed from the comparison)."""
+        a, b = self.a.dropna(), self.b.dropna()
+        seeds = a.index.intersection(b.index)
+        return a.loc[seeds].to_numpy(dtype=float), b.loc[seeds].to_numpy(dtype=float)
 
-    @property
-    def s(self) -> float:
-        return math.sqrt(_sd(self.a) ** 2 + _sd(self.b) ** 2)
+    def judged(self) -> tuple[str, stats.Interval | None]:
+        a, b = self.matched()
+        try:
+            return stats.verdict(a, b, self.expect, self.margin)
+        except UsageError:  # fewer than two matched seeds: no interval, no verdict
+            return INCONCLUSIVE, None
 
     def verdict(self) -> str:
-        return decide(self.a, self.b, self.expect)
+        return self.judged()[0]
 
     def text(self) -> str:
-        return (
-            f"{self.name}: {_ms(self.a, self.unit)} vs {_ms(self.b, self.unit)} "
-            f"(d = {self.d:+.2f}, 2s = {2 * self.s:.2f}: {self.verdict()})"
-        )
+        a, b = self.matched()
+        verdict, ci = self.judged()
+        unit = " pp" if self.unit == "%" else self.unit
+        diff = f"A - B = {ci.text(unit)}" if ci else f"{len(a)} matched seed(s): no interval"
+        return f"{self.name}: {_ms(a, self.unit)} vs {_ms(b, self.unit)}, {diff}: {verdict}"
 
 
 def _sd(values: np.ndarray) -> float:
@@ -75,27 +83,15 @@ def _sd(values: np.ndarray) -> float:
 
 
 def _ms(values: np.ndarray, unit: str) -> str:
+    if len(values) == 0:
+        return "no runs"
     return f"{np.mean(values):.2f} ± {_sd(values):.2f}{unit}" if len(values) > 1 else f"{np.mean(values):.2f}{unit}"
 
 
-def decide(a, b, expect: str) -> str:
-    """The decision rule of the module docstring, for per-seed values a and b."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        return INCONCLUSIVE  # no spread to compare a difference with
-    return rule(a.mean() - b.mean(), math.sqrt(_sd(a) ** 2 + _sd(b) ** 2), expect)
-
-
-def rule(d: float, s: float, expect: str) -> str:
-    """The verdict for a difference d (A - B) with seed spread s, given the claimed relation of A to B."""
-    clear = abs(d) > 2 * s  # False when s is NaN
-    if expect == "equal":
-        if clear:
-            return NOT_SUPPORTED
-        return SUPPORTED if s <= EQUAL_WITHIN else INCONCLUSIVE
-    if not clear:
-        return INCONCLUSIVE
-    return SUPPORTED if (d < 0) == (expect == "lower") else NOT_SUPPORTED
+def decide(a, b, expect: str, margin: float | None = MARGIN) -> str:
+    """The verdict for values a and b matched by position (a[i] and b[i] share a seed)."""
+    a, b = pd.Series(np.asarray(a, dtype=float)), pd.Series(np.asarray(b, dtype=float))
+    return Comparison("", a, b, expect, margin=margin).verdict()
 
 
 def combine(verdicts: list[str]) -> str:
@@ -123,13 +119,24 @@ def select(acc: pd.DataFrame, norm: str, k: int, global_batch: int, position: st
     return acc[keep].sort_values("seed").drop_duplicates("seed")
 
 
-def _err(runs: pd.DataFrame, column: str = "test_acc") -> np.ndarray:
-    return test_error(runs, column).to_numpy(dtype=float)
+def _by_seed(runs: pd.DataFrame, values) -> pd.Series:
+    return pd.Series(np.asarray(values, dtype=float), index=_num(runs, "seed").to_numpy())
 
 
-def _gap(runs: pd.DataFrame) -> np.ndarray:
-    """Train accuracy (as measured during training) minus test accuracy, in percentage points."""
-    return 100 * (_num(runs, "train_acc") - _num(runs, "test_acc")).to_numpy(dtype=float)
+def _err(runs: pd.DataFrame, column: str = "test_acc") -> pd.Series:
+    """Test error (%) by seed."""
+    return _by_seed(runs, test_error(runs, column))
+
+
+def train_column(acc: pd.DataFrame) -> str:
+    """The train accuracy C3's gap uses: measured in eval mode after training (`train_eval_acc`), or, in
+    runs from before it was recorded, the train-mode running accuracy of the last epoch (`train_acc`)."""
+    return "train_eval_acc" if _num(acc, "train_eval_acc").notna().any() else "train_acc"
+
+
+def _gap(runs: pd.DataFrame, column: str) -> pd.Series:
+    """Train accuracy minus test accuracy, in percentage points, by seed."""
+    return _by_seed(runs, 100 * (_num(runs, column) - _num(runs, "test_acc")))
 
 
 def needed(acc: pd.DataFrame) -> dict[str, bool]:
@@ -191,94 +198,131 @@ def convergence(acc: pd.DataFrame) -> tuple[Comparison, float, dict[str, list[pd
         return None
     level = max(c["train_loss"].min() for cs in curves.values() for c in cs)
     per_epoch = {name: float(rs["steps"].iloc[0]) / float(rs["epochs"].iloc[0]) for name, rs in runs.items()}
-    steps = {name: np.array([steps_to_level(c, per_epoch[name], level) for c in curves[name]]) for name in runs}
-    comp = Comparison("steps to reach the level, BN vs no norm", steps["bn"], steps["none"], "lower", unit="")
+    steps = {
+        name: _by_seed(runs[name], [steps_to_level(c, per_epoch[name], level) for c in curves[name]]) for name in runs
+    }
+    comp = Comparison(
+        "steps to reach the level, BN vs no norm", steps["bn"], steps["none"], "lower", unit="", margin=None
+    )
     return comp, level, curves, per_epoch
 
 
 # -------------------------------------------------------------------------------------------- claims
 
 
-def _spread(acc: pd.DataFrame, norm: str) -> tuple[float, float, str]:
-    """C6: max - min over optimizer batch sizes of the mean test error, its sd, and the values."""
+def spread(acc: pd.DataFrame, norm: str) -> tuple[pd.Series, pd.Series, str]:
+    """C6: per seed, max - min of the test error over the optimizer batches (pp) and that range relative to
+    the seed's mean error (%); with the mean error and steps per batch, as text."""
     cells = {b: _err(select(acc, norm, b, b)) for b in OPTIMIZER_BATCHES}
-    means = {b: v.mean() for b, v in cells.items()}
-    hi, lo = max(means, key=means.get), min(means, key=means.get)
-    sd = math.sqrt(_sd(cells[hi]) ** 2 + _sd(cells[lo]) ** 2)
-    values = ", ".join(f"{means[b]:.1f}% at {b}" for b in OPTIMIZER_BATCHES)
-    return means[hi] - means[lo], sd, values
+    table = pd.DataFrame(cells).dropna()  # seeds that ran every batch
+    absolute = table.max(axis=1) - table.min(axis=1)
+    relative = 100 * absolute / table.mean(axis=1)
+    steps = {b: _num(select(acc, norm, b, b), "steps").max() for b in OPTIMIZER_BATCHES}
+    values = ", ".join(f"{table[b].mean():.1f}% at {b} ({steps[b]:.0f} steps)" for b in OPTIMIZER_BATCHES)
+    return absolute, relative, values
+
+
+def comparisons(acc: pd.DataFrame) -> list[tuple[str, str, list[Comparison], str]]:
+    """Each claim's comparisons: (claim id, what ran, the comparisons, a note); C5 only where the runs
+    left their per-epoch curves."""
+    bn64, bn2 = select(acc, "bn", LARGE_K, GLOBAL), select(acc, "bn", SMALL_K, GLOBAL)
+    after, none = select(acc, "bn", LARGE_K, GLOBAL, "after"), select(acc, "none", LARGE_K, GLOBAL)
+    column = train_column(acc)
+    how = (
+        "in eval mode after training, on a fixed training subset"
+        if column == "train_eval_acc"
+        else "in train mode during the last epoch (runs from before train_eval_acc)"
+    )
+    out = [
+        (
+            "C1",
+            f"bn with conv -> ReLU -> BN vs conv -> BN -> ReLU, K = {LARGE_K}, {GLOBAL} per step",
+            [Comparison("test error after vs before", _err(after), _err(bn64), "lower")],
+            "",
+        ),
+        (
+            "C2",
+            f"bn at K = {LARGE_K} and {SMALL_K}: eval on running averages vs PreciseBN (population statistics)",
+            [
+                Comparison(f"K={k} running vs PreciseBN error", _err(r), _err(r, "test_acc_precise_bn"), "equal")
+                for k, r in ((LARGE_K, bn64), (SMALL_K, bn2))
+            ],
+            "",
+        ),
+        (
+            "C3",
+            f"train-test accuracy gap (train accuracy {how}): bn vs no norm (K = {LARGE_K}); bn at K = {SMALL_K} "
+            f"vs {LARGE_K}",
+            [
+                Comparison("gap with vs without BN", _gap(bn64, column), _gap(none, column), "lower", unit=" pp"),
+                Comparison(
+                    f"gap at K={SMALL_K} vs K={LARGE_K}", _gap(bn2, column), _gap(bn64, column), "lower", unit=" pp"
+                ),
+            ],
+            f"Test error with BN {_ms(_err(bn64).to_numpy(), '%')}, without {_ms(_err(none).to_numpy(), '%')}",
+        ),
+        (
+            "C4",
+            f"bn at K = {SMALL_K} vs {LARGE_K} ({GLOBAL} per step); ln, in, gn vs bn at K = {SMALL_K}",
+            [Comparison(f"bn error at K={SMALL_K} vs K={LARGE_K}", _err(bn2), _err(bn64), "higher")]
+            + [
+                Comparison(f"{n} vs bn K={SMALL_K} error", _err(select(acc, n, LARGE_K, GLOBAL)), _err(bn2), "lower")
+                for n in ("ln", "in", "gn")
+            ],
+            "",
+        ),
+    ]
+    c5 = convergence(acc)
+    if c5 is not None:
+        comp, level, _, _ = c5
+        out.append(
+            (
+                "C5",
+                f"steps until the per-epoch train loss reaches {level:.3f}: bn vs no norm, K = {LARGE_K}",
+                [comp],
+                "",
+            )
+        )
+    (bn_abs, bn_rel, bn_values), (no_abs, no_rel, no_values) = spread(acc, "bn"), spread(acc, "none")
+    out.append(
+        (
+            "C6",
+            f"bn and no norm at optimizer batch {', '.join(map(str, OPTIMIZER_BATCHES))} (one worker, about the "
+            "same steps for each batch)",
+            [
+                Comparison("range of error over the batches, bn vs no norm", bn_abs, no_abs, "higher", unit=" pp"),
+                Comparison(
+                    "range relative to the mean error, bn vs no norm",
+                    bn_rel,
+                    no_rel,
+                    "higher",
+                    unit="% of mean",
+                    margin=None,
+                ),
+            ],
+            f"Mean error: bn {bn_values}; no norm {no_values}",
+        )
+    )
+    return out
 
 
 def judge(acc: pd.DataFrame) -> pd.DataFrame:
     """The claims table: claim, what was run, the measurement, the verdict (one row per claim)."""
-    bn64, bn2 = select(acc, "bn", LARGE_K, GLOBAL), select(acc, "bn", SMALL_K, GLOBAL)
-    after, none = select(acc, "bn", LARGE_K, GLOBAL, "after"), select(acc, "none", LARGE_K, GLOBAL)
-    seeds = len(bn64)
     rows = []
-
-    def add(cid: str, ran: str, comps: list[Comparison], extra: str = "") -> None:
-        verdicts = [c.verdict() for c in comps]
+    for cid, ran, comps, extra in comparisons(acc):
         measured = "; ".join(c.text() for c in comps) + (f". {extra}" if extra else "")
-        rows.append(
-            {"claim": f"{cid} {CLAIMS[cid]}", "what ran": ran, "measurement": measured, "verdict": combine(verdicts)}
-        )
-
-    add(
-        "C1",
-        f"bn with conv -> ReLU -> BN vs conv -> BN -> ReLU, K = {LARGE_K}, {GLOBAL} per step",
-        [Comparison("test error after vs before", _err(after), _err(bn64), "lower")],
-    )
-    add(
-        "C2",
-        f"bn at K = {LARGE_K} and {SMALL_K}: eval on running averages vs PreciseBN (population statistics)",
-        [
-            Comparison(f"K={k} running vs PreciseBN error", _err(r), _err(r, "test_acc_precise_bn"), "equal")
-            for k, r in ((LARGE_K, bn64), (SMALL_K, bn2))
-        ],
-    )
-    add(
-        "C3",
-        f"train-test accuracy gap: bn vs no norm (K = {LARGE_K}); bn at K = {SMALL_K} vs {LARGE_K}",
-        [
-            Comparison("gap (pp) with vs without BN", _gap(bn64), _gap(none), "lower", unit=" pp"),
-            Comparison(f"gap (pp) at K={SMALL_K} vs K={LARGE_K}", _gap(bn2), _gap(bn64), "lower", unit=" pp"),
-        ],
-        f"Test error with BN {_ms(_err(bn64), '%')}, without {_ms(_err(none), '%')}",
-    )
-    add(
-        "C4",
-        f"bn at K = {SMALL_K} vs {LARGE_K} ({GLOBAL} per step); ln, in, gn vs bn at K = {SMALL_K}",
-        [Comparison(f"bn error at K={SMALL_K} vs K={LARGE_K}", _err(bn2), _err(bn64), "higher")]
-        + [
-            Comparison(f"{n} vs bn K={SMALL_K} error", _err(select(acc, n, LARGE_K, GLOBAL)), _err(bn2), "lower")
-            for n in ("ln", "in", "gn")
-        ],
-    )
-    c5 = convergence(acc)
-    if c5 is None:
-        rows.append(
+        verdict = combine([c.verdict() for c in comps])
+        rows.append({"claim": f"{cid} {CLAIMS[cid]}", "what ran": ran, "measurement": measured, "verdict": verdict})
+    if not any(r["claim"].startswith("C5") for r in rows):
+        rows.insert(
+            4,
             {
                 "claim": f"C5 {CLAIMS['C5']}",
                 "what ran": "bn vs no norm",
-                "verdict": INCONCLUSIVE,
                 "measurement": "no per-epoch curve (curve.csv) next to the runs' rows",
-            }
+                "verdict": INCONCLUSIVE,
+            },
         )
-    else:
-        comp, level, _, _ = c5
-        add("C5", f"steps until the per-epoch train loss reaches {level:.3f}: bn vs no norm, K = {LARGE_K}", [comp])
-    (bn_range, bn_sd, bn_values), (no_range, no_sd, no_values) = _spread(acc, "bn"), _spread(acc, "none")
-    d, s = bn_range - no_range, math.sqrt(bn_sd**2 + no_sd**2)
-    rows.append(
-        {
-            "claim": f"C6 {CLAIMS['C6']}",
-            "what ran": f"bn and no norm at optimizer batch {', '.join(map(str, OPTIMIZER_BATCHES))} (one worker, "
-            "same epochs, LR scaled linearly)",
-            "measurement": f"range of mean error: bn {bn_range:.2f} pp ({bn_values}), no norm {no_range:.2f} pp "
-            f"({no_values}) (d = {d:+.2f}, 2s = {2 * s:.2f}; s from the seeds of the extreme cells)",
-            "verdict": rule(d, s, "higher"),
-        }
-    )
     table = pd.DataFrame(rows)
-    table.attrs["seeds"] = seeds
+    table.attrs["seeds"] = len(select(acc, "bn", LARGE_K, GLOBAL))
     return table

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import FuncFormatter
+from scipy.stats import t as scipy_t
 
 from normbench import norms
 from normbench.errors import UsageError
@@ -165,17 +166,37 @@ def _protocol_title(data: pd.DataFrame) -> str:
     setup = str(data["setup"].iloc[0]) if "setup" in data and data["setup"].nunique() == 1 else ""
     if setup.endswith("samples per step"):
         g = setup.split()[0]
-        return f"fixed {g} samples per step (W = {g}/K workers): same steps and LR for every K"
+        one_lr = "lr" not in data or data["lr"].nunique() <= 1
+        same = "same steps and LR" if one_lr else "same steps (LR searched per K)"
+        return f"fixed {g} samples per step (W = {g}/K workers): {same} for every K"
     if setup.endswith(("worker", "workers")):
         return f"fixed {setup}: global batch = K x W, LR scaled with it (the GN paper's protocol)"
     return ""
 
 
-def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = True) -> Path | None:
+def _mean_ci(values: pd.Series) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t interval (0 for one value)."""
+    n = int(values.count())
+    if n < 2:
+        return float(values.mean()), 0.0
+    return float(values.mean()), float(scipy_t.ppf(0.975, n - 1) * values.std(ddof=1) / n**0.5)
+
+
+def _invariant(runs: pd.DataFrame) -> bool:
+    """Whether every seed gives one value at every K: a norm trained once and reused across K."""
+    return runs["batch_size"].nunique() > 1 and bool((runs.groupby("seed")["test_error"].nunique() == 1).all())
+
+
+def accuracy_vs_batch(
+    acc: pd.DataFrame, path: str | Path, reference: bool = True, paired: pd.DataFrame | None = None
+) -> Path | None:
     """Test error vs K, the samples per normalization batch (log2 axis, large to small as in the GN
     paper's Figure 1): a line per norm and evaluation (BatchNorm's running EMA, PreciseBN and batch
-    statistics in three line styles), error bars = sd over seeds; the GN paper's numbers in a panel
-    beside, labelled as the different protocol they come from.
+    statistics in three line styles), error bars = the 95% t interval of the mean over seeds; a norm that
+    gives one value per seed at every K (trained once, reused across K) is one band over all K, not a
+    bar at each. `paired` (normbench.accuracy_tables.paired_to_baseline) adds a panel per group: each
+    norm's error minus BatchNorm's at the same K and seed, with its paired 95% interval. The GN paper's
+    numbers in a panel beside, labelled as the different protocol they come from.
 
     `acc` holds one row per run and evaluation, with `test_error` (%) and `evaluation`
     (normbench.accuracy_tables.long_errors); without `evaluation` every row counts as eval mode."""
@@ -187,30 +208,39 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
     panels = _varying(acc, ["input", "dataset", "model", "impl", "setup", "epochs", "norm_position"])
     groups = list(acc.groupby(panels, dropna=False)) if panels else [((), acc)]
     palette = norm_palette([*acc["norm"], *(GN_PAPER_ERROR if reference else [])])
-    ncols = len(groups) + int(reference)
+    diffs = [_group_of(paired, panels, key) for key, _ in groups] if paired is not None and not paired.empty else []
+    ncols = len(groups) + sum(d is not None and not d.empty for d in diffs) + int(reference)
     sns.set_theme(style="whitegrid", context="notebook")
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 4.8), squeeze=False)
-    for ax, (key, data) in zip(axes[0], groups):
-        stats = data.groupby(["norm", "evaluation", "batch_size"])["test_error"].agg(["mean", "std", "count"])
-        have = set(stats.index.droplevel(2))
+    column = iter(axes[0])
+    for i, (key, data) in enumerate(groups):
+        ax = next(column)
+        ks = sorted(data["batch_size"].unique())
+        have = set(zip(data["norm"], data["evaluation"]))
         for norm in palette:
             several = sum((norm, e) in have for e in EVALUATION_STYLE) > 1
             for evaluation, (ls, marker, style_suffix) in EVALUATION_STYLE.items():
                 if (norm, evaluation) not in have:
                     continue
-                suffix = style_suffix or (" running EMA" if several else "")
-                s = stats.loc[(norm, evaluation)]
+                runs = data[(data["norm"] == norm) & (data["evaluation"] == evaluation)]
+                name = norm_label(norm) + (style_suffix or (" running EMA" if several else ""))
+                if "seed" in runs and _invariant(runs):
+                    mean, half = _mean_ci(runs.drop_duplicates("seed")["test_error"])
+                    ax.plot(ks, [mean] * len(ks), ls=ls, color=palette[norm], lw=1.6, label=f"{name} (any K)")
+                    ax.fill_between(ks, mean - half, mean + half, color=palette[norm], alpha=0.15, lw=0)
+                    continue
+                s = runs.groupby("batch_size")["test_error"].apply(_mean_ci).apply(pd.Series)
                 ax.errorbar(
                     s.index,
-                    s["mean"],
-                    yerr=s["std"].fillna(0),
+                    s[0],
+                    yerr=s[1],
                     ls=ls,
                     marker=marker,
                     color=palette[norm],
                     capsize=3,
                     ms=6,
                     lw=1.6,
-                    label=norm_label(norm) + suffix,
+                    label=name,
                 )
         _log2_axis(ax, data["batch_size"], invert=True)
         first = data.iloc[0]
@@ -223,14 +253,16 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
             spread = "one seed each (no error bars)"
         else:
             n = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}-{seeds.max()}"
-            spread = f"mean ± sd over {n} seeds"
+            spread = f"mean and 95% CI over {n} seeds; bands: trained once, the same at every K"
         lines = ["normbench: " + (what or "test error"), _protocol_title(data), spread, extra]
         ax.set_title("\n".join(line for line in lines if line), fontsize=10)
         ax.set_xlabel("K: samples per normalization batch")
         ax.set_ylabel("test error (%)")
         ax.legend(fontsize=8, title="norm (evaluation)", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+        if i < len(diffs) and diffs[i] is not None and not diffs[i].empty:
+            _paired_panel(next(column), diffs[i], palette)
     if reference:
-        ax = axes[0][-1]
+        ax = next(column)
         for norm, errors in GN_PAPER_ERROR.items():
             ax.plot(
                 GN_PAPER_BATCH,
@@ -250,6 +282,66 @@ def accuracy_vs_batch(acc: pd.DataFrame, path: str | Path, reference: bool = Tru
         ax.set_ylabel("validation error (%)")
         ax.legend(title="norm", fontsize=9)
     fig.suptitle("Test error vs the normalization batch K: smaller batches to the right", fontsize=12)
+    fig.tight_layout()
+    return _save(fig, Path(path))
+
+
+def _group_of(frame: pd.DataFrame, panels: list[str], key) -> pd.DataFrame:
+    """The rows of `frame` in one panel group (its `panels` columns equal to `key`)."""
+    keep = pd.Series(True, index=frame.index)
+    for col, value in zip(panels, key if isinstance(key, tuple) else (key,)):
+        if col in frame:
+            keep &= frame[col] == value
+    return frame[keep]
+
+
+def _paired_panel(ax, paired: pd.DataFrame, palette: dict[str, str]) -> None:
+    """Each norm's test error minus the baseline's at the same K and seed, with the paired 95% interval."""
+    for norm, rows in paired.groupby("norm"):
+        g = rows.sort_values("batch_size")
+        color = palette.get(norm, BASELINE_COLOR)
+        ax.plot(g["batch_size"], g["estimate"], marker="o", ms=4, lw=1.4, color=color, label=norm_label(norm))
+        ax.fill_between(g["batch_size"], g["low"], g["high"], color=color, alpha=0.15, lw=0)
+    ax.axhline(0, color="black", lw=0.8)
+    _log2_axis(ax, paired["batch_size"], invert=True)
+    base = norm_label(str(paired["baseline"].iloc[0]))
+    n = int(paired["n"].min())
+    ax.set_title(
+        f"paired difference to {base} (running EMA) at the same K and seed\nmean and 95% CI over {n} seeds "
+        "(t; + bootstrap where skewed)",
+        fontsize=10,
+    )
+    ax.set_xlabel("K: samples per normalization batch")
+    ax.set_ylabel(f"test error - {base}'s (pp)")
+    ax.legend(fontsize=8, title="norm", title_fontsize=8)
+
+
+def lr_sensitivity(choices: pd.DataFrame, path: str | Path) -> Path | None:
+    """Validation error vs LR (log axis) from the LR search, one line per configuration, one panel per
+    norm, the chosen LR circled (`choices`: normbench.accuracy_tables.lr_curves)."""
+    if choices is None or choices.empty:
+        return None
+    names = _ordered(choices["norm"].unique(), norm_order())
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False, sharey=False)
+    palette = norm_palette(names)
+    for ax, norm in zip(axes[0], names):
+        for r in choices[choices["norm"] == norm].itertuples():
+            label = f"K={r.batch_size}, {r.global_batch:g}/step" + (
+                ", after" if getattr(r, "norm_position", "before") == "after" else ""
+            )
+            line = ax.plot([lr for lr, _ in r.grid], [e for _, e in r.grid], marker="o", ms=3, lw=1.2, label=label)[0]
+            chosen = [e for lr, e in r.grid if lr == r.chosen]
+            ax.plot([r.chosen], chosen, marker="o", ms=9, mfc="none", color=line.get_color())
+        ax.set_xscale("log")
+        _plain_log(ax.xaxis)
+        ax.set_title(norm_label(norm), fontsize=10, color=palette[norm])
+        ax.set_xlabel("grid LR")
+        ax.legend(fontsize=6, framealpha=0.6)
+    axes[0][0].set_ylabel("validation error (%)")
+    fig.suptitle(
+        "LR search on a validation split of the training data; LR per lr_reference.batch samples (circled: chosen)",
+        fontsize=10,
+    )
     fig.tight_layout()
     return _save(fig, Path(path))
 
@@ -421,14 +513,29 @@ def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) 
 
 
 def convergence_curves(
-    curves: dict[str, list[pd.DataFrame]], steps_per_epoch: dict[str, float], level: float, path: str | Path
+    curves: dict[str, list[pd.DataFrame]],
+    steps_per_epoch: dict[str, float],
+    level: float,
+    path: str | Path,
+    intervals: list[tuple[str, float, float, float, str]] | None = None,
+    margin: float | None = None,
 ) -> Path | None:
     """Train loss vs optimizer step per norm (one thin line per seed, per-epoch points), with the loss
-    level that the notebook's claim C5 is judged at (normbench.claims)."""
+    level that the notebook's claim C5 is judged at (normbench.claims); beside it, where `intervals` are
+    given, each comparison's paired difference with its 95% interval, (label, estimate, low, high,
+    verdict) in percentage points, against 0 and the equivalence margin."""
     if not curves:
         return None
     colors = norm_palette(curves)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    wide = bool(intervals)
+    fig, axes = plt.subplots(
+        1,
+        2 if wide else 1,
+        figsize=(13, max(3.6, 0.38 * len(intervals or []) + 1.2)) if wide else (6, 3.6),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1, 1.25]} if wide else None,
+    )
+    ax = axes[0][0]
     for norm, runs in curves.items():
         for i, curve in enumerate(runs):
             ax.plot(
@@ -447,5 +554,26 @@ def convergence_curves(
     ax.set_ylabel("train loss (epoch mean)")
     ax.set_title("C5: steps to the loss level, one line per seed", fontsize=10)
     ax.legend(frameon=False)
+    if wide:
+        _interval_panel(axes[0][1], intervals, margin)
     sns.despine(fig)
+    fig.tight_layout()
     return _save(fig, Path(path))
+
+
+VERDICT_COLORS = {"supported": "#009E73", "not supported": "#D55E00", "equal": "#0072B2"}
+
+
+def _interval_panel(ax, intervals: list[tuple[str, float, float, float, str]], margin: float | None) -> None:
+    """A forest plot: one row per comparison, its estimate and 95% interval coloured by verdict."""
+    for y, (_, est, low, high, verdict) in enumerate(reversed(intervals)):
+        color = VERDICT_COLORS.get(verdict, BASELINE_COLOR)
+        ax.plot([low, high], [y, y], color=color, lw=2.2)
+        ax.plot([est], [y], marker="o", color=color, ms=5)
+    ax.set_yticks(range(len(intervals)), [i[0] for i in reversed(intervals)], fontsize=7)
+    ax.axvline(0, color="black", lw=0.8)
+    if margin:
+        ax.axvspan(-margin, margin, color="#999999", alpha=0.15, lw=0)
+    ax.set_xlabel("A - B (pp), paired by seed: mean and 95% CI")
+    shown = ", ".join(f"{v} ({c})" for v, c in (("supported", "green"), ("not supported", "orange"), ("equal", "blue")))
+    ax.set_title(f"The claims' comparisons; grey band: ±{margin:g} pp margin\n{shown}, grey: inconclusive", fontsize=9)

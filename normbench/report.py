@@ -30,6 +30,10 @@ from normbench.accuracy_tables import (
     accuracy_table,
     headline,
     long_errors,
+    lr_choices,
+    lr_curves,
+    paired_table,
+    paired_to_baseline,
     reuse_note,
     test_error,
     with_setup,
@@ -47,6 +51,7 @@ PLOTS = {
     "tradeoff": "speed_vs_accuracy.png",
     "claims": "claims_convergence.png",
 }
+LR_PLOT = "lr_sensitivity.png"  # drawn only where the runs searched their LR (accuracy.lr_search)
 
 # ----------------------------------------------------------------------------------------------- tables
 
@@ -300,7 +305,9 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
         doc.bullets(items)
 
 
-def _accuracy_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> None:
+def _accuracy_section(
+    doc: Document, acc: pd.DataFrame, plot: Path | None, paired: pd.DataFrame | None = None, lr_plot: Path | None = None
+) -> None:
     doc.heading(2, "Accuracy: test error vs the normalization batch K")
     runs = with_setup(acc)
     groups = accuracy_groups(runs)
@@ -325,8 +332,38 @@ def _accuracy_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> No
             values = key if isinstance(key, tuple) else (key,)
             doc.heading(3, ", ".join(f"{c} = {v}" for c, v in zip(groups, values)))
         doc.table(accuracy_table(g))
+    if paired is not None and not paired.empty:
+        _paired_section(doc, paired, groups)
     if plot:
         doc.image(plot, "Test error vs K per norm (BatchNorm: three evaluations); the GN paper's protocol beside")
+    curves = lr_curves(acc)
+    if not curves.empty:
+        doc.heading(3, "Learning rate per configuration")
+        doc.para(
+            "accuracy.lr_search: each LR of the grid trained the configuration on 80% of the training split (one "
+            "seed) and was scored on the held-out rest, never on the test set; the reported runs trained at the "
+            "LR with the lowest validation error (column `lr_chosen`, per lr_reference.batch samples, scaled "
+            "linearly like the fixed LR; `lr` is the LR used). A choice at the edge of the grid is marked."
+        )
+        doc.table(lr_choices(curves))
+        if lr_plot:
+            doc.image(lr_plot, "Validation error vs LR per norm, the chosen LR circled")
+
+
+def _paired_section(doc: Document, paired: pd.DataFrame, groups: list[str]) -> None:
+    """Each norm against BatchNorm at the same K, paired by seed, with the 95% interval."""
+    n = int(paired["n"].min())
+    doc.para(
+        "Paired difference to BatchNorm (eval mode, running EMA) at the same K: the mean over seeds of each "
+        f"seed's test error minus BatchNorm's with that seed (pp), and its 95% confidence interval over {n} "
+        "seeds (t interval, widened to the BCa bootstrap's where the differences are skewed; normbench/stats.py). "
+        "An interval that excludes 0 is a difference the seeds support; its width is what these seeds can resolve."
+    )
+    for key, g in paired.groupby(groups, dropna=False) if groups else [((), paired)]:
+        if groups:
+            values = key if isinstance(key, tuple) else (key,)
+            doc.heading(4, "paired: " + ", ".join(f"{c} = {v}" for c, v in zip(groups, values)))
+        doc.table(paired_table(g))
 
 
 def pooled_accuracy_keys(acc: pd.DataFrame) -> list[str]:
@@ -344,7 +381,13 @@ def _claims_plot(acc: pd.DataFrame, path: Path) -> Path | None:
     if c5 is None:
         return None
     _, level, curves, per_epoch = c5
-    return plots.convergence_curves(curves, per_epoch, level, path)
+    intervals = []
+    for cid, _, comps, _ in claims.comparisons(acc):
+        for comp in comps:
+            verdict, ci = comp.judged()
+            if ci is not None and comp.unit in ("%", " pp"):  # C5's steps and C6's ratio are in other units
+                intervals.append((f"{cid} {comp.name}", ci.estimate, ci.low, ci.high, verdict))
+    return plots.convergence_curves(curves, per_epoch, level, path, intervals, claims.MARGIN)
 
 
 def _claims_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> None:
@@ -353,11 +396,13 @@ def _claims_section(doc: Document, acc: pd.DataFrame, plot: Path | None) -> None
     doc.para(
         "The seed notebook (../shared/seed/) states six lessons about BatchNorm as facts; each is tested here by "
         "comparisons that change one variable (docs/claims.md). Values are mean ± sd over "
-        f"{table.attrs.get('seeds', '?')} seeds. Decision rule: with d the difference of the two means and s = "
-        "sqrt(sd_A^2 + sd_B^2), a claim is **supported** when |d| > 2s in the claimed direction, **not "
-        "supported** when |d| > 2s against it, and **inconclusive on this task** otherwise; a claim of equality "
-        f"(C2) is supported when |d| <= 2s and s <= {claims.EQUAL_WITHIN:g} pp. A claim made of several "
-        "comparisons is **mixed** when they disagree."
+        f"{table.attrs.get('seeds', '?')} seeds; A - B is the mean of the per-seed differences (the two sides "
+        "matched by seed: same initial weights and data order) with its 95% confidence interval (t interval; "
+        "widened to the BCa bootstrap's where the differences are skewed). A claim is **supported** when the "
+        "interval excludes 0 in the claimed direction, **not supported** when it excludes 0 against it, "
+        f"**equal** when TOST puts the difference within ±{claims.MARGIN:g} pp (the 90% interval inside the "
+        "margin; Schuirmann 1987), and **inconclusive** otherwise; a claim of equality (C2) is supported when "
+        "TOST says equal. A claim made of several comparisons is **mixed** when they disagree."
     )
     doc.table(table)
     if plot:
@@ -411,8 +456,9 @@ def build_report(
         acc["test_error"] = test_error(acc)
     # Speed against accuracy needs one source of each, or it would average sources together.
     one_each = speed["input"].nunique() == 1 and acc["input"].nunique() == 1
+    paired = paired_to_baseline(acc) if not acc.empty else None
     made: dict[str, Path | None] = {
-        "accuracy": plots.accuracy_vs_batch(long_errors(with_setup(acc)), out / PLOTS["accuracy"])
+        "accuracy": plots.accuracy_vs_batch(long_errors(with_setup(acc)), out / PLOTS["accuracy"], paired=paired)
         if not acc.empty
         else None,
         "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
@@ -425,6 +471,9 @@ def build_report(
     for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
         if made[key] is None:
             (out / name).unlink(missing_ok=True)
+    lr_plot = plots.lr_sensitivity(lr_curves(acc), out / LR_PLOT) if not acc.empty else None
+    if lr_plot is None:
+        (out / LR_PLOT).unlink(missing_ok=True)
 
     title = title or "normbench report: " + ", ".join(p.stem if p.is_file() else p.name for p in inputs)
     doc = Document(out)
@@ -442,7 +491,7 @@ def build_report(
     _what_ran(doc, frame, inputs)
 
     if not acc.empty:
-        _accuracy_section(doc, acc, made["accuracy"])
+        _accuracy_section(doc, acc, made["accuracy"], paired, lr_plot)
     if claims.available(acc):
         pooled = pooled_accuracy_keys(acc)
         if pooled:

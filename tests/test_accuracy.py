@@ -3,6 +3,7 @@ per-sample norms, reuse of one training across K, PreciseBN, reproducibility, an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -15,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from normbench import accuracy, cli, models, norms, reuse
+from normbench import accuracy, cli, lr_search, models, norms, reuse
 from normbench.errors import UsageError
 
 # A synthetic task small enough for a run in well under a second.
@@ -465,3 +466,150 @@ def test_the_default_sweep_is_in_the_config():
     assert cfg.dataset._target_ == "normbench.data.mnist1d" and cfg.model._target_ == "normbench.models.cnn1d"
     assert (cfg.accuracy.global_batch, cfg.accuracy.workers, cfg.accuracy.reuse) == (64, None, True)
     assert all(64 % int(k) == 0 for k in params["accuracy.batch_size"].split(","))
+
+
+# ------------------------------------------------------------------------------------------ LR search
+
+SEARCH = "accuracy.lr_search={grid:[0.02,0.1,0.5],validation:0.25,seed:0}"
+
+
+def test_lr_search_never_reads_the_test_split(tmp_path, monkeypatch):
+    """Scrambled test labels (and test inputs) leave every validation error and the chosen LR as they
+    were; only the reported test accuracy, which reads them, changes."""
+    real = accuracy.datasets.load
+    rows = {}
+    for scrambled in (False, True):
+
+        def load(cfg, device, scrambled=scrambled):
+            data = real(cfg, device)
+            if not scrambled:
+                return data
+            gen = torch.Generator().manual_seed(1)
+            return dataclasses.replace(
+                data,
+                y_test=data.y_test[torch.randperm(len(data.y_test), generator=gen)],
+                x_test=torch.randn(data.x_test.shape, generator=gen),
+            )
+
+        monkeypatch.setattr(accuracy.datasets, "load", load)
+        out = tmp_path / str(scrambled)
+        out.mkdir()
+        [rows[scrambled]] = accuracy.run(config("norm=bn", SEARCH), out)
+    assert rows[True]["lr_grid"] == rows[False]["lr_grid"] and rows[True]["lr_chosen"] == rows[False]["lr_chosen"]
+    assert rows[True]["test_acc"] != rows[False]["test_acc"]
+    grid = lr_search.parse_grid(rows[False]["lr_grid"])
+    assert [lr for lr, _ in grid] == [0.02, 0.1, 0.5]
+    best = min(grid, key=lambda p: (p[1], p[0]))
+    assert rows[False]["lr_chosen"] == best[0]
+    assert rows[False]["lr"] == pytest.approx(best[0] * 64 / 64)  # scaled linearly to the 64 per step
+
+
+def test_validation_split_holds_out_training_samples_only():
+    data = accuracy.datasets.load(config().dataset, "cpu")
+    split = lr_search.validation_split(data, 0.25, seed=0)
+    assert split.x_train.shape[0] + split.x_test.shape[0] == data.x_train.shape[0]
+    assert split.x_test.shape[0] == 32
+    pooled = torch.cat([split.x_train, split.x_test]).flatten(1)
+    assert torch.equal(pooled.sort(0).values, data.x_train.flatten(1).sort(0).values)  # the same samples, split
+
+
+def test_validation_split_cuts_the_stored_images_as_it_cuts_x_train():
+    # The fast loop trains from Dataset.pixels: a split that kept every image would train on held-out ones.
+    data = accuracy.datasets.synthetic(shape=[3, 4, 4], train_size=40, test_size=8, pixels=True)
+    split = lr_search.validation_split(data, 0.25, seed=0)
+    p = split.pixels
+    assert p.train.shape[0] == split.x_train.shape[0] == 30
+    assert torch.equal(p.train.float().div(255).sub(p.mean).div(p.std), split.x_train)
+
+
+def test_lr_search_is_shared_across_seeds_and_k_where_the_norm_cannot_see_k(tmp_path, monkeypatch):
+    calls = []
+    real = lr_search.search
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lr_search, "search", counted)
+    grid = "accuracy.lr_search={grid:[0.05,0.2],validation:0.25,seed:0}"
+    for i, (k, seed) in enumerate([(8, 0), (16, 0), (8, 1)]):
+        out = tmp_path / str(i)
+        out.mkdir()
+        accuracy.run(config("norm=ln", grid, f"accuracy.batch_size={k}", f"seed={seed}"), out, shared_dir=tmp_path)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("[0.1,0.0,0.2]", r"at least two positive LRs, got \[0.1, 0.0, 0.2\]"),
+        ("[-0.1,0.2]", "at least two positive LRs"),
+        ("[0.1]", "at least two positive LRs"),
+        ("[0.1,0.2],seeds:0", "lr_search.seeds must be a positive int"),
+    ],
+)
+def test_a_bad_lr_grid_is_one_line_before_any_training(tmp_path, grid, message):
+    with pytest.raises(UsageError, match=message) as info:
+        accuracy.run(config(f"accuracy.lr_search={{grid:{grid}}}"), tmp_path)
+    assert "\n" not in str(info.value) and not (tmp_path / accuracy.CURVE_FILE).exists()
+
+
+def test_train_accuracy_in_eval_mode_on_a_fixed_subset(tmp_path, built):
+    row, _ = train(tmp_path, "norm=bn", "accuracy.train_eval_samples=100")
+    data = accuracy.datasets.load(config().dataset, "cpu")
+    idx = torch.randperm(data.x_train.shape[0], generator=torch.Generator().manual_seed(0))[:100]
+    model = built[-1].eval()
+    with torch.no_grad():
+        expect = (model(data.x_train[idx]).argmax(1) == data.y_train[idx]).float().mean().item()
+    assert row["train_eval_acc"] == pytest.approx(expect) and not model.training
+
+
+def test_the_no_norm_baseline_can_take_back_the_conv_bias():
+    plain, biased = norms.build("none", 4), norms.build("none", 4, bias=True)
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    assert not list(plain.parameters()) and torch.equal(plain(x), x)
+    with torch.no_grad():
+        biased.bias.copy_(torch.tensor([1.0, -2.0, 0.5, 0.0]))
+    assert torch.equal(biased.double()(x), x + torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64).view(1, 4, 1))
+    cfg = config("norm=none", "+norm_options.none.bias=true")
+    make, options = accuracy.norm_factory(cfg, 16)
+    assert options == {"bias": True} and make(8).bias.shape == (8,)
+
+
+def test_reproducibility_switches_are_on_for_the_run_only(tmp_path, monkeypatch):
+    seen = []
+    real = accuracy.measure
+
+    def spy(*args):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark))
+        return real(*args)
+
+    monkeypatch.setattr(accuracy, "measure", spy)
+    before = torch.are_deterministic_algorithms_enabled()
+    [on] = accuracy.run(config("norm=gn", "accuracy.deterministic=true"), tmp_path)
+    [off] = accuracy.run(config("norm=gn"), tmp_path)
+    assert seen == [(True, False), (before, torch.backends.cudnn.benchmark)]
+    assert torch.are_deterministic_algorithms_enabled() == before
+    assert on["test_acc"] == off["test_acc"] and on["train_loss"] == off["train_loss"]  # CPU: the same run
+
+
+def test_lr_search_picks_the_lowest_validation_error_and_skips_a_diverged_lr():
+    data = accuracy.datasets.load(config().dataset, "cpu")
+    errors = {0.05: 0.30, 0.1: 0.10, 0.2: 0.10, 0.4: None}  # 0.1 and 0.2 tie; 0.4 diverges
+
+    seen = []
+
+    def train_at(lr, split, seed):
+        assert split.x_test.shape[0] == 32 and split.name.endswith("(validation split)")
+        seen.append(seed)
+        if errors[lr] is None or (lr == 0.2 and seed == 6):
+            raise RuntimeError("train loss diverged")
+        return {"curve": [{"test_acc": 1 - errors[lr] - 0.02 * (seed - 5)}]}
+
+    node = {"grid": [0.4, 0.1, 0.05, 0.2], "validation": 0.25, "seed": 5, "seeds": 2}
+    found = lr_search.search(node, train_at, data)
+    assert sorted(set(seen)) == [5, 6] and len(seen) == 8  # every LR with both seeds
+    assert found["grid"] == [0.05, 0.1, 0.2, 0.4] and found["chosen"] == 0.1 and not found["edge"]
+    # the mean over the two seeds; 0.2 diverged with one of them (100%); 0.4 with both (NaN)
+    assert found["val_error"][:3] == pytest.approx([31.0, 11.0, 55.0]) and math.isnan(found["val_error"][3])
+    assert lr_search.parse_grid(lr_search.grid_text(found))[:3] == [(0.05, 31.0), (0.1, 11.0), (0.2, 55.0)]

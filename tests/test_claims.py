@@ -19,32 +19,44 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------- the decision rule
 
+SEEDS = [0, 1, 2, 3, 4]
+SHARED = np.array([-1.5, 0.8, 0.2, 1.6, -1.1])  # what a seed does to both arms (initial weights, data order)
+
 
 @pytest.mark.parametrize(
-    ("a", "b", "expect", "verdict"),
+    ("delta", "expect", "margin", "verdict"),
     [
-        ([5.0, 5.2, 4.9], [8.0, 8.1, 7.9], "lower", claims.SUPPORTED),  # clear, in the claimed direction
-        ([8.0, 8.1, 7.9], [5.0, 5.2, 4.9], "lower", claims.NOT_SUPPORTED),  # clear, against it
-        ([8.0, 8.1, 7.9], [5.0, 5.2, 4.9], "higher", claims.SUPPORTED),
-        ([5.0, 7.0, 6.0], [6.5, 5.5, 7.5], "lower", claims.INCONCLUSIVE),  # the seeds overlap
-        ([5.0, 5.1, 4.9], [5.05, 4.95, 5.0], "equal", claims.SUPPORTED),  # no difference, tight spread
-        ([5.0, 5.1, 4.9], [8.0, 8.1, 7.9], "equal", claims.NOT_SUPPORTED),
-        ([1.0, 9.0, 5.0], [2.0, 8.0, 5.5], "equal", claims.INCONCLUSIVE),  # no difference, but a wide spread
-        ([5.0], [8.0], "lower", claims.INCONCLUSIVE),  # one seed: no spread to judge by
+        (-2.0, "lower", 1.0, claims.SUPPORTED),  # a clear difference in the claimed direction
+        (+2.0, "lower", 1.0, claims.NOT_SUPPORTED),  # against it
+        (+2.0, "higher", 1.0, claims.SUPPORTED),
+        (0.0, "lower", 1.0, claims.EQUAL),  # no difference, inside the margin
+        (0.0, "lower", None, claims.INCONCLUSIVE),  # no difference, but no margin stated
+        (0.0, "equal", 1.0, claims.SUPPORTED),
+        (-2.0, "equal", 1.0, claims.NOT_SUPPORTED),
     ],
 )
-def test_decision_rule(a, b, expect, verdict):
-    assert claims.decide(a, b, expect) == verdict
+def test_decision_rule_on_paired_seeds(delta, expect, margin, verdict):
+    b = 10 + SHARED
+    a = b + delta + np.array([0.1, -0.1, 0.05, -0.05, 0.0])
+    assert claims.decide(a, b, expect, margin) == verdict
 
 
-def test_the_rule_is_two_seed_spreads():
-    a, b = np.array([0.0, 2.0]), np.array([10.0, 12.0])  # sd sqrt(2) each: s = 2, so 2s = 4
-    assert claims.rule(-10.0, 2.0, "lower") == claims.SUPPORTED
-    assert claims.rule(-3.9, 2.0, "lower") == claims.INCONCLUSIVE
-    assert (
-        claims.decide(a, b, "lower") == claims.SUPPORTED
-        and claims.decide(a, b + (-10 + 3.9), "lower") == claims.INCONCLUSIVE
-    )
+def test_a_wide_spread_of_differences_is_inconclusive():
+    b = 10 + SHARED
+    a = b + np.array([-3.0, 2.5, -1.0, 3.5, -2.0])
+    assert claims.decide(a, b, "lower") == claims.INCONCLUSIVE
+    assert claims.decide(a, b, "equal") == claims.INCONCLUSIVE
+
+
+def test_comparisons_match_seeds_and_need_two():
+    a = pd.Series([5.0, 5.1, 4.9, 5.2, 9.9], index=[0, 1, 2, 3, 7])
+    b = pd.Series([8.0, 8.2, 7.9, 8.1, 1.0], index=[3, 2, 1, 0, 8])  # other order; seeds 7 and 8 have no partner
+    comp = claims.Comparison("x", a, b, "lower")
+    got_a, got_b = comp.matched()
+    assert got_a.tolist() == [5.0, 5.1, 4.9, 5.2] and got_b.tolist() == [8.1, 7.9, 8.2, 8.0]
+    assert comp.verdict() == claims.SUPPORTED and "[" in comp.text() and "n = 4" in comp.text()
+    one = claims.Comparison("x", a.iloc[:1], b, "lower")
+    assert one.verdict() == claims.INCONCLUSIVE and "no interval" in one.text()
 
 
 def test_combine():
@@ -65,14 +77,17 @@ def test_steps_to_level_interpolates_between_epochs():
 # ------------------------------------------------------------------------------ the table, constructed
 
 
-def _runs(tmp_path: Path, errors: dict, gaps: dict, losses: dict) -> pd.DataFrame:
-    """Rows as the accuracy job writes them, 3 seeds per configuration; bn and none get curve files."""
+def _runs(tmp_path: Path, errors: dict, gaps: dict, losses: dict, eval_mode: bool = True) -> pd.DataFrame:
+    """Rows as the accuracy job writes them, one per seed of each configuration (its errors, shifted per seed
+    by SHARED); bn and none get curve files; the train/test gap in `train_eval_acc` (or, for runs from before
+    it, in `train_acc`)."""
     rows = []
     for (name, norm, k, g, pos), err in errors.items():
-        for seed, e in enumerate(err):
+        for seed, e in zip(SEEDS, np.asarray(err) + SHARED[: len(err)] * 0.3):
             job = tmp_path / f"{name}-{seed}"
             job.mkdir()
             acc = 1 - e / 100
+            gap = gaps.get(name, 1.0) + 0.1 * (seed - 2) / 100
             row = {
                 "kind": "accuracy",
                 "norm": norm,
@@ -81,8 +96,9 @@ def _runs(tmp_path: Path, errors: dict, gaps: dict, losses: dict) -> pd.DataFram
                 "norm_position": pos,
                 "seed": seed,
                 "test_acc": acc,
-                "test_acc_precise_bn": acc + 0.001 * (seed - 1) if norm == "bn" else None,
-                "train_acc": acc + gaps.get(name, 1.0) / 100,
+                "test_acc_precise_bn": acc + 0.001 * (seed - 2) if norm == "bn" else None,
+                "train_acc": acc + (0 if eval_mode else gap / 100) + 0.3,  # train mode: not what C3 should read
+                "train_eval_acc": acc + gap / 100 if eval_mode else None,
                 "steps": 500,
                 "epochs": 5,
                 "source": str(job / "rows.csv"),
@@ -95,34 +111,58 @@ def _runs(tmp_path: Path, errors: dict, gaps: dict, losses: dict) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
-def test_judge_gives_each_claim_its_verdict(tmp_path):
-    low, mid, high = [4.0, 4.2, 3.9], [6.0, 6.1, 5.9], [12.0, 12.4, 11.8]
+def _experiment(tmp_path: Path, eval_mode: bool = True) -> pd.DataFrame:
+    noise = np.array([0.1, -0.1, 0.05, -0.05, 0.0])
+    low, mid, high = 4.0 + noise, 6.0 + noise, 12.0 + noise
     errors = {
         ("bn", "bn", 64, 64, "before"): low,
-        ("bn_after", "bn", 64, 64, "after"): [4.1, 3.9, 4.2],  # C1: no difference
+        ("bn_after", "bn", 64, 64, "after"): low + np.array([0.1, -0.2, 0.1, 0.0, -0.1]),  # C1: the same
         ("bn_k2", "bn", 2, 64, "before"): high,  # C4: error grows as K shrinks
         ("none", "none", 64, 64, "before"): mid,
         ("ln", "ln", 64, 64, "before"): mid,  # C4: all three beat bn at K = 2
         ("in", "in", 64, 64, "before"): mid,
         ("gn", "gn", 64, 64, "before"): mid,
-        ("bn16", "bn", 16, 16, "before"): [3.0, 3.1, 2.9],  # C6: bn's range 20 pp, none's 1 pp
-        ("bn256", "bn", 256, 256, "before"): [23.0, 23.2, 22.8],
-        ("none16", "none", 16, 16, "before"): [6.5, 6.4, 6.6],
-        ("none256", "none", 256, 256, "before"): [6.6, 6.7, 6.5],
+        ("bn16", "bn", 16, 16, "before"): 3.0 + noise,  # C6: bn's range ~20 pp, none's ~0.2 pp
+        ("bn256", "bn", 256, 256, "before"): 23.0 + noise,
+        ("none16", "none", 16, 16, "before"): 6.1 + noise,
+        ("none256", "none", 256, 256, "before"): 6.2 + noise,
     }
     gaps = {"bn": 1.0, "none": 5.0, "bn_k2": 2.0}  # C3: smaller with BN than without, but larger at K = 2
-    fast, slow = [2.0, 1.0, 0.6, 0.4, 0.3], [2.2, 1.9, 1.5, 1.1, 0.9]
-    losses = {"bn": [fast] * 3, "none": [slow, [s + 0.01 for s in slow], [s - 0.01 for s in slow]]}
-    acc = _runs(tmp_path, errors, gaps, losses)
+    fast, slow = np.array([2.0, 1.0, 0.6, 0.4, 0.3]), np.array([2.2, 1.9, 1.5, 1.1, 0.9])
+    losses = {"bn": [fast + 0.01 * s for s in SEEDS], "none": [slow + 0.02 * (s - 2) for s in SEEDS]}
+    return _runs(tmp_path, errors, gaps, losses, eval_mode)
+
+
+def test_judge_gives_each_claim_its_verdict(tmp_path):
+    acc = _experiment(tmp_path)
     assert claims.available(acc)
-    table = claims.judge(acc).set_index(claims.judge(acc)["claim"].str[:2])
-    assert table.loc["C1", "verdict"] == claims.INCONCLUSIVE
-    assert table.loc["C2", "verdict"] == claims.SUPPORTED  # PreciseBN within 0.1 pp of the running EMA
-    assert table.loc["C3", "verdict"] == claims.MIXED  # one part supported, the other not
+    judged = claims.judge(acc)
+    table = judged.set_index(judged["claim"].str[:2])
+    assert table.loc["C1", "verdict"] == claims.EQUAL  # within 0.2 pp in every seed: equal within the margin
+    assert table.loc["C2", "verdict"] == claims.SUPPORTED  # PreciseBN within 0.2 pp of the running EMA
+    assert table.loc["C3", "verdict"] == claims.MIXED  # smaller with BN (supported), larger at K = 2 (not)
     assert table.loc["C4", "verdict"] == claims.SUPPORTED
     assert table.loc["C5", "verdict"] == claims.SUPPORTED
-    assert table.loc["C6", "verdict"] == claims.SUPPORTED
-    assert "12.07 ± 0.31%" in table.loc["C4", "measurement"]
+    assert table.loc["C6", "verdict"] == claims.SUPPORTED  # absolute and relative range both wider with BN
+    assert "in eval mode after training" in table.loc["C3", "what ran"]
+    assert "-4.00 pp [" in table.loc["C3", "measurement"]  # the gap with BN is 4 pp smaller, interval given
+    assert "95% CI, paired" in table.loc["C4", "measurement"] and "n = 5" in table.loc["C4", "measurement"]
+    assert judged.attrs["seeds"] == 5
+
+
+def test_c3_reads_the_train_mode_accuracy_only_in_old_runs(tmp_path):
+    acc = _experiment(tmp_path, eval_mode=False)
+    table = claims.judge(acc).set_index(claims.judge(acc)["claim"].str[:2])
+    assert "in train mode" in table.loc["C3", "what ran"] and "-4.00 pp [" in table.loc["C3", "measurement"]
+
+
+def test_c6_spread_is_per_seed_absolute_and_relative(tmp_path):
+    acc = _experiment(tmp_path)
+    absolute, relative, text = claims.spread(acc, "bn")
+    errors = pd.DataFrame({b: claims._err(claims.select(acc, "bn", b, b)) for b in claims.OPTIMIZER_BATCHES})
+    assert absolute.to_numpy() == pytest.approx((errors.max(axis=1) - errors.min(axis=1)).to_numpy())
+    assert relative.to_numpy() == pytest.approx(100 * absolute.to_numpy() / errors.mean(axis=1).to_numpy())
+    assert "(500 steps)" in text
 
 
 def test_missing_runs_mean_no_claims_section(tmp_path):

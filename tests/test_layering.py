@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normbench"
 
 # Bottom to top (DESIGN.md, "Shape of the code"); a module may import its own layer and those below.
 LAYERS = [
-    ("base", {"errors", "schema", "provenance", "plugins", "device", "workers"}),
+    ("base", {"errors", "schema", "provenance", "plugins", "device", "workers", "stats"}),
     (
         "kernels",
         {
@@ -40,7 +40,7 @@ LAYERS = [
         },
     ),
     ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation", "swept"}),
-    ("job helpers", {"timing", "clocks", "reuse", "fastpath", "optim"}),
+    ("job helpers", {"timing", "clocks", "reuse", "fastpath", "optim", "lr_search"}),
     ("jobs", {"speed", "model_speed", "accuracy"}),
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
     (

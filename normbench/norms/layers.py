@@ -306,19 +306,26 @@ class GroupNorm(Norm):
 
 
 class NoNorm(nn.Module):
-    """The no-normalization baseline: identity, no parameters, whatever the implementation."""
+    """The no-normalization baseline: identity, no parameters, whatever the implementation.
+
+    `bias=True` adds a learnable per-channel shift (zero at first): the models' convolutions have no
+    bias because a norm shifts, so a fair network without a norm gets it back here.
+    """
 
     name = "none"
     title = "no normalization"
     batch_independent = True
 
-    def __init__(self, num_features: int, *, impl: str = "native", **options) -> None:
+    def __init__(self, num_features: int, *, impl: str = "native", bias: bool = False, **options) -> None:
         super().__init__()
         self.num_features = num_features
         self.impl = impl
+        self.bias = nn.Parameter(torch.zeros(num_features)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return x
+        if self.bias is None:
+            return x
+        return x + self.bias.view(1, -1, *([1] * (x.dim() - 2)))
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}"
+        return f"{self.num_features}" + (", bias=True" if self.bias is not None else "")
