@@ -74,6 +74,17 @@ TINY: dict[str, list[str]] = {
     + _MNIST1D
     + _LEAN_ACC
     + ["norm=bn", "accuracy.batch_size=16"],
+    "normbench-accuracy -m seed=0,1,2,3,4 "
+    "'accuracy.lr_search={grid:[0.025,0.05,0.1,0.2,0.4],validation:0.2,seed:0,seeds:3}'": _ACC
+    + _MNIST1D
+    + _LEAN_ACC
+    + [
+        "seed=0",
+        "norm=bn",
+        "accuracy.batch_size=8",
+        "accuracy.lr_search.grid=[0.05,0.1]",
+        "accuracy.lr_search.seeds=1",
+    ],
     "normbench-accuracy -m +experiment=norm_family": _ACC
     + _MNIST1D
     + _LEAN_ACC
