@@ -184,10 +184,17 @@ def scratch(work: Path) -> dict[str, str]:
     }
 
 
+def fill(arg: str, values: dict[str, str]) -> str:
+    """`arg` with its placeholders ({accuracy_sweep}...) filled in; other braces (a Hydra dict) kept."""
+    for name, value in values.items():
+        arg = arg.replace("{" + name + "}", value)
+    return arg
+
+
 def run(command: str, values: dict[str, str], work: Path, env: dict[str, str]) -> tuple[str, float, float, str | None]:
     """(command, wall seconds, CPU seconds of the command and its children, None if it passed else
     what it printed)."""
-    argv = [a.format(**values) for a in shlex.split(command) + TINY[command]]
+    argv = [fill(a, values) for a in shlex.split(command) + TINY[command]]
     if argv[0] == "pytest":  # the same interpreter's pytest, in the checkout
         argv = [sys.executable, "-m", *argv]
     elif argv[0] == "python":

@@ -32,3 +32,10 @@ Run `normbench-accuracy -m
         "normbench-report {accuracy_sweep}",
         "normbench-accuracy -m +experiment=seed_claims",
     ]
+
+
+def test_placeholders_are_filled_and_a_hydra_dicts_braces_kept():
+    values = {"accuracy_sweep": "results/accuracy-sweep/tiny"}
+    arg = "accuracy.lr_search={grid:[0.1,0.2],seeds:3}"
+    assert readme.fill(arg, values) == arg
+    assert readme.fill("{accuracy_sweep}/0", values) == "results/accuracy-sweep/tiny/0"
