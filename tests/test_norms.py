@@ -370,8 +370,9 @@ def test_build_and_call_raise_unsupported_with_the_same_reason():
 )
 def test_native_keeps_channels_last_with_the_same_values(name, options):
     """The fast loop's layout: bn's and brn's virtual batches and in, given channels_last input, return
-    channels_last output and gradient, equal to the contiguous path's within float32 rounding (the two
-    layouts' batch_norm kernels sum in other orders), and the same running statistics."""
+    channels_last output and gradient (through an in-place ReLU), equal to the contiguous path's within
+    float32 rounding (the two layouts' batch_norm kernels sum in other orders), and the same running
+    statistics."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(12, 5, 4, 3, generator=gen) * 3 + 1
     grad = torch.randn(12, 5, 4, 3, generator=gen)
@@ -382,7 +383,7 @@ def test_native_keeps_channels_last_with_the_same_values(name, options):
             layer.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
             layer.bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))
         xl = x.clone(memory_format=layout).requires_grad_()
-        y = layer(xl)
+        y = torch.relu_(layer(xl))  # in place, as the models' ReLU after a norm
         y.backward(grad.contiguous(memory_format=layout))
         stats = [getattr(layer, key, None) for key in ("running_mean", "running_var")]  # in has none
         runs.append((y.detach(), xl.grad, layer.weight.grad, layer.bias.grad, stats))
@@ -407,3 +408,15 @@ def test_virtual_batches_side_by_side_are_the_same_values_in_either_layout():
     assert torch.equal(plain[1, 2 * 5 + 3], x[2 * 3 + 1, 3].flatten())  # virtual batch 2's sample 1, channel 3
     back = one_behind_another(last, xl)
     assert torch.equal(back, x) and back.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_virtual_batches_back_in_place_pass_gradcheck(layout):
+    """one_behind_another (a tensor of its own, not a view) has the exact gradient in float64."""
+    from normbench.norms.native import one_behind_another, side_by_side
+
+    x = torch.randn(6, 2, 3, 2, dtype=torch.float64).contiguous(memory_format=layout)
+    y = side_by_side(x, 3, 2).detach().requires_grad_()
+    out = one_behind_another(y, x)
+    assert out._base is None and torch.equal(out, x) and out.is_contiguous(memory_format=layout)
+    assert torch.autograd.gradcheck(lambda t: one_behind_another(t, x), (y,))

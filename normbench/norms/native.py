@@ -63,14 +63,32 @@ def side_by_side(x: Tensor, b: int, k: int) -> Tensor:
 
 def one_behind_another(y: Tensor, x: Tensor) -> Tensor:
     """side_by_side's inverse: `y` (k, b c, ...) back in `x`'s shape and memory format."""
-    n, c = x.shape[:2]
-    k = y.shape[0]
-    b = n // k
-    if not _channels_last(x):
-        return y.reshape(k, b, c, -1).transpose(0, 1).reshape(x.shape)
-    h, w = x.shape[2:]
-    khwbc = y.permute(0, 2, 3, 1).reshape(k, h, w, b, c)  # a view where batch_norm kept the layout
-    return khwbc.permute(3, 0, 1, 2, 4).contiguous().view(n, h, w, c).permute(0, 3, 1, 2)
+    return _OneBehindAnother.apply(y, x.shape, _channels_last(x))
+
+
+class _OneBehindAnother(torch.autograd.Function):
+    """One copy each way into a tensor of its own, not a view: after a view, the in-place ReLU that
+    follows the norm would make autograd copy the whole gradient once more (CopySlices), into NCHW."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
+        n, c = shape[:2]
+        k = y.shape[0]
+        ctx.k, ctx.b, ctx.y_shape, ctx.channels_last = k, n // k, y.shape, channels_last
+        if not channels_last:
+            out = y.new_empty(shape)
+            out.view(n // k, k, c, -1).copy_(y.reshape(k, n // k, c, -1).transpose(0, 1))
+            return out
+        h, w = shape[2:]
+        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+        khwbc = y.permute(0, 2, 3, 1).reshape(k, h, w, n // k, c)  # a view where batch_norm kept the layout
+        out.permute(0, 2, 3, 1).view(n // k, k, h, w, c).copy_(khwbc.permute(3, 0, 1, 2, 4))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        return side_by_side(grad.contiguous(memory_format=layout), ctx.b, ctx.k).reshape(ctx.y_shape), None, None
 
 
 @register("ln", "native")
