@@ -213,6 +213,32 @@ def test_weight_decay_on_weights_spares_norm_parameters_and_biases():
         torch.testing.assert_close(p.detach(), expected, rtol=1e-6, atol=1e-9)
 
 
+def test_sgd_is_torchs_multi_tensor_update_with_the_for_loops_values():
+    """optim.sgd takes torch's foreach update; three steps of it equal the per-parameter loop's, bit for bit."""
+    acc = config("accuracy.weight_decay_on=weights", "accuracy.nesterov=true", "accuracy.momentum=0.9").accuracy
+    runs = []
+    for make in (
+        lambda m: optim.sgd(m, acc, lr=0.1),
+        lambda m: torch.optim.SGD(
+            optim.param_groups(m, float(acc.weight_decay), "weights"),
+            lr=0.1,
+            momentum=0.9,
+            nesterov=True,
+            foreach=False,
+        ),
+    ):
+        model = tiny_bn_resnet(4)
+        sgd = make(model)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            sgd.step()
+        runs.append([p.detach() for p in model.parameters()])
+    assert optim.sgd(tiny_bn_resnet(4), acc, lr=0.1).defaults["foreach"] is True
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 def resnet20_training_flops_per_image() -> int:
     """He et al. 2016's ResNet-20 on 32x32, by hand: 2 FLOPs per multiply-add of each 3x3 conv and
     the classifier; a training step is the forward, the gradient of every conv's weight, and of

@@ -362,3 +362,61 @@ def test_build_and_call_raise_unsupported_with_the_same_reason():
     with pytest.raises(Unsupported) as err:
         layer(torch.randn(2, 4, 3, 3))
     assert str(err.value) == reason
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [("bn", {"virtual_batch": 2}), ("bn", {"virtual_batch": 3}), ("brn", {"virtual_batch": 2}), ("in", {})],
+)
+def test_native_keeps_channels_last_with_the_same_values(name, options):
+    """The fast loop's layout: bn's and brn's virtual batches and in, given channels_last input, return
+    channels_last output and gradient (through an in-place ReLU), equal to the contiguous path's within
+    float32 rounding (the two layouts' batch_norm kernels sum in other orders), and the same running
+    statistics."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(12, 5, 4, 3, generator=gen) * 3 + 1
+    grad = torch.randn(12, 5, 4, 3, generator=gen)
+    runs = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        layer = norms.build(name, 5, impl="native", **options).train()
+        with torch.no_grad():
+            layer.weight.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+            layer.bias.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))
+        xl = x.clone(memory_format=layout).requires_grad_()
+        y = torch.relu_(layer(xl))  # in place, as the models' ReLU after a norm
+        y.backward(grad.contiguous(memory_format=layout))
+        stats = [getattr(layer, key, None) for key in ("running_mean", "running_var")]  # in has none
+        runs.append((y.detach(), xl.grad, layer.weight.grad, layer.bias.grad, stats))
+    (y0, gx0, gw0, gb0, stats0), (y1, gx1, gw1, gb1, stats1) = runs
+    assert y1.is_contiguous(memory_format=torch.channels_last) and not y1.is_contiguous()
+    assert gx1.is_contiguous(memory_format=torch.channels_last) and not gx1.is_contiguous()
+    for a, b in [(y0, y1), (gx0, gx1), (gw0, gw1), (gb0, gb1)]:
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    for a, b in zip(stats0, stats1):
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_virtual_batches_side_by_side_are_the_same_values_in_either_layout():
+    """The rearrangement itself is exact: the same (k, b c, ...) values from either layout, and back."""
+    from normbench.norms.native import one_behind_another, side_by_side
+
+    x = torch.randn(12, 5, 4, 3, generator=torch.Generator().manual_seed(0))
+    xl = x.contiguous(memory_format=torch.channels_last)
+    plain, last = side_by_side(x, 4, 3), side_by_side(xl, 4, 3)
+    assert torch.equal(last.reshape(plain.shape), plain)
+    assert torch.equal(plain[1, 2 * 5 + 3], x[2 * 3 + 1, 3].flatten())  # virtual batch 2's sample 1, channel 3
+    back = one_behind_another(last, xl)
+    assert torch.equal(back, x) and back.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_virtual_batches_back_in_place_pass_gradcheck(layout):
+    """one_behind_another (a tensor of its own, not a view) has the exact gradient in float64."""
+    from normbench.norms.native import one_behind_another, side_by_side
+
+    x = torch.randn(6, 2, 3, 2, dtype=torch.float64).contiguous(memory_format=layout)
+    y = side_by_side(x, 3, 2).detach().requires_grad_()
+    out = one_behind_another(y, x)
+    assert out._base is None and torch.equal(out, x) and out.is_contiguous(memory_format=layout)
+    assert torch.autograd.gradcheck(lambda t: one_behind_another(t, x), (y,))

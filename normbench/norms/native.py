@@ -33,7 +33,7 @@ def batch_norm(layer: BatchNorm, x: Tensor) -> Tensor:
     # call takes per-(virtual batch, channel) statistics; the running statistics are averaged over
     # the B copies afterwards, as torch's instance_norm does with its running statistics.
     b = n // k
-    xt = x.reshape(b, k, c, -1).transpose(0, 1).reshape(k, b * c, -1)
+    xt = side_by_side(x, b, k)
     rm = layer.running_mean.repeat(b) if track else None
     rv = layer.running_var.repeat(b) if track else None
     w = layer.weight.repeat(b) if layer.weight is not None else None
@@ -42,7 +42,53 @@ def batch_norm(layer: BatchNorm, x: Tensor) -> Tensor:
     if track:
         layer.running_mean.copy_(rm.view(b, c).mean(0))
         layer.running_var.copy_(rv.view(b, c).mean(0))
-    return y.reshape(k, b, c, -1).transpose(0, 1).reshape(x.shape)
+    return one_behind_another(y, x)
+
+
+def _channels_last(x: Tensor) -> bool:
+    # Both layouts at once (one channel, or one pixel) is no layout to keep: the plain path.
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def side_by_side(x: Tensor, b: int, k: int) -> Tensor:
+    """(b k, c, ...) as (k, b c, ...): the b virtual batches of k samples side by side as channels, in
+    one copy. A channels_last x gives a channels_last (k, b c, h, w), so batch_norm keeps the layout."""
+    c = x.shape[1]
+    if not _channels_last(x):
+        return x.reshape(b, k, c, -1).transpose(0, 1).reshape(k, b * c, -1)
+    h, w = x.shape[2:]
+    nhwc = x.permute(0, 2, 3, 1).reshape(b, k, h, w, c)  # a view: x's storage order
+    return nhwc.permute(1, 2, 3, 0, 4).reshape(k, h, w, b * c).permute(0, 3, 1, 2)
+
+
+def one_behind_another(y: Tensor, x: Tensor) -> Tensor:
+    """side_by_side's inverse: `y` (k, b c, ...) back in `x`'s shape and memory format."""
+    return _OneBehindAnother.apply(y, x.shape, _channels_last(x))
+
+
+class _OneBehindAnother(torch.autograd.Function):
+    """One copy each way into a tensor of its own, not a view: after a view, the in-place ReLU that
+    follows the norm would make autograd copy the whole gradient once more (CopySlices), into NCHW."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, shape: torch.Size, channels_last: bool) -> Tensor:
+        n, c = shape[:2]
+        k = y.shape[0]
+        ctx.k, ctx.b, ctx.y_shape, ctx.channels_last = k, n // k, y.shape, channels_last
+        if not channels_last:
+            out = y.new_empty(shape)
+            out.view(n // k, k, c, -1).copy_(y.reshape(k, n // k, c, -1).transpose(0, 1))
+            return out
+        h, w = shape[2:]
+        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+        khwbc = y.permute(0, 2, 3, 1).reshape(k, h, w, n // k, c)  # a view where batch_norm kept the layout
+        out.permute(0, 2, 3, 1).view(n // k, k, h, w, c).copy_(khwbc.permute(3, 0, 1, 2, 4))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        layout = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        return side_by_side(grad.contiguous(memory_format=layout), ctx.b, ctx.k).reshape(ctx.y_shape), None, None
 
 
 @register("ln", "native")
@@ -55,6 +101,10 @@ def layer_norm(layer: Norm, x: Tensor) -> Tensor:
 
 @register("in", "native")
 def instance_norm(layer: Norm, x: Tensor) -> Tensor:
+    if _channels_last(x):  # what F.instance_norm does (one batch_norm over n c channels), in x's layout
+        n = x.shape[0]
+        w, b = (p.repeat(n) if p is not None else None for p in (layer.weight, layer.bias))
+        return one_behind_another(F.batch_norm(side_by_side(x, n, 1), None, None, w, b, True, 0.0, layer.eps), x)
     return F.instance_norm(x, weight=layer.weight, bias=layer.bias, use_input_stats=True, eps=layer.eps)
 
 
@@ -102,11 +152,11 @@ def batch_renorm(layer: BatchRenorm, x: Tensor) -> Tensor:
     n, c = x.shape[:2]
     k = layer.samples(n)
     b = n // k
-    xt = x.reshape(b, k, c, -1).transpose(0, 1).reshape(k, b * c, -1)  # virtual batches as channels
+    xt = side_by_side(x, b, k)  # virtual batches as channels
     rm, rv = layer.running_mean.repeat(b), layer.running_var.repeat(b)
     rmax, dmax = layer.clip_limits()
     with torch.no_grad():
-        var, mean = torch.var_mean(xt, dim=(0, 2), unbiased=False)
+        var, mean = torch.var_mean(xt, dim=[0, *range(2, xt.dim())], unbiased=False)
         run_std = torch.sqrt(rv + layer.eps)
         r = torch.clamp(torch.sqrt(var + layer.eps) / run_std, 1 / rmax, rmax).to(x.dtype)
         d = torch.clamp((mean - rm) / run_std, -dmax, dmax).to(x.dtype)
@@ -117,4 +167,4 @@ def batch_renorm(layer: BatchRenorm, x: Tensor) -> Tensor:
     y = F.batch_norm(xt, rm, rv, weight, bias, True, layer.update_factor, layer.eps)
     layer.running_mean.copy_(rm.view(b, c).mean(0))
     layer.running_var.copy_(rv.view(b, c).mean(0))
-    return y.reshape(k, b, c, -1).transpose(0, 1).reshape(x.shape)
+    return one_behind_another(y, x)

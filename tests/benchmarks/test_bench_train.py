@@ -20,11 +20,14 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from normbench import data as datasets
-from normbench import fastpath, models, norms
+from normbench import fastpath, models, norms, optim
 
 SAMPLES_PER_STEP = 32
+# The standard schedule's optimizer (conf/experiment/cifar10_resnet20_gpu.yaml), through the app's optim.sgd.
+SCHEDULE = OmegaConf.create({"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "weight_decay_on": "weights"})
 LOOPS = ("standard", "fast", "fast compiled")
 
 
@@ -40,7 +43,7 @@ def train_step(loop: str, k: int, data: datasets.Dataset):
     )
     opts = fastpath.Options(loop != "standard", compile=loop == "fast compiled")
     forward, _ = fastpath.prepare(model, opts, 4) if opts.enabled else (model, [])
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    optimizer = optim.sgd(model, SCHEDULE, lr=0.01)
     order = torch.Generator().manual_seed(0)
     if opts.enabled:
         epochs = (fastpath.DeviceBatches(data).epoch(SAMPLES_PER_STEP, order) for _ in itertools.count())
@@ -79,7 +82,7 @@ def test_train_step(benchmark, loop, k):
     benchmark.pedantic(step, rounds=5, iterations=1)
 
 
-def alternating(ks=(32, 2), repeats: int = 5, steps: int = 4) -> None:
+def alternating(ks=(32, 2), repeats: int = 7, steps: int = 6) -> None:
     """Every loop's images/s, the loops taking turns `repeats` times (a shared machine drifts; turns
     spread the drift over all of them): the raw numbers, and each loop's median ratio to standard."""
     torch.set_num_threads(1)
