@@ -93,3 +93,18 @@ def test_bad_model_input():
         models.build("cnn1d", input_shape=(3, 8, 8), num_classes=10, norm=factory("bn"))
     with pytest.raises(UsageError, match="conf/model/cnn1d.yaml"):
         models.build("cnn1d", input_shape=(1, 40), num_classes=10, norm=factory("bn"), depth=3)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_downsampling_shortcut_subsamples_and_keeps_the_layout(layout):
+    torch.manual_seed(0)
+    block = models.BasicBlock(4, 8, 2, lambda c: norms.build("bn", c), "before")
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64).to(memory_format=layout).requires_grad_()
+    y = block.shortcut(x)
+    expected = torch.cat(
+        [torch.zeros(2, 2, 3, 3, dtype=x.dtype), x[:, :, ::2, ::2], torch.zeros(2, 2, 3, 3, dtype=x.dtype)], 1
+    )
+    assert torch.equal(y, expected)  # every other position, the new channels zero on both sides
+    (grad,) = torch.autograd.grad(y, x, torch.randn_like(y))
+    assert grad.is_contiguous(memory_format=layout)  # a channels_last model's gradient stays channels_last
+    assert torch.equal(grad[:, :, 1::2], torch.zeros_like(grad[:, :, 1::2]))
