@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from normbench import catalog
 from normbench.errors import Unsupported, UsageError
 from normbench.provenance import versions
-from normbench.results import write_failure, write_rows
+from normbench.results import planned_jobs, write_failure, write_rows
 
 log = logging.getLogger("normbench")
 
@@ -66,18 +66,10 @@ def check_common(cfg: DictConfig) -> None:
 def job_progress(sweep_dir: str | Path, num: int) -> str | None:
     """ "job 3 of 72: norm=gn accuracy.batch_size=4 seed=1", from the planned jobs the sweep recorded
     in run.json at its start (normbench.callbacks); None where it recorded none."""
-    import json
-
-    from normbench.provenance import RUN_FILE
-
-    try:
-        jobs = json.loads((Path(sweep_dir) / RUN_FILE).read_text()).get("jobs")
-    except (OSError, ValueError, AttributeError):
+    jobs = planned_jobs(Path(sweep_dir))
+    if jobs is None or not 0 <= num < len(jobs):
         return None
-    if not isinstance(jobs, list) or not 0 <= num < len(jobs):
-        return None
-    overrides = jobs[num]
-    what = " ".join(map(str, overrides)) if isinstance(overrides, list) else ""
+    what = " ".join(map(str, jobs[num]))
     return f"job {num + 1} of {len(jobs)}" + (f": {what}" if what else "")
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from normbench.errors import UsageError
-from normbench.timing import Timing, quantiles
+from normbench.timing import Timing, clear_grads, quantiles
 
 CLOCKS = ("wall", "graph", "kineto", "host")
 DEVICE_CLOCKS = ("graph", "kineto")
@@ -169,11 +169,6 @@ class Cuda:
 CUDA = Cuda()
 
 
-def _clear(grads: Sequence[Tensor]) -> None:
-    for t in grads:
-        t.grad = None
-
-
 def copies_for(nbytes: int | None, l2: str, l2_bytes: int, free_bytes: int) -> int:
     """How many copies of a pass the rotation takes: their bytes over L2_RATIO x the L2 (cold), within
     half the free memory and MAX_COPIES; one for speed.l2=warm or a pass of unknown size (a model's
@@ -225,7 +220,7 @@ def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -
     def body():
         for _ in range(rounds):
             for fn, grads in copies:
-                _clear(grads)
+                clear_grads(grads)
                 fn()
 
     stream = cuda.stream(device)
@@ -235,14 +230,14 @@ def capture(make: Make, k: int, rounds: int, device, cuda: Cuda | None = None) -
             copies += [make(i) for i in range(k)]
             for fn, grads in copies:
                 for _ in range(WARMUP):
-                    _clear(grads)
+                    clear_grads(grads)
                     fn()
         replay = cuda.capture(body, stream)
     except Exception as exc:
         failure = _reason(exc)
     if failure is not None:  # raised out here, so no traceback of the capture keeps its copies alive
         for _, grads in copies:
-            _clear(grads)
+            clear_grads(grads)
         copies.clear()
         fn = grads = None  # this frame goes with the exception's traceback: it keeps no copy alive
         cuda.recover(device)
@@ -320,13 +315,13 @@ def kineto_clock(
     calls = rounds * k
     copies = [make(i) for i in range(k)]
     for fn, grads in copies:
-        _clear(grads)
+        clear_grads(grads)
         fn()
     cuda.synchronize(device)
     with torch.profiler.profile(activities=list(cuda.activities)) as prof:
         for _ in range(rounds):
             for fn, grads in copies:
-                _clear(grads)
+                clear_grads(grads)
                 fn()
         cuda.synchronize(device)
     del copies
@@ -347,7 +342,7 @@ def host_clock(fn, grads, device, launches: float | None, cuda: Cuda | None = No
         cuda.synchronize(device)  # an empty queue: the burst never waits for the device
         start = time.perf_counter()
         for _ in range(calls):
-            _clear(grads)
+            clear_grads(grads)
             fn()
         times.append((time.perf_counter() - start) / calls * 1e6)
     cuda.synchronize(device)

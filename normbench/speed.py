@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import functools
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch._functorch import config as functorch_config
 
 from normbench import clocks, norms
-from normbench.device import device_name, resolve_device
+from normbench.device import cpu_cores, device_name, free_memory, resolve_device
 from normbench.errors import Unsupported, UsageError
 from normbench.timing import (
     Timing,
@@ -155,8 +156,6 @@ def make_input(shape, dtype: torch.dtype, layout: str, device: torch.device) -> 
 def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bool = False, most: float | None = None):
     """`value` if it is a positive finite number (an int when `integer`) of at most `most`, else
     UsageError naming `key`."""
-    import math
-
     if value is None and allow_none:
         return None
     kinds = (int,) if integer else (int, float)
@@ -171,10 +170,6 @@ def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bo
 def check_speed_config(sp: DictConfig, device: torch.device) -> None:
     """The speed.* keys, checked before anything is timed or allocated: one line naming the key that
     is wrong, and the memory a shape or the peak's copy would take against what the device has free."""
-    import math
-
-    from normbench.device import cpu_cores, free_memory
-
     if sp.get("cuda_graph") not in (None, True, False):
         raise UsageError(f"speed.cuda_graph must be true or false, got {sp.get('cuda_graph')!r}")
     if sp.get("cuda_graph") and device.type != "cuda":

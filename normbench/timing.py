@@ -50,7 +50,7 @@ def quantiles(times_ms: Sequence[float]) -> tuple[float, float, float]:
     return tuple(float(torch.quantile(t, q)) for q in QUANTILES)
 
 
-def _clear(grads: Sequence[Tensor]) -> None:
+def clear_grads(grads: Sequence[Tensor]) -> None:
     for t in grads:
         t.grad = None
 
@@ -74,7 +74,7 @@ def time_cpu(
     def call():
         # Inside the timed block (a CPU has no events to pause on): a few us of Python, small next to
         # a CPU norm's tens of us to ms, and what optimizer.zero_grad(set_to_none=True) costs anyway.
-        _clear(grad_to_none)
+        clear_grads(grad_to_none)
         fn()
 
     timer = Timer(stmt="call()", globals={"call": call}, num_threads=threads or torch.get_num_threads())
@@ -132,7 +132,7 @@ def _time_cuda_events(fn, grad_to_none, warmup_ms, rep_ms, device, flush: bool =
     n = max(1, int(rep_ms / estimate))
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
     for s, e in events:
-        _clear(grad_to_none)
+        clear_grads(grad_to_none)
         buffer.zero_()  # an empty buffer with flush=False: nothing is cleared
         s.record()
         fn()
@@ -159,7 +159,7 @@ def peak_memory_mib(fn: Callable[[], object], device: torch.device, grad_to_none
     where torch keeps no allocator statistics)."""
     if device.type != "cuda":
         return math.nan
-    _clear(grad_to_none)
+    clear_grads(grad_to_none)
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)

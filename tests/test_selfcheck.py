@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-import normbench.device
-from normbench import results, selfcheck
+from normbench import results, selfcheck, speed
 
 
 def test_cpu_run_writes_rows_with_all_clocks_and_exits_0(tmp_path, capsys):
@@ -56,7 +55,7 @@ def test_on_a_gpu_a_failed_check_exits_1(tmp_path, monkeypatch, capsys, fwdbwd, 
     # The GPU branch only: the device is said to be CUDA and the rows are given, not measured.
     monkeypatch.setattr(selfcheck, "resolve_device", lambda name: torch.device("cuda"))
     monkeypatch.setattr(selfcheck, "measure", lambda cfg, device: _rows(fwdbwd=fwdbwd))
-    monkeypatch.setattr(normbench.device, "free_memory", lambda device: 80 * 2**30)  # an H100's, not asked of CUDA
+    monkeypatch.setattr(speed, "free_memory", lambda device: 80 * 2**30)  # an H100's, not asked of CUDA
     assert selfcheck.main(["--out", str(tmp_path)]) == code
     err = capsys.readouterr().err
     assert ("self-check FAILED: 1 check(s) on cuda" in err) == bool(code)

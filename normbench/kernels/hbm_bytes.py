@@ -182,11 +182,11 @@ def profiled_pass(case: Case, device: str = "cuda") -> None:
         x = speed.make_input(shape, dtype, case.layout, torch.device(device))
         fn, grads = speed.pass_callable(layer, x, case.pass_)
         for _ in range(2):
-            timing._clear(grads)
+            timing.clear_grads(grads)
             fn()
         flush = torch.empty(timing.FLUSH_BYTES // 4, dtype=torch.int32, device=device)
         flush.zero_()
-        timing._clear(grads)
+        timing.clear_grads(grads)
         cuda = device.startswith("cuda")
         if cuda:
             torch.cuda.synchronize()
