@@ -105,7 +105,7 @@ class DeviceBatches:
         source = self.data.x_train if self.pixels is None else self.pixels.train
         x = source[idx] if offsets is None else crop_flip(source, idx, offsets, flips)
         if self.pixels is not None:  # the same ops as the float copy was made with: the same values
-            x = x.float().div_(255).sub_(self.pixels.mean).div_(self.pixels.std)
+            x = self.pixels.standardize(x)
         if offsets is not None:  # the padding is 0 after standardization, as in the standard loop
             x = x.masked_fill_(~inside(offsets, flips, x.shape[-2:]), 0.0)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
