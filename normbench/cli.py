@@ -41,6 +41,16 @@ def _configs() -> str:
 
 CONFIGS = _configs()
 
+
+def configs_for_compose():
+    """Hydra's compose API initialized on CONFIGS, as a context (the tools that compose an app's config)."""
+    from hydra import initialize_config_dir, initialize_config_module
+
+    if CONFIGS.startswith("pkg://"):
+        return initialize_config_module(CONFIGS.removeprefix("pkg://"), version_base="1.3")
+    return initialize_config_dir(CONFIGS, version_base="1.3")
+
+
 # Each app's help template (conf/hydra/help/<app>.yaml) lists its own config groups through this.
 if not OmegaConf.has_resolver("normbench.config_groups"):
     OmegaConf.register_new_resolver("normbench.config_groups", lambda app: catalog.config_groups(CONFIGS, app))

@@ -128,14 +128,9 @@ class _Composer:
     """Hydra's compose API over the app's configs, initialized once for every compose of a plan."""
 
     def __enter__(self):
-        from hydra import initialize_config_dir, initialize_config_module
+        from normbench.cli import configs_for_compose
 
-        from normbench.cli import CONFIGS
-
-        if CONFIGS.startswith("pkg://"):
-            self._init = initialize_config_module("normbench.conf", version_base="1.3")
-        else:
-            self._init = initialize_config_dir(CONFIGS, version_base="1.3")
+        self._init = configs_for_compose()
         self._init.__enter__()
         return self
 

@@ -42,18 +42,13 @@ COPY_MIB = {"cuda": 256, "cpu": 4}
 
 def config(device: torch.device, overrides: list[str]):
     """The speed app's config for norm=ln impl=native on `device`, with the user's overrides."""
-    from hydra import compose, initialize_config_dir, initialize_config_module
+    from hydra import compose
     from hydra.errors import HydraException
 
-    from normbench.cli import CONFIGS  # the conf/ the apps compose from
+    from normbench.cli import configs_for_compose  # the conf/ the apps compose from
 
-    configs = (
-        initialize_config_module(CONFIGS.removeprefix("pkg://"), version_base="1.3")
-        if CONFIGS.startswith("pkg://")
-        else initialize_config_dir(CONFIGS, version_base="1.3")
-    )
     try:
-        with configs:
+        with configs_for_compose():
             cfg = compose(config_name="speed", overrides=["norm=ln", "impl=native", f"device={device}", *overrides])
     except HydraException as exc:  # an unknown key, a malformed override
         raise UsageError(f"bad override in {overrides}: {str(exc).splitlines()[0]}") from None
