@@ -394,8 +394,13 @@ def device_columns(
     if "host" in clocks:
         fn, grads = make(0)
         out["host_us"] = host_clock(fn, grads, device, out.get("launches"), cuda)
-        out["bound"] = "host" if out["host_us"] * 1e-3 > chosen.median_ms else "device"
+        out["bound"] = bound(out["host_us"], chosen.median_ms)
     return out
+
+
+def bound(host_us: float, device_ms: float) -> str:
+    """`host` where issuing a call takes longer than the device's work on it, else `device`."""
+    return "host" if host_us * 1e-3 > device_ms else "device"
 
 
 @contextmanager

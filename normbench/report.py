@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from normbench import claims, provenance, results, speed_tables, swept
+from normbench import claims, clocks, provenance, results, speed_tables, swept
 from normbench.accuracy_tables import (
     accuracy_groups,
     accuracy_stats,
@@ -127,7 +127,7 @@ def speed_table(stats: pd.DataFrame) -> pd.DataFrame:
         t["wall ms"] = stats["wall_ms"].map(_sig)
     if "host_us" in stats and stats["host_us"].notna().any():
         t["host us"] = stats["host_us"].map(lambda v: "" if pd.isna(v) else f"{v:.0f}")
-        t["bound"] = np.where(stats["host_us"] * 1e-3 > stats["median_ms"], "host", "device")
+        t["bound"] = [clocks.bound(h, m) for h, m in zip(stats["host_us"], stats["median_ms"])]
     if "gbps" in stats:
         t["GB/s"] = stats["gbps"].map(lambda v: "" if pd.isna(v) else f"{v:.1f}")
     if "pct_of_peak" in stats:
@@ -457,6 +457,7 @@ def build_report(
     # Speed against accuracy needs one source of each, or it would average sources together.
     one_each = speed["input"].nunique() == 1 and acc["input"].nunique() == 1
     paired = paired_to_baseline(acc) if not acc.empty else None
+    pooled = pooled_accuracy_keys(acc) if claims.available(acc) else []
     made: dict[str, Path | None] = {
         "accuracy": plots.accuracy_vs_batch(long_errors(with_setup(acc)), out / PLOTS["accuracy"], paired=paired)
         if not acc.empty
@@ -464,9 +465,7 @@ def build_report(
         "latency": plots.speed_latency(speed, out / PLOTS["latency"]) if not speed.empty else None,
         "roofline": plots.speed_roofline(speed, out / PLOTS["roofline"]) if not speed.empty else None,
         "tradeoff": plots.speed_vs_accuracy(speed, acc, out / PLOTS["tradeoff"]) if one_each else None,
-        "claims": _claims_plot(acc, out / PLOTS["claims"])
-        if claims.available(acc) and not pooled_accuracy_keys(acc)
-        else None,
+        "claims": _claims_plot(acc, out / PLOTS["claims"]) if claims.available(acc) and not pooled else None,
     }
     for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
         if made[key] is None:
@@ -493,7 +492,6 @@ def build_report(
     if not acc.empty:
         _accuracy_section(doc, acc, made["accuracy"], paired, lr_plot)
     if claims.available(acc):
-        pooled = pooled_accuracy_keys(acc)
         if pooled:
             doc.heading(2, "The notebook's claims")
             doc.para(
