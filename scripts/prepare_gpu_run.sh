@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Run HERE (the CPU machine) before the device call (scripts/gpu_run.py, docs/gpu_reference_run.md).
-# Only the checkout travels to the GPU machine (64 MiB in all), so this fills the git-ignored folder
-# .whl/ that the `run` call names in `carry`: the pure-Python wheels the GPU image lacks (hydra-core,
-# omegaconf, ...), normbench itself built from this checkout (rerun after any change), and
-# gpu-run-source.txt, the commit measured. It prints the device command.
+# Only the checkout travels to the GPU machine (64 MiB in all), so this fills the git-ignored folders
+# that the `run` call names in `carry`: .whl/, the pure-Python wheels the GPU image lacks (hydra-core,
+# omegaconf, ...), normbench itself built from this checkout (rerun after any change) and
+# gpu-run-source.txt, the commit measured; and .gpu-data/, the CIFAR-10 subset of
+# conf/experiment/cifar10_resnet20_gpu_subset.yaml (scripts/gpu_data.py). It checks that both fit
+# beside the checkout and prints the device commands.
 #
 #   bash scripts/prepare_gpu_run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=${WHEELS:-../shared/wheels/device}
-LIMIT_MIB=64           # the working tree that travels, carried paths included
+CIFAR=${CIFAR:-../shared/data/cifar10-jpeg.zip}   # the full set the subset is cut from
 
-# .whl/ must be ignored by git, or it would travel twice (once as untracked files) and could be
-# committed by accident.
-git check-ignore -q .whl/x || { echo "error: .whl/ is not ignored by git; add /.whl/ to .gitignore" >&2; exit 1; }
+# .whl/ and .gpu-data/ must be ignored by git, or they would travel twice (once as untracked files)
+# and could be committed by accident.
+for d in .whl .gpu-data; do
+    git check-ignore -q "$d/x" || { echo "error: $d/ is not ignored by git; add /$d/ to .gitignore" >&2; exit 1; }
+done
 
 # 1. wheels: a fresh copy, so no stale version sits beside the right one (two versions stop pip)
 rm -rf .whl && mkdir -p .whl
@@ -33,20 +37,15 @@ echo "wheels: $(ls .whl | wc -l) files in .whl/ ($(cd .whl && ls normbench-*.whl
 echo "$(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!results' || echo +dirty)" >.whl/gpu-run-source.txt
 echo "source: $(cat .whl/gpu-run-source.txt)"
 
-# 3. what travels: tracked files + untracked-not-ignored files + the carried folders
-tree_bytes=$( { git ls-files -z --cached --others --exclude-standard | xargs -0 -r du -cb 2>/dev/null | awk '$2=="total"{s+=$1} END{print s+0}'; } )
-carry_bytes=$(du -cb .whl | awk '$2=="total"{print $1}')
-total_mib=$(( (tree_bytes + carry_bytes) / 1048576 ))
-printf 'travels: checkout %.1f MiB + carry %.1f MiB = ~%d MiB of the %d MiB limit\n' \
-    "$(echo "$tree_bytes/1048576" | bc -l)" "$(echo "$carry_bytes/1048576" | bc -l)" "$total_mib" "$LIMIT_MIB"
-if (( total_mib > LIMIT_MIB - 8 )); then
-    echo "error: too close to the ${LIMIT_MIB} MiB limit" >&2
-    exit 1
-fi
+# 3. the accuracy run's images: the first N per class of the full zip, as the experiment says
+python3 scripts/gpu_data.py --source "$CIFAR"
+
+# 4. what travels: tracked files + untracked-not-ignored files + the carried folders, with margin
+python3 scripts/gpu_data.py --check .whl .gpu-data
 
 cat <<EOF
 
-The device call (the run tool; see docs/gpu_reference_run.md):
+The speed call (the run tool; see docs/gpu_reference_run.md):
   carry:     [".whl"]
   timeout_s: 540
   command:   python3 scripts/gpu_run.py
@@ -54,4 +53,5 @@ It stops itself after 480 s (python3 scripts/gpu_run.py --dry-run prints the box
 steps on the still-warm machine, e.g.:
   python3 scripts/gpu_run.py --steps host,rows
 Rehearse it here first: OUT=/tmp/gpu_rehearsal python3 scripts/gpu_run.py --tiny
+The accuracy call (carry [".whl", ".gpu-data"]) is in docs/accuracy.md, "On the GPU machine".
 EOF

@@ -4,7 +4,10 @@ One step = drawing the batch (crop + flip on), forward, backward and the SGD upd
 step (the CIFAR-10 CPU experiment's) with BatchNorm per worker at K = 2 and 32. The standard loop
 indexes the float copy of the images and augments it; the fast loop serves the uint8 images standardized
 per batch, in channels_last, and `compiled` adds torch.compile (inductor; its first steps compile and are
-not timed). On a CPU each step is timed with time.perf_counter around the whole step.
+not timed). On a CPU each step is timed with time.perf_counter around the whole step; the alternating
+run also takes the main thread's CPU time (time.thread_time: with one intra-op thread all of a step's
+work runs there), which a VM shared with other work inflates far less than the wall time, and prints
+the load average (docs/accuracy.md, "Throughput").
 
     pytest tests/benchmarks/test_bench_train.py --benchmark-only     # pytest-benchmark, each case apart
     python -m tests.benchmarks.test_bench_train                      # both loops alternating in one process
@@ -13,6 +16,7 @@ not timed). On a CPU each step is timed with time.perf_counter around the whole 
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import sys
 import time
@@ -84,23 +88,29 @@ def test_train_step(benchmark, loop, k):
 
 def alternating(ks=(32, 2), repeats: int = 7, steps: int = 6) -> None:
     """Every loop's images/s, the loops taking turns `repeats` times (a shared machine drifts; turns
-    spread the drift over all of them): the raw numbers, and each loop's median ratio to standard."""
+    spread the drift over all of them): per loop the median images/s of wall time and of the thread's
+    CPU time, and the median of each turn's ratio to standard's, with the load average around it."""
     torch.set_num_threads(1)
     data = images()
     for k in ks:
         compiled_at = time.perf_counter()
         runs = {loop: train_step(loop, k, data) for loop in LOOPS}
         print(f"K={k}: built and warmed in {time.perf_counter() - compiled_at:.0f} s (includes inductor's compile)")
-        rates: dict[str, list[float]] = {loop: [] for loop in LOOPS}
+        load = os.getloadavg()[0]
+        rates: dict[str, dict[str, list[float]]] = {loop: {"wall": [], "cpu": []} for loop in LOOPS}
         for _ in range(repeats):
             for loop, step in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 n = sum(step() for _ in range(steps))
-                rates[loop].append(n / (time.perf_counter() - t0))
+                rates[loop]["wall"].append(n / (time.perf_counter() - t0))
+                rates[loop]["cpu"].append(n / (time.thread_time() - c0))
         for loop in LOOPS:
-            ratios = [r / s for r, s in zip(rates[loop], rates["standard"])]
-            raw = " ".join(f"{r:.0f}" for r in rates[loop])
-            print(f"K={k} {loop:14s} images/s {raw}; median ratio to standard {statistics.median(ratios):.2f}")
+            shown = []
+            for clock, rate in rates[loop].items():
+                ratio = statistics.median(r / s for r, s in zip(rate, rates["standard"][clock]))
+                shown.append(f"{clock} {statistics.median(rate):4.0f} images/s (x{ratio:.2f})")
+            print(f"K={k} {loop:14s} " + ", ".join(shown))
+        print(f"K={k} load average (1 min) {load:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
         sys.stdout.flush()
 
 
