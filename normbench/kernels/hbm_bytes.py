@@ -171,14 +171,16 @@ def profiled_pass(case: Case, device: str = "cuda") -> None:
     import torch
 
     from normbench import norms, speed, timing
-    from normbench.kernels import layout, trace
+    from normbench.kernels import trace
+    from normbench.kernels.settings import KernelSettings
+    from normbench.norms.triton_impl import use_kernel_settings
 
-    layout.COOPERATIVE = case.path == "coop"
     shape, dtype = shapes()[case.shape], trace.DTYPES[case.dtype]
     options = {"groups": trace.GN_GROUPS} if case.norm == "gn" else {}
     torch.manual_seed(0)
     with speed.retained_backward():
         layer = norms.build(case.norm, shape[1], impl=case.impl, device=device, dtype=dtype, **options).train()
+        use_kernel_settings(layer, KernelSettings(cooperative=case.path == "coop"))
         x = speed.make_input(shape, dtype, case.layout, torch.device(device))
         fn, grads = speed.pass_callable(layer, x, case.pass_)
         for _ in range(2):

@@ -4,12 +4,13 @@
     python -m normbench.kernels.host_cost --norm gn --shape resnet_c64 --profile   # and where it goes
 
 The autograd Function runs on uninitialized CPU tensors of the full shape (`DEVICE`) with each Triton
-kernel replaced by a stub that only counts its launches, and `layout.PLAN_FOR` set for an H100
-(`trace.kernels_replaced`). What is left is the host work of a call: planning, checks, allocations,
-views, argument packing, the torch operators' dispatch (the backward's dweight/dbias sums run over
-empty slices: `stubbed`) and autograd's own bookkeeping. Passes as in `speed`: fwd (the forward,
-building the graph), bwd (`torch.autograd.grad` of a kept graph) and fwdbwd (both); and `impl`, the
-Function's host functions (`norm_function.triton_forward` then `triton_backward`) called directly:
+kernel replaced by a stub that only counts its launches (`stubbed`: the Function's `kernels`
+argument), planned for an H100 (`KernelSettings.plan_for`). What is left is the host work of a call:
+planning, checks, allocations, views, argument packing, the torch operators' dispatch (the
+backward's dweight/dbias sums run over empty slices: `stubbed`) and autograd's own bookkeeping.
+Passes as in `speed`: fwd (the forward, building the graph), bwd (`torch.autograd.grad` of a kept
+graph) and fwdbwd (both); and `impl`, the Function's host functions (`norm_function.triton_forward`
+then `triton_backward`) called directly:
 the implementation's own host cost, without autograd's, which any Function pays (`Floor`).
 
 The stubs' own calls are taken out fairly: each pass's traced launches are replayed on stubs alone,
@@ -33,8 +34,8 @@ allocator, its own launch). The `kernels` and `torch ops` columns are the counts
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
+import dataclasses
 import functools
 import pstats
 import statistics
@@ -70,22 +71,19 @@ class _Stub:
         _Stub.launches += 1
 
 
-@contextlib.contextmanager
-def stubbed(plan_for: tuple[int, int] = trace.H100):
-    """Kernels replaced by `_Stub`; the backward's dweight/dbias sums run over empty slices of the partials.
+def stubbed():
+    """norm_function's kernels with each Triton kernel a `_Stub`, and the backward's dweight/dbias sums
+    over empty slices of the partials.
 
     The sums keep their dispatch (host time on a GPU too) but not their CPU compute and first-touch page
     faults on the (2, rows, splits, C) partials, which on a GPU are device work.
     """
-    from normbench.kernels import norm_function
+    from normbench.kernels.norm_function import KERNELS, weight_bias_grads
 
-    sums = norm_function.weight_bias_grads
-    norm_function.weight_bias_grads = lambda partials, dtype: sums(partials[:, :0], dtype)
-    try:
-        with trace.kernels_replaced(_Stub, plan_for):
-            yield
-    finally:
-        norm_function.weight_bias_grads = sums
+    def sums(partials, dtype):
+        return weight_bias_grads(partials[:, :0], dtype)
+
+    return dataclasses.replace(KERNELS.replaced(_Stub), weight_bias_grads=sums)
 
 
 class Floor(torch.autograd.Function):
@@ -112,12 +110,12 @@ class HostCost:
 
 
 def pass_calls(norm: str, shape, dtype: torch.dtype, layout_name: str, device=DEVICE, function=None) -> dict:
-    """{pass: a no-argument callable running it}, for the Function (impl=triton's by default) as the sweep
-    calls it."""
+    """{pass: a no-argument callable running it}, for the Function (impl=triton's by default, with the
+    stubbed kernels) as the sweep calls it."""
     from normbench.kernels.norm_function import _TritonNorm
 
     function = function or _TritonNorm
-    x, weight, bias, args = trace.function_inputs(norm, shape, dtype, layout_name, device=device)
+    x, weight, bias, args = trace.function_inputs(norm, shape, dtype, layout_name, device=device, kernels=stubbed())
     inputs = (x, weight, bias)
     dy = torch.empty_like(x)
     kept = function.apply(x, weight, bias, args)  # the graph the bwd pass runs again and again
@@ -160,11 +158,8 @@ def measure(
         probe = torch.empty(2, 1, 1, shape[1])
         stub_us["bwd"] += median_us(lambda: probe[:, :0])
     stub_us["fwdbwd"] = stub_us["impl"] = stub_us["fwd"] + stub_us["bwd"]
-    us = {}
-    with stubbed():
-        calls = pass_calls(norm, shape, dtype, layout_name, function=function)
-        for name in PASSES:
-            us[name] = max(0.0, median_us(calls[name]) - stub_us[name])
+    calls = pass_calls(norm, shape, dtype, layout_name, function=function)
+    us = {name: max(0.0, median_us(calls[name]) - stub_us[name]) for name in PASSES}
     return HostCost(
         us,
         stub_us,
@@ -178,7 +173,7 @@ def _host_functions(x, weight, bias, args, dy) -> None:
     from normbench.kernels.norm_function import triton_backward, triton_forward
 
     _, x, mean, rstd, plan = triton_forward(x, weight, bias, args)
-    triton_backward(dy, x, weight, mean, rstd, plan)
+    triton_backward(dy, x, weight, mean, rstd, plan, args[-1])
 
 
 def caching_allocator() -> bool:
@@ -211,14 +206,13 @@ def _replay_stubs(stubs: list) -> None:
 def profile(cases: list, calls_per_case: int = 200, top: int = 25) -> str:
     """cProfile of fwdbwd over `cases`: the functions with the most own time, as pstats prints them."""
     profiler = cProfile.Profile(time.process_time)
-    with stubbed():
-        for norm, _, shape, dtype_name, layout_name in cases:
-            fwdbwd = pass_calls(norm, shape, trace.DTYPES[dtype_name], layout_name)["fwdbwd"]
+    for norm, _, shape, dtype_name, layout_name in cases:
+        fwdbwd = pass_calls(norm, shape, trace.DTYPES[dtype_name], layout_name)["fwdbwd"]
+        fwdbwd()
+        profiler.enable()
+        for _ in range(calls_per_case):
             fwdbwd()
-            profiler.enable()
-            for _ in range(calls_per_case):
-                fwdbwd()
-            profiler.disable()
+        profiler.disable()
     out = _Text()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
     return out.text
