@@ -53,7 +53,7 @@ class LaunchPlan:
     def view(self) -> GroupedView:
         return self.plans.view
 
-    # The float32 buffers of a pass as the sizes of one allocation's pieces (cached_property: computed
+    # The forward's float32 buffers as the sizes of one allocation's pieces (cached_property: computed
     # on the first call of a plan, then read from the instance).
     @functools.cached_property
     def forward_sizes(self) -> tuple[int, ...]:
@@ -67,17 +67,6 @@ class LaunchPlan:
     @functools.cached_property
     def forward_total(self) -> int:
         return sum(self.forward_sizes)
-
-    @functools.cached_property
-    def backward_sizes(self) -> tuple[int, ...]:
-        """The (rows, splits, C) partial sums of dy and dy * xhat; then, but on the slab path, the group
-        means of both."""
-        p = math.prod(self.partials[1:])
-        return (p, p) if self.path == "slab" else (p, p, self.stats, self.stats)
-
-    @functools.cached_property
-    def backward_total(self) -> int:
-        return sum(self.backward_sizes)
 
 
 TRAIN, TRAIN_RUNNING, EVAL = 0, 1, 2  # launch_plan's modes

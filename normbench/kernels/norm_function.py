@@ -160,16 +160,14 @@ def triton_forward(x: Tensor, weight: Tensor | None, bias: Tensor | None, args: 
 def triton_backward(
     dy: Tensor, x: Tensor, weight: Tensor | None, mean: Tensor, rstd: Tensor, lp: LaunchPlan, k: Kernels = KERNELS
 ):
-    """dx, dweight, dbias (None without affine) of triton_forward's output. Its float32 buffers (the
-    partial sums of dy and dy * xhat, and the group means) come out of one new allocation per call."""
+    """dx, dweight, dbias (None without affine) of triton_forward's output."""
     if dy.stride() != x.stride():
         dy = torch.empty_like(x).copy_(dy)  # the kernels index dy with x's strides
     dx = torch.empty_like(x)
     device = x.device
     w = weight if lp.affine else x  # never read without affine
-    p_dy, p_dyxhat, *means = torch.empty(lp.backward_total, device=device, dtype=_F32).split_with_sizes(
-        lp.backward_sizes
-    )
+    partials = torch.empty(lp.partials, device=device, dtype=_F32)
+    p_dy, p_dyxhat = partials.unbind(0)  # one sum of both gives dbias and dweight
     dweight = dbias = None
     if lp.param_grads:
         dweight = torch.empty_like(weight)
@@ -181,6 +179,7 @@ def triton_backward(
         kernel[step.grid](x, dy, dx, w, mean, rstd, p_dy, p_dyxhat, *step.args, **step.meta)
     else:
         # The group means of dy and dy * xhat; with constant statistics input_grad does not read them.
+        means = torch.empty((2, lp.stats), device=device, dtype=_F32).unbind(0)
         grads = (dweight, dbias) if lp.param_grads else means  # not written without PARAM_GRADS
         if path == "coop":
             step = lp.backward[0]
@@ -196,8 +195,6 @@ def triton_backward(
                 k.combine_grad_sums[combine.grid](p_dy, p_dyxhat, w, *means, *grads, *combine.args, **combine.meta)
             k.input_grad[step.grid](x, dy, dx, w, mean, rstd, *means, *step.args, **step.meta)
     if lp.affine and dweight is None:
-        # p_dy and p_dyxhat are the workspace's first two (rows, splits, C) blocks: one (2, ...) view
-        partials = p_dy._base.narrow(0, 0, 2 * p_dy.numel()).view(lp.partials)
         dweight, dbias = k.weight_bias_grads(partials, weight.dtype)
     return dx, dweight, dbias
 
