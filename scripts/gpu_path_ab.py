@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from normbench import norms, speed  # noqa: E402
 from normbench.kernels import layout  # noqa: E402
 from normbench.kernels.settings import KernelSettings  # noqa: E402
-from normbench.norms.triton_impl import use_kernel_settings  # noqa: E402
+from normbench.norms.triton_impl import kernel_settings, use_kernel_settings  # noqa: E402
 from normbench.timing import measure_copy_bandwidth, time_fn  # noqa: E402
 
 OPTIONS = {"bn": {}, "ln": {}, "in": {}, "gn": {"groups": 32}}
@@ -62,7 +62,7 @@ def kernels_of(layer, x, dy) -> str:
     """The Triton kernels one step launches (names, in order)."""
     from normbench.kernels import trace
 
-    settings, _ = layer.__dict__.get("triton_kernel_settings", (KernelSettings(), None))
+    settings = kernel_settings(layer)
     with trace.recording(run=True) as (passes, kernels):
         use_kernel_settings(layer, settings, kernels)
         layer(x).backward(dy)

@@ -84,7 +84,7 @@ class Case:
     dtype: str  # a name in trace.DTYPES
     layout: str
     impl: str  # native or triton
-    path: str  # triton: "auto" (the default dispatch) or "coop" (layout.COOPERATIVE on); native: "-"
+    path: str  # triton: "auto" (the default dispatch) or "coop" (KernelSettings.cooperative on); native: "-"
     pass_: str  # fwd or bwd
 
 

@@ -27,6 +27,11 @@ class KernelSettings:
             raise UsageError(f"force_path={self.force_path!r} is not a kernel path; choose one of: {', '.join(PATHS)}")
         if self.plan_for is not None and (len(self.plan_for) != 2 or min(self.plan_for) < 1):
             raise UsageError(f"plan_for={self.plan_for!r} must be (SMs, L2 bytes), both positive")
+        # hashed once: every call's plan lookup hashes the settings
+        object.__setattr__(self, "_hash", hash((self.cooperative, self.force_path, self.plan_for)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 DEFAULT = KernelSettings()

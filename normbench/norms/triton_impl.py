@@ -28,6 +28,11 @@ def use_kernel_settings(layer: Norm, settings: KernelSettings, kernels=None) -> 
     return layer
 
 
+def kernel_settings(layer: Norm) -> KernelSettings:
+    """The settings `layer` plans with."""
+    return layer.__dict__.get(_SETTINGS, _DEFAULTS)[0]
+
+
 def _supports(query: Query) -> str | None:
     return availability.unsupported(query.device, query.dtype, timing=query.timing)
 
