@@ -180,7 +180,8 @@ def profiled_pass(case: Case, device: str = "cuda") -> None:
     torch.manual_seed(0)
     with speed.retained_backward():
         layer = norms.build(case.norm, shape[1], impl=case.impl, device=device, dtype=dtype, **options).train()
-        use_kernel_settings(layer, KernelSettings(cooperative=case.path == "coop"))
+        if case.impl == "triton":
+            use_kernel_settings(layer, KernelSettings(cooperative=case.path == "coop"))
         x = speed.make_input(shape, dtype, case.layout, torch.device(device))
         fn, grads = speed.pass_callable(layer, x, case.pass_)
         for _ in range(2):
