@@ -32,6 +32,8 @@ from torch._functorch import config as functorch_config
 from normbench import clocks, norms
 from normbench.device import cpu_cores, device_name, free_memory, resolve_device
 from normbench.errors import Unsupported, UsageError
+from normbench.kernels import settings as kernel_settings
+from normbench.norms.triton_impl import use_kernel_settings
 from normbench.timing import (
     Timing,
     cache_bytes,
@@ -351,6 +353,8 @@ def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
                 return model_speed.time_model(cfg, passes, dtype, device, peak_dir)
             torch.manual_seed(cfg.seed)
             layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
+            if cfg.impl == "triton":
+                use_kernel_settings(layer, kernel_settings.from_config(cfg.get("triton")))
             x = make_input(shape, dtype, cfg.layout, device)
             first_call_s = _first_call(layer, x)  # before the peak: a bad combination fails fast
             pk = peak(cfg, device, peak_dir)

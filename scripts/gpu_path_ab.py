@@ -9,7 +9,7 @@ others): the fwd+bwd time of one training step (forward, then backward of a fixe
 normbench.timing.time_fn (CUDA: triton.testing.do_bench, L2 flushed before each repeat, median of
 event-timed repeats), its % of the measured copy bandwidth over speed.bytes_moved, and the max
 error of y and dx against native, path by path. `auto` is what the dispatch picks; `split`, `looped`
-and `coop` are forced with layout.FORCE_PATH (a path that cannot take a case is skipped). Then
+and `coop` are forced with KernelSettings.force_path (a path that cannot take a case is skipped). Then
 --tune: the cooperative plan's settings (programs per SM, steps per claim, L2 share) over a small
 grid, for BatchNorm float32 NCHW and LayerNorm bfloat16 channels_last. Rows are written as they come.
 """
@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from normbench import norms, speed  # noqa: E402
 from normbench.kernels import layout  # noqa: E402
+from normbench.kernels.settings import KernelSettings  # noqa: E402
+from normbench.norms.triton_impl import kernel_settings, use_kernel_settings  # noqa: E402
 from normbench.timing import measure_copy_bandwidth, time_fn  # noqa: E402
 
 OPTIONS = {"bn": {}, "ln": {}, "in": {}, "gn": {"groups": 32}}
@@ -60,8 +62,11 @@ def kernels_of(layer, x, dy) -> str:
     """The Triton kernels one step launches (names, in order)."""
     from normbench.kernels import trace
 
-    with trace.recording(run=True, plan_for=None) as passes:
+    settings = kernel_settings(layer)
+    with trace.recording(run=True) as (passes, kernels):
+        use_kernel_settings(layer, settings, kernels)
         layer(x).backward(dy)
+    use_kernel_settings(layer, settings)
     x.grad = None
     return "+".join(dict.fromkeys(launch.name for p in passes for launch in p.launches))
 
@@ -113,9 +118,10 @@ def main() -> int:
 
         def measure(norm, x, dy, ref, impl, path, label):
             where = [norm, "x".join(map(str, shape)), layout_of(x), str(x.dtype).removeprefix("torch.")]
-            layout.FORCE_PATH = None if path in (None, "auto") else path
             try:
                 layer = norms.build(norm, shape[1], impl=impl, device=device, dtype=x.dtype, **OPTIONS[norm])
+                if impl == "triton":
+                    use_kernel_settings(layer, KernelSettings(force_path=None if path in (None, "auto") else path))
                 kernels = kernels_of(layer, x, dy) if impl == "triton" else ""
                 if path in ("looped", "coop") and path not in kernels:
                     return  # those kernels cannot take this case
@@ -129,7 +135,6 @@ def main() -> int:
             except Exception as e:  # one failing path is a row, the next still runs
                 row = [*where, impl, label, f"ERROR {type(e).__name__}: {str(e)[:200]}", "", "", "", ""]
             finally:
-                layout.FORCE_PATH = None
                 x.grad = None
             emit(row)
             if device.type == "cuda":

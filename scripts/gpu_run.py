@@ -19,7 +19,7 @@ before it, counted from the start, so time an early step saves goes to the later
              bn/ln/in/gn x fp32/bf16 x NCHW/channels_last at resnet_c64 and sd_gn (>= 64 MB in both
              dtypes), pass=fwdbwd, one sweep (process) per impl; the speed app gives every row its
              three clocks on CUDA (wall_ms, device_ms, host_us)
-  coop       triton with the cooperative kernels on (layout.COOPERATIVE), the cases they take: rows of
+  coop       triton with the cooperative kernels on (triton.cooperative=true), the cases they take: rows of
              their own (sweep directory speed-triton-coop)
   rows       ln on transformer rows (sweep=gpu_rows), native and triton
   host       python -m normbench.kernels.host_cost on this host's CPU (launches stubbed)
@@ -58,11 +58,6 @@ TINY_ROWS = (
 # The cooperative kernels' own rows: bn (split path by default) and gn/ln in channels_last, where
 # h200-speed-rev3 timed them against the kernels they replace.
 COOP = "norm=bn,gn,ln dtype=float32 layout=contiguous,channels_last pass=fwdbwd"
-# normbench-speed with the cooperative kernels on (Hydra's basic launcher runs the jobs in this process)
-COOP_SPEED = (
-    "import sys; from normbench import cli; from normbench.kernels import layout; "
-    "layout.COOPERATIVE = True; sys.argv[0] = 'normbench-speed'; cli.speed()"
-)
 
 
 @dataclass(frozen=True)
@@ -97,7 +92,6 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
     ~10 s per sweep to start and measure the copy bandwidth once."""
     grid = TINY_GRID if tiny else GRID
     triton = "native" if tiny else "triton"  # no triton timing on a CPU (the interpreter is not timed)
-    coop_speed = f'python3 -c "{COOP_SPEED}"'
     steps = [
         Step(
             "setup",
@@ -135,7 +129,12 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
             35,
             "6 jobs; their JIT is not warmed: ~2 s per job of compile beside 1.5 s of timing (h200-speed-rev3 run2's "
             "smoke: 29 s for 8 configurations)",
-            _sweep(triton, grid if tiny else COOP, "triton-coop", coop_speed, "$SHAPES" if tiny else "resnet_c64"),
+            _sweep(
+                triton,
+                f"{grid if tiny else COOP} triton.cooperative=true",
+                "triton-coop",
+                shapes="$SHAPES" if tiny else "resnet_c64",
+            ),
         ),
         Step(
             "rows",

@@ -39,7 +39,7 @@ def test_default_grid_is_two_large_shapes_fwdbwd_and_the_rows(gpu_run):
     assert gpu_run.SHAPES == "resnet_c64,sd_gn"
     for impl in ("native", "triton", "compiled"):
         assert f"impl={impl} " in steps[impl] and "pass=fwdbwd" in steps[impl] and f"speed-{impl}" in steps[impl]
-    assert "layout.COOPERATIVE = True" in steps["coop"] and "speed-triton-coop" in steps["coop"]
+    assert "triton.cooperative=true" in steps["coop"] and "speed-triton-coop" in steps["coop"]
     assert "sweep=gpu_rows" in steps["rows"] and "impl=native,triton" in steps["rows"]
     assert "normbench.selfcheck --out" in steps["selfcheck"]
     assert "normbench.kernels.host_cost" in steps["host"]

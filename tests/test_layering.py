@@ -19,6 +19,7 @@ LAYERS = [
             "kernels.fused",
             "kernels.coop",
             "kernels.layout",
+            "kernels.settings",
             "kernels.availability",
             "kernels.launch_plan",
             "kernels.norm_function",

@@ -24,6 +24,7 @@ from normbench.kernels import (
     availability,
     layout,  # no triton import: plans and errors are tested without it
 )
+from normbench.kernels.settings import KernelSettings
 
 needs_triton = pytest.mark.skipif(not availability.triton_installed(), reason="triton is not installed")
 
@@ -42,11 +43,16 @@ CASES = [
 CASE_IDS = [f"{n}-{'-'.join(f'{k}{v}' for k, v in o.items())}".rstrip("-") for n, o in CASES]
 
 
+def forced(path: str) -> KernelSettings:
+    """The settings that force `path` ("auto": the dispatch's own choice)."""
+    return KernelSettings(force_path=None if path == "auto" else path)
+
+
 @pytest.fixture
 def path(request, monkeypatch):
-    """Force one kernel path; small tiles and several split programs so every loop runs more than once."""
+    """Force one kernel path (`forced`); small tiles and several split programs so every loop runs more
+    than once."""
     if request.param != "auto":
-        monkeypatch.setattr(layout, "FORCE_PATH", request.param)
         monkeypatch.setattr(layout, "TILE_ELEMENTS", 16)
         monkeypatch.setattr(layout, "MIN_POSITIONS_INNER", 1)
         monkeypatch.setattr(layout, "MAX_POSITIONS_INNER", 4)
@@ -64,22 +70,23 @@ def test_forced_paths_run_several_steps(path, channels_last):
     """The tests' shape under the `path` fixture: slabs take several steps, statistics several splits,
     cooperative units several items (combined in several steps) and, for LayerNorm, several blocks."""
     v = layout.grouped_view(torch.empty(4, 6, 3, 5), 1, 3, channels_last)
+    s = forced(path)
     if path == "coop":
         cpu = torch.device("cpu")
-        p = layout.plans(torch.empty(4, 6, 3, 5), 1, 3, channels_last)
+        p = layout.plans(torch.empty(4, 6, 3, 5), 1, 3, channels_last, s)
         assert p.slab is None and p.coop.units > 1 and p.coop.items_per_block > layout.COOP_BLOCK_S
-        ln = layout.coop_plan(layout.grouped_view(torch.empty(4, 6, 3, 5), 1, 1, channels_last), cpu, 4)
+        ln = layout.coop_plan(layout.grouped_view(torch.empty(4, 6, 3, 5), 1, 1, channels_last), cpu, 4, s)
         if channels_last:  # 6 channels per group, and blocks of 2 would read 8 of each 32-byte sector
             assert ln is None
         else:
             assert ln.gblk > 1  # a group spans several channel blocks
     elif path == "looped":
-        plan = layout.slab_plan(v, torch.device("cpu"))
+        plan = layout.slab_plan(v, torch.device("cpu"), s)
         assert plan.looped and plan.block_l < v.L
-        assert layout.looped_programs(plan, v, torch.device("cpu"), 4) < plan.slabs  # persistent programs
+        assert layout.looped_programs(plan, v, torch.device("cpu"), 4, s) < plan.slabs  # persistent programs
     else:
-        assert layout.slab_plan(v, torch.device("cpu")) is None
-        assert layout.split_plan(v, torch.device("cpu")).splits > 1
+        assert layout.slab_plan(v, torch.device("cpu"), s) is None
+        assert layout.split_plan(v, torch.device("cpu"), s).splits > 1
 
 
 def compile_check(mode: str) -> subprocess.CompletedProcess:
@@ -151,11 +158,15 @@ def make_input(shape, dtype, layout_name, seed=0):
     return x
 
 
-def check(name, options, shape, dtype, layout_name, affine=True, steps=1, seed=0, momentum=0.1):
-    """One or more training steps of impl=triton vs float64: y, dx, dweight, dbias, running stats."""
+def check(name, options, shape, dtype, layout_name, affine=True, steps=1, seed=0, momentum=0.1, path="auto"):
+    """One or more training steps of impl=triton vs float64: y, dx, dweight, dbias, running stats, with
+    `path` forced (`forced`)."""
+    from normbench.norms.triton_impl import use_kernel_settings
+
     c = shape[1]
     extra = {"momentum": momentum} if name == "bn" else {}
     layer = norms.build(name, c, impl="triton", affine=affine, dtype=dtype, device=DEVICE, **options, **extra)
+    use_kernel_settings(layer, forced(path))
     g = torch.Generator().manual_seed(seed + 1)
     if affine:
         with torch.no_grad():
@@ -194,7 +205,7 @@ def check(name, options, shape, dtype, layout_name, affine=True, steps=1, seed=0
 @pytest.mark.parametrize("layout_name", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("name,options", CASES, ids=CASE_IDS)
 def test_float32_every_path(name, options, layout_name, path):
-    check(name, options, (4, 6, 3, 5), torch.float32, layout_name)
+    check(name, options, (4, 6, 3, 5), torch.float32, layout_name, path=path)
 
 
 @needs_triton
@@ -208,7 +219,7 @@ def test_bfloat16(name, options, layout_name):
 @pytest.mark.parametrize("path", ["auto", "coop", "split"], indirect=True)
 @pytest.mark.parametrize("name", ["gn", "bn"])
 def test_float16(name, path):
-    check(name, {"groups": 2} if name == "gn" else {}, (4, 6, 3, 5), torch.float16, "channels_last")
+    check(name, {"groups": 2} if name == "gn" else {}, (4, 6, 3, 5), torch.float16, "channels_last", path=path)
 
 
 @needs_triton
@@ -227,7 +238,7 @@ def test_float16(name, path):
     ],
 )
 def test_spatial_dims(name, shape, layout_name, path):
-    check(name, {"groups": 2} if name == "gn" else {}, shape, torch.float32, layout_name)
+    check(name, {"groups": 2} if name == "gn" else {}, shape, torch.float32, layout_name, path=path)
 
 
 def test_align_is_what_divides_an_nchw_views_positions_and_strides():
@@ -251,7 +262,7 @@ def test_positions_aligned_to_4(name, options, path):
     """NCHW with L = 12: the kernels get ALIGN = 4 (loads along positions in fours; bn with virtual
     batches also hints its sample stride)."""
     assert layout.view_of((4, 6, 2, 6), 1, 3, False).align == 4
-    check(name, options, (4, 6, 2, 6), torch.float32, "contiguous")
+    check(name, options, (4, 6, 2, 6), torch.float32, "contiguous", path=path)
 
 
 @needs_triton
@@ -282,7 +293,7 @@ def test_running_stats_over_steps_and_cumulative_average():
 @pytest.mark.parametrize("affine", [True, False])
 @pytest.mark.parametrize("layout_name", ["contiguous", "channels_last"])
 def test_eval_mode_batchnorm_uses_running_stats(layout_name, affine, path):
-    layer = check("bn", {}, (4, 6, 3, 5), torch.float32, layout_name, affine=affine)
+    layer = check("bn", {}, (4, 6, 3, 5), torch.float32, layout_name, affine=affine, path=path)
     layer.eval()
     if affine:
         layer.weight.grad = layer.bias.grad = None
@@ -344,7 +355,7 @@ def test_row_backward_writes_a_partial_row_per_program():
         args = dict(zip(inspect.signature(launch.kernel.fn).parameters, launch.args))
         blocks = args["SLABS"] // 4096
         assert launch.grid == (programs,) and programs % blocks == 0, (norm, hidden)
-        assert args["p_dy"].shape == (programs // blocks, 1, hidden), (norm, hidden)
+        assert args["p_dy"].numel() == programs // blocks * hidden, (norm, hidden)  # (rows, 1, C), flat
     (launch,) = trace.trace("in", trace.GPU_SHAPES["resnet_c64"], torch.float32, "contiguous")["bwd"].launches
     assert launch.name == "fused_backward" and launch.grid == (256 * 64,)
 
@@ -524,9 +535,8 @@ def test_traffic_model_serves_cooperative_rereads_from_l2_when_they_fit(monkeypa
     in flight between its two touches fit half the L2, else from HBM."""
     from normbench.kernels import trace, traffic
 
-    monkeypatch.setattr(layout, "COOPERATIVE", True)
     shape = (32, 64, 16, 16)  # 2 MB in float32
-    passes = trace.trace("bn", shape, torch.float32, "contiguous")
+    passes = trace.trace("bn", shape, torch.float32, "contiguous", cooperative=True)
     assert [launch.name for launch in passes["fwd"].launches] == ["coop_forward"]
     size = 32 * 64 * 16 * 16 * 4
     small = traffic.pass_traffic(passes["fwd"], l2_bytes=64 * size, share=0.5)  # the items in flight: ~9 MB
@@ -538,31 +548,31 @@ def test_traffic_model_serves_cooperative_rereads_from_l2_when_they_fit(monkeypa
 @needs_triton
 @pytest.mark.parametrize("cooperative", [False, True])
 @pytest.mark.parametrize("virtual_batch", [None, 8])
-def test_batchnorm_launches_at_most_4_per_pass(monkeypatch, virtual_batch, cooperative):
+def test_batchnorm_launches_at_most_4_per_pass(virtual_batch, cooperative):
     """Launches (Triton kernels + torch operators) per pass at the GPU sweep's shapes, planned for an H100:
     the running statistics are updated in the combine kernel, dweight and dbias come out of the
     backward's combine kernel, and nothing is filled with zeros."""
     from normbench.kernels import trace
 
-    monkeypatch.setattr(layout, "COOPERATIVE", cooperative)  # then 2: the counters' zeros and the kernel
-    for shape in trace.GPU_SHAPES.values():
+    for shape in trace.GPU_SHAPES.values():  # cooperative: 2, the counters' zeros and the kernel
         for layout_name in trace.LAYOUTS:
             # virtual_batch: B = N / 8 statistics per channel, which the combine kernels loop over
-            passes = trace.trace("bn", shape, torch.float32, layout_name, virtual_batch=virtual_batch)
+            passes = trace.trace(
+                "bn", shape, torch.float32, layout_name, virtual_batch=virtual_batch, cooperative=cooperative
+            )
             for pass_name, p in passes.items():
                 assert p.count <= 4, (shape, layout_name, pass_name, [lc.name for lc in p.launches], p.torch_ops)
 
 
 @needs_triton
 @pytest.mark.parametrize("cooperative", [False, True])
-def test_no_pass_fills_zeros_but_the_cooperative_counters(monkeypatch, cooperative):
+def test_no_pass_fills_zeros_but_the_cooperative_counters(cooperative):
     """Nothing is zero-filled but the cooperative kernels' int32 counters: 4 bytes per ticket counter,
     arrival count and ready flag."""
     from normbench.kernels import trace
 
-    monkeypatch.setattr(layout, "COOPERATIVE", cooperative)
     for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
-        for p in trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name).values():
+        for p in trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name, cooperative=cooperative).values():
             fills = [
                 (op, n) for op, n in zip(p.torch_ops, p.torch_bytes) if op in {"zeros", "zeros_like", "fill", "zero"}
             ]
@@ -577,11 +587,13 @@ def test_no_pass_fills_zeros_but_the_cooperative_counters(monkeypatch, cooperati
 def test_launch_counter_counts_a_real_call(layout_name):
     """The counter around the launches, on a real (interpreted) training step of BatchNorm."""
     from normbench.kernels import trace
+    from normbench.norms.triton_impl import use_kernel_settings
 
     layer = norms.build("bn", 6, impl="triton", device=DEVICE)
     x = make_input((4, 6, 3, 5), torch.float32, layout_name).requires_grad_()
     dy = torch.ones(x.shape)
-    with trace.recording(run=True, plan_for=None) as rec:
+    with trace.recording(run=True) as (rec, kernels):
+        use_kernel_settings(layer, KernelSettings(), kernels)
         y = layer(x)  # (the module's num_batches_tracked += 1 counts too)
         rec.append(trace.Pass())
         torch.autograd.grad(y, (x, layer.weight, layer.bias), dy)  # leaves out autograd's own .grad copies

@@ -33,7 +33,7 @@ def counted_planning(monkeypatch):
 def _clear_plans():
     from normbench.kernels import launch_plan
 
-    layout._plans.cache_clear()
+    layout.plans_of.cache_clear()
     launch_plan._launch_plan.cache_clear()
 
 
@@ -53,32 +53,29 @@ def test_plans_are_made_once_per_geometry(counted_planning, norm):
 
 @needs_triton
 def test_changed_settings_are_not_served_a_stale_plan(monkeypatch):
-    """The plan cache is keyed on the heuristics' settings: forcing a path (as the tests do) takes effect."""
+    """The plan caches are keyed on the KernelSettings value and the heuristics: each takes effect."""
     from normbench.kernels import trace
 
-    def kernels(shape=SHAPE, plan_for=trace.H100):
-        passes = trace.trace("gn", shape, torch.float32, "contiguous", plan_for=plan_for)
+    def kernels(shape=SHAPE, **settings):
+        passes = trace.trace("gn", shape, torch.float32, "contiguous", **settings)
         return [launch.name for launch in passes["fwd"].launches]
 
     assert kernels() == ["fused_forward"]
-    monkeypatch.setattr(layout, "FORCE_PATH", "split")
-    assert kernels() == ["partial_moments", "combine_moments", "normalize"]
-    monkeypatch.setattr(layout, "FORCE_PATH", "looped")
-    assert kernels() == ["looped_forward"]
-    monkeypatch.setattr(layout, "FORCE_PATH", "coop")
-    assert kernels() == ["coop_forward"]
-    monkeypatch.setattr(layout, "FORCE_PATH", None)
+    assert kernels(force_path="split") == ["partial_moments", "combine_moments", "normalize"]
+    assert kernels(force_path="looped") == ["looped_forward"]
+    assert kernels(force_path="coop") == ["coop_forward"]
+    assert kernels() == ["fused_forward"]
     sd_gn = trace.GPU_SHAPES["sd_gn"]  # 512 slabs: looped on 132 SMs, split where they cannot fill the GPU
     assert kernels(sd_gn) == ["looped_forward"]
     assert kernels(sd_gn, plan_for=(1000, trace.H100[1])) == ["partial_moments", "combine_moments", "normalize"]
     # With the cooperative kernels on: they take sd_gn, whose 1 MB backward slabs (x and dy) overflow the
-    # L2 share at one per SM, and their grid follows the setting only they read
-    monkeypatch.setattr(layout, "COOPERATIVE", True)
-    assert kernels(sd_gn) == ["coop_forward"]
-    assert kernels(sd_gn, plan_for=(132, 300 * 2**20)) == ["looped_forward"]  # 2 slabs per SM fit 300 MB
+    # L2 share at one per SM, and their grid follows the heuristic only they read
+    assert kernels(sd_gn, cooperative=True) == ["coop_forward"]
+    assert kernels(sd_gn, cooperative=True, plan_for=(132, 300 * 2**20)) == ["looped_forward"]  # 2 per SM fit
+    assert kernels(sd_gn) == ["looped_forward"]
 
     def grid():
-        return trace.trace("gn", sd_gn, torch.float32, "contiguous")["fwd"].launches[0].grid
+        return trace.trace("gn", sd_gn, torch.float32, "contiguous", cooperative=True)["fwd"].launches[0].grid
 
     assert grid() == (132 * layout.COOP_PROGRAMS_PER_SM,)
     monkeypatch.setattr(layout, "COOP_PROGRAMS_PER_SM", 1)
@@ -132,9 +129,11 @@ def test_host_cost_stubs_every_launch_and_counts_like_trace():
     assert cost.torch_ops == {"fwd": 0, "bwd": 1}
     assert set(cost.us) == set(host_cost.PASSES)
     host_cost._Stub.launches = 0
-    with host_cost.stubbed():
-        host_cost.pass_calls("ln", SHAPE, torch.bfloat16, "channels_last")["fwdbwd"]()
+    calls = host_cost.pass_calls("ln", SHAPE, torch.bfloat16, "channels_last")
+    calls["fwdbwd"]()
     assert host_cost._Stub.launches == 3 + 3 + 3  # the kept graph's forward, then forward and backward
+    calls["layer"]()  # the registry's layer, as a user calls it, launches the same stubs
+    assert host_cost._Stub.launches == 3 + 3 + 3 + 3 + 3
 
 
 def _launches(passes) -> list:
@@ -206,3 +205,126 @@ def test_changed_shape_stride_dtype_or_mode_misses_the_launch_plan_cache():
     assert plan(x.bfloat16()).plans is not first.plans  # dtype: another element size
     assert plan(x, mode=launch_plan.EVAL, samples=4).path == "eval"  # running statistics as constants
     assert info().misses == 5 and info().hits == 1
+
+
+def test_kernel_settings_refuse_bad_values_in_one_line():
+    from normbench.errors import UsageError
+    from normbench.kernels import settings
+
+    with pytest.raises(UsageError, match="choose one of: looped, coop, split"):
+        settings.KernelSettings(force_path="fused")
+    with pytest.raises(UsageError, match=r"\(SMs, L2 bytes\)"):
+        settings.KernelSettings(plan_for=(132, 0))
+    with pytest.raises(UsageError, match="triton.coop is not a kernel setting"):
+        settings.from_config({"coop": True})
+    with pytest.raises(UsageError, match="must be true or false"):
+        settings.from_config({"cooperative": "yes"})
+    assert settings.from_config(None) is settings.DEFAULT
+    assert settings.from_config({"cooperative": True}) == settings.KernelSettings(cooperative=True)
+
+
+def test_the_launch_plan_cache_keys_on_the_settings_value():
+    """Equal settings share a plan whichever object carries them; another value is planned anew."""
+    from normbench.kernels import launch_plan
+    from normbench.kernels.settings import KernelSettings
+
+    _clear_plans()
+    x = torch.empty(4, 6, 3, 5)
+
+    def plan(settings):
+        return launch_plan.launch_plan(x, False, True, 1, 3, 1e-5, launch_plan.TRAIN, settings)
+
+    auto = plan(KernelSettings())
+    assert plan(KernelSettings()) is auto and auto.path == "slab"
+    assert plan(KernelSettings(force_path="split")).path == "split"
+    assert plan(KernelSettings(force_path="coop")).path == "coop"
+    h100 = plan(KernelSettings(plan_for=(132, 50 * 2**20)))
+    assert h100 is not auto and h100 is plan(KernelSettings(plan_for=(132, 50 * 2**20)))
+    assert launch_plan._launch_plan.cache_info().misses == 4
+
+
+class _Allocations(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the tensors each pass allocates."""
+
+    def __init__(self):
+        super().__init__()
+        self.passes = [[]]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in {"empty", "empty_like", "empty_strided", "new_empty", "zeros", "zeros_like"}:
+            self.passes[-1].append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@needs_triton
+@pytest.mark.parametrize("cooperative", [False, True])
+def test_a_forward_allocates_y_and_one_float32_workspace(cooperative):
+    """Forward: y and one float32 workspace (statistics and scratch), plus the cooperative kernels'
+    counters; backward: dx, the partial sums, the group means but on the slab path, and dweight and
+    dbias where a kernel writes them, plus the counters. Every sweep case, planned for an H100."""
+    from normbench.kernels import trace
+    from normbench.kernels.norm_function import _TritonNorm
+    from normbench.kernels.settings import KernelSettings
+
+    settings = KernelSettings(cooperative=cooperative, plan_for=trace.H100)
+    for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
+        dtype = trace.DTYPES[dtype_name]
+        x, weight, bias, args = trace.function_inputs(norm, shape, dtype, layout_name, settings=settings)
+        with trace.recording() as (launches, kernels), _Allocations() as counted:
+            y = _TritonNorm.apply(x, weight, bias, (*args[:-1], kernels))
+            counted.passes.append([])
+            launches.append(trace.Pass())
+            torch.autograd.grad(y, (x, weight, bias), torch.empty_like(y))
+        coop = any(launch.name.startswith("coop") for launch in launches[0].launches)
+        fwd, bwd = counted.passes[0], counted.passes[1][1:]  # the backward's first: the test's dy
+        case = (norm, shape, dtype_name, layout_name, fwd, bwd)
+        assert sorted(fwd) == sorted(["empty_like", "empty", *(["zeros"] if coop else [])]), case
+        means = [] if launches[1].launches[0].name.endswith("d_backward") else ["empty"]  # fused_, looped_
+        base = ["empty_like", "empty", *means, *(["zeros"] if coop else [])]  # dx, partials, means, counters
+        grads = ["empty_like", "empty_like"]  # dweight and dbias, where a kernel writes them
+        assert sorted(bwd) in (sorted(base), sorted(base + grads)), case
+
+
+@needs_triton
+@pytest.mark.parametrize(("norm", "path"), [("bn", "auto"), ("gn", "auto"), ("gn", "split"), ("ln", "coop")])
+def test_two_forwards_before_their_backwards_keep_their_own_buffers(norm, path):
+    """y1 = f(x1); y2 = f(x2); then both backwards, in reverse order: every output and gradient is that of
+    its own input (against torch.nn.functional in float64), so no call reuses another's statistics,
+    scratch or outputs."""
+    from normbench import norms
+    from normbench.kernels.settings import KernelSettings
+    from normbench.norms.triton_impl import use_kernel_settings
+
+    g = torch.Generator().manual_seed(3)
+    options = {"groups": 3} if norm == "gn" else {}
+    layer = norms.build(norm, 6, impl="triton", **options)
+    use_kernel_settings(layer, KernelSettings(force_path=None if path == "auto" else path))
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(6, generator=g))
+    xs = [(torch.randn(4, 6, 3, 5, generator=g) * (i + 1) + i).requires_grad_() for i in range(2)]
+    dys = [torch.randn(4, 6, 3, 5, generator=g) for _ in range(2)]
+    ys = [layer(x) for x in xs]
+    for y, dy in reversed(list(zip(ys, dys, strict=True))):
+        y.backward(dy)
+    groups = {"bn": None, "ln": 1, "gn": 3}[norm]
+    for x, y, dy in zip(xs, ys, dys, strict=True):
+        x64 = x.detach().double().requires_grad_()
+        w64, b64 = layer.weight.detach().double(), layer.bias.detach().double()
+        if groups is None:
+            y64 = torch.nn.functional.batch_norm(x64, None, None, w64, b64, training=True, eps=layer.eps)
+        else:
+            y64 = torch.nn.functional.group_norm(x64, groups, w64, b64, eps=layer.eps)
+        y64.backward(dy.double())
+        torch.testing.assert_close(y.double(), y64.detach(), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(x.grad.double(), x64.grad, atol=1e-4, rtol=1e-4)
+
+
+@needs_triton
+def test_the_backward_cannot_be_differentiated_again():
+    from normbench import norms
+
+    layer = norms.build("gn", 6, impl="triton", groups=3)
+    x = torch.randn(2, 6, 3, 5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(layer(x).sum(), x, create_graph=True)

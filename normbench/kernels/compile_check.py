@@ -163,7 +163,7 @@ def launch_source(launch):
 
 def sweep_launches():
     """{key: (launch, first case that makes it)} over the GPU sweep, forward and backward, plus eval bn,
-    with the default plans and with the cooperative kernels on (layout.COOPERATIVE)."""
+    with the default plans and with the cooperative kernels on (KernelSettings.cooperative)."""
     from normbench.kernels import trace
 
     distinct = {}

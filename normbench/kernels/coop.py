@@ -8,10 +8,10 @@ counter. A program counts its finished A items per unit (one atomic per run of t
 the one whose count completes a unit combines the unit's partials into its statistics and raises the
 unit's ready flag, which the unit's B items wait for (once per unit and program). layout.coop_plan
 sizes D so that the D items read in between fit a share of the L2: the second touch of every tile is
-served from L2, not HBM. Atomics are batched because each one waits for a round trip to L2: with
-three per item of 16-32 KB, the first version was slower still (measured on an H200, docs/triton.md).
-Off by default (layout.COOPERATIVE): on that H200 these kernels were slower than the split and looped
-kernels they would replace.
+served from L2, not HBM. Atomics are batched because each one waits for a round trip to L2, which
+costs more than the bytes a small item saves. Used only with KernelSettings.cooperative: where a large
+L2 already serves much of the other paths' second read, the atomics can cost more than that read
+(the timings are in docs/triton.md).
 
 The waits cannot deadlock, whatever the grid and however many programs fit on the GPU at once: a B
 item waits only for A items of earlier steps, which programs already running have claimed (the

@@ -84,7 +84,7 @@ class Case:
     dtype: str  # a name in trace.DTYPES
     layout: str
     impl: str  # native or triton
-    path: str  # triton: "auto" (the default dispatch) or "coop" (layout.COOPERATIVE on); native: "-"
+    path: str  # triton: "auto" (the default dispatch) or "coop" (KernelSettings.cooperative on); native: "-"
     pass_: str  # fwd or bwd
 
 
@@ -171,14 +171,17 @@ def profiled_pass(case: Case, device: str = "cuda") -> None:
     import torch
 
     from normbench import norms, speed, timing
-    from normbench.kernels import layout, trace
+    from normbench.kernels import trace
+    from normbench.kernels.settings import KernelSettings
+    from normbench.norms.triton_impl import use_kernel_settings
 
-    layout.COOPERATIVE = case.path == "coop"
     shape, dtype = shapes()[case.shape], trace.DTYPES[case.dtype]
     options = {"groups": trace.GN_GROUPS} if case.norm == "gn" else {}
     torch.manual_seed(0)
     with speed.retained_backward():
         layer = norms.build(case.norm, shape[1], impl=case.impl, device=device, dtype=dtype, **options).train()
+        if case.impl == "triton":
+            use_kernel_settings(layer, KernelSettings(cooperative=case.path == "coop"))
         x = speed.make_input(shape, dtype, case.layout, torch.device(device))
         fn, grads = speed.pass_callable(layer, x, case.pass_)
         for _ in range(2):

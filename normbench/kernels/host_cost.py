@@ -4,12 +4,13 @@
     python -m normbench.kernels.host_cost --norm gn --shape resnet_c64 --profile   # and where it goes
 
 The autograd Function runs on uninitialized CPU tensors of the full shape (`DEVICE`) with each Triton
-kernel replaced by a stub that only counts its launches, and `layout.PLAN_FOR` set for an H100
-(`trace.kernels_replaced`). What is left is the host work of a call: planning, checks, allocations,
-views, argument packing, the torch operators' dispatch (the backward's dweight/dbias sums run over
-empty slices: `stubbed`) and autograd's own bookkeeping. Passes as in `speed`: fwd (the forward,
-building the graph), bwd (`torch.autograd.grad` of a kept graph) and fwdbwd (both); and `impl`, the
-Function's host functions (`norm_function.triton_forward` then `triton_backward`) called directly:
+kernel replaced by a stub that only counts its launches (`stubbed`: the Function's `kernels`
+argument), planned for an H100 (`KernelSettings.plan_for`). What is left is the host work of a call:
+planning, checks, allocations, views, argument packing, the torch operators' dispatch (the
+backward's dweight/dbias sums run over empty slices: `stubbed`) and autograd's own bookkeeping.
+Passes as in `speed`: fwd (the forward, building the graph), bwd (`torch.autograd.grad` of a kept
+graph) and fwdbwd (both); and `impl`, the Function's host functions (`norm_function.triton_forward`
+then `triton_backward`) called directly:
 the implementation's own host cost, without autograd's, which any Function pays (`Floor`).
 
 The stubs' own calls are taken out fairly: each pass's traced launches are replayed on stubs alone,
@@ -33,9 +34,10 @@ allocator, its own launch). The `kernels` and `torch ops` columns are the counts
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
+import dataclasses
 import functools
+import os
 import pstats
 import statistics
 import sys
@@ -47,7 +49,9 @@ import torch
 
 from normbench.kernels import trace
 
-PASSES = ("fwd", "bwd", "fwdbwd", "impl")  # impl: fwd+bwd of the host functions alone, without autograd
+# impl: fwd+bwd of the host functions alone, without autograd; layer: fwd+bwd of the nn.Module, as a
+# user's `torch.autograd.grad(layer(x), ...)` runs it (the module, the registry's call, the Function)
+PASSES = ("fwd", "bwd", "fwdbwd", "layer", "impl")
 # Uninitialized CPU tensors at the full shape: the stubs never touch their memory, and CPU operators
 # dispatch through C++ as CUDA ones do (meta tensors run some, e.g. sum and empty_like, through
 # Python reference implementations, several times slower than any real device's host path).
@@ -70,22 +74,19 @@ class _Stub:
         _Stub.launches += 1
 
 
-@contextlib.contextmanager
-def stubbed(plan_for: tuple[int, int] = trace.H100):
-    """Kernels replaced by `_Stub`; the backward's dweight/dbias sums run over empty slices of the partials.
+def stubbed():
+    """norm_function's kernels with each Triton kernel a `_Stub`, and the backward's dweight/dbias sums
+    over empty slices of the partials.
 
     The sums keep their dispatch (host time on a GPU too) but not their CPU compute and first-touch page
     faults on the (2, rows, splits, C) partials, which on a GPU are device work.
     """
-    from normbench.kernels import norm_function
+    from normbench.kernels.norm_function import KERNELS, weight_bias_grads
 
-    sums = norm_function.weight_bias_grads
-    norm_function.weight_bias_grads = lambda partials, dtype: sums(partials[:, :0], dtype)
-    try:
-        with trace.kernels_replaced(_Stub, plan_for):
-            yield
-    finally:
-        norm_function.weight_bias_grads = sums
+    def sums(partials, dtype):
+        return weight_bias_grads(partials[:, :0], dtype)
+
+    return dataclasses.replace(KERNELS.replaced(_Stub), weight_bias_grads=sums)
 
 
 class Floor(torch.autograd.Function):
@@ -112,19 +113,22 @@ class HostCost:
 
 
 def pass_calls(norm: str, shape, dtype: torch.dtype, layout_name: str, device=DEVICE, function=None) -> dict:
-    """{pass: a no-argument callable running it}, for the Function (impl=triton's by default) as the sweep
-    calls it."""
+    """{pass: a no-argument callable running it}, for the Function (impl=triton's by default, with the
+    stubbed kernels) as the sweep calls it."""
     from normbench.kernels.norm_function import _TritonNorm
 
     function = function or _TritonNorm
-    x, weight, bias, args = trace.function_inputs(norm, shape, dtype, layout_name, device=device)
+    kernels = stubbed()
+    x, weight, bias, args = trace.function_inputs(norm, shape, dtype, layout_name, device=device, kernels=kernels)
     inputs = (x, weight, bias)
     dy = torch.empty_like(x)
     kept = function.apply(x, weight, bias, args)  # the graph the bwd pass runs again and again
+    ours = function is _TritonNorm
     return {
         "impl": functools.partial(_host_functions, x.detach(), weight.detach(), bias.detach(), args, dy)
-        if function is _TritonNorm
+        if ours
         else lambda: None,
+        "layer": _layer_call(norm, x, dy, args[-2], kernels) if ours else lambda: None,
         "fwd": lambda: function.apply(x, weight, bias, args),
         "bwd": lambda: torch.autograd.grad(kept, inputs, dy, retain_graph=True),
         "fwdbwd": lambda: torch.autograd.grad(function.apply(x, weight, bias, args), inputs, dy),
@@ -159,12 +163,9 @@ def measure(
     if "sum" in counts["bwd"].torch_ops:  # `stubbed` slices the partials before the sum: the tool's, too
         probe = torch.empty(2, 1, 1, shape[1])
         stub_us["bwd"] += median_us(lambda: probe[:, :0])
-    stub_us["fwdbwd"] = stub_us["impl"] = stub_us["fwd"] + stub_us["bwd"]
-    us = {}
-    with stubbed():
-        calls = pass_calls(norm, shape, dtype, layout_name, function=function)
-        for name in PASSES:
-            us[name] = max(0.0, median_us(calls[name]) - stub_us[name])
+    stub_us["fwdbwd"] = stub_us["impl"] = stub_us["layer"] = stub_us["fwd"] + stub_us["bwd"]
+    calls = pass_calls(norm, shape, dtype, layout_name, function=function)
+    us = {name: max(0.0, median_us(calls[name]) - stub_us[name]) for name in PASSES}
     return HostCost(
         us,
         stub_us,
@@ -173,12 +174,24 @@ def measure(
     )
 
 
+def _layer_call(norm: str, x: torch.Tensor, dy: torch.Tensor, settings, kernels):
+    """fwd+bwd of the registry's impl=triton layer (parameters in x's dtype) on x, launching `kernels`."""
+    from normbench import norms
+    from normbench.norms.triton_impl import use_kernel_settings
+
+    options = {"groups": trace.GN_GROUPS} if norm == "gn" else {}
+    layer = norms.build(norm, x.shape[1], impl="triton", device=x.device, dtype=x.dtype, **options)
+    use_kernel_settings(layer, settings, kernels)
+    inputs = (x, *layer.parameters())
+    return lambda: torch.autograd.grad(layer(x), inputs, dy)
+
+
 def _host_functions(x, weight, bias, args, dy) -> None:
     """norm_function's forward and backward host functions, called as the Function calls them."""
     from normbench.kernels.norm_function import triton_backward, triton_forward
 
     _, x, mean, rstd, plan = triton_forward(x, weight, bias, args)
-    triton_backward(dy, x, weight, mean, rstd, plan)
+    triton_backward(dy, x, weight, mean, rstd, plan, args[-1])
 
 
 def caching_allocator() -> bool:
@@ -211,14 +224,13 @@ def _replay_stubs(stubs: list) -> None:
 def profile(cases: list, calls_per_case: int = 200, top: int = 25) -> str:
     """cProfile of fwdbwd over `cases`: the functions with the most own time, as pstats prints them."""
     profiler = cProfile.Profile(time.process_time)
-    with stubbed():
-        for norm, _, shape, dtype_name, layout_name in cases:
-            fwdbwd = pass_calls(norm, shape, trace.DTYPES[dtype_name], layout_name)["fwdbwd"]
+    for norm, _, shape, dtype_name, layout_name in cases:
+        fwdbwd = pass_calls(norm, shape, trace.DTYPES[dtype_name], layout_name)["fwdbwd"]
+        fwdbwd()
+        profiler.enable()
+        for _ in range(calls_per_case):
             fwdbwd()
-            profiler.enable()
-            for _ in range(calls_per_case):
-                fwdbwd()
-            profiler.disable()
+        profiler.disable()
     out = _Text()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
     return out.text
@@ -232,10 +244,25 @@ class _Text:
         self.text += s
 
 
-def _row(case: tuple, c: HostCost, counts: bool = True) -> str:
-    us = " | ".join(f"{c.us[name]:.0f}" if counts or name != "impl" else "" for name in PASSES)
-    launches = f"{c.kernels['fwd']}+{c.kernels['bwd']} | {c.torch_ops['fwd']}+{c.torch_ops['bwd']}" if counts else " | "
-    return f"| {' | '.join(case)} | {us} | {launches} |"
+HEADER = (
+    "| shape | layout | dtype | norm | fwd us | bwd us | fwd+bwd us | layer fwd+bwd us | host functions fwd+bwd us "
+    "| fwd+bwd above the floor us | kernels fwd+bwd | torch ops fwd+bwd |"
+)
+
+
+def _row(case: tuple, c: HostCost, floor: HostCost | None = None) -> str:
+    """A table row; floor None: the floor's own row (no layer, host functions or launches)."""
+    us = [f"{c.us[name]:.0f}" for name in ("fwd", "bwd", "fwdbwd")]
+    if floor is None:
+        return f"| {' | '.join((*case, *us))} | | | | | |"
+    above = c.us["fwdbwd"] - floor.us["fwdbwd"]
+    launches = f"{c.kernels['fwd']}+{c.kernels['bwd']} | {c.torch_ops['fwd']}+{c.torch_ops['bwd']}"
+    return f"| {' | '.join((*case, *us))} | {c.us['layer']:.0f} | {c.us['impl']:.0f} | {above:.0f} | {launches} |"
+
+
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages: on a shared machine they inflate every figure."""
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
         help="leave glibc's malloc as it is: every full-size tensor is then an mmap and munmap (~11 us each)",
     )
     opts = parser.parse_args(argv)
+    # The stubs launch nothing, but a layer's call checks that the kernels can run on its input: on CPU
+    # tensors that is the interpreter (read by triton when asked, so setting it here is enough).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
     if not opts.system_allocator:
         caching_allocator()
     cases = [
@@ -260,17 +290,16 @@ def main(argv: list[str] | None = None) -> int:
         for c in trace.sweep_cases()
         if (not opts.norm or c[0] in opts.norm) and (not opts.shape or c[1] in opts.shape)
     ]
-    print(
-        "| shape | layout | dtype | norm | fwd us | bwd us | fwd+bwd us | host functions fwd+bwd us "
-        "| kernels fwd+bwd | torch ops fwd+bwd |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print(f"load average {_load()}; torch {torch.__version__}, {os.cpu_count()} CPUs", flush=True)
+    print(HEADER)
+    print("|---" * (HEADER.count("|") - 1) + "|")
     timing = {"repeat": opts.repeat, "number": opts.number}
     floor = measure("gn", trace.GPU_SHAPES["resnet_c64"], torch.float32, "contiguous", function=Floor, **timing)
-    print(_row(("resnet_c64", "contiguous", "fp32", "autograd floor (`Floor`)"), floor, counts=False), flush=True)
+    print(_row(("resnet_c64", "contiguous", "fp32", "autograd floor (`Floor`)"), floor), flush=True)
     for norm, shape_name, shape, dtype_name, layout_name in cases:
         cost = measure(norm, shape, trace.DTYPES[dtype_name], layout_name, **timing)
-        print(_row((shape_name, layout_name, dtype_name, norm), cost), flush=True)
+        print(_row((shape_name, layout_name, dtype_name, norm), cost, floor), flush=True)
+    print(f"load average {_load()}")
     if opts.profile:
         print(profile(cases))
     return 0

@@ -11,12 +11,14 @@ dtype, device or setting misses it and is planned afresh.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import torch
 
 from normbench.kernels import layout
 from normbench.kernels.layout import GroupedView, Plans, next_pow2
+from normbench.kernels.settings import DEFAULT, KernelSettings
 
 
 @dataclass(frozen=True, eq=False)
@@ -51,26 +53,48 @@ class LaunchPlan:
     def view(self) -> GroupedView:
         return self.plans.view
 
+    # The forward's float32 buffers as the sizes of one allocation's pieces (cached_property: computed
+    # on the first call of a plan, then read from the instance).
+    @functools.cached_property
+    def forward_sizes(self) -> tuple[int, ...]:
+        """mean, var, rstd, then the path's scratch: split (B, splits, C) mean and m2 partials and the
+        per-split counts; coop (B, items, C) mean and m2 partials."""
+        n, scratch = self.stats, math.prod(self.scratch)
+        if self.path == "split":
+            return n, n, n, scratch, scratch, self.scratch[1]
+        return (n, n, n, scratch, scratch) if self.path == "coop" else (n, n, n)
+
+    @functools.cached_property
+    def forward_total(self) -> int:
+        return sum(self.forward_sizes)
+
 
 TRAIN, TRAIN_RUNNING, EVAL = 0, 1, 2  # launch_plan's modes
 
 
 def launch_plan(
-    x: torch.Tensor, channels_last: bool, affine: bool, samples: int, groups: int, eps: float, mode: int
+    x: torch.Tensor,
+    channels_last: bool,
+    affine: bool,
+    samples: int,
+    groups: int,
+    eps: float,
+    mode: int,
+    settings: KernelSettings = DEFAULT,
 ) -> LaunchPlan:
     """The cached plan for x (dense: contiguous, or channels_last as layout.dense_layout says). mode:
     TRAIN (batch statistics), TRAIN_RUNNING (and update running statistics) or EVAL (running
     statistics as constants)."""
     device = x.device
-    key = (x.shape, x.stride(), x.dtype, device, channels_last, affine, samples, groups, eps, mode)
-    return _launch_plan(*key, layout._settings(device))
+    key = (x.shape, x.stride(), x.dtype, device, channels_last, affine, samples, groups, eps, mode, settings)
+    return _launch_plan(*key, layout.cache_key(device, settings))
 
 
 @functools.lru_cache(maxsize=512)
-def _launch_plan(shape, strides, dtype, device, channels_last, affine, samples, groups, eps, mode, settings):
-    element_size = torch.empty((), dtype=dtype).element_size()
+def _launch_plan(shape, strides, dtype, device, channels_last, affine, samples, groups, eps, mode, settings, key):
+    element_size = dtype.itemsize
     samples = shape[0] if mode == EVAL else samples
-    p = layout._plans(shape, samples, groups, channels_last, element_size, device, settings)
+    p = layout.plans_of(shape, samples, groups, channels_last, element_size, device, settings, key)
     v = p.view
     running = mode == TRAIN_RUNNING
     unbias = v.count / (v.count - 1) if running else 1.0

@@ -14,17 +14,19 @@ into one long l, so a statistic covers a single 2-D (channel, position) slab per
   When K == 1, the slab is too big for registers and there are enough slabs to fill the GPU.
 - coop (`coop.py`): the split tiling below in one cooperative launch per pass: each tile's second
   touch comes D work items after its first, and `coop_plan` sizes D so that those items fit L2_SHARE
-  of the L2 together, so x (backward: x and dy) is read from HBM once. With COOPERATIVE (off by
-  default, see there) it takes BatchNorm over N x spatial, few big slabs, and slabs too big for the
-  looped path's programs to keep in L2, wherever its plan fits.
+  of the L2 together, so x (backward: x and dy) is read from HBM once. Only with
+  KernelSettings.cooperative (off by default: their atomics can cost more than the second read they
+  save, much of which an L2 serves anyway; docs/triton.md has the timings) it takes BatchNorm over N x
+  spatial, few big slabs, and slabs too big for the looped path's programs to keep in L2, wherever
+  its plan fits.
 - split (`split.py`): programs over (b, channel block, split of the (k, l) tiles) write per-channel
   partial moments, a small kernel combines them per (b, group), and a second sweep normalizes: x is
   read twice (backward: x and dy twice). For BatchNorm over N x spatial and for few, big slabs
   (LayerNorm on a small batch of large images); also normalize and input_grad of eval-mode BatchNorm.
 
 The numbers below are fixed heuristics, not autotuned, so a sweep spends no time tuning; they are
-written for an H100 (132 SMs, 64K 32-bit registers per SM); they have been timed (results/reference,
-docs/triton.md) but not tuned.
+written for an H100 (132 SMs, 64K 32-bit registers per SM). What the planning takes besides the input
+(the cooperative kernels, a forced path, the GPU planned for) comes in as a KernelSettings value.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 from torch import Tensor
 
 from normbench.errors import Unsupported
+from normbench.kernels.settings import DEFAULT, KernelSettings
 
 FUSED_MAX_ELEMENTS = 8192  # values of x per fused program: 32 (fwd) / 64 (bwd, x and dy) per thread at 8 warps
 FUSED_MIN_ELEMENTS = 1024  # pack several small groups into one fused program up to about this many
@@ -62,14 +65,6 @@ COOP_BATCH = 4  # stream steps a cooperative program claims per atomic
 COOP_STAGES = 2  # software-pipelining depth of the cooperative kernels' tile loops (tl.range num_stages)
 SECTOR_BYTES = 32  # the GPU's memory access granule: a channels_last tile row is at least this wide
 INT32_LIMIT = 2**31
-# The cooperative kernels read HBM once where the others read it twice, but were slower than the split
-# and looped kernels on an H200 (their atomics cost more than the second read, much of which hits the
-# 60 MB L2 anyway): off by default, on for the cases they fit with True (docs/triton.md).
-COOPERATIVE = False
-FORCE_PATH: str | None = None  # tests set "looped", "coop" or "split" to run those kernels on tiny shapes
-# (SMs, L2 bytes): plan as if on that GPU whatever the tensors' device (kernels.trace sets it, so that
-# the traffic model, the launch counts and the compile checks see an H100's plans without one).
-PLAN_FOR: tuple[int, int] | None = None
 
 
 def next_pow2(n: int) -> int:
@@ -174,15 +169,16 @@ class Plans:
     slab_programs: tuple[int, int] | None  # programs of the slab kernels, forward and backward
 
 
-def plans(x: Tensor, samples: int, groups: int, channels_last: bool) -> Plans:
+def plans(x: Tensor, samples: int, groups: int, channels_last: bool, settings: KernelSettings = DEFAULT) -> Plans:
     """The grouped view and tilings of x, computed once per (shape, dtype size, device, statistics,
-    heuristic settings): planning is pure Python and ran several times in every pass before."""
-    return _plans(x.shape, samples, groups, channels_last, x.element_size(), x.device, _settings(x.device))
+    settings, heuristics): planning is pure Python, too slow to repeat in every pass."""
+    key = cache_key(x.device, settings)
+    return plans_of(x.shape, samples, groups, channels_last, x.element_size(), x.device, settings, key)
 
 
-# The module's settings that plans depend on: part of the cache key, so a test (or PLAN_FOR) that
-# changes one gets fresh plans instead of a stale cached one.
-_SETTINGS = operator.itemgetter(
+# The heuristics above, part of the plan caches' key beside the settings, so that a test that changes
+# one (tiny tiles to run every loop) gets fresh plans instead of a stale cached one.
+_HEURISTICS = operator.itemgetter(
     "FUSED_MAX_ELEMENTS",
     "FUSED_MIN_ELEMENTS",
     "MAX_SLAB_CHANNELS",
@@ -200,51 +196,51 @@ _SETTINGS = operator.itemgetter(
     "PERSISTENT_WARPS_PER_SM",
     "INTERPRETER_PROGRAMS",
     "INT32_LIMIT",
-    "COOPERATIVE",
     "COOP_PROGRAMS_PER_SM",
     "COOP_ITEM_BYTES",
     "COOP_BLOCK_S",
     "COOP_BATCH",
     "COOP_STAGES",
     "SECTOR_BYTES",
-    "FORCE_PATH",
-    "PLAN_FOR",
 )
 
 
-def _settings(device: torch.device) -> tuple:
-    values = _SETTINGS(globals())
-    if PLAN_FOR is None and device.type == "cuda":
-        return (*values, _interpreting())  # target_programs asks
+def cache_key(device: torch.device, settings: KernelSettings) -> tuple:
+    """What plans depend on besides the input and the settings: the heuristics, and, where the
+    device's own SMs are planned for, whether the interpreter runs (target_programs asks)."""
+    values = _HEURISTICS(globals())
+    if settings.plan_for is None and device.type == "cuda":
+        return (*values, _interpreting())
     return values
 
 
 @functools.lru_cache(maxsize=1024)
-def _plans(shape, samples, groups, channels_last, element_size, device, settings) -> Plans:
+def plans_of(shape, samples, groups, channels_last, element_size, device, settings, key) -> Plans:
+    s = settings
     v = view_of(shape, samples, groups, channels_last)
-    slab = None if FORCE_PATH == "coop" else slab_plan(v, device)
+    slab = None if s.force_path == "coop" else slab_plan(v, device, s)
     programs = None
     if slab is not None:
         forward, backward = (
-            (looped_programs(slab, v, device, n * element_size) for n in (1, 2))
+            (looped_programs(slab, v, device, n * element_size, s) for n in (1, 2))
             if slab.looped
             else (slab.slabs, slab.slabs)
         )
-        programs = (forward, slab_backward_programs(slab, v, device, element_size, backward))
+        programs = (forward, slab_backward_programs(slab, v, device, element_size, backward, s))
     coop = None
-    if FORCE_PATH == "coop" or (
-        COOPERATIVE
-        and FORCE_PATH is None
-        and (slab is None or (slab.looped and _slabs_per_sm(slab, v, device, 2 * element_size) < 1))
+    if s.force_path == "coop" or (
+        s.cooperative
+        and s.force_path is None
+        and (slab is None or (slab.looped and _slabs_per_sm(slab, v, device, 2 * element_size, s) < 1))
     ):
         # the split path, or looped programs whose backward slabs overflow the L2 share (their second
         # read would come from HBM): the cooperative kernels where their plan reads HBM once
-        coop = coop_plan(v, device, element_size)
-        if coop is not None and (coop.fits_l2[1] or FORCE_PATH == "coop"):
+        coop = coop_plan(v, device, element_size, s)
+        if coop is not None and (coop.fits_l2[1] or s.force_path == "coop"):
             slab = programs = None
         else:
             coop = None
-    return Plans(v, slab, coop, split_plan(v, device), programs)
+    return Plans(v, slab, coop, split_plan(v, device, s), programs)
 
 
 @dataclass(frozen=True)
@@ -279,9 +275,10 @@ def _warps(elements: int) -> int:
     return min(16, max(1, elements // 512))
 
 
-def slab_plan(v: GroupedView, device: torch.device) -> SlabPlan | None:
+def slab_plan(v: GroupedView, device: torch.device, settings: KernelSettings = DEFAULT) -> SlabPlan | None:
     """The slab tiling, or None where the split kernels do better (or must be used: K > 1)."""
-    if v.K != 1 or FORCE_PATH == "split":
+    force = settings.force_path
+    if v.K != 1 or force == "split":
         return None
     cg = next_pow2(v.cg)
     block_l = next_pow2(v.L)
@@ -290,7 +287,7 @@ def slab_plan(v: GroupedView, device: torch.device) -> SlabPlan | None:
     inner = MIN_CHANNELS_INNER if v.channels_inner else 1
     want = max(FUSED_MIN_ELEMENTS // block_l, inner)
     block_c = max(cg, min(next_pow2(v.C), want, MAX_GROUPS_PER_PROGRAM_CHANNELS))
-    if block_c * block_l <= FUSED_MAX_ELEMENTS and FORCE_PATH != "looped":
+    if block_c * block_l <= FUSED_MAX_ELEMENTS and force != "looped":
         per = max(1, block_c // v.cg)
         return SlabPlan(block_c, block_l, per, v.B * -(-v.G // per), False, _warps(block_c * block_l))
     # Streamed slab: worth it only with enough slabs to fill the GPU (else split them across programs).
@@ -303,12 +300,14 @@ def slab_plan(v: GroupedView, device: torch.device) -> SlabPlan | None:
         return None
     per = max(1, block_c // v.cg)
     programs = v.B * -(-v.G // per)
-    if programs < SLAB_PROGRAMS_PER_SM * sm_count(device) and FORCE_PATH != "looped":
+    if programs < SLAB_PROGRAMS_PER_SM * sm_count(device, settings) and force != "looped":
         return None
     return SlabPlan(block_c, block_l, per, programs, True, _warps(block_c * block_l))
 
 
-def looped_programs(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_per_value: int) -> int:
+def looped_programs(
+    plan: SlabPlan, v: GroupedView, device: torch.device, bytes_per_value: int, settings: KernelSettings = DEFAULT
+) -> int:
     """Persistent programs for the looped kernels: as many as keep their slabs in L2 together.
 
     Each program reads its slab twice; with P programs in flight, P slabs are live between the two
@@ -317,14 +316,19 @@ def looped_programs(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_
     own program (full occupancy; the second read then comes from memory, as in the split path).
     `bytes_per_value` counts every tensor a pass reads twice (x; x and dy backward).
     """
-    per_sm = _slabs_per_sm(plan, v, device, bytes_per_value)
+    per_sm = _slabs_per_sm(plan, v, device, bytes_per_value, settings)
     if per_sm < 1:
         return plan.slabs
-    return min(plan.slabs, sm_count(device) * min(per_sm, MAX_LOOPED_PROGRAMS_PER_SM))
+    return min(plan.slabs, sm_count(device, settings) * min(per_sm, MAX_LOOPED_PROGRAMS_PER_SM))
 
 
 def slab_backward_programs(
-    plan: SlabPlan, v: GroupedView, device: torch.device, element_size: int, programs: int
+    plan: SlabPlan,
+    v: GroupedView,
+    device: torch.device,
+    element_size: int,
+    programs: int,
+    settings: KernelSettings = DEFAULT,
 ) -> int:
     """Programs of the slab backward, from `programs` (one per slab fused; looped_programs looped).
 
@@ -340,18 +344,21 @@ def slab_backward_programs(
     blocks = plan.slabs // v.B
     if programs // blocks * v.C * 16 > PARTIAL_SHARE * 3 * v.B * v.C * v.L * element_size:
         per_sm = max(1, PERSISTENT_WARPS_PER_SM // plan.num_warps)
-        programs = min(programs, sm_count(device) * per_sm // blocks * blocks)
+        programs = min(programs, sm_count(device, settings) * per_sm // blocks * blocks)
     return max(blocks, programs // blocks * blocks)
 
 
-def _slabs_per_sm(plan: SlabPlan, v: GroupedView, device: torch.device, bytes_per_value: int) -> int:
+def _slabs_per_sm(
+    plan: SlabPlan, v: GroupedView, device: torch.device, bytes_per_value: int, settings: KernelSettings
+) -> int:
     """How many slabs per SM fit L2_SHARE of the L2 together."""
-    return int(l2_bytes(device) * L2_SHARE // (sm_count(device) * plan.block_c * v.L * bytes_per_value))
+    slab_bytes = sm_count(device, settings) * plan.block_c * v.L * bytes_per_value
+    return int(l2_bytes(device, settings) * L2_SHARE // slab_bytes)
 
 
-def l2_bytes(device: torch.device) -> int:
-    if PLAN_FOR is not None:
-        return PLAN_FOR[1]
+def l2_bytes(device: torch.device, settings: KernelSettings = DEFAULT) -> int:
+    if settings.plan_for is not None:
+        return settings.plan_for[1]
     if device.type == "cuda":
         return _cuda_l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
     return 50 * 2**20  # the interpreter: any size works; an H100's
@@ -362,9 +369,9 @@ def _cuda_l2_bytes(index: int) -> int:
     return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 50 * 2**20)
 
 
-def sm_count(device: torch.device) -> int:
-    if PLAN_FOR is not None:
-        return PLAN_FOR[0]
+def sm_count(device: torch.device, settings: KernelSettings = DEFAULT) -> int:
+    if settings.plan_for is not None:
+        return settings.plan_for[0]
     if device.type == "cuda":
         return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 1  # the interpreter: one program at a time anyway
@@ -375,10 +382,10 @@ def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def target_programs(device: torch.device, per_sm: int | None = None) -> int:
+def target_programs(device: torch.device, per_sm: int | None = None, settings: KernelSettings = DEFAULT) -> int:
     """Programs to launch: per_sm (PROGRAMS_PER_SM) on each SM of a GPU, few under the interpreter."""
-    if PLAN_FOR is not None or (device.type == "cuda" and not _interpreting()):
-        return (PROGRAMS_PER_SM if per_sm is None else per_sm) * sm_count(device)
+    if settings.plan_for is not None or (device.type == "cuda" and not _interpreting()):
+        return (PROGRAMS_PER_SM if per_sm is None else per_sm) * sm_count(device, settings)
     return INTERPRETER_PROGRAMS
 
 
@@ -388,7 +395,7 @@ def _interpreting() -> bool:
     return bool(knobs.runtime.interpret)
 
 
-def split_plan(v: GroupedView, device: torch.device) -> SplitPlan:
+def split_plan(v: GroupedView, device: torch.device, settings: KernelSettings = DEFAULT) -> SplitPlan:
     if v.channels_inner:
         block_c = min(next_pow2(v.C), MAX_CHANNELS_INNER)
         block_l = min(next_pow2(v.L), max(1, TILE_ELEMENTS // block_c))
@@ -398,7 +405,7 @@ def split_plan(v: GroupedView, device: torch.device) -> SplitPlan:
     channel_blocks = -(-v.C // block_c)
     l_blocks = -(-v.L // block_l)
     tiles = v.K * l_blocks
-    splits = min(tiles, max(1, -(-target_programs(device) // (v.B * channel_blocks))))
+    splits = min(tiles, max(1, -(-target_programs(device, settings=settings) // (v.B * channel_blocks))))
     per = -(-tiles // splits)
     splits = -(-tiles // per)
     return SplitPlan(block_c, block_l, channel_blocks, l_blocks, tiles, per, splits, _warps(block_c * block_l))
@@ -430,17 +437,19 @@ class CoopPlan:
         return self.units * self.gblk * self.items_per_block
 
 
-def coop_plan(v: GroupedView, device: torch.device, element_size: int) -> CoopPlan | None:
+def coop_plan(
+    v: GroupedView, device: torch.device, element_size: int, settings: KernelSettings = DEFAULT
+) -> CoopPlan | None:
     """The coop tiling, or None where groups do not align with channel blocks (the split path then).
 
     Tiles as split_plan, then narrower channel blocks (at least a memory sector wide in channels_last)
     until one unit, the values behind a statistic, takes at most half the L2 share in backward (x and
     dy), so that a unit plus a round of items from every program fit together.
     """
-    if FORCE_PATH == "split":
+    if settings.force_path == "split":
         return None
-    budget = L2_SHARE * l2_bytes(device)
-    sp = split_plan(v, device)
+    budget = L2_SHARE * l2_bytes(device, settings)
+    sp = split_plan(v, device, settings)
     block_c, block_l = sp.block_c, sp.block_l
     min_c = max(1, SECTOR_BYTES // element_size) if v.channels_inner else 1
     while block_c > 1 and v.cg % block_c and block_c % v.cg:  # groups must align with channel blocks
@@ -458,7 +467,7 @@ def coop_plan(v: GroupedView, device: torch.device, element_size: int) -> CoopPl
     gblk = max(1, v.cg // block_c)
     l_blocks = -(-v.L // block_l)
     tiles = v.K * l_blocks
-    programs = target_programs(device, COOP_PROGRAMS_PER_SM)
+    programs = target_programs(device, COOP_PROGRAMS_PER_SM, settings)
     tile_bytes = block_c * block_l * element_size
     tps = max(1, min(tiles, COOP_ITEM_BYTES // tile_bytes))
 

@@ -1,10 +1,11 @@
 """The launches impl=triton makes for a shape, as an H100 would see them, recorded without a GPU.
 
-The autograd Function runs forward and backward on meta tensors (no data, no device) with every Triton
-kernel replaced by a recorder, and `layout.PLAN_FOR` set so the heuristics plan for the given SMs and
-L2 size. What comes out is each pass's kernel launches (kernel, grid, arguments, constexprs) and the
-torch operators it runs (each of those is a launch on a GPU too). Used by `compile_check plans` (compile
-exactly what the dispatch picks), `traffic` (bytes from HBM) and the launch-count tests.
+The autograd Function runs forward and backward on meta tensors (no data, no device) with its
+kernels (`norm_function.Kernels`) recorders, and `KernelSettings.plan_for` set so the heuristics plan
+for the given SMs and L2 size. What comes out is each pass's kernel launches (kernel, grid, arguments,
+constexprs) and the torch operators it runs (each of those is a launch on a GPU too). Used by
+`compile_check plans` (compile exactly what the dispatch picks), `traffic` (bytes from HBM) and the
+launch-count tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+from normbench.kernels.settings import KernelSettings
 
 H100 = (132, 50 * 2**20)  # SMs, L2 bytes: an H100 SXM (NVIDIA H100 Tensor Core GPU datasheet)
 
@@ -29,23 +32,6 @@ NORMS = ("bn", "ln", "in", "gn")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 LAYOUTS = ("contiguous", "channels_last")
 GN_GROUPS = 32  # conf/norm/gn.yaml
-
-# The kernels norm_function launches.
-KERNELS = {
-    "fused_forward",
-    "fused_backward",
-    "looped_forward",
-    "looped_backward",
-    "partial_moments",
-    "combine_moments",
-    "update_running",
-    "normalize",
-    "partial_grad_sums",
-    "combine_grad_sums",
-    "input_grad",
-    "coop_forward",
-    "coop_backward",
-}
 
 # Operators that allocate, reshape or alias: no kernel on a GPU.
 _NO_KERNEL = {
@@ -65,6 +51,8 @@ _NO_KERNEL = {
     "unsqueeze",
     "squeeze",
     "select",
+    "split_with_sizes",
+    "narrow",
     "unbind",
     "slice",
     "reshape",
@@ -128,38 +116,19 @@ class _TorchOps(TorchDispatchMode):
 
 
 @contextlib.contextmanager
-def kernels_replaced(stand_in, plan_for: tuple[int, int] | None = H100):
-    """Replace every kernel norm_function launches by `stand_in(kernel)` and plan as if on `plan_for`
-    (SMs, L2 bytes; None keeps the device's own plans), restoring both on exit."""
-    from normbench.kernels import coop, fused, layout, split
-
-    saved = {}
-    for module in (coop, fused, split):
-        for name, obj in vars(module).items():
-            if name in KERNELS:  # not the @triton.jit helpers: kernels call those by their global name
-                saved[(module, name)] = obj
-    old_plan = layout.PLAN_FOR
-    try:
-        for (module, name), obj in saved.items():
-            setattr(module, name, stand_in(obj))
-        layout.PLAN_FOR = plan_for
-        yield
-    finally:
-        layout.PLAN_FOR = old_plan
-        for (module, name), obj in saved.items():
-            setattr(module, name, obj)
-
-
-@contextlib.contextmanager
-def recording(run: bool = False, plan_for: tuple[int, int] | None = H100):
-    """Yield a list that gets one `Pass` per `begin(...)` call: the launches made until the next one.
+def recording(run: bool = False):
+    """Yield (passes, kernels): `passes` gets one `Pass` per `passes.append(Pass())`, holding the launches
+    that the calls given `kernels` (norm_forward's argument) make until the next one, and the torch
+    operators anything runs meanwhile.
 
     With run=False the kernels are not launched (for meta tensors); with run=True they are, so a test
-    can count the launches of a real (interpreted) call. plan_for=None keeps the device's own plans.
+    can count the launches of a real (interpreted) call.
     """
+    from normbench.kernels.norm_function import KERNELS
+
     passes: list[Pass] = [Pass()]
-    with kernels_replaced(lambda kernel: _Recorder(kernel, passes, run), plan_for), _TorchOps(passes):
-        yield passes
+    with _TorchOps(passes):
+        yield passes, KERNELS.replaced(lambda kernel: _Recorder(kernel, passes, run))
 
 
 def norm_kwargs(norm: str, x: torch.Tensor, train: bool = True) -> dict:
@@ -187,9 +156,14 @@ def function_inputs(
     train: bool = True,
     virtual_batch: int | None = None,
     device="meta",
+    settings: KernelSettings | None = None,
+    kernels=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple]:
     """(x, weight, bias, the Function's other arguments) of an affine layer, x and the parameters
-    requiring grad (uninitialized: on meta tensors by default)."""
+    requiring grad (uninitialized: on meta tensors by default), planned with `settings` (an H100's by
+    default) and launching `kernels` (norm_function.KERNELS by default)."""
+    from normbench.kernels.norm_function import KERNELS
+
     x = make_input(shape, dtype, layout_name, device).requires_grad_()
     c = shape[1]
     weight = torch.empty(c, device=device, requires_grad=True)
@@ -205,6 +179,8 @@ def function_inputs(
         kw.get("running_var"),
         kw.get("use_batch_stats", True),
         kw.get("factor", 0.0),
+        KernelSettings(plan_for=H100) if settings is None else settings,
+        KERNELS if kernels is None else kernels,
     )
     return x, weight, bias, args
 
@@ -218,24 +194,22 @@ def trace(
     train: bool = True,
     virtual_batch: int | None = None,
     plan_for: tuple[int, int] = H100,
-    cooperative: bool | None = None,
+    cooperative: bool = False,
+    force_path: str | None = None,
 ) -> dict[str, Pass]:
-    """{"fwd": Pass, "bwd": Pass} of one forward and backward of an affine layer, on meta tensors.
-    cooperative: plan with layout.COOPERATIVE set so (restored after); None: as it is."""
-    from normbench.kernels import layout
+    """{"fwd": Pass, "bwd": Pass} of one forward and backward of an affine layer, on meta tensors, planned
+    with these KernelSettings."""
     from normbench.kernels.norm_function import _TritonNorm
 
-    x, weight, bias, args = function_inputs(norm, shape, dtype, layout_name, train=train, virtual_batch=virtual_batch)
-    saved = layout.COOPERATIVE
-    try:
-        layout.COOPERATIVE = saved if cooperative is None else cooperative
-        with recording(plan_for=plan_for) as passes:
-            y = _TritonNorm.apply(x, weight, bias, args)
-            dy = torch.empty_like(y)
-            passes.append(Pass())
-            torch.autograd.grad(y, (x, weight, bias), dy)  # no AccumulateGrad: only the Function's work
-    finally:
-        layout.COOPERATIVE = saved
+    settings = KernelSettings(cooperative=cooperative, force_path=force_path, plan_for=plan_for)
+    with recording() as (passes, kernels):
+        inputs = {"train": train, "virtual_batch": virtual_batch, "settings": settings, "kernels": kernels}
+        x, weight, bias, args = function_inputs(norm, shape, dtype, layout_name, **inputs)
+        passes[-1] = Pass()  # the inputs' own operators are not the Function's
+        y = _TritonNorm.apply(x, weight, bias, args)
+        dy = torch.empty_like(y)
+        passes.append(Pass())
+        torch.autograd.grad(y, (x, weight, bias), dy)  # no AccumulateGrad: only the Function's work
     return {"fwd": passes[0], "bwd": passes[1]}
 
 

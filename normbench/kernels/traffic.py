@@ -172,7 +172,7 @@ def model_bytes(norm: str, shape, dtype: torch.dtype, pass_name: str) -> int:
 
 def table(l2_bytes: int | None = None, share: float | None = None, cooperative: bool = False) -> list[dict]:
     """One row per GPU-sweep case and pass: the plan's kernels, planned HBM bytes, the model, the ratio.
-    cooperative: as planned with layout.COOPERATIVE on (the cooperative kernels where they fit)."""
+    cooperative: as planned with KernelSettings.cooperative on (the cooperative kernels where they fit)."""
     from normbench.kernels import layout, trace
 
     l2_bytes = trace.H100[1] if l2_bytes is None else l2_bytes
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--coop", action="store_true", help="plan with layout.COOPERATIVE on")
+    parser.add_argument("--coop", action="store_true", help="plan with KernelSettings.cooperative on")
     rows = table(cooperative=parser.parse_args(argv).coop)
     print(
         "| shape | layout | dtype | norm | pass | kernels | input MB | planned HBM MB | model MB "
