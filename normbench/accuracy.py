@@ -41,7 +41,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from normbench import data as datasets
-from normbench import fastpath, lr_search, models, norms, optim, reuse
+from normbench import fastpath, lr_search, models, norms, optim, reuse, specs
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
 from normbench.evaluation import (
@@ -62,14 +62,13 @@ CURVE_FILE = "curve.csv"
 
 
 def positive_int(value, key: str, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{key} must be a positive int, got {value!r}: {hint}")
-    return value
+    """`value` (an int: the schema typed it) unless it is < 1."""
+    return specs.positive(value, key, hint)
 
 
 def real_number(value, key: str, rule: str, ok, hint: str) -> float:
-    """`value` as a float if it is a finite number with `ok(value)`, else UsageError naming `key`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+    """`value` (a number: the schema typed it) as a float if it is finite with `ok(value)`."""
+    if not math.isfinite(value) or not ok(value):
         raise UsageError(f"{key} must be a finite number {rule}, got {value!r}: {hint}")
     return float(value)
 
@@ -212,7 +211,7 @@ def run(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None = None) ->
     """
     threads = torch.get_num_threads()
     try:
-        with reproducible(bool(cfg.accuracy.get("deterministic", False))):
+        with reproducible(cfg.accuracy.deterministic):
             return measure(cfg, Path(out_dir), shared_dir)
     finally:  # accuracy.cpu_threads is per run: leave the process (a test session, a notebook) as it was
         torch.set_num_threads(threads)

@@ -397,15 +397,15 @@ def test_lr_schedule_warms_up_linearly_then_anneals_to_zero(total, warmup):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["accuracy.batch_size=0"], "accuracy.batch_size must be a positive int"),
+        (["accuracy.batch_size=0"], "accuracy.batch_size must be > 0"),
         (
             ["accuracy.batch_size=12"],
             r"global_batch=64 does not split .* accuracy.batch_size=12: .* 1, 2, 4, 8, 16, 32, 64",
         ),
         (["accuracy.workers=4"], "both fix the samples per step: keep one .*accuracy.workers=null"),
         (["accuracy.global_batch=null"], "set accuracy.global_batch .* or accuracy.workers"),
-        (["accuracy.global_batch=0"], "accuracy.global_batch must be a positive int"),
-        (["accuracy.global_batch=null", "accuracy.workers=0"], "accuracy.workers must be a positive int"),
+        (["accuracy.global_batch=0"], "accuracy.global_batch must be > 0"),
+        (["accuracy.global_batch=null", "accuracy.workers=0"], "accuracy.workers must be > 0"),
         (["accuracy.batch_size=64", "accuracy.global_batch=256"], "more than the 128 training samples"),
         (["accuracy.precise_bn_samples=1000"], "precise_bn_samples=1000 must lie between K=16 and the 128"),
         (
@@ -453,7 +453,7 @@ def test_a_failed_run_in_a_multirun_records_failure_and_returns(tmp_path):
     cfg = hydra_job(tmp_path, "accuracy.batch_size=0", mode=RunMode.MULTIRUN)
     cli.run_job(accuracy.run, cfg)  # does not raise: the sweep goes on
     failure = json.loads((tmp_path / "failure.json").read_text())
-    assert "accuracy.batch_size must be a positive int" in failure["error"]
+    assert "accuracy.batch_size must be > 0" in failure["error"]
     assert not (tmp_path / "rows.csv").exists()
 
 
