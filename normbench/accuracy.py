@@ -292,7 +292,7 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "norm_position": cfg.model.get("norm_position", "before"),
         "norm_options": " ".join(f"{key}={v}" for key, v in sorted(norm_options.items()) if key != "virtual_batch"),
         "protocol": split.protocol,
-        "batch_size": split.k,
+        "norm_batch": split.k,
         "workers": split.workers,
         "global_batch": split.global_batch,
         "lr": result["lr"],
@@ -317,7 +317,7 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "device_name": device_name(device),
         "torch_version": torch.__version__,
     }
-    ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
+    ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "norm_batch", "workers", "seed")}
     write_curve(out_dir, [{**ids, **point} for point in curve])
     log.info(
         "%s K=%d W=%d: test acc %.4f (PreciseBN %s, batch stats %s)%s",

@@ -80,7 +80,7 @@ def test_a_sweep_refuses_a_directory_that_holds_results(toy):
     assert "already holds results" in second.stderr and "hydra.sweep.dir" in second.stderr
     after = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
     assert after == before  # not one byte of the first sweep changed
-    assert pd.read_csv(sweep / "summary.csv")["batch_size"].tolist() == [2, 3]
+    assert pd.read_csv(sweep / "summary.csv")["norm_batch"].tolist() == [2, 3]
 
 
 def test_two_sweeps_cannot_claim_one_directory(tmp_path):
