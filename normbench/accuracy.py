@@ -119,7 +119,7 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> to
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def norm_factory(cfg: DictConfig, batch_size: int):
+def norm_factory(cfg: DictConfig, k: int):
     """channels -> norm module, from the `norm` node (its `groups` the only groups key), the sweep's
     options for this norm (`norm_options.<norm>`), and for norms with statistics over samples (bn, brn,
     evonorm_b0) the per-worker statistics (virtual batch = K). Also returns those options, with groups."""
@@ -133,7 +133,7 @@ def norm_factory(cfg: DictConfig, batch_size: int):
         )
     options = dict(extra)
     if not norms.batch_independent(name):
-        options["virtual_batch"] = batch_size
+        options["virtual_batch"] = k
     groups = cfg.norm.get("groups")
 
     def make(channels: int) -> nn.Module:
