@@ -41,7 +41,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from normbench import data as datasets
-from normbench import fastpath, lr_search, models, norms, optim, reuse
+from normbench import fastpath, lr_search, models, norms, optim, reuse, specs
 from normbench.device import device_name, resolve_device
 from normbench.errors import UsageError
 from normbench.evaluation import (
@@ -62,14 +62,13 @@ CURVE_FILE = "curve.csv"
 
 
 def positive_int(value, key: str, hint: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{key} must be a positive int, got {value!r}: {hint}")
-    return value
+    """`value` (an int: the schema typed it) unless it is < 1."""
+    return specs.positive(value, key, hint)
 
 
 def real_number(value, key: str, rule: str, ok, hint: str) -> float:
-    """`value` as a float if it is a finite number with `ok(value)`, else UsageError naming `key`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+    """`value` (a number: the schema typed it) as a float if it is finite with `ok(value)`."""
+    if not math.isfinite(value) or not ok(value):
         raise UsageError(f"{key} must be a finite number {rule}, got {value!r}: {hint}")
     return float(value)
 
@@ -120,7 +119,7 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> to
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def norm_factory(cfg: DictConfig, batch_size: int):
+def norm_factory(cfg: DictConfig, k: int):
     """channels -> norm module, from the `norm` node (its `groups` the only groups key), the sweep's
     options for this norm (`norm_options.<norm>`), and for norms with statistics over samples (bn, brn,
     evonorm_b0) the per-worker statistics (virtual batch = K). Also returns those options, with groups."""
@@ -134,7 +133,7 @@ def norm_factory(cfg: DictConfig, batch_size: int):
         )
     options = dict(extra)
     if not norms.batch_independent(name):
-        options["virtual_batch"] = batch_size
+        options["virtual_batch"] = k
     groups = cfg.norm.get("groups")
 
     def make(channels: int) -> nn.Module:
@@ -212,7 +211,7 @@ def run(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None = None) ->
     """
     threads = torch.get_num_threads()
     try:
-        with reproducible(bool(cfg.accuracy.get("deterministic", False))):
+        with reproducible(cfg.accuracy.deterministic):
             return measure(cfg, Path(out_dir), shared_dir)
     finally:  # accuracy.cpu_threads is per run: leave the process (a test session, a notebook) as it was
         torch.set_num_threads(threads)
@@ -293,7 +292,7 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "norm_position": cfg.model.get("norm_position", "before"),
         "norm_options": " ".join(f"{key}={v}" for key, v in sorted(norm_options.items()) if key != "virtual_batch"),
         "protocol": split.protocol,
-        "batch_size": split.k,
+        "norm_batch": split.k,
         "workers": split.workers,
         "global_batch": split.global_batch,
         "lr": result["lr"],
@@ -318,7 +317,7 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
         "device_name": device_name(device),
         "torch_version": torch.__version__,
     }
-    ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "batch_size", "workers", "seed")}
+    ids = {key: row[key] for key in ("norm", "impl", "dataset", "model", "norm_batch", "workers", "seed")}
     write_curve(out_dir, [{**ids, **point} for point in curve])
     log.info(
         "%s K=%d W=%d: test acc %.4f (PreciseBN %s, batch stats %s)%s",

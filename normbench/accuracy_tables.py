@@ -54,7 +54,7 @@ def long_errors(acc: pd.DataFrame) -> pd.DataFrame:
 
 
 GROUP_COLUMNS = ("input", "dataset", "model", "impl", "setup", "epochs", "norm_position")  # input: never pooled
-RUN_KEYS = ["batch_size", "norm"]
+RUN_KEYS = ["norm_batch", "norm"]
 
 
 def accuracy_groups(acc: pd.DataFrame) -> list[str]:
@@ -67,7 +67,7 @@ def accuracy_groups(acc: pd.DataFrame) -> list[str]:
 def accuracy_stats(acc: pd.DataFrame) -> pd.DataFrame:
     """Per (group,) K, norm and evaluation: seeds, mean and sd of the test error (%)."""
     long = long_errors(with_setup(acc))
-    keys = accuracy_groups(long) + ["batch_size", "norm", "evaluation"]
+    keys = accuracy_groups(long) + ["norm_batch", "norm", "evaluation"]
     stats = long.groupby(keys, dropna=False)["test_error"].agg(n="count", mean="mean", sd="std").reset_index()
     order = {"norm": norm_order(), "evaluation": EVALUATION_ORDER}
     return stats.sort_values(keys, key=lambda s: rank(s, order[s.name]) if s.name in order else s)
@@ -94,7 +94,7 @@ def accuracy_table(stats: pd.DataFrame) -> pd.DataFrame:
     stats = stats.assign(series=[series_name(n, e) for n, e in zip(stats["norm"], stats["evaluation"])])
     columns = list(dict.fromkeys(stats["series"]))  # stats come sorted by norm, then evaluation
     rows = []
-    for k, g in stats.groupby("batch_size"):
+    for k, g in stats.groupby("norm_batch"):
         row: dict[str, Any] = {"K": int(k) if float(k).is_integer() else k}
         for name in columns:
             r = g[g["series"] == name]
@@ -117,7 +117,7 @@ def _independent(norm: str) -> bool:
 
 def _err(stats: pd.DataFrame, norm: str, evaluation: str, k) -> str | None:
     """`mean ± sd%` of one norm's test error at K under one evaluation, or None where it did not run."""
-    r = stats[(stats["norm"] == norm) & (stats["evaluation"] == evaluation) & (stats["batch_size"] == k)]
+    r = stats[(stats["norm"] == norm) & (stats["evaluation"] == evaluation) & (stats["norm_batch"] == k)]
     if r.empty:
         return None
     mean, sd, n = r["mean"].iloc[0], r["sd"].iloc[0], int(r["n"].iloc[0])
@@ -128,7 +128,7 @@ def _identical_across_k(runs: pd.DataFrame) -> bool:
     """Whether every seed's runs give the same test accuracy at every K (K-invariant, as it must be at
     a fixed global batch for a norm whose statistics do not span samples)."""
     return (
-        bool((runs.groupby("seed")["test_acc"].nunique(dropna=False) == 1).all()) and runs["batch_size"].nunique() > 1
+        bool((runs.groupby("seed")["test_acc"].nunique(dropna=False) == 1).all()) and runs["norm_batch"].nunique() > 1
     )
 
 
@@ -138,10 +138,10 @@ def headline(acc: pd.DataFrame) -> str:
     largest), and the norms that do not depend on it."""
     acc = with_setup(acc)
     stats = accuracy_stats(acc)
-    ks = sorted(stats["batch_size"].unique())
+    ks = sorted(stats["norm_batch"].unique())
     small = ks[0]
     large = 32 if 32 in ks and small != 32 else ks[-1]
-    seeds = acc.groupby(["norm", "batch_size"])["seed"].nunique()
+    seeds = acc.groupby(["norm", "norm_batch"])["seed"].nunique()
     spread = f"mean ± sd over {seeds.min()} seeds" if seeds.min() > 1 else "one seed, so no spread"
     setup = acc["setup"].iloc[0]
     by_construction = setup.endswith("per step")  # at a fixed global batch, K cannot reach their training
@@ -203,7 +203,7 @@ def paired_to_baseline(acc: pd.DataFrame, baseline: str = "bn") -> pd.DataFrame:
     both ran; empty where the baseline did not run or fewer than 2 seeds match."""
     long = long_errors(with_setup(acc))
     long = long[long["evaluation"] == "running"]
-    keys = accuracy_groups(long) + ["batch_size"]
+    keys = accuracy_groups(long) + ["norm_batch"]
     rows = []
     for key, g in long.groupby(keys, dropna=False):
         base = g[g["norm"] == baseline].drop_duplicates("seed").set_index("seed")["test_error"]
@@ -231,7 +231,7 @@ def paired_to_baseline(acc: pd.DataFrame, baseline: str = "bn") -> pd.DataFrame:
 def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
     """One group's paired differences: a row per K (large to small), a column per norm, `d [low, high]`."""
     rows = []
-    for k, g in paired.groupby("batch_size"):
+    for k, g in paired.groupby("norm_batch"):
         row: dict[str, Any] = {"K": int(k) if float(k).is_integer() else k}
         for r in g.sort_values("norm", key=lambda s: rank(s, norm_order())).itertuples():
             row[f"{r.norm} - {r.baseline}"] = f"{r.estimate:+.2f} [{r.low:+.2f}, {r.high:+.2f}]"
@@ -240,13 +240,13 @@ def paired_table(paired: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("K", ascending=False).reset_index(drop=True)
 
 
-LR_KEYS = ("norm", "norm_position", "batch_size", "global_batch", "epochs")
+LR_KEYS = ("norm", "norm_position", "norm_batch", "global_batch", "epochs")
 
 
 def _lr_order(values: pd.Series) -> pd.Series:
     if values.name == "norm":
         return rank(values, norm_order())
-    return pd.to_numeric(values, errors="coerce") if values.name == "batch_size" else values
+    return pd.to_numeric(values, errors="coerce") if values.name == "norm_batch" else values
 
 
 def lr_curves(acc: pd.DataFrame) -> pd.DataFrame:
@@ -258,7 +258,7 @@ def lr_curves(acc: pd.DataFrame) -> pd.DataFrame:
     runs = acc[acc["lr_grid"].notna()].copy()
     # A norm that cannot see K searched once for every K (normbench/accuracy.py, choose_lr): one row, K "any".
     shared = runs["norm"].map(_independent) & (runs["protocol"] == "global_batch" if "protocol" in runs else False)
-    runs["batch_size"] = runs["batch_size"].astype(object).where(~shared, "any")
+    runs["norm_batch"] = runs["norm_batch"].astype(object).where(~shared, "any")
     runs = runs.drop_duplicates(keys + ["lr_grid"])
     runs = runs.sort_values(keys, key=_lr_order)
     return runs[keys].assign(

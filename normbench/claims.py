@@ -112,7 +112,7 @@ def select(acc: pd.DataFrame, norm: str, k: int, global_batch: int, position: st
     pos = acc["norm_position"] if "norm_position" in acc else pd.Series("before", index=acc.index)
     keep = (
         (acc["norm"] == norm)
-        & (_num(acc, "batch_size") == k)
+        & (_num(acc, "norm_batch") == k)
         & (_num(acc, "global_batch") == global_batch)
         & (pos.fillna("before") == position)
     )

@@ -15,16 +15,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from normbench import catalog
+from normbench import catalog, specs  # specs: the configs' schemas, registered before Hydra composes
 from normbench.errors import Unsupported, UsageError
 from normbench.provenance import versions
 from normbench.results import planned_jobs, write_failure, write_rows
@@ -65,14 +67,6 @@ def version_text(command: str) -> str:
     )
 
 
-def check_common(cfg: DictConfig) -> None:
-    """The keys every app shares, checked before the job starts: `seed` is an int (Hydra reads
-    `seed=1.5` as a float and `seed=x` as a string; neither may run as something else)."""
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UsageError(f"seed must be an int, got {seed!r}: e.g. seed=0, or seed=0,1,2 in a sweep")
-
-
 def job_progress(sweep_dir: str | Path, num: int) -> str | None:
     """ "job 3 of 72: norm=gn accuracy.batch_size=4 seed=1", from the planned jobs the sweep recorded
     in run.json at its start (normbench.callbacks); None where it recorded none."""
@@ -95,7 +89,6 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
         if progress:
             log.info("%s", progress)
     try:
-        check_common(cfg)
         rows = job(cfg, out)
     except Exception as exc:
         write_failure(out, exc, list(hc.overrides.task))
@@ -130,19 +123,34 @@ def _app(app: str, hydra_main: Callable[[], None]) -> None:
     elif "--list" in flags:
         print(catalog.listing(CONFIGS, app))
     else:
+        # Hydra reports a config it cannot compose (a key the schema does not know, a value of the wrong
+        # type or outside a choice) in several lines; with HYDRA_FULL_ERROR it raises instead, and this
+        # prints it as one. A user who set HYDRA_FULL_ERROR gets Hydra's full trace.
+        full = os.environ.get("HYDRA_FULL_ERROR")
+        os.environ["HYDRA_FULL_ERROR"] = "1"
         try:
             hydra_main()
+        except HydraException as exc:
+            if full:
+                raise
+            print(f"error: {specs.one_line(exc)}", file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt:
             # Ctrl-C: no traceback. A sweep's exit hook (normbench.callbacks) still reports what finished
             # and prints its one line; a single run says it here.
             if not ({"-m", "--multirun"} & set(flags) or "hydra.mode=MULTIRUN" in flags):
                 print(f"error: normbench-{app} was interrupted (Ctrl-C)", file=sys.stderr)
             sys.exit(130)
+        finally:
+            if full is None:
+                del os.environ["HYDRA_FULL_ERROR"]
+            else:
+                os.environ["HYDRA_FULL_ERROR"] = full
 
 
 @hydra.main(config_path=CONFIGS, config_name="speed", version_base="1.3")
 def _speed(cfg: DictConfig) -> None:
-    from normbench import speed as speed_job
+    from normbench import speed_job
 
     run_job(speed_job.run, cfg)
 

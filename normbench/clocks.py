@@ -39,8 +39,6 @@ from normbench.errors import UsageError
 from normbench.timing import Timing, clear_grads, quantiles
 
 CLOCKS = ("wall", "graph", "kineto", "host")
-DEVICE_CLOCKS = ("graph", "kineto")
-L2_MODES = ("cold", "warm")
 L2_RATIO = 3  # rotating copies hold more than 3x the L2 (QuACK's target_ratio)
 MAX_COPIES = 256  # graph nodes and memory bound the rotation: inputs < 3 L2 / 256 rotate less
 REPLAYS = 10  # graph replays (and kineto chunks) per row: device_p20 / device_p80 come from them
@@ -73,21 +71,6 @@ def parse_clocks(value) -> list[str]:
             "e.g. speed.clocks=[wall,kineto]"
         )
     return list(dict.fromkeys(items))
-
-
-def check_clock_config(sp) -> None:
-    """speed.clocks, speed.device_clock and speed.l2: one line naming the choices when one is wrong."""
-    parse_clocks(sp.get("clocks", "all"))
-    if sp.get("device_clock", "graph") not in DEVICE_CLOCKS:
-        raise UsageError(
-            f"unknown speed.device_clock {sp.get('device_clock')!r}: use speed.device_clock=graph (CUDA-graph "
-            "replay) or speed.device_clock=kineto (the profiler's kernel times)"
-        )
-    if sp.get("l2", "cold") not in L2_MODES:
-        raise UsageError(
-            f"unknown speed.l2 {sp.get('l2')!r}: use speed.l2=cold (rotating buffers over 3x the L2, the "
-            "default) or speed.l2=warm (one resident buffer)"
-        )
 
 
 # ------------------------------------------------------------------------------------- the backend

@@ -28,7 +28,7 @@ from normbench.plots import _save, label
 CONFIG_KEYS = {
     "speed": ["model", "norm", "impl", "pass", "batch_size", "shape", "dtype", "layout", "groups"],
     "benchmark": ["group", "benchmark"],
-    "accuracy": ["dataset", "model", "norm", "impl", "batch_size", "workers", "epochs", "norm_position"],
+    "accuracy": ["dataset", "model", "norm", "impl", "norm_batch", "workers", "epochs", "norm_position"],
 }
 COMPARE_MD, COMPARE_HTML, COMPARE_CSV, COMPARE_PNG = "compare.md", "compare.html", "compare.csv", "compare.png"
 

@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import OmegaConf
 from torch import nn
 
 from normbench import clocks, models, norms, speed
 from normbench.errors import UsageError
+from normbench.specs import SpeedJob
 
 log = logging.getLogger("normbench")
 
@@ -45,15 +46,9 @@ class LayerInput:
     layout: str
 
 
-def model_mode(cfg: DictConfig) -> bool:
-    """Whether the job takes its shapes from a model (`shape=model`, i.e. `shape.model` is set)."""
-    node = cfg.get("shape")
-    return isinstance(node, DictConfig) and node.get("model") is not None
-
-
-def model_name(cfg: DictConfig) -> str:
+def model_name(job: SpeedJob) -> str:
     """The model as rows name it (resnet20, resnet50), as the accuracy job names it."""
-    return models.name_of(cfg.shape.model)
+    return models.name_of(job.model)
 
 
 def num_features(module: nn.Module) -> int:
@@ -91,62 +86,63 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[
     return seen
 
 
-def build_model(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, list[str]]:
-    """The model with cfg.norm x cfg.impl in place of its norm layers, in training mode on `device`."""
-    model = models.from_config(cfg.shape.model, key="shape.model", example="normbench.models.resnet20")
+def build_model(job: SpeedJob, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, list[str]]:
+    """The model with job.norm x job.impl in place of its norm layers, in training mode on `device`."""
+    node = OmegaConf.create(job.model)
+    model = models.from_config(node, key="shape.model", example="normbench.models.resnet20")
     # The norm node alone gives the options: norm.groups, 8 for resnet20 (conf/model_norm/model_gn.yaml).
-    names = swap_norms(model, lambda c: norms.build_from_config(cfg.norm, c, impl=cfg.impl, device=device, dtype=dtype))
+    names = swap_norms(
+        model, lambda c: norms.build_from_config(job.norm_node, c, impl=job.impl, device=device, dtype=dtype)
+    )
     if not names:
         raise UsageError(
-            f"model {cfg.shape.model._target_} has no norm layer normbench can swap (BatchNorm*d, InstanceNorm*d, "
+            f"model {node.get('_target_')} has no norm layer normbench can swap (BatchNorm*d, InstanceNorm*d, "
             "GroupNorm or a normbench norm): pick a model with some"
         )
     model = model.to(device=device, dtype=dtype).train()
-    if cfg.layout == "channels_last":
+    if job.layout == "channels_last":
         model = model.to(memory_format=torch.channels_last)
     return model, names
 
 
-def model_input(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def model_input(job: SpeedJob, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A batch of speed.batch_size random samples of shape.input (C, *spatial), in the job's layout."""
-    sample = list(cfg.shape.get("input") or [])
-    if not sample or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sample):
-        raise UsageError(
-            f"shape.input must be one sample's (C, *spatial) as positive ints, got {sample}: e.g. shape.input=[3,32,32]"
-        )
-    shape = (speed._number(cfg.speed.batch_size, "speed.batch_size", "e.g. 8", integer=True), *sample)
-    x = speed.make_input(shape, dtype, cfg.layout, device)
+    sample = job.model_input or ()
+    if not sample or any(s < 1 for s in sample):
+        raise UsageError(f"shape.input must be one sample's (C, *spatial), all > 0, got {list(sample)}: e.g. [3,32,32]")
+    x = speed.make_input((job.batch_size, *sample), dtype, job.layout, device)
     return x.detach()  # the step needs no input gradient: a network's input is data
 
 
-def time_model(cfg: DictConfig, passes, dtype: torch.dtype, device: torch.device, peak_dir: Path) -> list[dict]:
+def time_model(job: SpeedJob, dtype: torch.dtype, device: torch.device, peak_dir: Path) -> list[dict]:
     """Rows for every distinct norm input of the model (per pass), then one row for the whole step."""
-    torch.manual_seed(cfg.seed)  # the same weights and input for every norm and implementation
-    model, names = build_model(cfg, dtype, device)
-    x = model_input(cfg, dtype, device)
+    torch.manual_seed(job.seed)  # the same weights and input for every norm and implementation
+    model, names = build_model(job, dtype, device)
+    x = model_input(job, dtype, device)
     try:
         inputs = capture_inputs(model, x, names)
     except UsageError as exc:
-        raise UsageError(f"norm={cfg.norm.name} cannot run in model {model_name(cfg)}: {exc}") from None
-    name = model_name(cfg)
+        raise UsageError(f"norm={job.norm} cannot run in model {model_name(job)}: {exc}") from None
+    name = model_name(job)
     log.info("%s: %d norm layers, %d distinct inputs", name, len(names), len(inputs))
     pk, rows = None, []
     for i, (inp, layers) in enumerate(sorted(inputs.items(), key=lambda kv: -len(kv[1]))):
-        layer = norms.build_from_config(cfg.norm, inp.shape[1], impl=cfg.impl, device=device, dtype=inp.dtype).train()
+        layer = norms.build_from_config(job.norm_node, inp.shape[1], impl=job.impl, device=device, dtype=inp.dtype)
+        layer = layer.train()
         layout = inp.layout if inp.layout in speed.LAYOUTS else "contiguous"  # a strided view: timed contiguous
         lx = speed.make_input(inp.shape, inp.dtype, layout, device)
-        first_call_s = speed._first_call(layer, lx)
-        pk = pk or speed.peak(cfg, device, peak_dir)
+        first_call_s = speed.first_call(layer, lx)
+        pk = pk or speed.peak(job, device, peak_dir)
         extra = {"model": name, "layers": len(layers), "layer_names": " ".join(layers)}
         # The wrapper costs the same at every shape: measured once, at the first.
         rows += speed.time_layer(
-            cfg, layer, lx, passes, pk, first_call_s, extra=extra, wrapper=cfg.impl == "native" and i == 0
+            job, layer, lx, job.passes, pk, first_call_s, extra=extra, wrapper=job.impl == "native" and i == 0
         )
-    rows.append(step_row(cfg, model, x, names, rows))
+    rows.append(step_row(job, model, x, names, rows))
     return rows
 
 
-def step_row(cfg: DictConfig, model: nn.Module, x: torch.Tensor, names: list[str], layer_rows: list[dict]) -> dict:
+def step_row(job: SpeedJob, model: nn.Module, x: torch.Tensor, names: list[str], layer_rows: list[dict]) -> dict:
     """The model's forward + backward, timed as a whole (no optimizer step; conv and the rest eager)."""
     # Every layer checked its input in the capturing forward; inside the step the norm layers skip
     # those checks, as the per-layer rows do, so the step holds what a torch.nn model would run.
@@ -167,21 +163,21 @@ def step_row(cfg: DictConfig, model: nn.Module, x: torch.Tensor, names: list[str
             model(x).backward(dy)
 
         with clocks.preserved_buffers(model):  # BatchNorm's running statistics as before the step
-            timed = speed.time_pass(cfg, lambda i: (step, params), x.device, "the step")
+            timed = speed.time_pass(job.timing, lambda i: (step, params), x.device, "the step")
     except clocks.CaptureFailed as exc:
         timed = {"status": "skipped", "error": str(exc)}
-        log.warning("%s step with %s %s skipped: %s", model_name(cfg), cfg.norm.name, cfg.impl, str(exc))
+        log.warning("%s step with %s %s skipped: %s", model_name(job), job.norm, job.impl, str(exc))
     finally:
         for m in layers:
             del m.check_input
     share = norm_ms(layer_rows)
     row = {
-        **speed.base_row(cfg, tuple(x.shape), x.device),
-        "model": model_name(cfg),
+        **speed.base_row(job, tuple(x.shape), x.device),
+        "model": model_name(job),
         "layers": len(names),
         "pass": "step",
         **timed,
-        "compile_s": first_call_s if cfg.impl == "compiled" else None,
+        "compile_s": first_call_s if job.impl == "compiled" else None,
         "norm_ms": share,
         "norm_share": None if share is None or "device_ms" not in timed else 100 * share / timed["device_ms"],
     }

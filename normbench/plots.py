@@ -184,7 +184,7 @@ def _mean_ci(values: pd.Series) -> tuple[float, float]:
 
 def _invariant(runs: pd.DataFrame) -> bool:
     """Whether every seed gives one value at every K: a norm trained once and reused across K."""
-    return runs["batch_size"].nunique() > 1 and bool((runs.groupby("seed")["test_error"].nunique() == 1).all())
+    return runs["norm_batch"].nunique() > 1 and bool((runs.groupby("seed")["test_error"].nunique() == 1).all())
 
 
 def accuracy_vs_batch(
@@ -200,7 +200,7 @@ def accuracy_vs_batch(
 
     `acc` holds one row per run and evaluation, with `test_error` (%) and `evaluation`
     (normbench.accuracy_tables.long_errors); without `evaluation` every row counts as eval mode."""
-    acc = acc.dropna(subset=["test_error", "batch_size"])
+    acc = acc.dropna(subset=["test_error", "norm_batch"])
     if acc.empty:
         return None
     if "evaluation" not in acc:
@@ -215,7 +215,7 @@ def accuracy_vs_batch(
     column = iter(axes[0])
     for i, (key, data) in enumerate(groups):
         ax = next(column)
-        ks = sorted(data["batch_size"].unique())
+        ks = sorted(data["norm_batch"].unique())
         have = set(zip(data["norm"], data["evaluation"]))
         for norm in palette:
             several = sum((norm, e) in have for e in EVALUATION_STYLE) > 1
@@ -229,7 +229,7 @@ def accuracy_vs_batch(
                     ax.plot(ks, [mean] * len(ks), ls=ls, color=palette[norm], lw=1.6, label=f"{name} (any K)")
                     ax.fill_between(ks, mean - half, mean + half, color=palette[norm], alpha=0.15, lw=0)
                     continue
-                s = runs.groupby("batch_size")["test_error"].apply(_mean_ci).apply(pd.Series)
+                s = runs.groupby("norm_batch")["test_error"].apply(_mean_ci).apply(pd.Series)
                 ax.errorbar(
                     s.index,
                     s[0],
@@ -242,13 +242,13 @@ def accuracy_vs_batch(
                     lw=1.6,
                     label=name,
                 )
-        _log2_axis(ax, data["batch_size"], invert=True)
+        _log2_axis(ax, data["norm_batch"], invert=True)
         first = data.iloc[0]
         what = ", ".join(str(first[c]) for c in ("dataset", "model") if c in data and pd.notna(first[c]))
         if "epochs" in data and data["epochs"].nunique() == 1 and pd.notna(first["epochs"]):
             what += f", {first['epochs']:g} epochs"
         extra = ", ".join(f"{c}={v}" for c, v in zip(panels, key if isinstance(key, tuple) else (key,)))
-        seeds = data.groupby(["norm", "batch_size"])["seed"].nunique() if "seed" in data else pd.Series([1])
+        seeds = data.groupby(["norm", "norm_batch"])["seed"].nunique() if "seed" in data else pd.Series([1])
         if seeds.max() == 1:
             spread = "one seed each (no error bars)"
         else:
@@ -298,12 +298,12 @@ def _group_of(frame: pd.DataFrame, panels: list[str], key) -> pd.DataFrame:
 def _paired_panel(ax, paired: pd.DataFrame, palette: dict[str, str]) -> None:
     """Each norm's test error minus the baseline's at the same K and seed, with the paired 95% interval."""
     for norm, rows in paired.groupby("norm"):
-        g = rows.sort_values("batch_size")
+        g = rows.sort_values("norm_batch")
         color = palette.get(norm, BASELINE_COLOR)
-        ax.plot(g["batch_size"], g["estimate"], marker="o", ms=4, lw=1.4, color=color, label=norm_label(norm))
-        ax.fill_between(g["batch_size"], g["low"], g["high"], color=color, alpha=0.15, lw=0)
+        ax.plot(g["norm_batch"], g["estimate"], marker="o", ms=4, lw=1.4, color=color, label=norm_label(norm))
+        ax.fill_between(g["norm_batch"], g["low"], g["high"], color=color, alpha=0.15, lw=0)
     ax.axhline(0, color="black", lw=0.8)
-    _log2_axis(ax, paired["batch_size"], invert=True)
+    _log2_axis(ax, paired["norm_batch"], invert=True)
     base = norm_label(str(paired["baseline"].iloc[0]))
     n = int(paired["n"].min())
     ax.set_title(
@@ -326,7 +326,7 @@ def lr_sensitivity(choices: pd.DataFrame, path: str | Path) -> Path | None:
     palette = norm_palette(names)
     for ax, norm in zip(axes[0], names):
         for r in choices[choices["norm"] == norm].itertuples():
-            label = f"K={r.batch_size}, {r.global_batch:g}/step" + (
+            label = f"K={r.norm_batch}, {r.global_batch:g}/step" + (
                 ", after" if getattr(r, "norm_position", "before") == "after" else ""
             )
             line = ax.plot([lr for lr, _ in r.grid], [e for _, e in r.grid], marker="o", ms=3, lw=1.2, label=label)[0]
@@ -470,12 +470,12 @@ def pick_speed(speed: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 def speed_vs_accuracy(speed: pd.DataFrame, acc: pd.DataFrame, path: str | Path) -> Path | None:
     """Per norm: latency (x) against test error (y) at the smallest and the largest batch per worker."""
-    acc = acc.dropna(subset=["test_error", "batch_size"])
+    acc = acc.dropna(subset=["test_error", "norm_batch"])
     if speed.empty or acc.empty:
         return None
     lat, label = pick_speed(speed)
-    small, large = acc["batch_size"].min(), acc["batch_size"].max()
-    err = acc[acc["batch_size"].isin([small, large])].groupby(["norm", "batch_size"])["test_error"].mean()
+    small, large = acc["norm_batch"].min(), acc["norm_batch"].max()
+    err = acc[acc["norm_batch"].isin([small, large])].groupby(["norm", "norm_batch"])["test_error"].mean()
     both = [n for n in _ordered(lat["norm"], norm_order()) if n in err.index.get_level_values(0)]
     if not both:
         return None

@@ -36,7 +36,7 @@ import pandas as pd
 from normbench.benchmark_json import read_benchmark_json
 from normbench.errors import Unsupported, UsageError
 from normbench.provenance import RUN_FILE, load_yaml
-from normbench.schema import RENAMED, SCHEMA, TEXT_COLUMNS, concat, plain, typed
+from normbench.schema import RENAMED, SCHEMA, SCHEMA_VERSION, TEXT_COLUMNS, concat, plain, typed
 
 ROWS_FILE = "rows.csv"
 FAILURE_FILE = "failure.json"
@@ -62,6 +62,7 @@ def write_rows(job_dir: str | Path, rows: list[dict]) -> Path:
     """Write one job's rows (one dict per measurement) as `rows.csv` in its output directory."""
     path = Path(job_dir) / ROWS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**row, "schema_version": SCHEMA_VERSION} for row in rows]
     atomic_write_bytes(path, pd.DataFrame(rows).to_csv(index=False).encode())
     return path
 

@@ -11,6 +11,10 @@ from typing import Any
 
 import pandas as pd
 
+# The rows' format, written on every row (column schema_version). 2: accuracy rows hold K in
+# norm_batch; version 1's (no schema_version) held it in batch_size, which `upgrade` moves on reading.
+SCHEMA_VERSION = 2
+
 # The documented columns: name -> (type, unit, meaning). summary.csv and summary.parquet always hold
 # all of them in this order (then any extra column an input brought), so two sweeps' summaries line up.
 SCHEMA: dict[str, tuple[str, str, str]] = {
@@ -23,6 +27,7 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
     "overrides": ("str", "", "the job's command-line overrides, space separated"),
     "source": ("str", "", "the file the row was read from"),
     "input": ("str", "", "the sweep, run, report or JSON file the row came from (never pooled across)"),
+    "schema_version": ("int", "", "the rows' format (empty: version 1, before norm_batch)"),
     # what was measured
     "norm": ("str", "", "norm name: bn, ln, in, gn, none"),
     "impl": ("str", "", "implementation: reference, native, compiled, triton"),
@@ -32,7 +37,12 @@ SCHEMA: dict[str, tuple[str, str, str]] = {
         "speed: fwd, bwd, fwdbwd; step (a model's forward + backward), wrapper (the module's own cost) or "
         "copy (the self-check's pure copy, norm copy)",
     ),
-    "batch_size": ("int", "samples", "speed: N of the input; accuracy: K, samples per normalization batch"),
+    "batch_size": ("int", "samples", "speed: N of the input (config key speed.batch_size)"),
+    "norm_batch": (
+        "int",
+        "samples",
+        "accuracy: K, samples per normalization batch (config key accuracy.batch_size; before schema 2, batch_size)",
+    ),
     "channels": ("int", "", "speed: C of the input"),
     "spatial": ("str", "", "speed: spatial sizes, e.g. 28x28"),
     "shape": ("str", "", "speed: the input's shape, e.g. 8x64x28x28"),
@@ -178,7 +188,7 @@ ACCURACY_COLUMNS = [
     "dataset",
     "model",
     "protocol",
-    "batch_size",
+    "norm_batch",
     "workers",
     "global_batch",
     "lr",
@@ -225,10 +235,26 @@ def with_clocks(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+def upgrade(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of an older schema in this one's columns: a version-1 accuracy row's K moves from
+    batch_size to norm_batch (its batch_size is then empty: accuracy rows have no N)."""
+    if "kind" not in frame or "batch_size" not in frame or frame.empty:
+        return frame
+    old = (frame["kind"] == "accuracy") & frame["batch_size"].notna()
+    if "norm_batch" in frame:
+        old &= frame["norm_batch"].isna()
+    if old.any():
+        frame = frame.copy()
+        frame["norm_batch"] = frame["norm_batch"] if "norm_batch" in frame else pd.Series(pd.NA, index=frame.index)
+        frame["norm_batch"] = frame["norm_batch"].astype(object).where(~old, frame["batch_size"])
+        frame["batch_size"] = frame["batch_size"].astype(object).where(~old, None)
+    return frame
+
+
 def tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    """Order columns (provenance, then the speed and accuracy schema, then anything else); the ranked
-    times from the clocks (`with_clocks`)."""
-    frame = with_clocks(frame)
+    """Order columns (provenance, then the speed and accuracy schema, then anything else); older rows
+    upgraded (`upgrade`); the ranked times from the clocks (`with_clocks`)."""
+    frame = with_clocks(upgrade(frame))
     for col in META_COLUMNS:
         if col not in frame:
             frame[col] = None
@@ -263,7 +289,7 @@ def _as_bool(value: Any) -> Any:
 def typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Every `SCHEMA` column (missing ones empty), in order, then the extras, with the schema's types as
     pandas nullable dtypes: str -> string, int -> Int64, float -> float64, bool -> boolean."""
-    out = frame.rename(columns=RENAMED).copy()
+    out = upgrade(frame.rename(columns=RENAMED)).copy()
     for col, (kind, _, _) in SCHEMA.items():
         values = out[col] if col in out else pd.Series([pd.NA] * len(out), index=out.index, dtype=object)
         if kind == "str":

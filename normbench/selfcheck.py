@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from normbench import norms, results, speed
-from normbench.clocks import CaptureFailed, check_clock_config
+from normbench import norms, results, specs, speed, speed_job
+from normbench.clocks import CaptureFailed
 from normbench.device import resolve_device
 from normbench.errors import UsageError
 
@@ -51,13 +51,13 @@ def config(device: torch.device, overrides: list[str]):
         with configs_for_compose():
             cfg = compose(config_name="speed", overrides=["norm=ln", "impl=native", f"device={device}", *overrides])
     except HydraException as exc:  # an unknown key, a malformed override
-        raise UsageError(f"bad override in {overrides}: {str(exc).splitlines()[0]}") from None
-    speed.check_speed_config(cfg.speed, device)
-    check_clock_config(cfg.speed)
-    return cfg
+        raise UsageError(f"bad override in {overrides}: {specs.one_line(exc)}") from None
+    job = speed_job.spec(cfg)
+    speed.check_speed_config(job, device)
+    return job
 
 
-def copy_row(cfg, device: torch.device) -> dict:
+def copy_row(job, device: torch.device) -> dict:
     """A copy of COPY_MIB into a buffer of its own, through the same clocks: the device's roofline."""
     shape = (COPY_MIB[device.type] * 2**20 // 4 // 1024, 1024)
     nbytes = 2 * shape[0] * shape[1] * 4  # read + write
@@ -68,9 +68,9 @@ def copy_row(cfg, device: torch.device) -> dict:
         dst.copy_(src)  # first touch: page faults are not bandwidth
         return (lambda: dst.copy_(src)), []
 
-    timed = speed.time_pass(cfg, make, device, "the copy", nbytes)
+    timed = speed.time_pass(job.timing, make, device, "the copy", nbytes)
     gbps = nbytes / (timed["device_ms"] * 1e-3) / 1e9
-    base = {k: v for k, v in speed.base_row(cfg, shape, device).items() if k not in cfg.norm}  # no eps
+    base = {k: v for k, v in speed.base_row(job, shape, device).items() if k not in job.norm_options}  # no eps
     return {
         **base,
         "norm": "copy",
@@ -85,18 +85,18 @@ def copy_row(cfg, device: torch.device) -> dict:
     }
 
 
-def measure(cfg, device: torch.device) -> list[dict]:
+def measure(job, device: torch.device) -> list[dict]:
     """The copy row, then fwd, bwd and fwdbwd of a native LayerNorm at each of SHAPES."""
-    copy = copy_row(cfg, device)
+    copy = copy_row(job, device)
     peak = {k: copy[k] for k in ("peak_gbps", "peak_method")}
     rows = [copy]
     with speed.retained_backward():
         for shape in SHAPES[device.type]:
-            torch.manual_seed(cfg.seed)
-            layer = norms.build_from_config(cfg.norm, shape[1], impl="native", device=device).train()
+            torch.manual_seed(job.seed)
+            layer = norms.build_from_config(job.norm_node, shape[1], impl="native", device=device).train()
             x = speed.make_input(shape, torch.float32, "contiguous", device)
-            first = speed._first_call(layer, x)
-            rows += speed.time_layer(cfg, layer, x, list(speed.PASSES), peak, first)
+            first = speed.first_call(layer, x)
+            rows += speed.time_layer(job, layer, x, list(speed.PASSES), peak, first)
     return rows
 
 
@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         device = resolve_device(args.device)
-        cfg = config(device, args.overrides)
+        job = config(device, args.overrides)
         start = time.perf_counter()
-        rows = measure(cfg, device)
+        rows = measure(job, device)
     except (UsageError, CaptureFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

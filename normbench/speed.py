@@ -26,14 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from torch._functorch import config as functorch_config
 
 from normbench import clocks, norms
-from normbench.device import cpu_cores, device_name, free_memory, resolve_device
+from normbench.device import cpu_cores, device_name, free_memory
 from normbench.errors import Unsupported, UsageError
-from normbench.kernels import settings as kernel_settings
-from normbench.norms.triton_impl import use_kernel_settings
+from normbench.specs import PassTiming, SpeedJob, positive
 from normbench.timing import (
     Timing,
     cache_bytes,
@@ -122,28 +121,17 @@ def parse_passes(value) -> list[str]:
     return items
 
 
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}: use dtype={', dtype='.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def input_shape(speed: DictConfig) -> tuple[int, ...]:
-    spatial = list(speed.spatial or [])
-    shape = (speed.batch_size, speed.channels, *spatial)
-    if any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in shape):
-        raise UsageError(
-            f"speed.batch_size, speed.channels and speed.spatial must be positive ints, got shape {shape}: "
-            "e.g. speed.batch_size=8 speed.channels=64 speed.spatial=[28,28]"
-        )
-    if len(spatial) > 3:
-        raise UsageError(f"speed.spatial has {len(spatial)} dimensions; norms take 0 to 3, e.g. speed.spatial=[28,28]")
+def input_shape(job: SpeedJob) -> tuple[int, ...]:
+    """(N, C, *spatial) of a single-shape job; the schema typed each, this checks their ranges."""
+    shape = job.shape
+    if any(s is None or s < 1 for s in shape):
+        raise UsageError(f"speed.batch_size, speed.channels and speed.spatial must be > 0, got {shape}: e.g. shape=cpu")
+    if len(job.spatial) > 3:
+        raise UsageError(f"speed.spatial has {len(job.spatial)} dimensions; norms take 0 to 3, e.g. [28,28]")
     return shape
 
 
 def make_input(shape, dtype: torch.dtype, layout: str, device: torch.device) -> torch.Tensor:
-    if layout not in LAYOUTS:
-        raise UsageError(f"unknown layout {layout!r}: use layout=contiguous or layout=channels_last")
     if layout == "channels_last" and len(shape) not in CHANNELS_LAST:
         raise UsageError(
             f"layout=channels_last needs an (N, C, H, W) or (N, C, D, H, W) input, got shape "
@@ -155,56 +143,22 @@ def make_input(shape, dtype: torch.dtype, layout: str, device: torch.device) -> 
     return x.requires_grad_()
 
 
-def _number(value, key: str, hint: str, *, integer: bool = False, allow_none: bool = False, most: float | None = None):
-    """`value` if it is a positive finite number (an int when `integer`) of at most `most`, else
-    UsageError naming `key`."""
-    if value is None and allow_none:
-        return None
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or not math.isfinite(value):
-        what = "a positive int" if integer else "a positive finite number"
-        raise UsageError(f"{key} must be {what}{' or null' if allow_none else ''}, got {value!r}: {hint}")
-    if most is not None and value > most:
-        raise UsageError(f"{key}={value} is more than {most:g}: {hint}")
-    return value
-
-
-def check_speed_config(sp: DictConfig, device: torch.device) -> None:
-    """The speed.* keys, checked before anything is timed or allocated: one line naming the key that
-    is wrong, and the memory a shape or the peak's copy would take against what the device has free."""
-    if sp.get("cuda_graph") not in (None, True, False):
-        raise UsageError(f"speed.cuda_graph must be true or false, got {sp.get('cuda_graph')!r}")
-    if sp.get("cuda_graph") and device.type != "cuda":
+def check_speed_config(job: SpeedJob, device: torch.device) -> None:
+    """What the schema cannot say, checked before anything is timed or allocated: one line naming the
+    key that is wrong, and the memory a shape or the peak's copy would take against what the device has free."""
+    if job.timing.cuda_graph and device.type != "cuda":
         raise UsageError(
             f"speed.cuda_graph=true times the replay of a captured CUDA graph, and the device is {device}: "
             "run it with device=cuda on a GPU, or leave speed.cuda_graph=false"
         )
-    _number(sp.get("min_run_time"), "speed.min_run_time", "seconds of timed calls per pass, e.g. 0.2", most=3600)
-    _number(sp.get("min_repeats"), "speed.min_repeats", "e.g. 10", integer=True)
-    _number(sp.get("warmup_ms"), "speed.warmup_ms", "e.g. 25")
-    _number(sp.get("rep_ms"), "speed.rep_ms", "e.g. 100")
     cores = cpu_cores()
-    _number(
-        sp.get("threads"),
-        "speed.threads",
-        f"CPU threads, at most the {cores} core(s) this process may use, e.g. 1",
-        integer=True,
-        allow_none=True,
-        most=cores,
-    )
-    _number(
-        sp.get("peak_gbps"),
-        "speed.peak_gbps",
-        "the roofline in GB/s, e.g. 3350, or null to measure it",
-        allow_none=True,
-    )
-    copy_mb = _number(sp.get("peak_copy_mb"), "speed.peak_copy_mb", "MiB per copy buffer, e.g. 512", integer=True)
+    positive(job.threads, "speed.threads", f"CPU threads, at most the {cores} core(s) this process may use", most=cores)
     # Sizes estimated before anything is allocated: an allocation that cannot succeed is a traceback
     # (or, on the CPU, the OOM killer) instead of a line. Elements at float32's 4 bytes, the widest dtype.
     free = free_memory(device)
-    dims = [sp.get("batch_size"), sp.get("channels"), *(sp.get("spatial") or [])]
+    dims = job.shape
     needs = []
-    if all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+    if all(d is not None and d > 0 for d in dims):
         needs.append(
             (
                 f"the shape {tuple(dims)} (speed.batch_size, speed.channels, speed.spatial): its input, output "
@@ -213,11 +167,11 @@ def check_speed_config(sp: DictConfig, device: torch.device) -> None:
                 "choose a smaller shape",
             )
         )
-    if sp.get("peak_gbps") is None:
+    if job.peak_gbps is None:
         needs.append(
             (
-                f"speed.peak_copy_mb={copy_mb}: the peak's two copy buffers",
-                2 * copy_mb * 2**20,
+                f"speed.peak_copy_mb={job.peak_copy_mb}: the peak's two copy buffers",
+                2 * job.peak_copy_mb * 2**20,
                 "lower speed.peak_copy_mb (e.g. 512) or give speed.peak_gbps",
             )
         )
@@ -243,10 +197,9 @@ def warn_if_cached(copy_mb: int, device: torch.device) -> None:
         )
 
 
-def check_support(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> None:
-    """Unsupported (a sweep records the job as skipped) unless cfg.impl runs cfg.norm here, at its speed."""
-    options = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"}
-    reason = norms.supports(cfg.norm.name, cfg.impl, device=device, dtype=dtype, timing=True, **options)
+def check_support(job: SpeedJob, dtype: torch.dtype, device: torch.device) -> None:
+    """Unsupported (a sweep records the job as skipped) unless job.impl runs job.norm here, at its speed."""
+    reason = norms.supports(job.norm, job.impl, device=device, dtype=dtype, timing=True, **job.norm_options)
     if reason:
         raise Unsupported(reason)
 
@@ -319,90 +272,39 @@ def _dynamo_compiles() -> int:
     return counters["frames"]["ok"]
 
 
-def _hydra():
-    from hydra.core.hydra_config import HydraConfig
-
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def run(cfg: DictConfig, out_dir: Path) -> list[dict]:
-    """Time cfg.norm with cfg.impl at one shape for each pass in cfg.pass; one row per pass. With
-    `shape=model`, at every input shape of a model's norm layers, and the model's whole step."""
-    from hydra.types import RunMode
-
-    from normbench import model_speed
-
-    hc = _hydra()
-    multirun = hc is not None and hc.mode == RunMode.MULTIRUN
-    device = resolve_device(cfg.device, hc.job.num if multirun else None)
-    check_speed_config(cfg.speed, device)
-    clocks.check_clock_config(cfg.speed)
-    passes = parse_passes(cfg["pass"])
-    dtype = parse_dtype(cfg.dtype)
-    from_model = model_speed.model_mode(cfg)
-    shape = None if from_model else input_shape(cfg.speed)
-    check_support(cfg, dtype, device)
-    # The peak is measured once per sweep: in the sweep directory, or in a single run's own.
-    peak_dir = Path(hc.sweep.dir) if multirun else Path(out_dir)
-    threads = torch.get_num_threads()
-    if device.type == "cpu" and cfg.speed.get("threads"):
-        torch.set_num_threads(int(cfg.speed.threads))
-    try:
-        with retained_backward():
-            if from_model:
-                return model_speed.time_model(cfg, passes, dtype, device, peak_dir)
-            torch.manual_seed(cfg.seed)
-            layer = norms.build_from_config(cfg.norm, shape[1], impl=cfg.impl, device=device, dtype=dtype).train()
-            if cfg.impl == "triton":
-                use_kernel_settings(layer, kernel_settings.from_config(cfg.get("triton")))
-            x = make_input(shape, dtype, cfg.layout, device)
-            first_call_s = _first_call(layer, x)  # before the peak: a bad combination fails fast
-            pk = peak(cfg, device, peak_dir)
-            return time_layer(cfg, layer, x, passes, pk, first_call_s, wrapper=cfg.impl == "native")
-    finally:
-        torch.set_num_threads(threads)  # the next job of a sweep in this process starts from the default
-
-
-def timing_options(sp: DictConfig) -> dict:
-    """The wall clock's options; speed.l2=warm leaves the L2 unflushed between its repeats."""
-    keep = {k: sp[k] for k in ("min_run_time", "min_repeats", "warmup_ms", "rep_ms")}
-    return {**keep, "flush": sp.get("l2") != "warm"}
-
-
-def peak(cfg: DictConfig, device: torch.device, peak_dir: Path) -> dict:
+def peak(job: SpeedJob, device: torch.device, peak_dir: Path) -> dict:
     """The roofline: speed.peak_gbps if given, else the copy bandwidth measured once per sweep."""
-    sp = cfg.speed
-    if sp.get("peak_gbps") is not None:
-        return {"peak_gbps": float(sp.peak_gbps), "peak_method": "given (speed.peak_gbps)"}
-    warn_if_cached(int(sp.peak_copy_mb), device)
-    copy_timing = {**timing_options(sp), "min_repeats": 5}  # each copy takes ~0.1 s on a CPU
-    return peak_bandwidth(device, device_name(device), peak_dir, sp.peak_copy_mb, **copy_timing)
+    if job.peak_gbps is not None:
+        return {"peak_gbps": job.peak_gbps, "peak_method": "given (speed.peak_gbps)"}
+    warn_if_cached(job.peak_copy_mb, device)
+    copy_timing = {**job.timing.wall_options(), "min_repeats": 5}  # each copy takes ~0.1 s on a CPU
+    return peak_bandwidth(device, device_name(device), peak_dir, job.peak_copy_mb, **copy_timing)
 
 
-def base_row(cfg: DictConfig, shape, device: torch.device) -> dict:
+def base_row(job: SpeedJob, shape, device: torch.device) -> dict:
     """The columns every row of this job shares, for an input of `shape`."""
     return {
         "kind": "speed",
-        **{k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"},  # groups, eps, ...
-        "norm": cfg.norm.name,
-        "impl": cfg.impl,
+        **job.norm_options,  # groups, eps, ...
+        "norm": job.norm,
+        "impl": job.impl,
         "batch_size": shape[0],
         "channels": shape[1],
         "spatial": "x".join(map(str, shape[2:])),
         "shape": "x".join(map(str, shape)),
-        "dtype": cfg.dtype,
-        "layout": cfg.layout,
+        "dtype": job.dtype,
+        "layout": job.layout,
         "device": str(device),
         "device_name": device_name(device),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "torch_version": torch.__version__,
         "triton_version": _triton_version(),
-        "seed": cfg.seed,
+        "seed": job.seed,
     }
 
 
 def time_layer(
-    cfg: DictConfig,
+    job: SpeedJob,
     layer,
     x: torch.Tensor,
     passes,
@@ -412,13 +314,13 @@ def time_layer(
     wrapper: bool = False,
     extra: dict | None = None,
 ) -> list[dict]:
-    """One row per pass for `layer` on `x`, after `_first_call` checked x through the module (plus a
+    """One row per pass for `layer` on `x`, after `first_call` checked x through the module (plus a
     row of the wrapper's own cost when `wrapper`); `extra` columns go on every row."""
     base = {
-        **base_row(cfg, tuple(x.shape), x.device),
+        **base_row(job, tuple(x.shape), x.device),
         "layout": layout_of(x),
         **(extra or {}),
-        "compile_s": first_call_s if cfg.impl == "compiled" else None,
+        "compile_s": first_call_s if job.impl == "compiled" else None,
     }
     rows = []
     for pass_ in passes:
@@ -426,7 +328,7 @@ def time_layer(
         make = functools.partial(_pass_copy, layer, x, pass_)
         try:
             with clocks.preserved_buffers(layer):  # BatchNorm's running statistics as before the pass
-                timed = time_pass(cfg, make, x.device, pass_, nbytes)
+                timed = time_pass(job.timing, make, x.device, pass_, nbytes)
         except clocks.CaptureFailed as exc:  # this row is skipped; the job's other rows go on
             rows.append({**base, "pass": pass_, "status": "skipped", "error": str(exc), "bytes": nbytes})
             log.warning("%s %s %s skipped: %s", base["norm"], base["impl"], pass_, str(exc))
@@ -447,8 +349,8 @@ def time_layer(
             gbps,
             row["pct_of_peak"],
         )
-    sp = cfg.speed
-    t = wrapper_overhead(layer, x, min_run_time=sp.min_run_time, min_repeats=sp.min_repeats) if wrapper else None
+    opts = {"min_run_time": job.timing.min_run_time, "min_repeats": job.timing.min_repeats}
+    t = wrapper_overhead(layer, x, **opts) if wrapper else None
     if t is not None:
         own = {k: v for k, v in base.items() if k not in ("layers", "layer_names")}  # it stands for no layer
         rows.append(
@@ -464,18 +366,17 @@ def time_layer(
     return rows
 
 
-def time_pass(cfg: DictConfig, make, device: torch.device, what: str, nbytes: int | None = None) -> dict:
+def time_pass(timing: PassTiming, make, device: torch.device, what: str, nbytes: int | None = None) -> dict:
     """The timing columns of a row (no bandwidth) for the pass `make(i)` builds as (fn, gradients to
     set to None between calls), copy i over buffers of its own (copy 0 may share the job's input):
     the wall clock of copy 0, then the device and host clocks (`normbench.clocks`; `nbytes`, the
     pass's bytes, sizes the rotation that keeps the L2 cold). With speed.cuda_graph the wall clock is
     of a captured graph's replay. Raises clocks.CaptureFailed where a capture fails."""
-    sp = cfg.speed
-    chosen = clocks.parse_clocks(sp.get("clocks", "all"))
+    chosen = list(timing.clocks)
     fn, grads = make(0)
     peak_mem = peak_memory_mib(fn, device, grads)  # of the call itself: a graph's replay allocates nothing
     compiles = _dynamo_compiles()
-    graph = bool(sp.get("cuda_graph"))
+    graph = timing.cuda_graph
     if graph:  # the replay rewrites its gradients: nothing to clear between repeats
         chosen = [c for c in chosen if c != "graph"]  # the wall clock is of a replay already
         # Free the eager pass first: its autograd graph keeps the leaves' AccumulateGrad nodes alive,
@@ -488,7 +389,7 @@ def time_pass(cfg: DictConfig, make, device: torch.device, what: str, nbytes: in
         def make(i):  # every clock then times the replay
             return replay, []
 
-    t = time_fn(fn, device, grad_to_none=grads, **timing_options(sp))
+    t = time_fn(fn, device, grad_to_none=grads, **timing.wall_options())
     del fn, grads  # the device clocks build their own copies (see above)
     cols = clocks.device_columns(
         make,
@@ -496,8 +397,8 @@ def time_pass(cfg: DictConfig, make, device: torch.device, what: str, nbytes: in
         t,
         nbytes=nbytes,
         clocks=chosen,
-        device_clock=sp.get("device_clock", "graph"),
-        l2=sp.get("l2", "cold"),
+        device_clock=timing.device_clock,
+        l2=timing.l2,
     )
     if _dynamo_compiles() != compiles:
         raise RuntimeError(f"torch.compile compiled while timing {what}: the time includes compilation")
@@ -519,7 +420,7 @@ def layout_of(x: torch.Tensor) -> str:
     return "strided"
 
 
-def _first_call(layer, x: torch.Tensor) -> float:
+def first_call(layer, x: torch.Tensor) -> float:
     """One forward and backward through the module, untimed by the passes: it checks x, and compiles
     impl=compiled (its wall time is `compile_s`). What an implementation cannot run was refused before
     (`check_support`), or raises Unsupported here; any other exception is a bug and keeps its traceback."""

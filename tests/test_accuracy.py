@@ -37,7 +37,7 @@ COLUMNS = [
     "dataset",
     "model",
     "protocol",
-    "batch_size",
+    "norm_batch",
     "workers",
     "global_batch",
     "lr",
@@ -109,7 +109,7 @@ def test_full_tiny_run_through_hydra_writes_rows_and_curve(tmp_path):
     assert set(COLUMNS) <= set(rows.columns) and len(rows) == 1
     row = rows.iloc[0]
     assert (row.kind, row.norm, row.dataset, row.model) == ("accuracy", "bn", "synthetic", "cnn1d")
-    assert (row.protocol, row.batch_size, row.workers, row.global_batch) == ("global_batch", 8, 2, 16)
+    assert (row.protocol, row.norm_batch, row.workers, row.global_batch) == ("global_batch", 8, 2, 16)
     assert row.steps == 2 * 128 // 16 and row.precise_bn_samples == 64
     assert row.lr == pytest.approx(0.1 * 16 / 64)  # the linear scaling rule from the stated reference
     assert row.test_acc > 0.5  # 4 classes: chance is 0.25
@@ -175,8 +175,8 @@ def test_per_sample_norms_train_bit_identical_models_for_every_k(tmp_path, built
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     for key in ("test_acc", "train_loss", "train_acc", "lr", "steps"):
         assert a[key] == b[key], key
-    assert curve_a.drop(columns=["wall_s", "batch_size", "workers"]).equals(
-        curve_b.drop(columns=["wall_s", "batch_size", "workers"])
+    assert curve_a.drop(columns=["wall_s", "norm_batch", "workers"]).equals(
+        curve_b.drop(columns=["wall_s", "norm_batch", "workers"])
     )
     assert math.isnan(a["test_acc_batch_stats"]) and math.isnan(a["test_acc_precise_bn"])
 
@@ -209,7 +209,7 @@ def test_a_reused_row_equals_a_trained_one(tmp_path, built):
     alone, alone_curve = train(tmp_path / "alone", "norm=gn", "accuracy.batch_size=16", "accuracy.global_batch=16")
     assert len(built) == 2  # the sweep trained once; the job alone trained again
     assert first["reused_from"] is None and reused["reused_from"] == "0" and alone["reused_from"] is None
-    assert (reused["batch_size"], reused["workers"]) == (16, 1)  # the row is the reusing job's own
+    assert (reused["norm_batch"], reused["workers"]) == (16, 1)  # the row is the reusing job's own
     assert same_row(reused, alone, ignore=TIMING | {"reused_from"})
     assert curve.drop(columns="wall_s").equals(alone_curve.drop(columns="wall_s"))
     assert (reused["wall_s"], reused["samples_per_s"]) == (first["wall_s"], first["samples_per_s"])
@@ -397,15 +397,15 @@ def test_lr_schedule_warms_up_linearly_then_anneals_to_zero(total, warmup):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["accuracy.batch_size=0"], "accuracy.batch_size must be a positive int"),
+        (["accuracy.batch_size=0"], "accuracy.batch_size must be > 0"),
         (
             ["accuracy.batch_size=12"],
             r"global_batch=64 does not split .* accuracy.batch_size=12: .* 1, 2, 4, 8, 16, 32, 64",
         ),
         (["accuracy.workers=4"], "both fix the samples per step: keep one .*accuracy.workers=null"),
         (["accuracy.global_batch=null"], "set accuracy.global_batch .* or accuracy.workers"),
-        (["accuracy.global_batch=0"], "accuracy.global_batch must be a positive int"),
-        (["accuracy.global_batch=null", "accuracy.workers=0"], "accuracy.workers must be a positive int"),
+        (["accuracy.global_batch=0"], "accuracy.global_batch must be > 0"),
+        (["accuracy.global_batch=null", "accuracy.workers=0"], "accuracy.workers must be > 0"),
         (["accuracy.batch_size=64", "accuracy.global_batch=256"], "more than the 128 training samples"),
         (["accuracy.precise_bn_samples=1000"], "precise_bn_samples=1000 must lie between K=16 and the 128"),
         (
@@ -453,7 +453,7 @@ def test_a_failed_run_in_a_multirun_records_failure_and_returns(tmp_path):
     cfg = hydra_job(tmp_path, "accuracy.batch_size=0", mode=RunMode.MULTIRUN)
     cli.run_job(accuracy.run, cfg)  # does not raise: the sweep goes on
     failure = json.loads((tmp_path / "failure.json").read_text())
-    assert "accuracy.batch_size must be a positive int" in failure["error"]
+    assert "accuracy.batch_size must be > 0" in failure["error"]
     assert not (tmp_path / "rows.csv").exists()
 
 

@@ -91,7 +91,7 @@ def _runs(tmp_path: Path, errors: dict, gaps: dict, losses: dict, eval_mode: boo
             row = {
                 "kind": "accuracy",
                 "norm": norm,
-                "batch_size": k,
+                "norm_batch": k,
                 "global_batch": g,
                 "norm_position": pos,
                 "seed": seed,

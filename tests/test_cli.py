@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -119,3 +120,23 @@ def test_every_config_option_belongs_to_an_app():
                 listed |= set(catalog.options(cli.CONFIGS, app, group))
                 assert set(app_groups[group] or ()) <= conf_options(group), (app, group)
         assert listed == conf_options(group), group
+
+
+@pytest.mark.parametrize(
+    "app, override, says",
+    [
+        ("speed", "speed.l2=hot", "speed.l2=hot: Invalid value 'hot', expected one of [cold, warm] (key speed.l2)"),
+        ("speed", "speed.bogus=1", "Key 'bogus' not in 'SpeedSettings' (key speed.bogus)"),
+        ("speed", "norm=xyz", "Could not find 'norm/xyz'; Available options in 'norm': bn, "),
+        ("accuracy", "seed=1.5", "Value '1.5' of type 'float' could not be converted to Integer (key seed)"),
+    ],
+)
+def test_a_config_hydra_cannot_compose_is_one_line_at_the_console(app, override, says, monkeypatch, capsys):
+    """Composition fails before any job runs: Hydra's several lines come out as one, exit status 2."""
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    monkeypatch.setattr(sys, "argv", [f"normbench-{app}", override])
+    with pytest.raises(SystemExit) as exc:
+        getattr(cli, app)()
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and err.startswith("error: ") and says in err and "\n" not in err, err
+    assert "HYDRA_FULL_ERROR" not in os.environ  # put back as it was

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
-from normbench import clocks, norms, results, schema, speed, timing
+from normbench import clocks, norms, results, schema, specs, speed, speed_job, timing
 from normbench.errors import UsageError
 
 CUDA = torch.device("cuda")  # only named: every primitive goes to the fake
@@ -142,19 +143,23 @@ def test_copies_exceed_three_l2_within_memory_and_the_cap():
 
 
 @pytest.mark.parametrize(
-    "key, value, fix",
-    [
-        ("l2", "lukewarm", "use speed.l2=cold"),
-        ("device_clock", "wall", "speed.device_clock=graph"),
-        ("clocks", ["wall", "sundial"], "unknown clock 'sundial'"),
-        ("clocks", ["graph"], "has no wall clock"),
-    ],
+    "value, fix", [(["wall", "sundial"], "unknown clock 'sundial'"), (["graph"], "has no wall clock")]
 )
-def test_bad_clock_config_is_one_line_with_the_choices(key, value, fix):
+def test_bad_clock_list_is_one_line_with_the_choices(value, fix):
     with pytest.raises(UsageError, match=fix) as err:
-        clocks.check_clock_config(OmegaConf.create({key: value}))
+        clocks.parse_clocks(value)
     assert "\n" not in str(err.value)
     assert clocks.parse_clocks("all") == list(clocks.CLOCKS)
+
+
+@pytest.mark.parametrize(
+    "key, value, choices",
+    [("l2", "lukewarm", r"\[cold, warm\]"), ("device_clock", "wall", r"\[graph, kineto\]")],
+)
+def test_the_schema_refuses_a_clock_choice_naming_the_key_and_the_choices(key, value, choices):
+    with pytest.raises(ValidationError, match=f"Invalid value '{value}', expected one of {choices}") as err:
+        OmegaConf.merge(OmegaConf.structured(specs.SpeedConfig), {"speed": {key: value}})
+    assert f"full_key: speed.{key}" in str(err.value)
 
 
 # ------------------------------------------------------------------------------ the CUDA branches
@@ -205,8 +210,7 @@ def test_warm_l2_times_one_resident_copy_and_kineto_can_be_the_device_clock(fake
     assert "device_graph_ms" not in cols and fake.captures == 0
     assert cols["device_clock"] == "kineto" and cols["device_ms"] == cols["device_kineto_ms"]
     assert "host_us" not in cols and "bound" not in cols  # host not asked for: bound unknown
-    warm = _cfg(l2="warm").speed
-    assert speed.timing_options(warm)["flush"] is False and speed.timing_options(_cfg().speed)["flush"] is True
+    assert _job(l2="warm").timing.wall_options()["flush"] is False and _job().timing.wall_options()["flush"] is True
 
 
 def test_every_captured_call_starts_from_no_gradient(fake):
@@ -292,9 +296,11 @@ def capture_fails(fake):
     del norms.BatchNorm.implementations["capture_fails"]
 
 
-def _cfg(**speed_keys):
+def _job(impl="native", **speed_keys):
+    """A bn speed job's spec with quick timing options."""
     sp = {"min_run_time": 0.01, "min_repeats": 3, "warmup_ms": 1, "rep_ms": 1, "clocks": "all", **speed_keys}
-    return OmegaConf.create({"speed": sp, "impl": "native", "seed": 0, "dtype": "float32", "layout": "contiguous"})
+    cfg = OmegaConf.merge(OmegaConf.structured(specs.SpeedConfig), {"speed": sp, "impl": impl, "norm": {"name": "bn"}})
+    return speed_job.spec(cfg)
 
 
 def test_a_failed_capture_skips_its_row_and_the_next_capture_in_the_process_works(capture_fails, monkeypatch):
@@ -308,7 +314,7 @@ def test_a_failed_capture_skips_its_row_and_the_next_capture_in_the_process_work
     torch.manual_seed(0)
     bad = norms.build("bn", 8, impl="capture_fails").train()
     x = torch.randn(4, 8, 3, 3, requires_grad=True)
-    speed._first_call(bad, x)
+    speed.first_call(bad, x)
     before = {n: b.clone() for n, b in bad.named_buffers()}
     built = []
     real_copy = speed._pass_copy
@@ -319,7 +325,7 @@ def test_a_failed_capture_skips_its_row_and_the_next_capture_in_the_process_work
         return fn, grads
 
     monkeypatch.setattr(speed, "_pass_copy", tracked)
-    cfg = OmegaConf.merge(_cfg(), {"norm": {"name": "bn"}, "impl": "capture_fails"})
+    cfg = _job(impl="capture_fails")
     rows = speed.time_layer(cfg, bad, x, ["fwd", "fwdbwd"], peak, 0.0)
     assert [r["status"] for r in rows] == ["skipped", "skipped"]
     reason = "CUDA-graph capture failed: RuntimeError: operation not permitted when stream is capturing"
@@ -330,7 +336,7 @@ def test_a_failed_capture_skips_its_row_and_the_next_capture_in_the_process_work
     for name, b in bad.named_buffers():  # the wall clock's forwards updated them; restored
         assert torch.equal(b, before[name]), name
     good = norms.build("bn", 8, impl="native").train()
-    cfg = OmegaConf.merge(_cfg(), {"norm": {"name": "bn"}})
+    cfg = _job()
     (row,) = speed.time_layer(cfg, good, x, ["fwdbwd"], peak, 0.0)
     assert "status" not in row and row["device_clock"] == "graph" and row["device_ms"] > 0
     assert row["gbps"] == pytest.approx(row["bytes"] / (row["device_ms"] * 1e-3) / 1e9)
@@ -358,14 +364,14 @@ def test_timing_a_batchnorm_leaves_its_running_statistics_as_they_were():
     torch.manual_seed(0)
     layer = norms.build("bn", 8, impl="native").train()
     x = (torch.randn(4, 8, 3, 3) * 3 + 1).requires_grad_()
-    speed._first_call(layer, x)  # as the job does: the module's forward sets BatchNorm's update factor
+    speed.first_call(layer, x)  # as the job does: the module's forward sets BatchNorm's update factor
     before = {n: b.clone() for n, b in layer.named_buffers()}
     with clocks.preserved_buffers(layer):
         layer.impl_fn(layer, x)
         assert not torch.equal(layer.running_mean, before["running_mean"])
     for n, b in layer.named_buffers():
         assert torch.equal(b, before[n]), n
-    cfg = OmegaConf.merge(_cfg(clocks=["wall"]), {"norm": {"name": "bn"}})
+    cfg = _job(clocks=["wall"])
     rows = speed.time_layer(cfg, layer, x, ["fwd", "fwdbwd"], {"peak_gbps": 10.0}, 0.0)
     assert all(r["device_ms"] == r["wall_ms"] > 0 for r in rows)
     for n, b in layer.named_buffers():
@@ -419,7 +425,7 @@ def test_on_a_gpu_a_capture_that_syncs_fails_alone_and_the_clocks_agree_on_a_lar
     assert torch.cuda.current_stream(device) == torch.cuda.default_stream(device)
     layer = norms.build("ln", 256, impl="native", device=device).train()
     big = torch.randn(32, 256, 56, 56, device=device, requires_grad=True)
-    speed._first_call(layer, big)
+    speed.first_call(layer, big)
 
     def make(i):
         return speed._pass_copy(layer, big, "fwdbwd", i)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException
 
-from normbench import accuracy, data, models, plugins
+from normbench import accuracy, data, models, plugins, specs, speed_job
 from normbench.errors import UsageError
 from tests.test_accuracy import TINY
 
@@ -81,13 +83,12 @@ def test_registered_and_library_builders_are_allowed():
         ("accuracy.lr_reference.lr=nan", r"accuracy.lr_reference.lr must be a finite number > 0, got nan"),
         ("accuracy.lr_reference.lr=-1", r"accuracy.lr_reference.lr must be a finite number > 0, got -1"),
         ("accuracy.lr_reference.lr=inf", r"accuracy.lr_reference.lr must be a finite number > 0, got inf"),
-        ("accuracy.momentum=abc", r"accuracy.momentum must be a finite number in \[0, 1\), got 'abc'"),
         ("accuracy.momentum=1.5", r"accuracy.momentum must be a finite number in \[0, 1\), got 1.5"),
         ("accuracy.weight_decay=-1", r"accuracy.weight_decay must be a finite number >= 0, got -1"),
         ("accuracy.warmup_epochs=-1", r"accuracy.warmup_epochs must be a finite number >= 0"),
-        ("accuracy.eval_batch=0", r"accuracy.eval_batch must be a positive int, got 0"),
-        ("accuracy.eval_batch=-5", r"accuracy.eval_batch must be a positive int, got -5"),
-        ("accuracy.lr_reference.batch=0", r"accuracy.lr_reference.batch must be a positive int, got 0"),
+        ("accuracy.eval_batch=0", r"accuracy.eval_batch must be > 0, got 0"),
+        ("accuracy.eval_batch=-5", r"accuracy.eval_batch must be > 0, got -5"),
+        ("accuracy.lr_reference.batch=0", r"accuracy.lr_reference.batch must be > 0, got 0"),
     ],
 )
 def test_accuracy_values_are_refused_before_training(tmp_path, monkeypatch, override, message):
@@ -99,6 +100,25 @@ def test_accuracy_values_are_refused_before_training(tmp_path, monkeypatch, over
         accuracy.run(config(*TINY, override), tmp_path)
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("accuracy.momentum=abc", r"'abc' of type 'str' could not be converted to Float \(key accuracy.momentum\)"),
+        ("accuracy.precision=fp8", r"expected one of \[fp32, bf16\] \(key accuracy.precision\)"),
+        ("accuracy.weight_decay_on=some", r"expected one of \[all, weights\] \(key accuracy.weight_decay_on\)"),
+        ("accuracy.nesterov=maybe", r"'maybe' is not a valid bool.*\(key accuracy.nesterov\)"),
+        ("accuracy.fast_path=often", r"'often' is not a valid bool.*\(key accuracy.fast_path\)"),
+        ("accuracy.epochs=ten", r"could not be converted to Integer \(key accuracy.epochs\)"),
+        ("accuracy.batchsize=4", r"Key 'batchsize' not in 'AccuracySettings' \(key accuracy.batchsize\)"),
+    ],
+)
+def test_the_accuracy_schema_refuses_a_bad_key_or_value_in_one_line_naming_it(override, says):
+    with pytest.raises(ConfigCompositionException) as err:
+        config(*TINY, override)
+    line = specs.one_line(err.value)
+    assert re.search(says, line) and "\n" not in line, line
 
 
 def test_mnist1d_options_of_the_wrong_type_are_one_line():
@@ -137,10 +157,13 @@ def test_a_decompression_bomb_is_named(tmp_path, monkeypatch, limit):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("speed.peak_gbps=inf", r"speed.peak_gbps must be a positive finite number or null, got inf"),
-        ("speed.min_run_time=inf", r"speed.min_run_time must be a positive finite number, got inf"),
-        ("speed.min_run_time=1e9", r"speed.min_run_time=1000000000.0 is more than 3600"),
-        ("speed.threads=1000", r"speed.threads=1000 is more than \d+: CPU threads, at most the \d+ core"),
+        ("speed.peak_gbps=inf", r"speed.peak_gbps must be > 0, got inf"),
+        ("speed.min_run_time=inf", r"speed.min_run_time must be > 0 and at most 3600, got inf"),
+        ("speed.min_run_time=1e9", r"speed.min_run_time must be > 0 and at most 3600, got 1000000000.0"),
+        (
+            "speed.threads=1000",
+            r"speed.threads must be > 0 and at most \d+, got 1000: CPU threads",
+        ),
         ("speed.batch_size=100000000", r"the shape \(100000000, .*\) .* need about .* GiB, and cpu has .* GiB free"),
         ("speed.spatial=[1000,1000,1000000]", r"the shape \(.*1000000\) .*need about [0-9.e+]+ GiB"),
         ("speed.peak_copy_mb=100000000", r"speed.peak_copy_mb=100000000: the peak's two copy buffers need about"),
@@ -148,11 +171,9 @@ def test_a_decompression_bomb_is_named(tmp_path, monkeypatch, limit):
     ],
 )
 def test_speed_values_are_refused_before_anything_is_allocated(tmp_path, monkeypatch, override, message):
-    from normbench import speed
-
-    monkeypatch.setattr(speed, "_hydra", lambda: None)  # a plain single run, whatever Hydra state another test left
+    monkeypatch.setattr(speed_job, "_hydra", lambda: None)  # a plain single run, whatever Hydra state another test left
     with pytest.raises(UsageError, match=message) as info:
-        speed.run(config("device=cpu", "pass=fwd", override, app="speed"), tmp_path)
+        speed_job.run(config("device=cpu", "pass=fwd", override, app="speed"), tmp_path)
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
 
@@ -161,7 +182,7 @@ def test_a_huge_peak_copy_is_fine_when_the_peak_is_given():
     from normbench import speed
 
     cfg = config("device=cpu", "speed.peak_copy_mb=100000000", "speed.peak_gbps=10", app="speed")
-    speed.check_speed_config(cfg.speed, torch.device("cpu"))  # no copy is made, so nothing to refuse
+    speed.check_speed_config(speed_job.spec(cfg), torch.device("cpu"))  # no copy is made, so nothing to refuse
 
 
 # -------------------------------------------------------------------------------------------- console

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -18,14 +19,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra.errors import ConfigCompositionException
 from test_launchers import TOY_APP, TOY_CONFIG, assert_report, run
 from test_results import accuracy_rows, make_sweep, speed_rows, speed_sweep
 from test_speed import TINY, configure
 
-from normbench import benchmark_json, cli, data, norms, provenance, report, results, schema, speed, timing
+from normbench import benchmark_json, cli, data, norms, provenance, report, results, schema, speed_job, timing
 from normbench.callbacks import SweepDirTaken, claim_sweep_dir
-from normbench.cli import check_common
 from normbench.errors import UsageError
+from normbench.specs import one_line
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -78,7 +80,7 @@ def test_a_sweep_refuses_a_directory_that_holds_results(toy):
     assert "already holds results" in second.stderr and "hydra.sweep.dir" in second.stderr
     after = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
     assert after == before  # not one byte of the first sweep changed
-    assert pd.read_csv(sweep / "summary.csv")["batch_size"].tolist() == [2, 3]
+    assert pd.read_csv(sweep / "summary.csv")["norm_batch"].tolist() == [2, 3]
 
 
 def test_two_sweeps_cannot_claim_one_directory(tmp_path):
@@ -278,16 +280,20 @@ def copy_record(gbps: float, copy_mb: int) -> dict:
 
 def test_peak_settings_are_checked(tmp_path, caplog, hydra_configs):
     for bad, match in (
-        ("speed.peak_gbps=0", "peak_gbps must be a positive finite number"),
+        ("speed.peak_gbps=0", "speed.peak_gbps must be > 0, got 0.0"),
         ("speed.peak_gbps=-3", "peak_gbps"),
-        ("speed.peak_gbps=abc", "peak_gbps.*'abc'"),
-        ("speed.peak_copy_mb=0", "peak_copy_mb must be a positive int"),
+        ("speed.peak_copy_mb=0", "speed.peak_copy_mb must be > 0"),
     ):
         cfg = configure([*TINY, bad], tmp_path)
         with pytest.raises(UsageError, match=match):
-            speed.run(cfg, tmp_path)
+            speed_job.run(cfg, tmp_path)
+    with pytest.raises(ConfigCompositionException) as err:  # not a number: the schema's
+        configure([*TINY, "speed.peak_gbps=abc"], tmp_path)
+    assert re.search(
+        r"'abc' of type 'str' could not be converted to Float \(key speed.peak_gbps\)", one_line(err.value)
+    )
     cfg = configure([*TINY, "pass=fwd", "speed.peak_copy_mb=4"], tmp_path)
-    speed.run(cfg, tmp_path)
+    speed_job.run(cfg, tmp_path)
     assert "peak_copy_mb=4 may sit in" in caplog.text
 
 
@@ -400,10 +406,13 @@ def test_a_corrupt_image_is_named(tmp_path):
         data._image_folder_arrays(str(archive), None, None)
 
 
-@pytest.mark.parametrize("seed", ["x", 1.5, True])
-def test_seed_must_be_an_int(seed):
-    with pytest.raises(UsageError, match="seed must be an int"):
-        check_common({"seed": seed})
+@pytest.mark.parametrize("seed", ["x", "1.5", "true"])
+def test_seed_must_be_an_int(seed, tmp_path, hydra_configs):
+    with pytest.raises(ConfigCompositionException) as err:
+        configure([*TINY, f"seed={seed}"], tmp_path)
+    assert re.search(
+        rf"seed={seed}: Value '.*' of type '.*' could not be converted to Integer \(key seed\)", one_line(err.value)
+    )
 
 
 @pytest.mark.parametrize(
@@ -423,9 +432,9 @@ def test_norm_options_of_the_wrong_type_are_one_line(options, match):
 def test_bad_config_values_fail_the_job_with_one_line(tmp_path, hydra_configs):
     from normbench.cli import run_job
 
-    for bad in ("seed=x", "seed=1.5", "norm.eps=abc", "norm.momentum=fast", "speed.peak_gbps=abc", "+norm.affine=no"):
+    for bad in ("norm.eps=abc", "norm.momentum=fast", "+norm.affine=no"):  # the norm node's own checks
         out = tmp_path / bad.replace("=", "_").replace("+", "")
-        run_job(speed.run, configure([*TINY, "pass=fwd", bad], out, job=0))
+        run_job(speed_job.run, configure([*TINY, "pass=fwd", bad], out, job=0))
         failure = json.loads((out / "0" / results.FAILURE_FILE).read_text())
         assert failure["error"].startswith("UsageError: "), (bad, failure["error"])
 

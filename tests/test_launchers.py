@@ -57,7 +57,7 @@ def job(cfg, out):
     start = time.time()
     time.sleep(cfg.sleep)
     return [{"kind": "accuracy", "norm": "gn", "impl": "native", "dataset": "toy", "model": "toy",
-             "batch_size": cfg.x, "seed": cfg.seed, "test_acc": 0.9 - 0.01 * cfg.seed,
+             "norm_batch": cfg.x, "seed": cfg.seed, "test_acc": 0.9 - 0.01 * cfg.seed,
              "gpu": os.environ.get("CUDA_VISIBLE_DEVICES", "none"), "pid": os.getpid(),
              "start": start, "end": time.time()}]
 
@@ -253,7 +253,7 @@ def test_parallel_accuracy_sweep_trains_a_k_invariant_norm_once(tmp_path):
     trained = gn[gn.reused_from.isna()]
     assert len(trained) == 1 and set(gn.reused_from.dropna()) == set(trained.job)
     assert gn.test_acc.nunique() == 1 and gn.train_loss.nunique() == 1
-    assert sorted(zip(gn.batch_size, gn.workers)) == [(2, 8), (4, 4), (8, 2)]  # each row its own K and W
+    assert sorted(zip(gn.norm_batch, gn.workers)) == [(2, 8), (4, 4), (8, 2)]  # each row its own K and W
     assert bn.reused_from.isna().all() and bn.test_acc_precise_bn.notna().all()
     assert len(list((sweep / ".trained").iterdir())) == 1
     assert "2 of 6 rows (GroupNorm) reuse" in md and "identical by construction" in md

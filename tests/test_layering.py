@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "normbench"
 
 # Bottom to top (DESIGN.md, "Shape of the code"); a module may import its own layer and those below.
 LAYERS = [
-    ("base", {"errors", "schema", "provenance", "plugins", "device", "workers", "stats"}),
+    ("base", {"errors", "schema", "specs", "provenance", "plugins", "device", "workers", "stats"}),
     (
         "kernels",
         {
@@ -42,7 +42,7 @@ LAYERS = [
     ),
     ("data, models, rows", {"data", "models", "results", "benchmark_json", "evaluation", "swept"}),
     ("job helpers", {"timing", "clocks", "reuse", "fastpath", "optim", "lr_search"}),
-    ("jobs", {"speed", "model_speed", "accuracy"}),
+    ("jobs", {"speed", "model_speed", "speed_job", "accuracy"}),
     ("reports", {"plots", "accuracy_tables", "speed_tables", "claims", "report", "compare", "callbacks"}),
     (
         "entry points and developer tools",

@@ -10,7 +10,7 @@ import torch
 from test_speed import TINY, configure, hydra_configs, run  # noqa: F401 - hydra_configs: fixture
 from torch import nn
 
-from normbench import model_speed, norms, speed
+from normbench import model_speed, norms, speed, speed_job
 from normbench.errors import UsageError
 
 # resnet20 on 8x8 images: 19 norm layers over three inputs (16x8x8, 32x4x4, 64x2x2), a step of ~20 ms.
@@ -92,8 +92,9 @@ def test_the_same_weights_and_input_for_every_norm(hydra_configs, tmp_path):  # 
     built = []
     for c in (cfg, cfg_gn):
         torch.manual_seed(c.seed)
-        model, _ = model_speed.build_model(c, torch.float32, torch.device("cpu"))
-        built.append((model, model_speed.model_input(c, torch.float32, torch.device("cpu"))))
+        job = speed_job.spec(c)
+        model, _ = model_speed.build_model(job, torch.float32, torch.device("cpu"))
+        built.append((model, model_speed.model_input(job, torch.float32, torch.device("cpu"))))
     (a, xa), (b, xb) = built
     torch.testing.assert_close(xa, xb)
     torch.testing.assert_close(a.stem[0].weight, b.stem[0].weight)

@@ -22,7 +22,7 @@ def _runs() -> pd.DataFrame:
                 rows.append(
                     {
                         "norm": norm,
-                        "batch_size": k,
+                        "norm_batch": k,
                         "global_batch": 64,
                         "protocol": "global_batch",
                         "seed": s,
@@ -38,10 +38,10 @@ def _runs() -> pd.DataFrame:
 
 def test_paired_difference_to_batchnorm_matches_stats_paired():
     acc = _runs()
-    paired = accuracy_tables.paired_to_baseline(acc).set_index("batch_size")
+    paired = accuracy_tables.paired_to_baseline(acc).set_index("norm_batch")
     for k in (2, 16):
-        arm = acc[(acc.norm == "gn") & (acc.batch_size == k)].sort_values("seed")
-        base = acc[(acc.norm == "bn") & (acc.batch_size == k)].sort_values("seed")
+        arm = acc[(acc.norm == "gn") & (acc.norm_batch == k)].sort_values("seed")
+        base = acc[(acc.norm == "bn") & (acc.norm_batch == k)].sort_values("seed")
         ci = stats.paired(100 * (1 - arm.test_acc.to_numpy()), 100 * (1 - base.test_acc.to_numpy()))
         got = paired.loc[k]
         assert (got.estimate, got.low, got.high) == pytest.approx((ci.estimate, ci.low, ci.high))
@@ -59,7 +59,7 @@ def test_one_seed_gives_no_paired_row():
 
 def test_lr_curves_show_a_k_invariant_search_once(tmp_path):
     curves = accuracy_tables.lr_curves(_runs())
-    assert curves[["norm", "batch_size"]].values.tolist() == [["bn", 2], ["bn", 16], ["gn", "any"]]
+    assert curves[["norm", "norm_batch"]].values.tolist() == [["bn", 2], ["bn", 16], ["gn", "any"]]
     assert curves.iloc[0].grid == [(0.05, 22.0), (0.1, 12.0)] and curves.iloc[2].chosen == 0.05
     table = accuracy_tables.lr_choices(curves)
     assert table.loc[2, "lr chosen"] == "0.05 (grid edge)"

@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from normbench import accuracy, model_speed, models, norms
+from normbench import accuracy, model_speed, models, norms, speed_job
 from normbench.errors import UsageError
 from tests.test_accuracy import TINY
 from tests.test_launchers import app_command, run
@@ -154,7 +154,7 @@ def test_both_apps_build_their_model_with_the_one_helper(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "from_config", spy)
     accuracy.run(config(*TINY, "accuracy.epochs=1", "norm=ln"), tmp_path)
     speed_cfg = config("shape=model", "shape.input=[3,8,8]", app="speed")
-    model_speed.build_model(speed_cfg, torch.float32, torch.device("cpu"))
+    model_speed.build_model(speed_job.spec(speed_cfg), torch.float32, torch.device("cpu"))
     assert seen == [
         ("normbench.models.cnn1d", ["input_shape", "norm", "num_classes"]),
         ("normbench.models.resnet20", []),  # the speed job swaps the norm layers instead

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import struct
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 from test_results import accuracy_sweep, bench_json, made_acc, speed_sweep  # noqa: F401 - bench_json: fixture
 
-from normbench import cli, norms, plots, report, results
+from normbench import cli, norms, plots, report, results, schema
 from normbench.callbacks import ERROR_FILE, SweepReport
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -51,7 +52,7 @@ def both(sweeps, tmp_path_factory) -> Path:
 
 def test_accuracy_table_holds_mean_sd_and_best(sweeps):
     acc = report.ok_rows(results.read_sweep(sweeps["accuracy"]), "accuracy")
-    stats = report.accuracy_stats(acc).set_index(["batch_size", "norm", "evaluation"])
+    stats = report.accuracy_stats(acc).set_index(["norm_batch", "norm", "evaluation"])
     for norm in ("bn", "gn"):
         for bs in (2, 8, 32):
             errors = [100 * (1 - made_acc(norm, bs, s)) for s in (0, 1)]
@@ -77,7 +78,7 @@ def k_sweep(protocol: str = "global_batch") -> pd.DataFrame:
                 rows.append(
                     {
                         "norm": norm,
-                        "batch_size": k,
+                        "norm_batch": k,
                         "seed": seed,
                         "test_acc": acc,
                         "protocol": protocol,
@@ -103,7 +104,7 @@ def test_headline_states_the_effect_with_its_spread():
 
 def test_headline_makes_no_invariance_claim_the_rows_do_not_support():
     rows = k_sweep("workers")
-    rows.loc[(rows.norm == "gn") & (rows.batch_size == 32), "test_acc"] -= 0.05  # as if undertrained
+    rows.loc[(rows.norm == "gn") & (rows.norm_batch == 32), "test_acc"] -= 0.05  # as if undertrained
     text = report.headline(rows)
     assert "identical by construction" not in text and "**GroupNorm**: test error 9.0 ± 1.0% at 2" in text
     assert "8 workers: the global batch and LR grow with K" in text
@@ -219,7 +220,8 @@ def test_plots_are_pngs(both):
 
 
 def test_plots_skip_empty_frames(tmp_path):
-    empty = pd.DataFrame({"norm": [], "batch_size": [], "test_error": [], "median_ms": [], "impl": []})
+    columns = ["norm", "batch_size", "norm_batch", "test_error", "median_ms", "impl"]
+    empty = pd.DataFrame({c: [] for c in columns})
     assert plots.accuracy_vs_batch(empty, tmp_path / "a.png") is None
     assert plots.speed_roofline(empty, tmp_path / "b.png") is None
     assert not list(tmp_path.iterdir())
@@ -350,3 +352,37 @@ def test_speed_table_shows_what_varies_within_a_norm():
     table = report.speed_table(report.speed_stats(two_groupings))
     assert {"groups", "shape"} <= set(table.columns)
     assert sorted(table["groups"]) == ["", "32", "8", "8"]
+
+
+def test_a_schema_1_summary_still_builds_a_report_with_k_in_norm_batch(tmp_path):
+    """results/reference/accuracy-cpu-default/summary.csv predates schema 2: its accuracy rows hold K in
+    batch_size. Read, they hold it in norm_batch (batch_size empty), and the report's tables show it."""
+    old = Path(__file__).resolve().parents[1] / "results/reference/accuracy-cpu-default/summary.csv"
+    raw = pd.read_csv(old)
+    assert "norm_batch" not in raw and "schema_version" not in raw and (raw["kind"] == "accuracy").all()
+    given = tmp_path / "old"
+    given.mkdir()
+    shutil.copy(old, given / "summary.csv")
+    frame = results.read_summary(given / "summary.csv")
+    assert frame["norm_batch"].tolist() == raw["batch_size"].tolist() and frame["batch_size"].isna().all()
+    md = report.build_report([given], tmp_path / "out").read_text()
+    stats = report.accuracy_stats(schema.plain(frame[frame["status"] == "ok"]))
+    assert sorted(stats["norm_batch"].unique()) == sorted(raw["batch_size"].dropna().unique())
+    assert "Accuracy" in md and (tmp_path / "out" / "summary.csv").is_file()
+    again = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert again["norm_batch"].tolist() == raw["batch_size"].tolist()
+
+
+def test_upgrade_moves_k_only_for_version_1_accuracy_rows():
+    rows = pd.DataFrame(
+        {
+            "kind": ["speed", "accuracy", "accuracy"],
+            "batch_size": [8, 16, None],
+            "norm_batch": [None, None, 4],
+            "schema_version": [2, None, 2],
+        }
+    )
+    out = schema.upgrade(rows)
+    assert out["batch_size"].tolist()[0] == 8 and pd.isna(out["batch_size"].tolist()[1])
+    assert out["norm_batch"].tolist()[1:] == [16, 4] and pd.isna(out["norm_batch"].tolist()[0])
+    assert schema.upgrade(out).equals(out)  # idempotent

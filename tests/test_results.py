@@ -65,7 +65,7 @@ def accuracy_rows(norm: str, batch: int, seed: int) -> list[dict]:
             "impl": "native",
             "dataset": "synthetic",
             "model": "mlp",
-            "batch_size": batch,
+            "norm_batch": batch,
             "workers": 1,
             "global_batch": batch,
             "lr": 0.1 * batch / 64,

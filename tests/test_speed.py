@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import weakref
 from pathlib import Path
 
@@ -13,10 +14,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
-from normbench import clocks, norms, results, speed, timing
+from normbench import clocks, norms, results, specs, speed, speed_job, timing
 from normbench.cli import run_job
 from normbench.errors import UsageError
 from normbench.results import FAILURE_FILE, ROWS_FILE
@@ -83,7 +85,7 @@ def configure(overrides, out: Path, *, job: int | None = None):
 
 def run(overrides, tmp_path: Path) -> list[dict]:
     cfg = configure([*TINY, *overrides], tmp_path)
-    return speed.run(cfg, Path(cfg.hydra.runtime.output_dir))
+    return speed_job.run(cfg, Path(cfg.hydra.runtime.output_dir))
 
 
 # ------------------------------------------------------------------------------------------ harness
@@ -157,7 +159,7 @@ def test_tiny_sweep_writes_the_rows(hydra_configs, tmp_path):
     jobs = [[f"norm={n}", f"impl={i}"] for n in ("bn", "gn") for i in ("reference", "native")]
     jobs.append(["norm=gn", "norm.groups=3"])  # 32 channels into 3 groups: this job fails alone
     for num, overrides in enumerate(jobs):
-        run_job(speed.run, configure([*TINY, *overrides], tmp_path, job=num))
+        run_job(speed_job.run, configure([*TINY, *overrides], tmp_path, job=num))
     failure = (tmp_path / "4" / FAILURE_FILE).read_text()
     assert "groups" in failure and "divisors of 32" in failure
     rows = pd.concat(pd.read_csv(tmp_path / str(num) / ROWS_FILE) for num in range(4))
@@ -226,20 +228,15 @@ def test_cuda_asked_for_but_absent(hydra_configs, tmp_path):
     [
         (["pass=sideways"], "pass=fwd"),
         (["pass=[fwd,back]"], "pass=fwd"),
-        (["dtype=float8"], "dtype=float32"),
-        (["layout=diagonal"], "layout=contiguous"),
         (["layout=channels_last", "speed.spatial=[]"], "layout=contiguous"),
         (["norm=gn", "norm.groups=3"], "divisors of 32"),
         (["norm=in", "speed.spatial=[]"], "use ln"),
         (["impl=fastest"], "choose one of"),
-        (["speed.batch_size=0"], "positive ints"),
+        (["speed.batch_size=0"], "speed.batch_size must be > 0"),
         (["impl=triton"], "device=cuda"),
         (["speed.cuda_graph=true"], "device=cuda"),
-        (["speed.cuda_graph=sometimes"], "true or false"),
-        (["speed.l2=lukewarm"], "speed.l2=cold .* or speed.l2=warm"),
         (["speed.clocks=[wall,sundial]"], "unknown clock 'sundial'.*wall, graph, kineto, host"),
         (["speed.clocks=[kineto]"], "has no wall clock"),
-        (["speed.device_clock=sundial"], "speed.device_clock=graph .* or speed.device_clock=kineto"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_fix(hydra_configs, tmp_path, overrides, fix):
@@ -248,6 +245,25 @@ def test_bad_input_is_one_line_naming_the_fix(hydra_configs, tmp_path, overrides
     with pytest.raises(UsageError, match=fix) as err:
         run(overrides, tmp_path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "override, says",
+    [
+        ("dtype=float8", r"dtype=float8: Invalid value 'float8', expected one of \[float32, float16, bfloat16\]"),
+        ("layout=diagonal", r"expected one of \[contiguous, channels_last\] \(key layout\)"),
+        ("speed.cuda_graph=sometimes", r"'sometimes' is not a valid bool.* \(key speed.cuda_graph\)"),
+        ("speed.l2=lukewarm", r"expected one of \[cold, warm\] \(key speed.l2\)"),
+        ("speed.device_clock=sundial", r"expected one of \[graph, kineto\] \(key speed.device_clock\)"),
+        ("speed.batch_size=eight", r"could not be converted to Integer \(key speed.batch_size\)"),
+        ("speed.bogus=1", r"Key 'bogus' not in 'SpeedSettings' \(key speed.bogus\)"),
+    ],
+)
+def test_the_schema_refuses_a_bad_key_or_value_in_one_line_naming_it(hydra_configs, tmp_path, override, says):
+    with pytest.raises(ConfigCompositionException) as err:
+        configure([*TINY, override], tmp_path)
+    line = specs.one_line(err.value)
+    assert re.search(says, line) and "\n" not in line, line
 
 
 def _float32_only(query: norms.Query) -> str | None:
@@ -272,7 +288,7 @@ def test_a_dtype_an_impl_cannot_take_is_skipped_with_its_reason(hydra_configs, t
     assert norms.supports("ln", "float32_only", dtype=torch.bfloat16).startswith("impl=float32_only takes float32")
     for num, dtype in enumerate(("bfloat16", "float32")):
         run_job(
-            speed.run,
+            speed_job.run,
             configure([*TINY, "norm=ln", "impl=float32_only", "pass=fwd", f"dtype={dtype}"], tmp_path, job=num),
         )
     frame = results.read_sweep(tmp_path)
@@ -298,7 +314,7 @@ def test_a_bug_in_an_impl_keeps_its_traceback(hydra_configs, tmp_path, buggy_imp
         run(["norm=ln", "impl=buggy", "pass=fwd"], tmp_path)
     assert not isinstance(err.value, UsageError)  # not turned into bad input: a single run shows the traceback
     assert any(entry.name == "buggy" for entry in err.traceback)
-    run_job(speed.run, configure([*TINY, "norm=ln", "impl=buggy", "pass=fwd"], tmp_path, job=0))
+    run_job(speed_job.run, configure([*TINY, "norm=ln", "impl=buggy", "pass=fwd"], tmp_path, job=0))
     failure = json.loads((tmp_path / "0" / FAILURE_FILE).read_text())
     assert failure["status"] == "failed" and "index out of range" in failure["traceback"]
 
@@ -306,7 +322,7 @@ def test_a_bug_in_an_impl_keeps_its_traceback(hydra_configs, tmp_path, buggy_imp
 def test_single_run_prints_one_line_and_exits_2(hydra_configs, tmp_path, capsys):
     cfg = configure([*TINY, "pass=sideways"], tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        run_job(speed.run, cfg)
+        run_job(speed_job.run, cfg)
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown pass 'sideways'") and "\n" not in err
@@ -356,8 +372,6 @@ def test_the_capture_starts_after_the_eager_pass_is_freed(monkeypatch):
         return make_pass(0)[0]
 
     monkeypatch.setattr(clocks, "capture", capture)
-    cfg = OmegaConf.create(
-        {"speed": {"cuda_graph": True, "min_run_time": 0.01, "min_repeats": 2, "warmup_ms": 1, "rep_ms": 1}}
-    )
-    row = speed.time_pass(cfg, make, torch.device("cpu"), "bwd")
+    timing = specs.PassTiming(0.01, 2, 1, 1, clocks.CLOCKS, "graph", "cold", cuda_graph=True)
+    row = speed.time_pass(timing, make, torch.device("cpu"), "bwd")
     assert len(made) == 2 and row["cuda_graph"] and row["wall_ms"] > 0

@@ -215,12 +215,24 @@ def test_kernel_settings_refuse_bad_values_in_one_line():
         settings.KernelSettings(force_path="fused")
     with pytest.raises(UsageError, match=r"\(SMs, L2 bytes\)"):
         settings.KernelSettings(plan_for=(132, 0))
-    with pytest.raises(UsageError, match="triton.coop is not a kernel setting"):
-        settings.from_config({"coop": True})
-    with pytest.raises(UsageError, match="must be true or false"):
-        settings.from_config({"cooperative": "yes"})
-    assert settings.from_config(None) is settings.DEFAULT
-    assert settings.from_config({"cooperative": True}) == settings.KernelSettings(cooperative=True)
+
+
+def test_the_speed_schema_takes_triton_cooperative_and_refuses_a_bad_value_naming_it():
+    from hydra import compose as hydra_compose
+    from hydra.errors import ConfigCompositionException
+
+    from normbench import cli, speed_job
+
+    def compose(app, overrides):
+        with cli.configs_for_compose():
+            return hydra_compose(app, overrides=overrides)
+
+    cfg = compose("speed", ["impl=triton", "triton.cooperative=true"])
+    assert speed_job.spec(cfg).triton_cooperative is True
+    with pytest.raises(ConfigCompositionException, match="triton.coop"):
+        compose("speed", ["triton.coop=true"])
+    with pytest.raises(ConfigCompositionException, match="triton.cooperative"):
+        compose("speed", ["triton.cooperative=maybe"])
 
 
 def test_the_launch_plan_cache_keys_on_the_settings_value():

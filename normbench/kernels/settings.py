@@ -35,16 +35,3 @@ class KernelSettings:
 
 
 DEFAULT = KernelSettings()
-
-
-def from_config(node) -> KernelSettings:
-    """The settings a speed config's `triton` node gives ({cooperative: bool}); none: the defaults."""
-    if not node:
-        return DEFAULT
-    unknown = sorted(set(node) - {"cooperative"})
-    if unknown:
-        raise UsageError(f"triton.{unknown[0]} is not a kernel setting; the settings are: triton.cooperative")
-    cooperative = node.get("cooperative", False)
-    if not isinstance(cooperative, bool):
-        raise UsageError(f"triton.cooperative={cooperative!r} must be true or false")
-    return KernelSettings(cooperative=cooperative)

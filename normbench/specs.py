@@ -1,0 +1,350 @@
+"""The configs' schemas and the jobs' specs.
+
+Schemas: dataclasses registered in Hydra's ConfigStore as `speed_schema` and `accuracy_schema`, the
+first entry of conf/speed.yaml's and conf/accuracy.yaml's defaults lists. Hydra then refuses a value
+of the wrong type, a choice outside an enum and an unknown key itself, naming the key
+(docs: https://hydra.cc/docs/tutorials/structured_config/schema/). The nodes that are plug-ins (norm,
+model, dataset, shape.model: `_target_`s and their arguments) stay open dicts.
+
+Specs: frozen dataclasses a job is given, built once from its composed config (`speed_job`); the
+layers below take those plain values, never the Hydra config. What a schema cannot say (a value's
+range, one key against another) is checked here, one line naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from normbench.errors import UsageError
+
+# ------------------------------------------------------------------------------------- choices
+
+
+class Choice(str, Enum):
+    """A key's allowed values; a member is its string (compares, hashes, prints and serializes as it),
+    so code that reads a composed config sees "cold", not a new type."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class Dtype(Choice):
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class Layout(Choice):
+    contiguous = "contiguous"
+    channels_last = "channels_last"
+
+
+class L2(Choice):
+    cold = "cold"  # the device clocks rotate over copies holding > 3x the L2; the wall clock flushes it
+    warm = "warm"  # one resident copy, no flush
+
+
+class DeviceClock(Choice):
+    graph = "graph"  # CUDA-graph replay
+    kineto = "kineto"  # torch.profiler's kernel times
+
+
+class Precision(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class WeightDecayOn(Choice):
+    all = "all"
+    weights = "weights"
+
+
+# ------------------------------------------------------------------------------------- schemas
+# Field defaults are the YAML's; the YAML files stay where each key is documented.
+
+
+@dataclass
+class Common:
+    """conf/common.yaml's keys (its `hydra:` node is Hydra's own schema)."""
+
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class SpeedSettings:
+    """speed.*: conf/speed.yaml, and the shape group (conf/shape/*) for the three shape keys."""
+
+    batch_size: int = 8
+    channels: int | None = 64
+    spatial: list[int] | None = field(default_factory=lambda: [28, 28])
+    threads: int | None = 1
+    min_run_time: float = 0.2
+    min_repeats: int = 10
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    clocks: Any = "all"  # all, or a list of clock names (normbench.clocks.parse_clocks)
+    device_clock: DeviceClock = DeviceClock.graph
+    l2: L2 = L2.cold
+    cuda_graph: bool = False
+    peak_gbps: float | None = None
+    peak_copy_mb: int = 512
+
+
+@dataclass
+class TritonSettings:
+    """triton.*: impl=triton's kernel settings (normbench.kernels.settings)."""
+
+    cooperative: bool = False
+
+
+@dataclass
+class ModelShape:
+    """shape.*, set by shape=model: the model whose norm layers' inputs are timed."""
+
+    model: Any = None  # a `_target_` node
+    input: list[int] | None = None
+
+
+class SpeedConfig(Common):
+    impl: str = "native"
+    norm: Any = None  # conf/norm/<name>.yaml: name and options (its own schema lives with the norms)
+    dtype: Dtype = Dtype.float32
+    layout: Layout = Layout.contiguous
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
+    triton: TritonSettings = field(default_factory=TritonSettings)
+    shape: ModelShape | None = None
+
+
+# `pass` is a key users type (pass=fwd) and a Python keyword: no __init__, __repr__ or __eq__ can
+# name it, so the field is set after construction (OmegaConf.to_object sets non-init fields so).
+SpeedConfig.__annotations__["pass"] = Any
+setattr(SpeedConfig, "pass", field(default="all", init=False))
+SpeedConfig = dataclass(SpeedConfig, repr=False, eq=False)
+
+
+@dataclass
+class LrReference:
+    lr: float = 0.1
+    batch: int = 64
+
+
+@dataclass
+class AccuracySettings:
+    """accuracy.*: conf/accuracy.yaml documents each key."""
+
+    batch_size: int = 16
+    global_batch: int | None = 64
+    workers: int | None = None
+    epochs: int = 5
+    lr_reference: LrReference = field(default_factory=LrReference)
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5.0e-4
+    weight_decay_on: WeightDecayOn = WeightDecayOn.all
+    label_smoothing: float = 0.0
+    warmup_epochs: float = 0.0
+    grad_clip: float | None = None
+    eval_batch: int = 1000
+    precise_bn_samples: int | None = 2048
+    train_eval_samples: int | None = 1024
+    # {grid, validation, seed, seeds} or null; open (OmegaConf cannot merge a dict into a null typed
+    # node), checked by normbench.lr_search
+    lr_search: Any = None
+    reuse: bool = True
+    fast_path: bool = False
+    precision: Precision = Precision.fp32
+    channels_last: bool = True
+    compile: bool = False
+    deterministic: bool = False
+    cpu_threads: int | None = 1
+    progress: bool = True
+
+
+@dataclass
+class AccuracyConfig(Common):
+    impl: str = "native"
+    norm: Any = None
+    norm_options: dict[str, Any] = field(default_factory=dict)
+    dataset: Any = None  # a `_target_` node (conf/dataset)
+    model: Any = None  # a `_target_` node (conf/model)
+    accuracy: AccuracySettings = field(default_factory=AccuracySettings)
+    plan: dict[str, Any] | None = None  # an experiment's planning rates (normbench.plan)
+
+
+def register() -> None:
+    """Store the schemas under the names the primary configs' defaults lists give (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="speed_schema", node=SpeedConfig)
+    cs.store(name="accuracy_schema", node=AccuracyConfig)
+
+
+register()
+
+
+def typed(schema, cfg: DictConfig):
+    """The job's keys of `cfg` (not Hydra's own node) as an instance of `schema`, validated by it."""
+    keys = [k for k in cfg if k != "hydra"]
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.masked_copy(cfg, keys)))
+
+
+def plain(value):
+    """An enum's value, anything else as it is."""
+    return value.value if isinstance(value, Enum) else value
+
+
+def one_line(exc: BaseException) -> str:
+    """Hydra's composition error (an override or a YAML value the schema refuses, an unknown group
+    option) as one line: what Hydra says, its lists inline, and what the OmegaConf error under it says,
+    with the key it names."""
+    parts = [_inline(str(exc))]
+    if getattr(exc, "override", None):  # OverrideParseException: which override did not parse
+        parts.insert(0, str(exc.override))
+    cause = exc.__cause__
+    if cause is not None and str(cause):
+        text = str(cause).splitlines()
+        key = next((t.strip().removeprefix("full_key: ") for t in text if t.strip().startswith("full_key:")), "")
+        parts.append(text[0] + (f" (key {key})" if key and key not in text[0] else ""))
+    return ": ".join(p.rstrip(".") for p in parts if p) or type(exc).__name__
+
+
+def _inline(text: str) -> str:
+    """Hydra's lines as one: "Available options in 'norm':" and its list -> "...: bn, gn". Dropped:
+    the config search path, and the hint to append a key the schema does not know (it cannot be)."""
+    out, listing = "", False
+    for line in (t.strip() for t in text.splitlines()):
+        if line.startswith("Config search path"):
+            break
+        if not line or line.startswith("To append to your config use"):
+            continue
+        sep = ("" if out.endswith(":") else ",") if listing else ";"
+        out = f"{out}{sep} {line}" if out else line
+        listing = listing or line.endswith(":")
+    return out
+
+
+# ------------------------------------------------------------------------------------- checks
+
+
+def positive(value, key: str, hint: str, *, most: float | None = None):
+    """`value` (typed by the schema; None passes) unless it is <= 0, not finite, or over `most`."""
+    if value is None:
+        return None
+    if not (value > 0 and math.isfinite(value)) or (most is not None and value > most):
+        limit = f" and at most {most:g}" if most is not None else ""
+        raise UsageError(f"{key} must be > 0{limit}, got {value!r}: {hint}")
+    return value
+
+
+# ------------------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class PassTiming:
+    """How each pass is timed (speed.*): the wall clock's options and the device clocks'."""
+
+    min_run_time: float
+    min_repeats: int
+    warmup_ms: float
+    rep_ms: float
+    clocks: tuple[str, ...]
+    device_clock: str
+    l2: str
+    cuda_graph: bool
+
+    def wall_options(self) -> dict:
+        """The wall clock's options; l2=warm leaves the L2 unflushed between its repeats."""
+        keep = {k: getattr(self, k) for k in ("min_run_time", "min_repeats", "warmup_ms", "rep_ms")}
+        return {**keep, "flush": self.l2 != "warm"}
+
+
+@dataclass(frozen=True)
+class SpeedJob:
+    """One speed job: a norm x implementation at one shape (or at a model's shapes), timed per pass."""
+
+    norm: str
+    norm_options: dict  # the norm node less its name: groups, eps, ...
+    impl: str
+    dtype: str
+    layout: str
+    passes: tuple[str, ...]
+    batch_size: int  # N, the input's first dimension
+    channels: int | None
+    spatial: tuple[int, ...]
+    model: dict | None  # shape.model's `_target_` node where the shapes come from a model
+    model_input: tuple[int, ...] | None  # one sample's (C, *spatial) for the model
+    seed: int
+    device: str
+    threads: int | None
+    peak_gbps: float | None
+    peak_copy_mb: int
+    timing: PassTiming
+    triton_cooperative: bool = False  # impl=triton: the cooperative kernels where their plan fits
+
+    @property
+    def norm_node(self) -> dict:
+        return {"name": self.norm, **self.norm_options}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.batch_size, self.channels, *self.spatial)
+
+
+def speed_job(cfg: DictConfig, passes: tuple[str, ...], clocks: tuple[str, ...]) -> SpeedJob:
+    """The spec of a composed speed config (`passes` and `clocks` parsed by the speed job), its values'
+    ranges checked."""
+    obj = typed(SpeedConfig, cfg)
+    sp = obj.speed
+    norm = OmegaConf.to_container(cfg.norm, resolve=True)
+    shape = obj.shape if obj.shape is not None and obj.shape.model is not None else None
+    positive(sp.batch_size, "speed.batch_size", "e.g. speed.batch_size=8")
+    positive(sp.min_run_time, "speed.min_run_time", "seconds of timed calls per pass, e.g. 0.2", most=3600)
+    positive(sp.min_repeats, "speed.min_repeats", "e.g. 10")
+    positive(sp.warmup_ms, "speed.warmup_ms", "e.g. 25")
+    positive(sp.rep_ms, "speed.rep_ms", "e.g. 100")
+    positive(sp.peak_gbps, "speed.peak_gbps", "the roofline in GB/s, e.g. 3350, or null to measure it")
+    positive(sp.peak_copy_mb, "speed.peak_copy_mb", "MiB per copy buffer, e.g. 512")
+    return SpeedJob(
+        norm=norm["name"],
+        norm_options={k: v for k, v in norm.items() if k != "name"},
+        impl=obj.impl,
+        dtype=plain(obj.dtype),
+        layout=plain(obj.layout),
+        passes=tuple(passes),
+        batch_size=sp.batch_size,
+        channels=sp.channels,
+        spatial=tuple(sp.spatial or ()),
+        model=OmegaConf.to_container(cfg.shape.model, resolve=False) if shape else None,
+        model_input=tuple(shape.input or ()) if shape else None,
+        seed=obj.seed,
+        device=obj.device,
+        threads=sp.threads,
+        peak_gbps=None if sp.peak_gbps is None else float(sp.peak_gbps),
+        peak_copy_mb=sp.peak_copy_mb,
+        timing=PassTiming(
+            min_run_time=float(sp.min_run_time),
+            min_repeats=sp.min_repeats,
+            warmup_ms=float(sp.warmup_ms),
+            rep_ms=float(sp.rep_ms),
+            clocks=tuple(clocks),
+            device_clock=plain(sp.device_clock),
+            l2=plain(sp.l2),
+            cuda_graph=sp.cuda_graph,
+        ),
+        triton_cooperative=obj.triton.cooperative,
+    )
+
+
+def replace(spec, **changes):
+    """A copy of a frozen spec with `changes` (dataclasses.replace)."""
+    return dataclasses.replace(spec, **changes)
