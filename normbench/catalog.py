@@ -1,8 +1,9 @@
 """What each app can sweep, read from the registry and conf/: `normbench-speed --list`,
 `normbench-accuracy --list`, and the config groups each app's `--help` shows (conf/hydra/help/).
 
-Both apps compose from one conf/, so `APP_GROUPS` says which groups (and which options of a shared
-group) each one uses; Hydra's own `$APP_CONFIG_GROUPS` would list every group of conf/ for both.
+Both apps compose from one conf/, so `APP_GROUPS` says which groups each one uses, and a shared group's
+file belongs to the app whose keys it sets (`app_of`); Hydra's own `$APP_CONFIG_GROUPS` would list every
+group of conf/ for both.
 Nothing here needs a GPU: what runs here is asked of the registry and the machine, never run.
 """
 
@@ -16,19 +17,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# Config groups per app -> the options it uses (None: every option in conf/<group>/). `sweep` is shared
-# by name only: each app has its own sweeps. tests/test_cli.py checks that every option is in an app.
-APP_GROUPS: dict[str, dict[str, tuple[str, ...] | None]] = {
-    "speed": {"norm": None, "shape": None, "sweep": ("cpu", "gpu", "gpu_rows", "model")},
-    "accuracy": {
-        "norm": None,
-        "dataset": None,
-        "model": None,
-        "sweep": ("norm_batch", "seed_claims"),
-        "experiment": None,
-        "claim_run": None,
-    },
+from normbench.errors import UsageError
+
+# Config groups per app. `sweep` is shared by name only: each app has its own sweeps, told apart by the
+# keys they set (SHARED_BY_NAME). tests/test_cli.py checks that every option is in an app.
+APP_GROUPS: dict[str, tuple[str, ...]] = {
+    "speed": ("norm", "shape", "sweep"),
+    "accuracy": ("norm", "dataset", "model", "sweep", "experiment", "claim_run"),
 }
+SHARED_BY_NAME = {"sweep"}
 # Groups not in an app's defaults list are added with +group=option.
 ADDED = {"experiment", "claim_run"}
 # Groups the defaults list picks itself from other choices (model_norm/<model>_<norm>.yaml: a model's
@@ -46,10 +43,34 @@ def conf_root(configs: str) -> Traversable:
 
 def options(configs: str, app: str, group: str) -> list[str]:
     """The options of `group` that `app` uses, as names for group=name."""
-    chosen = APP_GROUPS[app][group]
     folder = conf_root(configs) / group
     found = sorted(f.name.removesuffix(".yaml") for f in folder.iterdir() if f.name.endswith(".yaml"))
-    return found if chosen is None else [o for o in found if o in chosen]
+    if group not in SHARED_BY_NAME:
+        return found
+    return [o for o in found if app_of(configs, (folder / f"{o}.yaml").read_text(), f"conf/{group}/{o}.yaml") == app]
+
+
+def own_keys(configs: str, app: str) -> set[str]:
+    """The top-level keys and groups only `app` has: its primary config's and its groups, less the other's."""
+
+    def keys(name: str) -> set[str]:
+        return set(OmegaConf.create((conf_root(configs) / f"{name}.yaml").read_text())) | set(APP_GROUPS[name])
+
+    return keys(app) - set().union(*(keys(other) for other in APP_GROUPS if other != app))
+
+
+def app_of(configs: str, text: str, where: str) -> str:
+    """The one app whose own keys a config file sets (its sweeper params and `override /group` defaults)."""
+    cfg = OmegaConf.to_container(OmegaConf.create(text))
+    params = cfg.get("hydra", {}).get("sweeper", {}).get("params") or {}
+    keys = {str(k).lstrip("+~").split(".")[0] for k in params}
+    keys |= {str(k).split()[-1].lstrip("/") for d in cfg.get("defaults", []) if isinstance(d, dict) for k in d}
+    keys |= set(cfg) - {"hydra", "defaults"}
+    apps = [app for app in APP_GROUPS if keys & own_keys(configs, app)]
+    if len(apps) != 1:
+        found = " and ".join(apps) or "no app"
+        raise UsageError(f"{where} sets keys of {found}; a sweep must set a key only one app has: {sorted(keys)}")
+    return apps[0]
 
 
 def config_groups(configs: str, app: str) -> str:

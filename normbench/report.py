@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+import normbench
 from normbench import claims, clocks, provenance, results, speed_tables, swept
 from normbench.accuracy_tables import (
     accuracy_groups,
@@ -276,6 +277,26 @@ def _unique(frame: pd.DataFrame, col: str) -> str:
     return ", ".join(str(v) for v in pd.unique(frame[col].dropna()))
 
 
+# The checkout normbench runs from; report text names paths relative to it (a report is committed and
+# read on other machines, where this machine's directories mean nothing).
+REPO = Path(normbench.__file__).resolve().parent.parent
+ABSOLUTE = re.compile(r"(?<![\w.~/-])/[^\s'\"`,;:)]+")
+
+
+def shown_paths(text: str) -> str:
+    """A recorded command with each absolute path inside the repo made relative to it, and each one outside
+    it cut to `.../` and its last part (a data file, where the sweep was written), so a report names only
+    paths inside the repo or the sweep (its inputs, as given)."""
+
+    def shown(match: re.Match[str]) -> str:
+        path = Path(match.group(0))
+        if path.is_relative_to(REPO):
+            return path.relative_to(REPO).as_posix() or "."
+        return f".../{path.name}" if path.name else match.group(0)
+
+    return ABSOLUTE.sub(shown, text)
+
+
 def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
     doc.heading(2, "What ran")
     # The inputs the rows name (a report directory given as input passes on those of its rows).
@@ -288,7 +309,7 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
         kinds = _unique(rows[rows["status"] == "ok"], "kind") if not rows.empty else ""
         doc.heading(3, f"`{info['name']}`" + (f" ({kinds})" if kinds else ""))
         if info.get("command"):
-            doc.code(info["command"])
+            doc.code(shown_paths(info["command"]))
         vers = dict(info.get("versions") or {})
         for col, name in (("torch_version", "torch"), ("torch", "torch"), ("triton_version", "triton")):
             if _unique(rows, col):
