@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from normbench import catalog
+from normbench import catalog, plugins
 from normbench.errors import Unsupported, UsageError
 from normbench.provenance import versions
 from normbench.results import planned_jobs, write_failure, write_rows
@@ -95,6 +95,8 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
         if progress:
             log.info("%s", progress)
     try:
+        plugins.load(cfg.get("plugins"))  # then the norm node's defaults (groups), which read the registry
+        OmegaConf.resolve(cfg.norm)
         check_common(cfg)
         rows = job(cfg, out)
     except Exception as exc:
@@ -128,6 +130,10 @@ def _app(app: str, hydra_main: Callable[[], None]) -> None:
     if "--version" in flags:
         print(version_text(f"normbench-{app}"))
     elif "--list" in flags:
+        try:
+            plugins.load(plugins.from_overrides(flags))
+        except UsageError as exc:
+            sys.exit(f"error: {exc}")
         print(catalog.listing(CONFIGS, app))
     else:
         try:

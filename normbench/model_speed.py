@@ -94,7 +94,7 @@ def capture_inputs(model: nn.Module, x: torch.Tensor, names: list[str]) -> dict[
 def build_model(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> tuple[nn.Module, list[str]]:
     """The model with cfg.norm x cfg.impl in place of its norm layers, in training mode on `device`."""
     model = models.from_config(cfg.shape.model, key="shape.model", example="normbench.models.resnet20")
-    # The norm node alone gives the options: norm.groups, 8 for resnet20 (conf/model_norm/model_gn.yaml).
+    # The norm node alone gives the options: norm.groups, 8 for resnet20 (shape.model.norm_groups).
     names = swap_norms(model, lambda c: norms.build_from_config(cfg.norm, c, impl=cfg.impl, device=device, dtype=dtype))
     if not names:
         raise UsageError(

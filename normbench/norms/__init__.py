@@ -6,6 +6,8 @@
 >>> y = layer(torch.randn(2, 64, 8, 8))
 """
 
+from omegaconf import OmegaConf
+
 from normbench.norms import (  # noqa: F401  (importing registers the implementations)
     compiled,
     native,
@@ -23,10 +25,16 @@ from normbench.norms.registry import (
     build,
     build_from_config,
     implementations,
+    model_groups,
     norm_class,
+    options,
     register,
     supports,
 )
+
+# `groups: ${normbench.groups:}` in conf/norm/ (registry.model_groups).
+if not OmegaConf.has_resolver("normbench.groups"):
+    OmegaConf.register_new_resolver("normbench.groups", model_groups)
 
 __all__ = [
     "BatchNorm",
@@ -49,7 +57,9 @@ __all__ = [
     "build",
     "build_from_config",
     "implementations",
+    "model_groups",
     "norm_class",
+    "options",
     "register",
     "supports",
 ]
