@@ -15,7 +15,7 @@ from normbench.norms import (  # noqa: F401  (importing registers the implementa
     triton_impl,
 )
 from normbench.norms.family import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, LayerNorm2d, RMSNorm
-from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm
+from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm, Statistics
 from normbench.norms.registry import (
     Query,
     add_norm,
@@ -50,6 +50,7 @@ __all__ = [
     "Norm",
     "Query",
     "RMSNorm",
+    "Statistics",
     "add_norm",
     "all_implementations",
     "available",
