@@ -95,8 +95,7 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
         if progress:
             log.info("%s", progress)
     try:
-        plugins.load(cfg.get("plugins"))  # then the norm node's defaults (groups), which read the registry
-        OmegaConf.resolve(cfg.norm)
+        plugins.load(cfg.get("plugins"))  # before anything reads the registry (docs/extending.md)
         check_common(cfg)
         rows = job(cfg, out)
     except Exception as exc:

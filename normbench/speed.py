@@ -243,7 +243,7 @@ def warn_if_cached(copy_mb: int, device: torch.device) -> None:
 
 def check_support(cfg: DictConfig, dtype: torch.dtype, device: torch.device) -> None:
     """Unsupported (a sweep records the job as skipped) unless cfg.impl runs cfg.norm here, at its speed."""
-    options = {k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"}
+    options = {k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"}
     reason = norms.supports(cfg.norm.name, cfg.impl, device=device, dtype=dtype, timing=True, **options)
     if reason:
         raise Unsupported(reason)
@@ -379,7 +379,7 @@ def base_row(cfg: DictConfig, shape, device: torch.device) -> dict:
     """The columns every row of this job shares, for an input of `shape`."""
     return {
         "kind": "speed",
-        **{k: v for k, v in OmegaConf.to_container(cfg.norm).items() if k != "name"},  # groups, eps, ...
+        **{k: v for k, v in OmegaConf.to_container(cfg.norm, resolve=True).items() if k != "name"},  # groups, eps, ...
         "norm": cfg.norm.name,
         "impl": cfg.impl,
         "batch_size": shape[0],

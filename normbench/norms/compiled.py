@@ -18,7 +18,9 @@ eager code after a silent fallback. So:
   place inside the graph (AOTAutograd writes the mutation back), as the reference does.
 * Every graph is compiled without AOTAutograd's donated buffers (`_retainable`): they only save
   memory in backward, and they forbid a second backward on a retained graph, which the speed job's
-  `bwd` pass does. So one graph serves every caller, whatever torch's global setting is.
+  `bwd` pass does. So one graph serves training and the speed job alike, whatever torch's setting was
+  when it compiled; torch still checks its setting when a retained graph runs backward, which the
+  speed job turns off for its scope (normbench.speed.retained_backward).
 * Inside a user's `torch.compile` (a model holding these layers) the layer runs the reference's ops,
   and the user's graph compiles them with the rest of the model: a compile cannot call another.
 
