@@ -163,3 +163,13 @@ def test_a_plugin_that_does_not_import_is_one_line(user, tmp_path, capsys):
     assert exit_.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: plugins: module 'my_normz' could not be imported (ModuleNotFoundError")
+
+
+def test_a_statistics_declaration_with_a_typo_is_one_line():
+    from normbench.errors import UsageError
+    from normbench.norms import Statistics
+
+    with pytest.raises(
+        UsageError, match=r"^Statistics\(channels='group'\): channels is one of 'all', 'each', 'groups'$"
+    ):
+        Statistics(channels="group")

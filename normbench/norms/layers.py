@@ -35,6 +35,14 @@ class Statistics:
     channels: str = "all"
     spatial: bool = True
 
+    def __post_init__(self) -> None:
+        for field, value, allowed in (
+            ("samples", self.samples, ("one", "batch")),
+            ("channels", self.channels, ("all", "each", "groups")),
+        ):
+            if value not in allowed:
+                raise UsageError(f"Statistics({field}={value!r}): {field} is one of {', '.join(map(repr, allowed))}")
+
 
 class Norm(nn.Module):
     """Base of the registered norms: y = (x - E[x]) / sqrt(Var[x] + eps) * weight + bias.
