@@ -128,8 +128,8 @@ def norm_factory(cfg: DictConfig, k: int):
     extra = dict(OmegaConf.to_container(node[name], resolve=True) if node.get(name) else {})
     if "groups" in extra:
         raise UsageError(
-            f"norm_options.{name}.groups: a norm's groups have one key, norm.groups (a model's default is in "
-            f"conf/model_norm/<model>_{name}.yaml): set norm.groups={extra['groups']} instead"
+            f"norm_options.{name}.groups: a norm's groups have one key, norm.groups (a model's default is its "
+            f"config's norm_groups): set norm.groups={extra['groups']} instead"
         )
     options = dict(extra)
     if not norms.batch_independent(name):

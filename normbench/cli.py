@@ -26,7 +26,7 @@ from hydra.errors import HydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from normbench import catalog, specs  # specs: the configs' schemas, registered before Hydra composes
+from normbench import catalog, plugins, specs  # specs: the configs' schemas, registered before Hydra composes
 from normbench.errors import Unsupported, UsageError
 from normbench.provenance import versions
 from normbench.results import planned_jobs, write_failure, write_rows
@@ -89,6 +89,7 @@ def run_job(job: Callable[[DictConfig, Path], list[dict]], cfg: DictConfig) -> N
         if progress:
             log.info("%s", progress)
     try:
+        plugins.load(cfg.get("plugins"))  # before anything reads the registry (docs/extending.md)
         rows = job(cfg, out)
     except Exception as exc:
         write_failure(out, exc, list(hc.overrides.task))
@@ -121,6 +122,10 @@ def _app(app: str, hydra_main: Callable[[], None]) -> None:
     if "--version" in flags:
         print(version_text(f"normbench-{app}"))
     elif "--list" in flags:
+        try:
+            plugins.load(plugins.from_overrides(flags))
+        except UsageError as exc:
+            sys.exit(f"error: {exc}")
         print(catalog.listing(CONFIGS, app))
     else:
         # Hydra reports a config it cannot compose (a key the schema does not know, a value of the wrong

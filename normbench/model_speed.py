@@ -90,7 +90,7 @@ def build_model(job: SpeedJob, dtype: torch.dtype, device: torch.device) -> tupl
     """The model with job.norm x job.impl in place of its norm layers, in training mode on `device`."""
     node = OmegaConf.create(job.model)
     model = models.from_config(node, key="shape.model", example="normbench.models.resnet20")
-    # The norm node alone gives the options: norm.groups, 8 for resnet20 (conf/model_norm/model_gn.yaml).
+    # The norm node alone gives the options: norm.groups, 8 for resnet20 (shape.model.norm_groups).
     names = swap_norms(
         model, lambda c: norms.build_from_config(job.norm_node, c, impl=job.impl, device=device, dtype=dtype)
     )

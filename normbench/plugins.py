@@ -1,4 +1,11 @@
-"""Models and datasets are Hydra `_target_`s: one way to build either from its config node.
+"""A user's own code in both apps: the `plugins` key's modules, imported before the registry is read
+(`load`), and models and datasets as Hydra `_target_`s, one way to build either from its config node.
+
+`plugins: [my_pkg.my_norms]` (conf/common.yaml; on the command line `plugins=[my_pkg.my_norms]`)
+imports each module at the start of every job (and before `--list`), so the norms it registers
+(`@normbench.norms.add_norm`) and the models and datasets it marks (`@register`) reach both apps from
+YAML files in the user's `--config-dir` (docs/extending.md). A module that fails to import is one
+UsageError naming it and the key.
 
 `build(node, key, **runtime)` is `hydra.utils.instantiate(node, **runtime)` with the errors a user can
 act on: no `_target_`, a target that cannot be imported, an option it does not take or an argument
@@ -15,7 +22,9 @@ or, for models, a function of a library that builds models (`MODEL_LIBRARIES`). 
 
 from __future__ import annotations
 
+import importlib
 import inspect
+from collections.abc import Iterable
 
 from hydra._internal.utils import _locate  # get_object's quiet core: get_object also logs the failure
 from hydra.errors import InstantiationException
@@ -25,9 +34,37 @@ from omegaconf import DictConfig, OmegaConf
 from normbench.errors import UsageError
 
 KINDS = ("model", "dataset")
+# A model node's settings for the norms in it, not arguments of its target (normbench.norms.model_groups).
+MODEL_SETTINGS = ("norm_groups",)
 # Libraries whose public functions build models (torchvision.models.resnet50, timm.create_model).
 MODEL_LIBRARIES = ("torchvision.models", "timm")
 _MARK = "__normbench_builds__"
+
+
+def load(modules: str | Iterable[str] | None) -> None:
+    """Import the `plugins` key's modules (a name or a list of names), in order."""
+    names = [modules] if isinstance(modules, str) else list(modules or [])
+    for name in names:
+        try:
+            importlib.import_module(str(name))
+        except Exception as exc:
+            raise UsageError(
+                f"plugins: module {name!r} could not be imported ({type(exc).__name__}: {_first_line(exc)}): "
+                "put its folder on PYTHONPATH (or install it) and check the name, e.g. plugins=[my_pkg.my_norms]"
+            ) from None
+
+
+def from_overrides(args: Iterable[str]) -> list[str]:
+    """The modules a `plugins=[...]` (or `+plugins=...`) command-line override names: what `--list` loads,
+    since it answers before Hydra composes a config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found: list[str] = []
+    for arg in args:
+        if arg.lstrip("+").startswith("plugins="):
+            value = OverridesParser.create().parse_override(arg).value()
+            found = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return found
 
 
 def register(kind: str):
@@ -69,6 +106,8 @@ def build(node, key: str, example: str, *, kind: str, **runtime):
     (see `allowed`). Lists and dicts reach the target as plain Python ones.
     """
     node = node if isinstance(node, DictConfig) else OmegaConf.create(dict(node))
+    if kind == "model" and any(k in node for k in MODEL_SETTINGS):
+        node = OmegaConf.create({k: v for k, v in node.items_ex(resolve=False) if k not in MODEL_SETTINGS})
     target = node.get("_target_")
     if not target:
         raise UsageError(

@@ -79,6 +79,7 @@ class Common:
 
     device: str = "auto"
     seed: int = 0
+    plugins: list[str] = field(default_factory=list)  # modules imported before the registry is read
 
 
 @dataclass

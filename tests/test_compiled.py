@@ -101,3 +101,36 @@ def test_backward_on_a_retained_graph_twice():
         y.backward(dy, retain_graph=True)
     torch.testing.assert_close(x.grad, first)
     assert functorch_config.donated_buffer == donated
+
+
+def test_graphs_never_donate_buffers_whatever_torch_is_set_to(monkeypatch):
+    """compiled.py compiles every graph with donated buffers off, its own explicit choice, not a reading
+    of torch's setting: a graph first compiled for training under donated_buffer=True is the one the
+    speed job's scope reuses for backward on a retained graph, twice, with the same gradients."""
+    from torch._inductor import compile_fx as inductor
+
+    seen = []
+    real = inductor.compile_fx
+
+    def spy(gm, example_inputs, **kwargs):
+        seen.append(functorch_config.donated_buffer)
+        return real(gm, example_inputs, **kwargs)
+
+    monkeypatch.setattr(inductor, "compile_fx", spy)
+    ref, comp = _pair("gn", eps=1e-3)  # an eps of its own: a configuration no other test compiled
+    x = torch.randn(4, C, *SPATIAL)
+    dy = torch.randn_like(x)
+    with functorch_config.patch(donated_buffer=True):
+        _step(comp, x, dy)  # a training step compiles the graph
+    assert seen and not any(seen)
+    graphs, frames = compiled_impl.configurations(), counters["frames"]["ok"]
+    with speed.retained_backward():  # torch's runtime check of retained graphs: the speed job's scope
+        xc = x.clone().requires_grad_()
+        y = comp(xc)
+        y.backward(dy, retain_graph=True)
+        first = xc.grad.clone()
+        xc.grad = None
+        y.backward(dy, retain_graph=True)
+    assert (compiled_impl.configurations(), counters["frames"]["ok"]) == (graphs, frames)  # the same graph
+    torch.testing.assert_close(xc.grad, first)
+    torch.testing.assert_close(first, _step(ref, x, dy)[1], **TOL)

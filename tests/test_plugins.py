@@ -201,8 +201,11 @@ def test_norm_groups_is_the_one_groups_key():
     assert config("norm=gn", "model=resnet20").norm.groups == 8
     assert config("norm=gn", app="speed").norm.groups == 32  # the GN paper's default, where no model says
     assert config("norm=gn", "shape=model", app="speed").norm.groups == 8  # shape=model is resnet20
+    assert config("norm=evonorm_s0", "model=mlp").norm.groups == norms.GroupNorm(32).num_groups  # the class's default
+    # The model says it once, for every GN-like norm: no file per model x norm pair.
+    assert not (CONF / "model_norm").exists()
     for name in ("cnn1d", "resnet20"):
-        assert "groups" not in (CONF / "model" / f"{name}.yaml").read_text().split("# GroupNorm")[0]
+        assert config(f"model={name}").model.norm_groups == 8
 
 
 def test_a_users_dataset_from_a_config_dir(tmp_path, monkeypatch):

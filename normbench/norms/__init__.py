@@ -6,6 +6,8 @@
 >>> y = layer(torch.randn(2, 64, 8, 8))
 """
 
+from omegaconf import OmegaConf
+
 from normbench.norms import (  # noqa: F401  (importing registers the implementations)
     compiled,
     native,
@@ -13,7 +15,7 @@ from normbench.norms import (  # noqa: F401  (importing registers the implementa
     triton_impl,
 )
 from normbench.norms.family import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, LayerNorm2d, RMSNorm
-from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm
+from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm, Statistics
 from normbench.norms.registry import (
     Query,
     add_norm,
@@ -23,10 +25,16 @@ from normbench.norms.registry import (
     build,
     build_from_config,
     implementations,
+    model_groups,
     norm_class,
+    options,
     register,
     supports,
 )
+
+# `groups: ${normbench.groups:}` in conf/norm/ (registry.model_groups).
+if not OmegaConf.has_resolver("normbench.groups"):
+    OmegaConf.register_new_resolver("normbench.groups", model_groups)
 
 __all__ = [
     "BatchNorm",
@@ -42,6 +50,7 @@ __all__ = [
     "Norm",
     "Query",
     "RMSNorm",
+    "Statistics",
     "add_norm",
     "all_implementations",
     "available",
@@ -49,7 +58,9 @@ __all__ = [
     "build",
     "build_from_config",
     "implementations",
+    "model_groups",
     "norm_class",
+    "options",
     "register",
     "supports",
 ]

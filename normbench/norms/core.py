@@ -119,7 +119,7 @@ def norm_forward(
     weight: Tensor | None,
     bias: Tensor | None,
     *,
-    samples: int,
+    samples: int | None,
     groups: int,
     eps: float,
     running_mean: Tensor | None = None,
@@ -131,8 +131,9 @@ def norm_forward(
 
     `use_batch_stats=False` is BatchNorm's eval mode: running_mean/var, one per channel, stand in
     for the batch's moments. Running statistics are updated only when `use_batch_stats` is true and
-    they are given.
+    they are given. samples=None: the whole batch (a dynamic size under torch.compile).
     """
+    samples = x.shape[0] if samples is None else samples
     if use_batch_stats:
         mean, var = moments(x, samples, groups)
         if running_mean is not None:

@@ -1,7 +1,8 @@
 """The wider family's modules: RMSNorm, channel LayerNorm, Batch Renormalization, FRN and EvoNorm.
 
-Like the four classics, each class holds the options, parameters, buffers and checks; the math is in
-`normbench.norms.equations` (reference, compiled) and `native`. Parameters are named as in timm where
+Like the four classics, each class declares its statistics, its equation (`normbench.norms.equations`:
+reference, compiled) and its `native` where torch has one, and holds the options, parameters, buffers
+and checks. Parameters are named as in timm where
 timm has the layer (`v`, `tau`), so the two are easy to compare.
 """
 
@@ -14,7 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from normbench.errors import UsageError
-from normbench.norms.layers import BatchNorm, GroupNorm, Norm
+from normbench.norms import equations
+from normbench.norms import native as torch_ops
+from normbench.norms.layers import BatchNorm, GroupNorm, Norm, Statistics
 
 
 def _flag(name: str, key: str, value) -> bool:
@@ -33,15 +36,10 @@ def _number(name: str, key: str, value, low: float, hint: str, integer: bool = F
 class PerPositionNorm(Norm):
     """Base of the norms with one statistic per sample and position, over the C channels."""
 
+    statistics = Statistics(spatial=False)
     default_eps = 1e-6  # ConvNeXt's and timm's LayerNorm2d / RmsNorm2d
     moments_saved: ClassVar[int] = 2
     too_few_values_hint = "give it more than one channel"
-
-    def groups(self) -> int:
-        return 1
-
-    def values_per_statistic(self, x: Tensor) -> int:
-        return x.shape[1]
 
     def saved_stats(self, x: Tensor) -> int:
         return self.moments_saved * x.shape[0] * math.prod(x.shape[2:])
@@ -53,6 +51,11 @@ class LayerNorm2d(PerPositionNorm):
 
     name = "ln2d"
     title = "LayerNorm2d"
+    equation = staticmethod(equations.layer_norm_2d)
+    native = staticmethod(torch_ops.layer_norm_2d)
+
+    def equation_args(self, x: Tensor) -> dict:
+        return {"weight": self.weight, "bias": self.bias, "eps": self.eps}
 
 
 class RMSNorm(PerPositionNorm):
@@ -61,8 +64,13 @@ class RMSNorm(PerPositionNorm):
 
     name = "rms"
     title = "RMSNorm"
+    equation = staticmethod(equations.rms_norm)
+    native = staticmethod(torch_ops.rms_norm)
     has_bias = False
     moments_saved = 1
+
+    def equation_args(self, x: Tensor) -> dict:
+        return {"weight": self.weight, "eps": self.eps}
 
 
 class FilterResponseNorm(Norm):
@@ -73,6 +81,10 @@ class FilterResponseNorm(Norm):
 
     name = "frn"
     title = "FRN + TLU"
+    statistics = Statistics(channels="each")
+    equation = staticmethod(equations.filter_response_norm)
+    native = staticmethod(torch_ops.filter_response_norm)
+    native_supports = staticmethod(torch_ops.fixed_eps_only)
     needs_spatial = True  # over one position nu^2 = x^2 and the output is sign(x)
     includes_activation = True
     default_eps = 1e-6  # the paper's
@@ -87,8 +99,14 @@ class FilterResponseNorm(Norm):
         # Started off 0: d|e|/de is 0 there, so a learned eps starting at 0 would never move.
         self.eps_learned = nn.Parameter(torch.full((), 1e-4, **like)) if self.learned_eps else None
 
-    def groups(self) -> int:
-        return self.num_features
+    def equation_args(self, x: Tensor) -> dict:
+        return {
+            "weight": self.weight,
+            "bias": self.bias,
+            "tau": self.tau if self.apply_act else None,
+            "eps": self.eps,
+            "eps_learned": self.eps_learned,
+        }
 
     def saved_stats(self, x: Tensor) -> int:
         return x.shape[0] * x.shape[1]  # 1 / sqrt(nu^2 + eps) only
@@ -104,12 +122,17 @@ class EvoNormS0(GroupNorm):
 
     name = "evonorm_s0"
     title = "EvoNorm-S0"
+    equation = staticmethod(equations.evonorm_s0)
     includes_activation = True
 
     def __init__(self, num_features: int, *, apply_act: bool = True, **options) -> None:
         super().__init__(num_features, **options)
         self.apply_act = _flag(self.name, "apply_act", apply_act)
         self.v = nn.Parameter(torch.ones(num_features, device=options.get("device"), dtype=options.get("dtype")))
+
+    def equation_args(self, x: Tensor) -> dict:
+        v = self.v if self.apply_act else None
+        return {"weight": self.weight, "bias": self.bias, "v": v, "groups": self.groups(), "eps": self.eps}
 
     def saved_stats(self, x: Tensor) -> int:
         return x.shape[0] * self.num_groups
@@ -124,6 +147,7 @@ class EvoNormB0(BatchNorm):
 
     name = "evonorm_b0"
     title = "EvoNorm-B0"
+    equation = staticmethod(equations.evonorm_b0)
     needs_spatial = True  # the instance variance
     includes_activation = True
     too_few_values_hint = "use a larger batch (or virtual_batch) or call .eval()"
@@ -132,6 +156,11 @@ class EvoNormB0(BatchNorm):
         super().__init__(num_features, **options)
         self.apply_act = _flag(self.name, "apply_act", apply_act)
         self.v = nn.Parameter(torch.ones(num_features, device=options.get("device"), dtype=options.get("dtype")))
+
+    def equation_args(self, x: Tensor) -> dict:
+        args = super().equation_args(x)
+        del args["groups"]
+        return {**args, "v": self.v if self.apply_act else None}
 
     def saved_stats(self, x: Tensor) -> int:
         n, c = x.shape[:2]
@@ -150,6 +179,8 @@ class BatchRenorm(BatchNorm):
 
     name = "brn"
     title = "Batch Renormalization"
+    equation = staticmethod(equations.batch_renorm)
+    native = staticmethod(torch_ops.batch_renorm)
 
     def __init__(
         self,
@@ -186,6 +217,17 @@ class BatchRenorm(BatchNorm):
 
         return 1 + (self.rmax - 1) * ramp(self.rmax_steps), self.dmax * ramp(self.dmax_steps)
 
+    def equation_args(self, x: Tensor) -> dict:
+        args = {k: v for k, v in super().equation_args(x).items() if k not in ("groups", "use_batch_stats")}
+        rmax, dmax = self.clip_limits() if self.training else (1.0, 0.0)
+        args.update(training=self.training, rmax=rmax, dmax=dmax)
+        if self.training:
+            # r and d read copies of the running statistics this call updates: torch 2.13's partitioner
+            # may otherwise recompute them in a compiled backward from the updated buffers (wrong
+            # gradients, seen in tests/test_family.py).
+            args["correct_toward"] = (self.running_mean.clone(), self.running_var.clone())
+        return args
+
     def saved_stats(self, x: Tensor) -> int:
         n, c = x.shape[:2]
         return 4 * (n // self.samples(n)) * c  # mean, rstd, r and d
@@ -197,4 +239,5 @@ class BatchRenorm(BatchNorm):
         )
 
 
-FAMILY = (RMSNorm, LayerNorm2d, BatchRenorm, FilterResponseNorm, EvoNormB0, EvoNormS0)
+# In the order the registry lists them.
+WIDER = (RMSNorm, LayerNorm2d, BatchRenorm, FilterResponseNorm, EvoNormB0, EvoNormS0)

@@ -9,14 +9,39 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from normbench.errors import UsageError
+from normbench.norms import core
+from normbench.norms import native as torch_ops
 
 Implementation = Callable[["Norm", Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Statistics:
+    """The axes one statistic spans, for input (N, C, *spatial) (core.py's table).
+
+    samples: "one" (each sample its own) or "batch" (N, in virtual batches of `virtual_batch`);
+    channels: "all" (C), "each" (one per channel) or "groups" (C / groups, the `groups` option);
+    spatial: True (over the positions) or False (one statistic per position, as ConvNeXt's LayerNorm2d).
+    """
+
+    samples: str = "one"
+    channels: str = "all"
+    spatial: bool = True
+
+    def __post_init__(self) -> None:
+        for field, value, allowed in (
+            ("samples", self.samples, ("one", "batch")),
+            ("channels", self.channels, ("all", "each", "groups")),
+        ):
+            if value not in allowed:
+                raise UsageError(f"Statistics({field}={value!r}): {field} is one of {', '.join(map(repr, allowed))}")
 
 
 class Norm(nn.Module):
@@ -28,11 +53,16 @@ class Norm(nn.Module):
 
     name: ClassVar[str]
     title: ClassVar[str]  # the name plots and tables show
+    # The declaration every implementation but a hand-written kernel follows from (registry.add_norm):
+    # the axes of a statistic, the equation (a function of tensors and numbers: `reference` calls it,
+    # `compiled` compiles it) and, where a torch function computes exactly it, `native`. The options
+    # are the keyword-only parameters of `__init__`; `equation_args` turns them into the equation's.
+    statistics: ClassVar[Statistics] = Statistics()
+    equation: ClassVar[Callable[..., Tensor]] = staticmethod(core.norm_forward)
+    native: ClassVar[Implementation | None] = None
+    native_supports: ClassVar[Callable[[Any], str | None] | None] = None  # a registry.SupportCheck
     needs_spatial: ClassVar[bool] = False
-    # True when no statistic spans samples (`samples()` is 1 whatever the batch): how a step's batch
-    # is split into normalization batches cannot change what the layer computes. A norm that
-    # overrides `samples` must say False.
-    batch_independent: ClassVar[bool] = True
+    batch_independent: ClassVar[bool] = True  # set by each subclass from its `statistics`
     # True for norms that end in their own nonlinearity (FRN's TLU, EvoNorm): models then drop the
     # ReLU after them, as the papers replace the norm-and-ReLU pair (see normbench.models).
     includes_activation: ClassVar[bool] = False
@@ -43,6 +73,9 @@ class Norm(nn.Module):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.implementations = {}
+        # True when no statistic spans samples: how a step's batch is split into normalization batches
+        # cannot change what the layer computes.
+        cls.batch_independent = cls.statistics.samples != "batch"
 
     def __init__(
         self,
@@ -98,14 +131,25 @@ class Norm(nn.Module):
         bookkeeping: what the speed job times, on input `forward` has checked once (docs/speed.md)."""
         return self._forward_impl
 
-    # The two numbers that make a norm what it is (see core.py's table).
+    # The two numbers that make a norm what it is (see core.py's table), from its `statistics`.
     def groups(self) -> int:
         """G: channel groups that get statistics of their own."""
-        raise NotImplementedError
+        channels = self.statistics.channels
+        return 1 if channels == "all" else self.num_features if channels == "each" else self.num_groups
 
     def samples(self, batch_size: int) -> int:
         """K: samples that share a statistic."""
-        return 1
+        return (getattr(self, "virtual_batch", None) or batch_size) if self.statistics.samples == "batch" else 1
+
+    def equation_args(self, x: Tensor) -> dict:
+        """The keyword arguments of `equation` (all but x) for input x."""
+        return {
+            "weight": self.weight,
+            "bias": self.bias,
+            "samples": self.samples(x.shape[0]),
+            "groups": self.groups(),
+            "eps": self.eps,
+        }
 
     def forward(self, x: Tensor) -> Tensor:
         self.check_input(x)
@@ -150,7 +194,8 @@ class Norm(nn.Module):
         return True
 
     def values_per_statistic(self, x: Tensor) -> int:
-        return self.samples(x.shape[0]) * (x.shape[1] // self.groups()) * math.prod(x.shape[2:])
+        positions = math.prod(x.shape[2:]) if self.statistics.spatial else 1
+        return self.samples(x.shape[0]) * (x.shape[1] // self.groups()) * positions
 
     def saved_stats(self, x: Tensor) -> int:
         """float32 values a forward saves for backward (the byte model): a mean and an rstd per statistic."""
@@ -175,7 +220,8 @@ class BatchNorm(Norm):
 
     name = "bn"
     title = "BatchNorm"
-    batch_independent = False
+    statistics = Statistics(samples="batch", channels="each")
+    native = staticmethod(torch_ops.batch_norm)
 
     def __init__(
         self,
@@ -208,12 +254,6 @@ class BatchNorm(Norm):
             self.register_buffer("num_batches_tracked", None)
         self.update_factor = 0.0
 
-    def groups(self) -> int:
-        return self.num_features
-
-    def samples(self, batch_size: int) -> int:
-        return self.virtual_batch or batch_size
-
     @property
     def use_batch_stats(self) -> bool:
         return self.training or not self.track_running_stats
@@ -228,6 +268,18 @@ class BatchNorm(Norm):
         return self._forward_impl(self, x)
 
     too_few_values_hint = "use a larger batch (or virtual_batch), call .eval(), or pick ln/gn"
+
+    def equation_args(self, x: Tensor) -> dict:
+        args = super().equation_args(x)
+        if not self.use_batch_stats:
+            args["samples"] = x.shape[0]  # running statistics: one (virtual) batch of all samples
+        return {
+            **args,
+            "running_mean": self.running_mean,
+            "running_var": self.running_var,
+            "use_batch_stats": self.use_batch_stats,
+            "factor": self.update_factor,
+        }
 
     def uses_own_statistics(self) -> bool:
         return self.use_batch_stats
@@ -257,10 +309,8 @@ class LayerNorm(Norm):
 
     name = "ln"
     title = "LayerNorm"
+    native = staticmethod(torch_ops.layer_norm)
     too_few_values_hint = "give it more than one channel or spatial position per sample"
-
-    def groups(self) -> int:
-        return 1
 
 
 class InstanceNorm(Norm):
@@ -272,11 +322,10 @@ class InstanceNorm(Norm):
 
     name = "in"
     title = "InstanceNorm"
+    statistics = Statistics(channels="each")
+    native = staticmethod(torch_ops.instance_norm)
     needs_spatial = True
     too_few_values_hint = "use ln for (N, C) input"
-
-    def groups(self) -> int:
-        return self.num_features
 
 
 class GroupNorm(Norm):
@@ -284,6 +333,8 @@ class GroupNorm(Norm):
 
     name = "gn"
     title = "GroupNorm"
+    statistics = Statistics(channels="groups")
+    native = staticmethod(torch_ops.group_norm)
     too_few_values_hint = "use fewer groups or give it spatial positions"
 
     def __init__(self, num_features: int, *, groups: int = 32, **options) -> None:
@@ -297,9 +348,6 @@ class GroupNorm(Norm):
             )
         self.num_groups = groups
         super().__init__(num_features, **options)
-
-    def groups(self) -> int:
-        return self.num_groups
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, groups={self.num_groups}"

@@ -1,6 +1,12 @@
-"""`native`: the fastest torch built-in that computes exactly each norm's function (EvoNorm has none)."""
+"""`native`: the fastest torch built-in that computes exactly each norm's function (EvoNorm has none).
+
+Each norm class names its function here as its `native` (normbench.norms.layers, family); the registry
+makes that its `native` implementation.
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -8,12 +14,13 @@ from torch import Tensor
 
 from normbench.errors import Unsupported
 from normbench.norms.core import affine, per_channel
-from normbench.norms.family import BatchRenorm, FilterResponseNorm
-from normbench.norms.layers import BatchNorm, Norm
-from normbench.norms.registry import Query, register
+
+if TYPE_CHECKING:
+    from normbench.norms.family import BatchRenorm, FilterResponseNorm
+    from normbench.norms.layers import BatchNorm, Norm
+    from normbench.norms.registry import Query
 
 
-@register("bn", "native")
 def batch_norm(layer: BatchNorm, x: Tensor) -> Tensor:
     n, c = x.shape[:2]
     k = layer.samples(n)
@@ -91,7 +98,6 @@ class _OneBehindAnother(torch.autograd.Function):
         return side_by_side(grad.contiguous(memory_format=layout), ctx.b, ctx.k).reshape(ctx.y_shape), None, None
 
 
-@register("ln", "native")
 def layer_norm(layer: Norm, x: Tensor) -> Tensor:
     if x.dim() == 2:  # the transformer LayerNorm: one row per sample
         return F.layer_norm(x, (x.shape[1],), layer.weight, layer.bias, layer.eps)
@@ -99,7 +105,6 @@ def layer_norm(layer: Norm, x: Tensor) -> Tensor:
     return F.group_norm(x, 1, layer.weight, layer.bias, layer.eps)
 
 
-@register("in", "native")
 def instance_norm(layer: Norm, x: Tensor) -> Tensor:
     if _channels_last(x):  # what F.instance_norm does (one batch_norm over n c channels), in x's layout
         n = x.shape[0]
@@ -108,7 +113,6 @@ def instance_norm(layer: Norm, x: Tensor) -> Tensor:
     return F.instance_norm(x, weight=layer.weight, bias=layer.bias, use_input_stats=True, eps=layer.eps)
 
 
-@register("gn", "native")
 def group_norm(layer: Norm, x: Tensor) -> Tensor:
     return F.group_norm(x, layer.groups(), layer.weight, layer.bias, layer.eps)
 
@@ -116,34 +120,34 @@ def group_norm(layer: Norm, x: Tensor) -> Tensor:
 # The wider family, where torch has a primitive for it.
 
 
-@register("rms", "native")
 def rms_norm(layer: Norm, x: Tensor) -> Tensor:
     # F.rms_norm normalizes over trailing dimensions: put the channels last, and back.
     return F.rms_norm(x.movedim(1, -1), (x.shape[1],), layer.weight, layer.eps).movedim(-1, 1)
 
 
-@register("ln2d", "native")
 def layer_norm_2d(layer: Norm, x: Tensor) -> Tensor:
     return F.layer_norm(x.movedim(1, -1), (x.shape[1],), layer.weight, layer.bias, layer.eps).movedim(-1, 1)
 
 
-def _fixed_eps_only(query: Query) -> str | None:
-    if query.options.get("learned_eps") is True:  # other values: the layer refuses them itself
+def fixed_eps_only(query: Query) -> str | None:
+    return _fixed_eps_only(query.options.get("learned_eps"))
+
+
+def _fixed_eps_only(learned_eps) -> str | None:
+    if learned_eps is True:  # other values: the layer refuses them itself
         return "frn: impl=native (F.rms_norm) takes a fixed eps; with learned_eps=true use impl=reference or compiled"
     return None
 
 
-@register("frn", "native", supports=_fixed_eps_only)
 def filter_response_norm(layer: FilterResponseNorm, x: Tensor) -> Tensor:
     # nu^2 over the spatial dimensions is what F.rms_norm computes over trailing dimensions.
-    reason = _fixed_eps_only(Query("frn", options={"learned_eps": layer.learned_eps}))
+    reason = _fixed_eps_only(layer.learned_eps)
     if reason:  # switched to native after it was built (layer.impl = "native")
         raise Unsupported(reason)
     y = affine(F.rms_norm(x, x.shape[2:], None, layer.eps), layer.weight, layer.bias)
     return torch.maximum(y, per_channel(layer.tau, x.dim())) if layer.apply_act else y
 
 
-@register("brn", "native")
 def batch_renorm(layer: BatchRenorm, x: Tensor) -> Tensor:
     """y = gamma * (x_hat_B * r + d) + beta = (gamma r) x_hat_B + (gamma d + beta): F.batch_norm with that
     weight and bias, r and d (constants in backward) from a var_mean of the input."""

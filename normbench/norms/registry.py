@@ -1,8 +1,9 @@
 """Names -> norm classes -> implementations: a plain dict and a small factory.
 
-Adding a norm is one `add_norm(cls)`; adding an implementation of a norm is one `@register(name, impl)`
-on a function `(layer, x) -> y`. Everything that measures takes a norm and an implementation by name
-through `build` and never knows more.
+Adding a norm is one `@add_norm` on its class: `reference`, `compiled` and (where the class names one)
+`native` follow from the class's declaration (normbench.norms.layers.Norm). Adding another
+implementation of a norm is one `@register(name, impl)` on a function `(layer, x) -> y`. Everything
+that measures takes a norm and an implementation by name through `build` and never knows more.
 
 The support contract: "can implementation `impl` of norm `name` run this input here?" has one answer,
 `supports(name, impl, device=..., dtype=..., **options)`: None, or the reason it cannot. An
@@ -22,7 +23,8 @@ import torch
 from torch import nn
 
 from normbench.errors import Unsupported, UsageError
-from normbench.norms.family import FAMILY
+from normbench.norms import family
+from normbench.norms.compiled import compiled
 from normbench.norms.layers import (
     BatchNorm,
     GroupNorm,
@@ -30,7 +32,9 @@ from normbench.norms.layers import (
     InstanceNorm,
     LayerNorm,
     NoNorm,
+    Norm,
 )
+from normbench.norms.reference import reference
 
 NORMS: dict[str, type] = {}
 
@@ -53,11 +57,35 @@ CHECKS: dict[tuple[str, str], SupportCheck] = {}  # (norm, impl) -> its check; n
 
 
 def add_norm(cls: type) -> type:
+    """Register norm class `cls` under `cls.name` (a decorator too): a `Norm` subclass gets `reference`
+    and `compiled` from its `equation`, and `native` where it declares one."""
+    if not isinstance(getattr(cls, "name", None), str):
+        raise UsageError(f"{cls.__qualname__} has no `name`: give the norm class a name = '...' to register it")
     NORMS[cls.name] = cls
+    if isinstance(cls, type) and issubclass(cls, Norm):
+        cls.implementations.update(reference=reference, compiled=compiled)
+        native, check = _declared_native(cls)
+        if native is not None:
+            cls.implementations["native"] = native
+            if check is not None:
+                CHECKS[cls.name, "native"] = check
     return cls
 
 
-for _cls in (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, NoNorm, *FAMILY):
+def _declared_native(cls: type) -> tuple[Implementation | None, SupportCheck | None]:
+    """The `native` (and its check) of the nearest class that declares a native or an equation: a
+    subclass with an equation of its own and no native has none, whatever its base's is."""
+    for klass in cls.__mro__:
+        own = vars(klass)
+        if "native" in own:
+            return cls.native, klass.native_supports
+        if "equation" in own:
+            return None, None
+    return None, None
+
+
+BUILT_IN = (BatchNorm, LayerNorm, InstanceNorm, GroupNorm, NoNorm, *family.WIDER)
+for _cls in BUILT_IN:
     add_norm(_cls)
 
 
@@ -175,12 +203,34 @@ def build(name: str, num_features: int, *, impl: str | None = None, **options) -
 
 
 def _options_of(cls: type) -> set[str]:
-    names: set[str] = set()
-    for klass in cls.__mro__:
+    return set(options(cls)) - {"impl"}
+
+
+def options(cls: type) -> dict[str, Any]:
+    """A norm class's declared options, the keyword-only parameters of its `__init__`s, with their defaults."""
+    found: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
         if "__init__" in vars(klass):
             params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-            names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
-    return names - {"impl"}
+            found.update({p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY})
+    return found
+
+
+# A model's config may say which groups GN-like norms (those with a `groups` option) take in it.
+MODEL_GROUPS_KEY = "norm_groups"
+
+
+def model_groups(*, _parent_, _root_) -> int | None:
+    """The OmegaConf resolver `${normbench.groups:}` for a norm node's `groups`: the model's
+    `norm_groups` (the accuracy app's `model`, the speed app's `shape.model`), else the norm class's
+    default. `norm.groups=...` on the command line replaces the interpolation, so it wins over both."""
+    from omegaconf import OmegaConf
+
+    for key in ("model", "shape.model"):
+        value = OmegaConf.select(_root_, f"{key}.{MODEL_GROUPS_KEY}", default=None)
+        if value is not None:
+            return value
+    return options(norm_class(_parent_.name)).get("groups")
 
 
 def build_from_config(norm_cfg, num_features: int, *, impl: str = "native", **overrides) -> nn.Module:
