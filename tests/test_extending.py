@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from normbench import accuracy, cli, speed
+from normbench import accuracy, cli, speed_job
 from normbench.norms import registry
 from normbench.results import ROWS_FILE
 from tests import test_accuracy, test_speed
@@ -80,7 +80,7 @@ def run_job(app: str, overrides: list[str], out: Path, num: int) -> Path:
         cfg.hydra.mode = RunMode.MULTIRUN
         cfg.hydra.job.num = num
     HydraConfig.instance().set_config(cfg)
-    cli.run_job(speed.run if app == "speed" else partial(accuracy.run, shared_dir=None), cfg)
+    cli.run_job(speed_job.run if app == "speed" else partial(accuracy.run, shared_dir=None), cfg)
     return out / str(num)
 
 
@@ -159,7 +159,7 @@ def test_a_plugin_that_does_not_import_is_one_line(user, tmp_path, capsys):
         cfg.hydra.mode = RunMode.RUN
     HydraConfig.instance().set_config(cfg)
     with pytest.raises(SystemExit) as exit_:
-        cli.run_job(speed.run, cfg)
+        cli.run_job(speed_job.run, cfg)
     assert exit_.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: plugins: module 'my_normz' could not be imported (ModuleNotFoundError")
