@@ -58,6 +58,18 @@ if not OmegaConf.has_resolver("normbench.config_groups"):
     OmegaConf.register_new_resolver("normbench.config_groups", lambda app: catalog.config_groups(CONFIGS, app))
 
 
+def _norm_groups(*, _parent_, _root_):
+    from normbench.norms.registry import model_groups  # torch, only once a config asks
+
+    return model_groups(_parent_=_parent_, _root_=_root_)
+
+
+# `groups: ${normbench.groups:}` in conf/norm/: registered with the apps, so every process that runs a
+# job (a launcher's workers too) can resolve it before it imports the norms.
+if not OmegaConf.has_resolver("normbench.groups"):
+    OmegaConf.register_new_resolver("normbench.groups", _norm_groups)
+
+
 def version_text(command: str) -> str:
     """What --version prints: the command, normbench's version, and those of what it measures with."""
     v = {name: version or "not installed" for name, version in versions().items()}

@@ -6,8 +6,6 @@
 >>> y = layer(torch.randn(2, 64, 8, 8))
 """
 
-from omegaconf import OmegaConf
-
 from normbench.norms import (  # noqa: F401  (importing registers the implementations)
     compiled,
     native,
@@ -31,10 +29,6 @@ from normbench.norms.registry import (
     register,
     supports,
 )
-
-# `groups: ${normbench.groups:}` in conf/norm/ (registry.model_groups).
-if not OmegaConf.has_resolver("normbench.groups"):
-    OmegaConf.register_new_resolver("normbench.groups", model_groups)
 
 __all__ = [
     "BatchNorm",
