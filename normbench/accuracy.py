@@ -244,13 +244,15 @@ def measure(job: specs.TrainJob, out_dir: Path, shared_dir: str | Path | None) -
     return [row]
 
 
-def precise_bn_batches(data: datasets.Dataset, samples: int, k: int, seed: int):
+def precise_bn_batches(data: datasets.Dataset, samples: int, norm_batch: int, seed: int):
     """The training samples PreciseBN averages over: the first `samples` (rounded down to a multiple
     of K) of a seeded shuffle, augmented as in training, in chunks of several K."""
     gen = torch.Generator().manual_seed(seed + 1)  # not the training order's stream: a fresh draw
-    idx = torch.randperm(data.x_train.shape[0], generator=gen)[: samples // k * k].to(data.x_train.device)
-    for start in range(0, idx.numel(), chunk_of(k)):
-        x = data.x_train[idx[start : start + chunk_of(k)]]
+    idx = torch.randperm(data.x_train.shape[0], generator=gen)[: samples // norm_batch * norm_batch].to(
+        data.x_train.device
+    )
+    for start in range(0, idx.numel(), chunk_of(norm_batch)):
+        x = data.x_train[idx[start : start + chunk_of(norm_batch)]]
         yield datasets.augment(x, gen) if data.augment else x
 
 
@@ -288,14 +290,14 @@ def train(
     """Train one model and evaluate it; everything measured, as JSON data (a job may share it). `data`
     replaces the configured dataset (the LR search's validation split), `lr` the linearly scaled fixed LR."""
     sched = job.schedule
-    k, workers, global_batch = job.norm_batch, job.split.workers, job.split.global_batch
+    norm_batch, workers, global_batch = job.norm_batch, job.split.workers, job.split.global_batch
     epochs = sched.epochs
     data = datasets.load(job.dataset, device) if data is None else data
     n_train = data.x_train.shape[0]
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch < 1:
         raise UsageError(
-            f"one step takes accuracy.batch_size x workers = {k} x {workers} = {global_batch} samples, "
+            f"one step takes accuracy.batch_size x workers = {norm_batch} x {workers} = {global_batch} samples, "
             f"more than the {n_train} training samples of {data.name}: lower accuracy.global_batch or the workers"
         )
     torch.manual_seed(job.seed)  # model initialization
@@ -307,9 +309,9 @@ def train(
     bn = bool(batch_norms(model)) and all(m.track_running_stats for m in batch_norms(model))
     precise_samples = job.precise_bn_samples if bn else None
     if precise_samples is not None:
-        if not k <= precise_samples <= n_train:
+        if not norm_batch <= precise_samples <= n_train:
             raise UsageError(
-                f"accuracy.precise_bn_samples={precise_samples} must lie between K={k} and the {n_train} "
+                f"accuracy.precise_bn_samples={precise_samples} must lie between K={norm_batch} and the {n_train} "
                 f"training samples of {data.name}: set it in that range (or null to skip PreciseBN)"
             )
 
@@ -329,7 +331,7 @@ def train(
     order = torch.Generator().manual_seed(job.seed)  # shuffling and augmentation, on the CPU for any device
     eval_batch = job.eval_batch
 
-    label = f"{job.norm}/{job.impl} K={k} W={workers}"
+    label = f"{job.norm}/{job.impl} K={norm_batch} W={workers}"
     model_name = models.name_of(job.model)
     log.info(
         "%s: %s on %s, lr %.4g, %d steps of %d samples, %s",
@@ -362,7 +364,9 @@ def train(
                     try:
                         logits = forward(x)
                     except UsageError as exc:  # e.g. a per-worker batch that leaves bn one value per channel
-                        raise UsageError(f"accuracy.batch_size={k} x workers={workers}, {model_name}: {exc}") from None
+                        raise UsageError(
+                            f"accuracy.batch_size={norm_batch} x workers={workers}, {model_name}: {exc}"
+                        ) from None
                     loss = F.cross_entropy(logits, y, label_smoothing=sched.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -400,11 +404,11 @@ def train(
             log.info("%s epoch %d/%d: train loss %.4f, test acc %.4f", label, epoch, epochs, train_loss, test_acc)
 
     model.eval()
-    by_batch = accuracy_with_batch_stats(model, data.x_test, data.y_test, k, job.seed) if bn else math.nan
+    by_batch = accuracy_with_batch_stats(model, data.x_test, data.y_test, norm_batch, job.seed) if bn else math.nan
     precise, used = math.nan, None
     if precise_samples is not None:
-        used = precise_samples // k * k
-        population = precise_bn(model, precise_bn_batches(data, precise_samples, k, job.seed), k)
+        used = precise_samples // norm_batch * norm_batch
+        population = precise_bn(model, precise_bn_batches(data, precise_samples, norm_batch, job.seed), norm_batch)
         precise = accuracy(population, data.x_test, data.y_test, eval_batch)
     return {
         "dataset": data.name,
