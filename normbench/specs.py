@@ -6,9 +6,9 @@ of the wrong type, a choice outside an enum and an unknown key itself, naming th
 (docs: https://hydra.cc/docs/tutorials/structured_config/schema/). The nodes that are plug-ins (norm,
 model, dataset, shape.model: `_target_`s and their arguments) stay open dicts.
 
-Specs: frozen dataclasses a job is given, built once from its composed config (`speed_job`); the
-layers below take those plain values, never the Hydra config. What a schema cannot say (a value's
-range, one key against another) is checked here, one line naming the key and the fix.
+Specs: frozen dataclasses a job is given, built once from its composed config (`speed_job`,
+`train_job`); the layers below take those plain values, never the Hydra config. What a schema cannot
+say (a value's range, one key against another) is checked here, one line naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class AccuracySettings:
     precise_bn_samples: int | None = 2048
     train_eval_samples: int | None = 1024
     # {grid, validation, seed, seeds} or null; open (OmegaConf cannot merge a dict into a null typed
-    # node), checked by normbench.lr_search
+    # node), checked by `lr_search` below
     lr_search: Any = None
     reuse: bool = True
     fast_path: bool = False
@@ -474,7 +474,7 @@ def train_job(cfg: DictConfig) -> TrainJob:
         lr_search=None if acc.lr_search is None else lr_search(acc.lr_search),
         reuse=acc.reuse,
         deterministic=acc.deterministic,
-        cpu_threads=positive(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default") or None,
+        cpu_threads=positive(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"),
         progress=acc.progress,
     )
 
