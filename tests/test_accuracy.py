@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from enum import Enum
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
 
 from normbench import accuracy, cli, lr_search, models, norms, reuse, specs
 from normbench.errors import UsageError
@@ -613,3 +614,26 @@ def test_lr_search_picks_the_lowest_validation_error_and_skips_a_diverged_lr():
     # the mean over the two seeds; 0.2 diverged with one of them (100%); 0.4 with both (NaN)
     assert found["val_error"][:3] == pytest.approx([31.0, 11.0, 55.0]) and math.isnan(found["val_error"][3])
     assert lr_search.parse_grid(lr_search.grid_text(found))[:3] == [(0.05, 31.0), (0.1, 11.0), (0.2, 55.0)]
+
+
+def test_the_train_job_is_the_config_read_once_into_plain_frozen_values():
+    cfg = config("norm=bn", "accuracy.batch_size=4", "+norm_options.bn.eps=0.001", "accuracy.weight_decay_on=weights")
+    job = specs.train_job(cfg)
+    seen = []
+
+    def walk(value):
+        seen.append(type(value))
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, dict | list | tuple):
+            for v in value.values() if isinstance(value, dict) else value:
+                walk(v)
+
+    walk(job)
+    assert not [t for t in seen if issubclass(t, DictConfig | ListConfig | Enum)]  # nothing of Hydra's below
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.seed = 1  # type: ignore[misc]
+    assert job.norm_batch == job.split.norm_batch == 4 and job.split.workers == cfg.accuracy.global_batch // 4
+    assert job.norm_extra == {"eps": 0.001} and job.schedule.weight_decay_on == "weights"
+    assert job.model["_target_"] == cfg.model._target_ and job.loop == specs.FastPath()
