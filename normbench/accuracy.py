@@ -23,19 +23,19 @@ per-epoch curve (`curve.csv` beside `rows.csv`), wall time and throughput.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -59,39 +59,6 @@ CURVE_FILE = "curve.csv"
 
 
 # ------------------------------------------------------------------------------------------ protocol
-
-
-def positive_int(value, key: str, hint: str) -> int:
-    """`value` (an int: the schema typed it) unless it is < 1."""
-    return specs.positive(value, key, hint)
-
-
-def real_number(value, key: str, rule: str, ok, hint: str) -> float:
-    """`value` (a number: the schema typed it) as a float if it is finite with `ok(value)`."""
-    if not math.isfinite(value) or not ok(value):
-        raise UsageError(f"{key} must be a finite number {rule}, got {value!r}: {hint}")
-    return float(value)
-
-
-def check_accuracy_config(acc: DictConfig) -> None:
-    """The accuracy.* values training reads, checked before anything is built or trained: one line
-    naming the key that is wrong (K, the workers and PreciseBN's samples are checked where they are read)."""
-    positive_int(acc.get("epochs"), "accuracy.epochs", "e.g. accuracy.epochs=10")
-    positive_int(acc.get("eval_batch"), "accuracy.eval_batch", "the test batch in eval mode, e.g. 1000")
-    ref = acc.get("lr_reference") or {}
-    real_number(
-        ref.get("lr"),
-        "accuracy.lr_reference.lr",
-        "> 0",
-        lambda v: v > 0,
-        "the LR per lr_reference.batch samples, e.g. 0.1",
-    )
-    positive_int(
-        ref.get("batch"), "accuracy.lr_reference.batch", "the samples per step lr_reference.lr is for, e.g. 64"
-    )
-    real_number(acc.get("momentum"), "accuracy.momentum", "in [0, 1)", lambda v: 0 <= v < 1, "SGD's momentum, e.g. 0.9")
-    real_number(acc.get("weight_decay"), "accuracy.weight_decay", ">= 0", lambda v: v >= 0, "e.g. 5e-4, or 0 for none")
-    real_number(acc.get("warmup_epochs"), "accuracy.warmup_epochs", ">= 0", lambda v: v >= 0, "e.g. 1, or 0 for none")
 
 
 def shown(score: float) -> str:
@@ -119,22 +86,14 @@ def lr_schedule(optimizer: torch.optim.Optimizer, total: int, warmup: int) -> to
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [linear, cosine], milestones=[warmup])
 
 
-def norm_factory(cfg: DictConfig, k: int):
+def norm_factory(job: specs.TrainJob):
     """channels -> norm module, from the `norm` node (its `groups` the only groups key), the sweep's
     options for this norm (`norm_options.<norm>`), and for norms with statistics over samples (bn, brn,
     evonorm_b0) the per-worker statistics (virtual batch = K). Also returns those options, with groups."""
-    name = cfg.norm.name
-    node = cfg.get("norm_options") or {}
-    extra = dict(OmegaConf.to_container(node[name], resolve=True) if node.get(name) else {})
-    if "groups" in extra:
-        raise UsageError(
-            f"norm_options.{name}.groups: a norm's groups have one key, norm.groups (a model's default is its "
-            f"config's norm_groups): set norm.groups={extra['groups']} instead"
-        )
-    options = dict(extra)
+    name, options = job.norm, dict(job.norm_extra)
     if not norms.batch_independent(name):
-        options["virtual_batch"] = k
-    groups = cfg.norm.get("groups")
+        options["virtual_batch"] = job.norm_batch
+    groups = job.norm_node.get("groups")
 
     def make(channels: int) -> nn.Module:
         if groups is not None and channels % groups:
@@ -142,7 +101,7 @@ def norm_factory(cfg: DictConfig, k: int):
                 f"{name} with {groups} groups (norm.groups) cannot normalize this model's {channels}-channel layers: "
                 f"set norm.groups to a divisor of every width (e.g. 8 or 16)"
             )
-        return norms.build_from_config(cfg.norm, channels, impl=cfg.impl, **options)
+        return norms.build_from_config(job.norm_node, channels, impl=job.impl, **options)
 
     return make, {**({"groups": groups} if groups is not None else {}), **options}
 
@@ -159,60 +118,17 @@ def job_index() -> int | None:
         return None
 
 
-@dataclass(frozen=True)
-class Split:
-    """How one optimizer step's samples are split: K per normalization batch, W workers, K x W in all."""
-
-    k: int
-    workers: int
-    global_batch: int
-    protocol: str  # which one is fixed across a sweep over K: "global_batch" or "workers"
-
-
-def step_split(acc: DictConfig) -> Split:
-    """K, W and the global batch from `accuracy.batch_size` and either `accuracy.global_batch` (the
-    default protocol: W = global_batch / K) or `accuracy.workers` (the GN paper's: global = K x W)."""
-    k = positive_int(
-        acc.batch_size, "accuracy.batch_size", "the samples per normalization batch, e.g. accuracy.batch_size=16"
-    )
-    global_batch, workers = acc.get("global_batch"), acc.get("workers")
-    if global_batch is not None and workers is not None:
-        raise UsageError(
-            f"accuracy.global_batch={global_batch} and accuracy.workers={workers} both fix the samples per step: "
-            f"keep one (accuracy.workers=null for a fixed global batch, W = global_batch / K; "
-            f"accuracy.global_batch=null for fixed workers, the GN paper's protocol)"
-        )
-    if global_batch is None and workers is None:
-        raise UsageError(
-            "set accuracy.global_batch (samples per step, e.g. 64) or accuracy.workers "
-            "(fixed workers, e.g. 8): both are null"
-        )
-    if workers is not None:
-        workers = positive_int(
-            workers, "accuracy.workers", "the simulated data-parallel workers, e.g. accuracy.workers=8"
-        )
-        return Split(k, workers, k * workers, "workers")
-    global_batch = positive_int(global_batch, "accuracy.global_batch", "the samples per optimizer step, e.g. 64")
-    if global_batch % k:
-        divisors = [d for d in range(1, global_batch + 1) if global_batch % d == 0]
-        raise UsageError(
-            f"accuracy.global_batch={global_batch} does not split into normalization batches of "
-            f"accuracy.batch_size={k}: choose K from the divisors of {global_batch}: "
-            f"{', '.join(map(str, divisors))} (or change accuracy.global_batch)"
-        )
-    return Split(k, global_batch // k, global_batch, "global_batch")
-
-
 def run(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None = None) -> list[dict]:
     """Train and evaluate one configuration; write `curve.csv` to `out_dir`; return the one row.
 
     `shared_dir` (a sweep's directory) lets jobs that differ only in K share one training where the
     norm cannot see K (`normbench.reuse`); None trains here whatever the norm.
     """
+    job = specs.train_job(cfg)  # the config read once: everything below takes the job's plain values
     threads = torch.get_num_threads()
     try:
-        with reproducible(cfg.accuracy.deterministic):
-            return measure(cfg, Path(out_dir), shared_dir)
+        with reproducible(job.deterministic):
+            return measure(job, Path(out_dir), shared_dir)
     finally:  # accuracy.cpu_threads is per run: leave the process (a test session, a notebook) as it was
         torch.set_num_threads(threads)
 
@@ -237,13 +153,13 @@ def reproducible(on: bool):
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
 
 
-def reuse_key(cfg: DictConfig, split: Split) -> dict:
-    """Everything that decides a batch-independent norm's training: the resolved config but K and how
-    the step was specified (the global batch it comes to stays), and the progress bar."""
-    fields = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("batch_size", "workers", "global_batch", "progress"):
-        fields["accuracy"].pop(key, None)
-    fields["accuracy"]["samples_per_step"] = split.global_batch
+def reuse_key(job: specs.TrainJob) -> dict:
+    """Everything that decides a batch-independent norm's training: the job but K and how the step was
+    specified (the global batch it comes to stays), and the progress bar."""
+    fields = dataclasses.asdict(job)
+    for key in ("split", "progress"):
+        fields.pop(key)
+    fields["samples_per_step"] = job.split.global_batch
     return fields
 
 
@@ -255,52 +171,48 @@ def job_name(out_dir: Path, shared_dir) -> str:
         return str(out_dir)
 
 
-def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> list[dict]:
-    acc = cfg.accuracy
-    check_accuracy_config(acc)
-    split = step_split(acc)
-    device = resolve_device(cfg.device, job_index())
-    if acc.get("cpu_threads"):
+def measure(job: specs.TrainJob, out_dir: Path, shared_dir: str | Path | None) -> list[dict]:
+    split = job.split
+    device = resolve_device(job.device, job_index())
+    if job.cpu_threads:
         # Tiny models gain nothing from intra-op threads, and on a shared or oversubscribed CPU their
         # spin-waiting costs up to 10x; a sweep runs jobs side by side instead (hydra/launcher: parallel).
-        torch.set_num_threads(positive_int(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"))
-    _, norm_options = norm_factory(cfg, split.k)
+        torch.set_num_threads(job.cpu_threads)
+    _, norm_options = norm_factory(job)
 
     lr, found = None, None
-    if acc.get("lr_search") is not None:
-        found = choose_lr(cfg, split, device, out_dir, shared_dir)
-        lr = scaled_lr(found["chosen"], int(acc.lr_reference.batch), split.global_batch)
+    if job.lr_search is not None:
+        found = choose_lr(job, device, out_dir, shared_dir)
+        lr = scaled_lr(found["chosen"], job.schedule.reference_batch, split.global_batch)
 
     def train_here() -> dict:
-        return train(cfg, split, device, lr=lr)
+        return train(job, device, lr=lr)
 
     reused_from = None
-    if shared_dir is not None and acc.get("reuse", True) and norms.batch_independent(cfg.norm.name):
-        result, reused_from = reuse.train_once(
-            shared_dir, reuse_key(cfg, split), job_name(out_dir, shared_dir), train_here
-        )
+    if shared_dir is not None and job.reuse and norms.batch_independent(job.norm):
+        result, reused_from = reuse.train_once(shared_dir, reuse_key(job), job_name(out_dir, shared_dir), train_here)
     else:
         result = train_here()
 
     curve = result["curve"]
     row = {
         "kind": "accuracy",
-        "norm": cfg.norm.name,
-        "impl": cfg.impl,
+        "norm": job.norm,
+        "impl": job.impl,
         "dataset": result["dataset"],
-        "model": models.name_of(cfg.model),
-        "norm_position": cfg.model.get("norm_position", "before"),
+        "model": models.name_of(job.model),
+        "norm_position": job.model.get("norm_position", "before"),
         "norm_options": " ".join(f"{key}={v}" for key, v in sorted(norm_options.items()) if key != "virtual_batch"),
         "protocol": split.protocol,
-        "norm_batch": split.k,
+        "norm_batch": split.norm_batch,
         "workers": split.workers,
         "global_batch": split.global_batch,
         "lr": result["lr"],
         "lr_chosen": found["chosen"] if found else math.nan,  # per lr_reference.batch samples, as the grid
         "lr_grid": lr_search.grid_text(found) if found else None,
-        "epochs": int(acc.epochs),
+        "epochs": job.schedule.epochs,
         "steps": result["steps"],
-        "seed": int(cfg.seed),
+        "seed": job.seed,
         "test_acc": curve[-1]["test_acc"],
         "test_acc_precise_bn": result["test_acc_precise_bn"],
         "test_acc_batch_stats": result["test_acc_batch_stats"],
@@ -321,8 +233,8 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
     write_curve(out_dir, [{**ids, **point} for point in curve])
     log.info(
         "%s K=%d W=%d: test acc %.4f (PreciseBN %s, batch stats %s)%s",
-        cfg.norm.name,
-        split.k,
+        job.norm,
+        split.norm_batch,
         split.workers,
         row["test_acc"],
         shown(row["test_acc_precise_bn"]),
@@ -332,93 +244,81 @@ def measure(cfg: DictConfig, out_dir: Path, shared_dir: str | Path | None) -> li
     return [row]
 
 
-def precise_bn_batches(data: datasets.Dataset, samples: int, k: int, seed: int):
+def precise_bn_batches(data: datasets.Dataset, samples: int, norm_batch: int, seed: int):
     """The training samples PreciseBN averages over: the first `samples` (rounded down to a multiple
     of K) of a seeded shuffle, augmented as in training, in chunks of several K."""
     gen = torch.Generator().manual_seed(seed + 1)  # not the training order's stream: a fresh draw
-    idx = torch.randperm(data.x_train.shape[0], generator=gen)[: samples // k * k].to(data.x_train.device)
-    for start in range(0, idx.numel(), chunk_of(k)):
-        x = data.x_train[idx[start : start + chunk_of(k)]]
+    idx = torch.randperm(data.x_train.shape[0], generator=gen)[: samples // norm_batch * norm_batch].to(
+        data.x_train.device
+    )
+    for start in range(0, idx.numel(), chunk_of(norm_batch)):
+        x = data.x_train[idx[start : start + chunk_of(norm_batch)]]
         yield datasets.augment(x, gen) if data.augment else x
 
 
-def choose_lr(cfg: DictConfig, split: Split, device: torch.device, out_dir: Path, shared_dir) -> dict:
+def choose_lr(job: specs.TrainJob, device: torch.device, out_dir: Path, shared_dir) -> dict:
     """`accuracy.lr_search`: the grid tried on a validation split of the training data (normbench.lr_search),
     once per configuration: the seed (and K, for a norm that cannot see it) left out of the sharing key."""
-    node = cfg.accuracy.lr_search
-    lr_search.grid_of(node)  # a bad grid fails here, before any training
-    lr_search.search_seeds(node)
-    search_cfg = lr_search.search_config(cfg)
-    search_cfg.seed = int(node.get("seed", 0))
-    data = datasets.load(cfg.dataset, device)
+    search = job.lr_search
+    # as the search trains: no PreciseBN (it picks nothing), seeded from the search's first seed
+    search_job = specs.replace(job, precise_bn_samples=None, seed=search.seeds[0])
+    data = datasets.load(job.dataset, device)
 
     def train_at(lr: float, split_data: datasets.Dataset, seed: int) -> dict:
-        seeded = search_cfg.copy()
-        seeded.seed = seed
-        return train(
-            seeded,
-            split,
-            device,
-            data=split_data,
-            lr=scaled_lr(lr, int(cfg.accuracy.lr_reference.batch), split.global_batch),
-        )
+        lr = scaled_lr(lr, job.schedule.reference_batch, job.split.global_batch)
+        return train(specs.replace(search_job, seed=seed), device, data=split_data, lr=lr)
 
-    key = reuse_key(search_cfg, split)
-    key["lr_search_of"] = split.k if not norms.batch_independent(cfg.norm.name) else "any K"
+    key = reuse_key(search_job)
+    key["lr_search_of"] = job.norm_batch if not norms.batch_independent(job.norm) else "any K"
     found, _ = reuse.train_once(
-        shared_dir, key, job_name(out_dir, shared_dir), lambda: lr_search.search(node, train_at, data)
+        shared_dir, key, job_name(out_dir, shared_dir), lambda: lr_search.search(search, train_at, data)
     )
     log.info(
         "%s K=%d: lr %g per %d samples chosen from %s",
-        cfg.norm.name,
-        split.k,
+        job.norm,
+        job.norm_batch,
         found["chosen"],
-        int(cfg.accuracy.lr_reference.batch),
+        job.schedule.reference_batch,
         lr_search.grid_text(found),
     )
     return found
 
 
 def train(
-    cfg: DictConfig, split: Split, device: torch.device, data: datasets.Dataset | None = None, lr: float | None = None
+    job: specs.TrainJob, device: torch.device, data: datasets.Dataset | None = None, lr: float | None = None
 ) -> dict:
     """Train one model and evaluate it; everything measured, as JSON data (a job may share it). `data`
     replaces the configured dataset (the LR search's validation split), `lr` the linearly scaled fixed LR."""
-    acc = cfg.accuracy
-    k, workers, global_batch = split.k, split.workers, split.global_batch
-    epochs = int(acc.epochs)
-    data = datasets.load(cfg.dataset, device) if data is None else data
+    sched = job.schedule
+    norm_batch, workers, global_batch = job.norm_batch, job.split.workers, job.split.global_batch
+    epochs = sched.epochs
+    data = datasets.load(job.dataset, device) if data is None else data
     n_train = data.x_train.shape[0]
     steps_per_epoch = n_train // global_batch
     if steps_per_epoch < 1:
         raise UsageError(
-            f"one step takes accuracy.batch_size x workers = {k} x {workers} = {global_batch} samples, "
+            f"one step takes accuracy.batch_size x workers = {norm_batch} x {workers} = {global_batch} samples, "
             f"more than the {n_train} training samples of {data.name}: lower accuracy.global_batch or the workers"
         )
-    torch.manual_seed(cfg.seed)  # model initialization
-    make_norm, _ = norm_factory(cfg, k)
+    torch.manual_seed(job.seed)  # model initialization
+    make_norm, _ = norm_factory(job)
     model = models.from_config(
-        cfg.model, input_shape=tuple(data.x_train.shape[1:]), num_classes=data.num_classes, norm=make_norm
+        job.model, input_shape=tuple(data.x_train.shape[1:]), num_classes=data.num_classes, norm=make_norm
     ).to(device)
     # BatchNorm's other two evaluations (see normbench.evaluation); NaN where there is no BatchNorm.
     bn = bool(batch_norms(model)) and all(m.track_running_stats for m in batch_norms(model))
-    precise_samples = acc.get("precise_bn_samples") if bn else None
+    precise_samples = job.precise_bn_samples if bn else None
     if precise_samples is not None:
-        precise_samples = positive_int(
-            precise_samples, "accuracy.precise_bn_samples", "the training samples PreciseBN averages over, e.g. 2048"
-        )
-        if not k <= precise_samples <= n_train:
+        if not norm_batch <= precise_samples <= n_train:
             raise UsageError(
-                f"accuracy.precise_bn_samples={precise_samples} must lie between K={k} and the {n_train} "
+                f"accuracy.precise_bn_samples={precise_samples} must lie between K={norm_batch} and the {n_train} "
                 f"training samples of {data.name}: set it in that range (or null to skip PreciseBN)"
             )
 
     if lr is None:
-        lr = scaled_lr(float(acc.lr_reference.lr), int(acc.lr_reference.batch), global_batch)
-    clip = acc.get("grad_clip")
-    optimizer = optim.sgd(model, acc, lr)
-    smoothing = optim.label_smoothing(acc)
-    loop = fastpath.options(acc, images=data.x_train.dim() == 4)
+        lr = scaled_lr(sched.reference_lr, sched.reference_batch, global_batch)
+    optimizer = optim.sgd(model, sched, lr)
+    loop = fastpath.for_data(job.loop, images=data.x_train.dim() == 4)
     fastpath.check_device(loop, device)
     if loop.enabled:  # data on the device by index, layout, precision, compile: normbench.fastpath
         batches = fastpath.DeviceBatches(data, loop.channels_last).epoch
@@ -426,13 +326,13 @@ def train(
     else:
         batches, forward = functools.partial(datasets.train_batches, data), model
     total_steps = epochs * steps_per_epoch
-    warmup = round(float(acc.warmup_epochs) * steps_per_epoch)
+    warmup = round(sched.warmup_epochs * steps_per_epoch)
     schedule = lr_schedule(optimizer, total_steps, warmup)
-    order = torch.Generator().manual_seed(cfg.seed)  # shuffling and augmentation, on the CPU for any device
-    eval_batch = int(acc.eval_batch)
+    order = torch.Generator().manual_seed(job.seed)  # shuffling and augmentation, on the CPU for any device
+    eval_batch = job.eval_batch
 
-    label = f"{cfg.norm.name}/{cfg.impl} K={k} W={workers}"
-    model_name = models.name_of(cfg.model)
+    label = f"{job.norm}/{job.impl} K={norm_batch} W={workers}"
+    model_name = models.name_of(job.model)
     log.info(
         "%s: %s on %s, lr %.4g, %d steps of %d samples, %s",
         label,
@@ -449,7 +349,7 @@ def train(
         total=total_steps,
         desc=label,
         file=sys.stderr,
-        disable=None if acc.progress else True,
+        disable=None if job.progress else True,
         leave=False,
         dynamic_ncols=True,
     )
@@ -464,12 +364,16 @@ def train(
                     try:
                         logits = forward(x)
                     except UsageError as exc:  # e.g. a per-worker batch that leaves bn one value per channel
-                        raise UsageError(f"accuracy.batch_size={k} x workers={workers}, {model_name}: {exc}") from None
-                    loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+                        raise UsageError(
+                            f"accuracy.batch_size={norm_batch} x workers={workers}, {model_name}: {exc}"
+                        ) from None
+                    loss = F.cross_entropy(logits, y, label_smoothing=sched.label_smoothing)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                if clip is not None:  # global gradient norm clipping (docs/accuracy.md: the no-norm baseline)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+                if (
+                    sched.grad_clip is not None
+                ):  # global gradient norm clipping (docs/accuracy.md: the no-norm baseline)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), sched.grad_clip)
                 optimizer.step()
                 if first_step_s is None and loop.compile:  # it compiled: not training throughput
                     first_step_s = fastpath.synchronized_time(device) - t0
@@ -500,11 +404,11 @@ def train(
             log.info("%s epoch %d/%d: train loss %.4f, test acc %.4f", label, epoch, epochs, train_loss, test_acc)
 
     model.eval()
-    by_batch = accuracy_with_batch_stats(model, data.x_test, data.y_test, k, cfg.seed) if bn else math.nan
+    by_batch = accuracy_with_batch_stats(model, data.x_test, data.y_test, norm_batch, job.seed) if bn else math.nan
     precise, used = math.nan, None
     if precise_samples is not None:
-        used = precise_samples // k * k
-        population = precise_bn(model, precise_bn_batches(data, precise_samples, k, cfg.seed), k)
+        used = precise_samples // norm_batch * norm_batch
+        population = precise_bn(model, precise_bn_batches(data, precise_samples, norm_batch, job.seed), norm_batch)
         precise = accuracy(population, data.x_test, data.y_test, eval_batch)
     return {
         "dataset": data.name,
@@ -514,7 +418,7 @@ def train(
         "test_acc_precise_bn": precise,
         "test_acc_batch_stats": by_batch,
         "precise_bn_samples": used,
-        "train_eval_acc": train_eval_accuracy(model, data, acc.get("train_eval_samples"), eval_batch),
+        "train_eval_acc": train_eval_accuracy(model, data, job.train_eval_samples, eval_batch),
         "wall_s": time.perf_counter() - start,
         "samples_per_s": seen / train_s if seen else math.nan,
         "train_loop": loop.describe(),
@@ -527,8 +431,7 @@ def train_eval_accuracy(model: nn.Module, data: datasets.Dataset, samples, batch
     train/test gap that the noise of train-mode batch statistics does not enter. NaN for samples=null."""
     if samples is None:
         return math.nan
-    n = positive_int(samples, "accuracy.train_eval_samples", "the training samples scored in eval mode, e.g. 1024")
-    subset = torch.randperm(data.x_train.shape[0], generator=torch.Generator().manual_seed(0))[:n]
+    subset = torch.randperm(data.x_train.shape[0], generator=torch.Generator().manual_seed(0))[:samples]
     subset = subset.to(data.x_train.device)
     model.eval()
     return accuracy(model, data.x_train[subset], data.y_train[subset], batch)

@@ -28,9 +28,6 @@ APP_GROUPS: dict[str, tuple[str, ...]] = {
 SHARED_BY_NAME = {"sweep"}
 # Groups not in an app's defaults list are added with +group=option.
 ADDED = {"experiment", "claim_run"}
-# Groups the defaults list picks itself from other choices (model_norm/<model>_<norm>.yaml: a model's
-# settings for one norm), never chosen on the command line, so not listed.
-AUTOMATIC = {"model_norm"}
 WIDTH = 100
 
 

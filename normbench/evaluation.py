@@ -34,14 +34,14 @@ def batch_norms(model: nn.Module) -> list[BatchNorm]:
     return [m for m in model.modules() if isinstance(m, BatchNorm)]
 
 
-def chunk_of(k: int) -> int:
+def chunk_of(norm_batch: int) -> int:
     """Samples per forward call when evaluating in groups of K: several K at once (the virtual batch
     keeps them apart), about 1024, so K=2 does not cost 500 calls."""
-    return k * max(1, 1024 // k)
+    return norm_batch * max(1, 1024 // norm_batch)
 
 
 @torch.no_grad()
-def accuracy_with_batch_stats(model: nn.Module, x: Tensor, y: Tensor, k: int, seed: int) -> float:
+def accuracy_with_batch_stats(model: nn.Module, x: Tensor, y: Tensor, norm_batch: int, seed: int) -> float:
     """Test accuracy with BatchNorm normalizing each group of K test samples by its own statistics,
     as in training, instead of by the running averages; the running statistics are left untouched.
 
@@ -56,11 +56,11 @@ def accuracy_with_batch_stats(model: nn.Module, x: Tensor, y: Tensor, k: int, se
         m.rmax, m.dmax = 1.0, 0.0
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed)).to(x.device)
     x, y = x[order], y[order]
-    full = (x.shape[0] // k) * k
+    full = (x.shape[0] // norm_batch) * norm_batch
     try:
         for m in bns:
             m.train()
-        correct = accuracy(model, x[:full], y[:full], chunk_of(k)) * full if full else 0.0
+        correct = accuracy(model, x[:full], y[:full], chunk_of(norm_batch)) * full if full else 0.0
         if full < x.shape[0]:
             for m in bns:
                 m.virtual_batch = x.shape[0] - full
@@ -68,7 +68,7 @@ def accuracy_with_batch_stats(model: nn.Module, x: Tensor, y: Tensor, k: int, se
     finally:
         for m, buffers in zip(bns, saved):
             m.eval()
-            m.virtual_batch = k
+            m.virtual_batch = norm_batch
             for name, value in buffers.items():
                 getattr(m, name).copy_(value)
         for m, rmax, dmax in renorms:
@@ -77,7 +77,7 @@ def accuracy_with_batch_stats(model: nn.Module, x: Tensor, y: Tensor, k: int, se
 
 
 @torch.no_grad()
-def precise_bn(model: nn.Module, batches: Iterable[Tensor], k: int) -> nn.Module:
+def precise_bn(model: nn.Module, batches: Iterable[Tensor], norm_batch: int) -> nn.Module:
     """A copy of `model` whose BatchNorms hold population statistics (PreciseBN; Wu & Johnson 2021,
     Sec. 3.1; fvcore's `update_bn_stats`), over the samples in `batches` (each a multiple of K).
 
@@ -95,10 +95,10 @@ def precise_bn(model: nn.Module, batches: Iterable[Tensor], k: int) -> nn.Module
     def record(module: BatchNorm, args: tuple) -> None:
         x = args[0].detach().double()
         n, c = x.shape[:2]
-        groups = x.reshape(n // k, k, c, -1).transpose(1, 2).reshape(n // k, c, -1)
+        groups = x.reshape(n // norm_batch, norm_batch, c, -1).transpose(1, 2).reshape(n // norm_batch, c, -1)
         var, mean = torch.var_mean(groups, dim=2, unbiased=False)  # per normalization batch and channel
         s = sums[module]
-        s[0] += n // k
+        s[0] += n // norm_batch
         s[1] = s[1] + mean.sum(0)
         s[2] = s[2] + (var + mean**2).sum(0)
         s[3] += groups.numel() // c
@@ -107,7 +107,7 @@ def precise_bn(model: nn.Module, batches: Iterable[Tensor], k: int) -> nn.Module
     try:
         model.train()
         for m in bns:
-            m.virtual_batch = k
+            m.virtual_batch = norm_batch
         for x in batches:
             model(x)
     finally:

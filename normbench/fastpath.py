@@ -20,65 +20,27 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from normbench import data as datasets
-from normbench.errors import Unsupported, UsageError
+from normbench.errors import Unsupported
 from normbench.norms.registry import NORMS
+from normbench.specs import FastPath
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # torch.compile's backend; a test swaps it for a cheap (or a failing) one.
 BACKEND: str | Callable = "inductor"
 
 
-@dataclass(frozen=True)
-class Options:
-    """How the fast loop trains; `off()` is the standard loop."""
-
-    enabled: bool = False
-    precision: str = "fp32"
-    channels_last: bool = True
-    compile: bool = False
-
-    @staticmethod
-    def off() -> Options:
-        return Options()
-
-    def describe(self) -> str:
-        """The `train_loop` column: `standard`, or `fast` and the options that are on."""
-        if not self.enabled:
-            return "standard"
-        on = [self.precision] + [name for name in ("channels_last", "compile") if getattr(self, name)]
-        return " ".join(["fast", *on])
+def for_data(opts: FastPath, images: bool) -> FastPath:
+    """`opts` for the job's data: channels_last applies to images only."""
+    return replace(opts, channels_last=opts.channels_last and images)
 
 
-def options(acc: DictConfig, images: bool = True) -> Options:
-    """`accuracy.fast_path`, `precision`, `channels_last` (for `images` only) and `compile`, checked."""
-    flags = {}
-    for key, default in (("fast_path", False), ("channels_last", True), ("compile", False)):
-        value = acc.get(key, default)
-        if not isinstance(value, bool):
-            raise UsageError(f"accuracy.{key} must be true or false, got {value!r}")
-        flags[key] = value
-    precision = acc.get("precision", "fp32")
-    if precision not in PRECISIONS:
-        raise UsageError(
-            f"accuracy.precision={precision} is not one of {', '.join(PRECISIONS)}: fp32, or bf16 for autocast "
-            "of convolutions and linear layers (norms stay float32; fp8 training is not supported)"
-        )
-    if not flags["fast_path"] and (precision != "fp32" or flags["compile"]):
-        raise UsageError(
-            f"accuracy.precision={precision} and accuracy.compile={flags['compile']} take effect in the fast loop "
-            "only: add accuracy.fast_path=true (or keep precision=fp32 and compile=false)"
-        )
-    return Options(flags["fast_path"], precision, flags["channels_last"] and images, flags["compile"])
-
-
-def check_device(opts: Options, device: torch.device) -> None:
+def check_device(opts: FastPath, device: torch.device) -> None:
     """Unsupported (a skipped row with the reason) where the device cannot train in `opts.precision`."""
     if opts.precision != "bf16":
         return
@@ -170,7 +132,7 @@ def _float32_input(module: nn.Module, args: tuple) -> tuple:
     return (args[0].float(), *args[1:])
 
 
-def prepare(model: nn.Module, opts: Options, input_dim: int) -> tuple[Callable[[Tensor], Tensor], list]:
+def prepare(model: nn.Module, opts: FastPath, input_dim: int) -> tuple[Callable[[Tensor], Tensor], list]:
     """The training forward for `opts` (the model itself, or its compiled wrapper sharing its
     parameters) and the hooks it added. Norm layers get a hook that hands them float32 input, so
     under bf16 autocast their statistics and normalization stay float32 (autocast leaves their
@@ -191,7 +153,7 @@ def prepare(model: nn.Module, opts: Options, input_dim: int) -> tuple[Callable[[
     return forward, hooks
 
 
-def autocast(opts: Options, device: torch.device):
+def autocast(opts: FastPath, device: torch.device):
     dtype = PRECISIONS[opts.precision]
     if dtype is None:
         return contextlib.nullcontext()
@@ -199,7 +161,7 @@ def autocast(opts: Options, device: torch.device):
 
 
 @contextlib.contextmanager
-def compile_errors(opts: Options):
+def compile_errors(opts: FastPath):
     """A torch.compile failure (dynamo's or inductor's, raised at the first forward or backward) as
     Unsupported: a skipped row with the reason; any other exception passes unchanged."""
     from torch._dynamo.exc import TorchDynamoException

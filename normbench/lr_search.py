@@ -20,34 +20,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import torch
-from omegaconf import DictConfig
 
 from normbench import data as datasets
-from normbench.errors import UsageError
+from normbench.specs import LrSearch
 
 log = logging.getLogger(__name__)
-
-
-def grid_of(node) -> list[float]:
-    """The LRs of `accuracy.lr_search.grid`, checked: positive numbers, at least two."""
-    grid = list(node.get("grid") or [])
-    bad = [v for v in grid if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0]
-    if bad or len(grid) < 2:
-        raise UsageError(
-            f"accuracy.lr_search.grid must hold at least two positive LRs, got {grid}: "
-            "e.g. accuracy.lr_search.grid=[0.025,0.05,0.1,0.2,0.4] (or accuracy.lr_search=null for a fixed LR)"
-        )
-    return sorted(float(v) for v in grid)
-
-
-def validation_fraction(node) -> float:
-    fraction = node.get("validation", 0.2)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
-        raise UsageError(
-            f"accuracy.lr_search.validation must be a fraction of the training split in (0, 1), got {fraction!r}: "
-            "e.g. 0.2"
-        )
-    return float(fraction)
 
 
 def validation_split(data: datasets.Dataset, fraction: float, seed: int) -> datasets.Dataset:
@@ -69,21 +46,12 @@ def validation_split(data: datasets.Dataset, fraction: float, seed: int) -> data
     )
 
 
-def search_seeds(node) -> list[int]:
-    """The seeds each grid LR trains with: `seed`, `seed + 1`, ... (`seeds` of them, default 1)."""
-    count = node.get("seeds", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise UsageError(f"accuracy.lr_search.seeds must be a positive int, got {count!r}: e.g. 3")
-    first = int(node.get("seed", 0))
-    return list(range(first, first + count))
-
-
-def search(node, train_at: Callable[[float, datasets.Dataset, int], dict], data: datasets.Dataset) -> dict:
-    """Try every LR of `node.grid` with `train_at(lr per reference batch, validation dataset, seed)`, which
-    returns the train job's result, for each seed of `search_seeds`; returns the chosen LR and each grid
+def search(spec: LrSearch, train_at: Callable[[float, datasets.Dataset, int], dict], data: datasets.Dataset) -> dict:
+    """Try every LR of `spec.grid` with `train_at(lr per reference batch, validation dataset, seed)`, which
+    returns the train job's result, for each seed of `spec.seeds`; returns the chosen LR and each grid
     LR's validation error (%), the mean over the seeds (a diverged seed counts 100%; NaN if all did)."""
-    grid, seeds = grid_of(node), search_seeds(node)
-    split = validation_split(data, validation_fraction(node), seeds[0])
+    grid, seeds = list(spec.grid), spec.seeds
+    split = validation_split(data, spec.validation, seeds[0])
     errors = []
     for lr in grid:
         per_seed = []
@@ -111,10 +79,3 @@ def parse_grid(text) -> list[tuple[float, float]]:
     if not isinstance(text, str) or not text.strip():
         return []
     return [(float(lr), float(e)) for lr, e in (pair.split(":") for pair in text.split())]
-
-
-def search_config(cfg: DictConfig) -> DictConfig:
-    """The run's config as the search trains it: no PreciseBN (it picks nothing)."""
-    cfg = cfg.copy()
-    cfg.accuracy.precise_bn_samples = None
-    return cfg

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from normbench import accuracy, fastpath, models, norms
+from normbench import accuracy, fastpath, models, norms, specs
 from normbench import data as datasets
 from normbench.errors import UsageError
 
@@ -75,12 +75,12 @@ def step_cost(cfg: DictConfig, input_shape: tuple[int, ...], num_classes: int, g
     is on (autocast's casts included), at 2 workers' samples (one where K is the whole step): the
     operators do not depend on the number of workers beyond that, and the FLOPs of convolutions and
     matmuls are linear in the batch, so they are scaled to the global batch."""
-    split = accuracy.step_split(cfg.accuracy)
-    batch = split.k if split.workers == 1 else 2 * split.k
-    make_norm, _ = accuracy.norm_factory(cfg, split.k)
+    job = specs.train_job(cfg)
+    batch = job.norm_batch if job.split.workers == 1 else 2 * job.norm_batch
+    make_norm, _ = accuracy.norm_factory(job)
     torch.manual_seed(0)
-    model = models.from_config(cfg.model, input_shape=input_shape, num_classes=num_classes, norm=make_norm)
-    opts = fastpath.options(cfg.accuracy, images=len(input_shape) == 3)
+    model = models.from_config(job.model, input_shape=input_shape, num_classes=num_classes, norm=make_norm)
+    opts = fastpath.for_data(job.loop, images=len(input_shape) == 3)
     forward = fastpath.prepare(model, replace(opts, compile=False), 1 + len(input_shape))[0] if opts.enabled else model
     sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=True)
     x, y = torch.randn(batch, *input_shape), torch.randint(num_classes, (batch,))
@@ -178,11 +178,11 @@ def groups(cli: list[str]) -> tuple[list[Group], DictConfig, int]:
             cfg = composed.copy()
             for key, value in zip(keys, values):
                 OmegaConf.update(cfg, key, yaml_value(value), merge=False)
-            split = accuracy.step_split(cfg.accuracy)
+            split = specs.train_job(cfg).split
             k_free = split.protocol == "global_batch" and norms.batch_independent(cfg.norm.name)
             seeds = params.get("seed", [cfg.seed])
             jobs += len(seeds)
-            key = (cfg.norm.name, None if k_free else split.k, split.global_batch)
+            key = (cfg.norm.name, None if k_free else split.norm_batch, split.global_batch)
             if key not in trained:
                 trained[key] = (cfg, set())
             trained[key][1].update(seeds)

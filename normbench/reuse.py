@@ -34,7 +34,7 @@ RESULT_FILE = "result.json"
 
 
 def key_of(fields: dict[str, Any]) -> str:
-    """A short stable hash of `fields` (plain JSON data: a resolved config)."""
+    """A short stable hash of `fields` (plain JSON data: a job spec as a dict)."""
     text = json.dumps(fields, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

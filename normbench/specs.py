@@ -6,9 +6,9 @@ of the wrong type, a choice outside an enum and an unknown key itself, naming th
 (docs: https://hydra.cc/docs/tutorials/structured_config/schema/). The nodes that are plug-ins (norm,
 model, dataset, shape.model: `_target_`s and their arguments) stay open dicts.
 
-Specs: frozen dataclasses a job is given, built once from its composed config (`speed_job`); the
-layers below take those plain values, never the Hydra config. What a schema cannot say (a value's
-range, one key against another) is checked here, one line naming the key and the fix.
+Specs: frozen dataclasses a job is given, built once from its composed config (`speed_job`,
+`train_job`); the layers below take those plain values, never the Hydra config. What a schema cannot
+say (a value's range, one key against another) is checked here, one line naming the key and the fix.
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ class AccuracySettings:
     precise_bn_samples: int | None = 2048
     train_eval_samples: int | None = 1024
     # {grid, validation, seed, seeds} or null; open (OmegaConf cannot merge a dict into a null typed
-    # node), checked by normbench.lr_search
+    # node), checked by `lr_search` below
     lr_search: Any = None
     reuse: bool = True
     fast_path: bool = False
@@ -349,3 +349,235 @@ def speed_job(cfg: DictConfig, passes: tuple[str, ...], clocks: tuple[str, ...])
 def replace(spec, **changes):
     """A copy of a frozen spec with `changes` (dataclasses.replace)."""
     return dataclasses.replace(spec, **changes)
+
+
+# ------------------------------------------------------------------------------------- the accuracy job
+
+
+@dataclass(frozen=True)
+class Split:
+    """How one optimizer step's samples are split: K (`norm_batch`) per normalization batch, W workers,
+    K x W in all."""
+
+    norm_batch: int
+    workers: int
+    global_batch: int
+    protocol: str  # which one is fixed across a sweep over K: "global_batch" or "workers"
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The optimizer and its LR schedule (accuracy.*): SGD, linear warmup, cosine decay."""
+
+    epochs: int
+    reference_lr: float  # the LR per `reference_batch` samples (accuracy.lr_reference)
+    reference_batch: int
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    weight_decay_on: str  # all, or weights (convolutions' and linear layers')
+    label_smoothing: float
+    warmup_epochs: float
+    grad_clip: float | None
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How the fast loop trains (normbench.fastpath); the default is the standard loop."""
+
+    enabled: bool = False
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: bool = False
+
+    def describe(self) -> str:
+        """The `train_loop` column: `standard`, or `fast` and the options that are on."""
+        if not self.enabled:
+            return "standard"
+        on = [self.precision] + [name for name in ("channels_last", "compile") if getattr(self, name)]
+        return " ".join(["fast", *on])
+
+
+@dataclass(frozen=True)
+class LrSearch:
+    """accuracy.lr_search: the grid (per reference batch, ascending), the held-out fraction, the seeds."""
+
+    grid: tuple[float, ...]
+    validation: float
+    seeds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One accuracy job: a model trained with one norm at one normalization batch K, and evaluated."""
+
+    norm: str
+    norm_node: dict  # the norm node: name, groups, eps, ...
+    norm_extra: dict  # norm_options.<norm>: the sweep's options for this norm
+    impl: str
+    dataset: dict  # `_target_` nodes (plug-ins)
+    model: dict
+    seed: int
+    device: str
+    split: Split
+    schedule: Schedule
+    loop: FastPath
+    eval_batch: int
+    precise_bn_samples: int | None
+    train_eval_samples: int | None
+    lr_search: LrSearch | None
+    reuse: bool
+    deterministic: bool
+    cpu_threads: int | None
+    progress: bool
+
+    @property
+    def norm_batch(self) -> int:
+        return self.split.norm_batch
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def train_job(cfg: DictConfig) -> TrainJob:
+    """The spec of a composed accuracy config, its values' ranges and cross-field rules checked."""
+    obj = typed(AccuracyConfig, cfg)
+    acc = obj.accuracy
+    norm = _container(cfg.norm)
+    extra = _container((cfg.get("norm_options") or {}).get(norm["name"]))
+    if "groups" in extra:
+        raise UsageError(
+            f"norm_options.{norm['name']}.groups: a norm's groups have one key, norm.groups (a model's default is its "
+            f"config's norm_groups): set norm.groups={extra['groups']} instead"
+        )
+    return TrainJob(
+        norm=norm["name"],
+        norm_node=norm,
+        norm_extra=extra,
+        impl=obj.impl,
+        dataset=_container(cfg.dataset),
+        model=_container(cfg.model),
+        seed=obj.seed,
+        device=obj.device,
+        split=step_split(acc.batch_size, acc.global_batch, acc.workers),
+        schedule=schedule(acc),
+        loop=fast_path(acc),
+        eval_batch=positive(acc.eval_batch, "accuracy.eval_batch", "the test batch in eval mode, e.g. 1000"),
+        precise_bn_samples=positive(
+            acc.precise_bn_samples,
+            "accuracy.precise_bn_samples",
+            "the training samples PreciseBN averages over, e.g. 2048",
+        ),
+        train_eval_samples=positive(
+            acc.train_eval_samples, "accuracy.train_eval_samples", "the training samples scored in eval mode, e.g. 1024"
+        ),
+        lr_search=None if acc.lr_search is None else lr_search(acc.lr_search),
+        reuse=acc.reuse,
+        deterministic=acc.deterministic,
+        cpu_threads=positive(acc.cpu_threads, "accuracy.cpu_threads", "or null for torch's default"),
+        progress=acc.progress,
+    )
+
+
+def step_split(norm_batch: int, global_batch: int | None, workers: int | None) -> Split:
+    """K, W and the global batch from `accuracy.batch_size` and either `accuracy.global_batch` (the
+    default protocol: W = global_batch / K) or `accuracy.workers` (the GN paper's: global = K x W)."""
+    k = positive(norm_batch, "accuracy.batch_size", "the samples per normalization batch, e.g. accuracy.batch_size=16")
+    if global_batch is not None and workers is not None:
+        raise UsageError(
+            f"accuracy.global_batch={global_batch} and accuracy.workers={workers} both fix the samples per step: "
+            f"keep one (accuracy.workers=null for a fixed global batch, W = global_batch / K; "
+            f"accuracy.global_batch=null for fixed workers, the GN paper's protocol)"
+        )
+    if global_batch is None and workers is None:
+        raise UsageError(
+            "set accuracy.global_batch (samples per step, e.g. 64) or accuracy.workers "
+            "(fixed workers, e.g. 8): both are null"
+        )
+    if workers is not None:
+        workers = positive(workers, "accuracy.workers", "the simulated data-parallel workers, e.g. accuracy.workers=8")
+        return Split(k, workers, k * workers, "workers")
+    global_batch = positive(global_batch, "accuracy.global_batch", "the samples per optimizer step, e.g. 64")
+    if global_batch % k:
+        divisors = [d for d in range(1, global_batch + 1) if global_batch % d == 0]
+        raise UsageError(
+            f"accuracy.global_batch={global_batch} does not split into normalization batches of "
+            f"accuracy.batch_size={k}: choose K from the divisors of {global_batch}: "
+            f"{', '.join(map(str, divisors))} (or change accuracy.global_batch)"
+        )
+    return Split(k, global_batch // k, global_batch, "global_batch")
+
+
+def _within(value, key: str, rule: str, ok, hint: str) -> float:
+    """`value` (a number: the schema typed it) as a float if it is finite with `ok(value)`."""
+    if not math.isfinite(value) or not ok(value):
+        raise UsageError(f"{key} must be a finite number {rule}, got {value!r}: {hint}")
+    return float(value)
+
+
+def schedule(acc: AccuracySettings) -> Schedule:
+    ref = acc.lr_reference
+    momentum = _within(acc.momentum, "accuracy.momentum", "in [0, 1)", lambda v: 0 <= v < 1, "SGD's momentum, e.g. 0.9")
+    if acc.nesterov and momentum <= 0:
+        raise UsageError(f"accuracy.nesterov=true needs accuracy.momentum > 0, got {momentum}")
+    return Schedule(
+        epochs=positive(acc.epochs, "accuracy.epochs", "e.g. accuracy.epochs=10"),
+        reference_lr=_within(
+            ref.lr,
+            "accuracy.lr_reference.lr",
+            "> 0",
+            lambda v: v > 0,
+            "the LR per lr_reference.batch samples, e.g. 0.1",
+        ),
+        reference_batch=positive(
+            ref.batch, "accuracy.lr_reference.batch", "the samples per step lr_reference.lr is for, e.g. 64"
+        ),
+        momentum=momentum,
+        nesterov=acc.nesterov,
+        weight_decay=_within(
+            acc.weight_decay, "accuracy.weight_decay", ">= 0", lambda v: v >= 0, "e.g. 5e-4, or 0 for none"
+        ),
+        weight_decay_on=plain(acc.weight_decay_on),
+        label_smoothing=_within(
+            acc.label_smoothing, "accuracy.label_smoothing", "in [0, 1)", lambda v: 0 <= v < 1, "e.g. 0.1"
+        ),  # Szegedy et al. 2016, Sec. 7
+        warmup_epochs=_within(
+            acc.warmup_epochs, "accuracy.warmup_epochs", ">= 0", lambda v: v >= 0, "e.g. 1, or 0 for none"
+        ),
+        grad_clip=None if acc.grad_clip is None else float(acc.grad_clip),
+    )
+
+
+def fast_path(acc: AccuracySettings) -> FastPath:
+    precision = plain(acc.precision)
+    if not acc.fast_path and (precision != "fp32" or acc.compile):
+        raise UsageError(
+            f"accuracy.precision={precision} and accuracy.compile={acc.compile} take effect in the fast loop "
+            "only: add accuracy.fast_path=true (or keep precision=fp32 and compile=false)"
+        )
+    return FastPath(acc.fast_path, precision, acc.channels_last, acc.compile)
+
+
+def lr_search(node) -> LrSearch:
+    """accuracy.lr_search's {grid, validation, seed, seeds}, checked (the node is open: see the schema)."""
+    node = _container(node)
+    grid = list(node.get("grid") or [])
+    bad = [v for v in grid if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0]
+    if bad or len(grid) < 2:
+        raise UsageError(
+            f"accuracy.lr_search.grid must hold at least two positive LRs, got {grid}: "
+            "e.g. accuracy.lr_search.grid=[0.025,0.05,0.1,0.2,0.4] (or accuracy.lr_search=null for a fixed LR)"
+        )
+    fraction = node.get("validation", 0.2)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise UsageError(
+            f"accuracy.lr_search.validation must be a fraction of the training split in (0, 1), got {fraction!r}: "
+            "e.g. 0.2"
+        )
+    count, first = node.get("seeds", 1), node.get("seed", 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise UsageError(f"accuracy.lr_search.seeds must be a positive int, got {count!r}: e.g. 3")
+    return LrSearch(
+        tuple(sorted(float(v) for v in grid)), float(fraction), tuple(range(int(first), int(first) + count))
+    )

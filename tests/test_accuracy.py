@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from enum import Enum
 
 import numpy as np
 import pandas as pd
@@ -14,9 +15,9 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import open_dict
+from omegaconf import DictConfig, ListConfig, open_dict
 
-from normbench import accuracy, cli, lr_search, models, norms, reuse
+from normbench import accuracy, cli, lr_search, models, norms, reuse, specs
 from normbench.errors import UsageError
 
 # A synthetic task small enough for a run in well under a second.
@@ -123,31 +124,31 @@ def test_full_tiny_run_through_hydra_writes_rows_and_curve(tmp_path):
 # ------------------------------------------------------------------------------------------ protocols
 
 
-def split(*overrides: str) -> accuracy.Split:
-    return accuracy.step_split(config(*overrides).accuracy)
+def split(*overrides: str) -> specs.Split:
+    return specs.train_job(config(*overrides)).split
 
 
 def test_global_batch_fixes_the_samples_per_step_and_derives_the_workers():
     assert [split(f"accuracy.batch_size={k}") for k in (2, 16, 64)] == [
-        accuracy.Split(2, 32, 64, "global_batch"),
-        accuracy.Split(16, 4, 64, "global_batch"),
-        accuracy.Split(64, 1, 64, "global_batch"),
+        specs.Split(2, 32, 64, "global_batch"),
+        specs.Split(16, 4, 64, "global_batch"),
+        specs.Split(64, 1, 64, "global_batch"),
     ]
     # The GN paper's protocol: fixed workers, the global batch grows with K.
-    assert split("accuracy.batch_size=4", "accuracy.global_batch=null", "accuracy.workers=8") == accuracy.Split(
+    assert split("accuracy.batch_size=4", "accuracy.global_batch=null", "accuracy.workers=8") == specs.Split(
         4, 8, 32, "workers"
     )
 
 
 def test_the_gn_paper_experiment_keeps_fixed_workers():
     cfg = config("+experiment=gn_figure1_cifar10", "accuracy.batch_size=2", base=[])
-    assert accuracy.step_split(cfg.accuracy) == accuracy.Split(2, 8, 16, "workers")
+    assert specs.train_job(cfg).split == specs.Split(2, 8, 16, "workers")
 
 
 @pytest.mark.parametrize("k, workers", [(2, 16), (32, 1)])
 def test_the_cifar10_cpu_reference_fixes_32_samples_per_step(k, workers):
     cfg = config("+experiment=cifar10_resnet20_cpu", f"accuracy.batch_size={k}", base=[], hydra=True)
-    assert accuracy.step_split(cfg.accuracy) == accuracy.Split(k, workers, 32, "global_batch")
+    assert specs.train_job(cfg).split == specs.Split(k, workers, 32, "global_batch")
     assert cfg.model._target_ == "normbench.models.resnet20" and cfg.dataset.train_per_class == 2000
     gn = config("+experiment=cifar10_resnet20_cpu", "norm=gn", base=[])
     assert gn.norm.groups == 8  # ResNet-20 with GroupNorm at 8 groups, as the reference ran
@@ -572,7 +573,7 @@ def test_the_no_norm_baseline_can_take_back_the_conv_bias():
         biased.bias.copy_(torch.tensor([1.0, -2.0, 0.5, 0.0]))
     assert torch.equal(biased.double()(x), x + torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64).view(1, 4, 1))
     cfg = config("norm=none", "+norm_options.none.bias=true")
-    make, options = accuracy.norm_factory(cfg, 16)
+    make, options = accuracy.norm_factory(specs.train_job(cfg))
     assert options == {"bias": True} and make(8).bias.shape == (8,)
 
 
@@ -606,10 +607,33 @@ def test_lr_search_picks_the_lowest_validation_error_and_skips_a_diverged_lr():
             raise RuntimeError("train loss diverged")
         return {"curve": [{"test_acc": 1 - errors[lr] - 0.02 * (seed - 5)}]}
 
-    node = {"grid": [0.4, 0.1, 0.05, 0.2], "validation": 0.25, "seed": 5, "seeds": 2}
-    found = lr_search.search(node, train_at, data)
+    spec = specs.lr_search({"grid": [0.4, 0.1, 0.05, 0.2], "validation": 0.25, "seed": 5, "seeds": 2})
+    found = lr_search.search(spec, train_at, data)
     assert sorted(set(seen)) == [5, 6] and len(seen) == 8  # every LR with both seeds
     assert found["grid"] == [0.05, 0.1, 0.2, 0.4] and found["chosen"] == 0.1 and not found["edge"]
     # the mean over the two seeds; 0.2 diverged with one of them (100%); 0.4 with both (NaN)
     assert found["val_error"][:3] == pytest.approx([31.0, 11.0, 55.0]) and math.isnan(found["val_error"][3])
     assert lr_search.parse_grid(lr_search.grid_text(found))[:3] == [(0.05, 31.0), (0.1, 11.0), (0.2, 55.0)]
+
+
+def test_the_train_job_is_the_config_read_once_into_plain_frozen_values():
+    cfg = config("norm=bn", "accuracy.batch_size=4", "+norm_options.bn.eps=0.001", "accuracy.weight_decay_on=weights")
+    job = specs.train_job(cfg)
+    seen = []
+
+    def walk(value):
+        seen.append(type(value))
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name))
+        elif isinstance(value, dict | list | tuple):
+            for v in value.values() if isinstance(value, dict) else value:
+                walk(v)
+
+    walk(job)
+    assert not [t for t in seen if issubclass(t, DictConfig | ListConfig | Enum)]  # nothing of Hydra's below
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.seed = 1  # type: ignore[misc]
+    assert job.norm_batch == job.split.norm_batch == 4 and job.split.workers == cfg.accuracy.global_batch // 4
+    assert job.norm_extra == {"eps": 0.001} and job.schedule.weight_decay_on == "weights"
+    assert job.model["_target_"] == cfg.model._target_ and job.loop == specs.FastPath()

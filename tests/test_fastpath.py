@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from normbench import accuracy, fastpath, models, norms, optim, plan
+from normbench import accuracy, fastpath, models, norms, optim, plan, specs
 from normbench import data as datasets
 from normbench.errors import Unsupported, UsageError
 from normbench.evaluation import precise_bn
@@ -117,7 +117,7 @@ def test_precise_bn_statistics_are_the_same_for_the_fast_loops_model():
     data = pixel_data(False)
     model = tiny_bn_resnet(4)
     fast_model = copy.deepcopy(model)
-    fastpath.prepare(fast_model, fastpath.Options(True, "bf16", True, False), 4)  # layout + float32 hooks
+    fastpath.prepare(fast_model, specs.FastPath(True, "bf16", True, False), 4)  # layout + float32 hooks
     plain = precise_bn(model, data.x_train.split(8), 4)
     fast = precise_bn(fast_model, [x.contiguous(memory_format=torch.channels_last) for x in data.x_train.split(8)], 4)
     pairs = [(a, b) for a, b in zip(plain.modules(), fast.modules()) if isinstance(a, norms.BatchNorm)]
@@ -129,7 +129,7 @@ def test_precise_bn_statistics_are_the_same_for_the_fast_loops_model():
 
 def test_bf16_runs_convolutions_in_bf16_and_every_norm_in_float32():
     model = tiny_bn_resnet(4)
-    forward, hooks = fastpath.prepare(model, fastpath.Options(True, "bf16", True, False), 4)
+    forward, hooks = fastpath.prepare(model, specs.FastPath(True, "bf16", True, False), 4)
     seen = {}
 
     def record(module, args, out):
@@ -138,7 +138,7 @@ def test_bf16_runs_convolutions_in_bf16_and_every_norm_in_float32():
     for m in model.modules():
         if isinstance(m, norms.BatchNorm | torch.nn.Conv2d):
             m.register_forward_hook(record)
-    with fastpath.autocast(fastpath.Options(True, "bf16"), torch.device("cpu")):
+    with fastpath.autocast(specs.FastPath(True, "bf16"), torch.device("cpu")):
         forward(torch.randn(8, 3, 8, 8).contiguous(memory_format=torch.channels_last))
     norm_dtypes = {v for m, v in seen.items() if isinstance(m, norms.BatchNorm)}
     conv_out = {v[1] for m, v in seen.items() if isinstance(m, torch.nn.Conv2d)}
@@ -181,7 +181,7 @@ def test_compile_traces_the_same_training_and_a_compile_failure_is_a_skip(tmp_pa
         (["accuracy.compile=true"], "take effect in the fast loop only: add accuracy.fast_path=true"),
         (["dataset.shape=[1,40]", "model=cnn1d", "dataset.pixels=false", "dataset.augment=true"], "be augmented"),
         (["dataset.shape=[1,40]", "model=cnn1d"], "pixels=true makes images, which need shape"),
-        (["accuracy.label_smoothing=1.5"], "label_smoothing must be a number in"),
+        (["accuracy.label_smoothing=1.5"], "label_smoothing must be a finite number in"),
         (["accuracy.nesterov=true", "accuracy.momentum=0"], "nesterov=true needs accuracy.momentum > 0"),
     ],
 )
@@ -193,6 +193,10 @@ def test_bad_input_is_one_clear_line(tmp_path, overrides, message):
     assert "\n" not in str(info.value)
 
 
+def schedule(*overrides: str) -> specs.Schedule:
+    return specs.train_job(config(*overrides)).schedule
+
+
 def test_weight_decay_on_weights_spares_norm_parameters_and_biases():
     model = tiny_bn_resnet(4)
     decayed, spared = optim.param_groups(model, 5e-4, "weights")
@@ -202,7 +206,7 @@ def test_weight_decay_on_weights_spares_norm_parameters_and_biases():
     assert spared["weight_decay"] == 0.0 and decayed["weight_decay"] == 5e-4
     # One SGD step on zero gradients: only the decayed weights move. Nesterov's first step with
     # momentum 0.9 takes g + 0.9 g where g = wd x w.
-    sgd = optim.sgd(model, config("accuracy.weight_decay_on=weights", "accuracy.nesterov=true").accuracy, lr=0.1)
+    sgd = optim.sgd(model, schedule("accuracy.weight_decay_on=weights", "accuracy.nesterov=true"), lr=0.1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -214,12 +218,12 @@ def test_weight_decay_on_weights_spares_norm_parameters_and_biases():
 
 def test_sgd_is_torchs_multi_tensor_update_with_the_for_loops_values():
     """optim.sgd takes torch's foreach update; three steps of it equal the per-parameter loop's, bit for bit."""
-    acc = config("accuracy.weight_decay_on=weights", "accuracy.nesterov=true", "accuracy.momentum=0.9").accuracy
+    sched = schedule("accuracy.weight_decay_on=weights", "accuracy.nesterov=true", "accuracy.momentum=0.9")
     runs = []
     for make in (
-        lambda m: optim.sgd(m, acc, lr=0.1),
+        lambda m: optim.sgd(m, sched, lr=0.1),
         lambda m: torch.optim.SGD(
-            optim.param_groups(m, float(acc.weight_decay), "weights"),
+            optim.param_groups(m, sched.weight_decay, "weights"),
             lr=0.1,
             momentum=0.9,
             nesterov=True,
@@ -234,7 +238,7 @@ def test_sgd_is_torchs_multi_tensor_update_with_the_for_loops_values():
                 p.grad = torch.randn(p.shape, generator=gen)
             sgd.step()
         runs.append([p.detach() for p in model.parameters()])
-    assert optim.sgd(tiny_bn_resnet(4), acc, lr=0.1).defaults["foreach"] is True
+    assert optim.sgd(tiny_bn_resnet(4), sched, lr=0.1).defaults["foreach"] is True
     assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 

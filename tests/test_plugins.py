@@ -15,7 +15,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from normbench import accuracy, model_speed, models, norms, speed_job
+from normbench import accuracy, model_speed, models, norms, specs, speed_job
 from normbench.errors import UsageError
 from tests.test_accuracy import TINY
 from tests.test_launchers import app_command, run
@@ -171,7 +171,7 @@ def test_both_apps_build_their_model_with_the_one_helper(monkeypatch, tmp_path):
 def test_every_shipped_model_config_builds_its_model(model, input_shape, norm_layers):
     cfg = config(f"model={model}", "norm=gn")
     assert cfg.norm.groups == (32 if model == "mlp" else 8)  # what the model's widths take
-    make, _ = accuracy.norm_factory(cfg, 4)
+    make, _ = accuracy.norm_factory(specs.train_job(cfg))
     built = models.from_config(cfg.model, input_shape=input_shape, num_classes=10, norm=make)
     assert models.name_of(cfg.model) == model
     assert sum(isinstance(m, norms.GroupNorm) for m in built.modules()) == norm_layers

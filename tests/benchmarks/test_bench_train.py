@@ -24,14 +24,24 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from normbench import data as datasets
-from normbench import fastpath, models, norms, optim
+from normbench import fastpath, models, norms, optim, specs
 
 SAMPLES_PER_STEP = 32
 # The standard schedule's optimizer (conf/experiment/cifar10_resnet20_gpu.yaml), through the app's optim.sgd.
-SCHEDULE = OmegaConf.create({"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4, "weight_decay_on": "weights"})
+SCHEDULE = specs.Schedule(
+    epochs=1,
+    reference_lr=0.01,
+    reference_batch=SAMPLES_PER_STEP,
+    momentum=0.9,
+    nesterov=True,
+    weight_decay=5e-4,
+    weight_decay_on="weights",
+    label_smoothing=0.0,
+    warmup_epochs=0.0,
+    grad_clip=None,
+)
 LOOPS = ("standard", "fast", "fast compiled")
 
 
@@ -45,7 +55,7 @@ def train_step(loop: str, k: int, data: datasets.Dataset):
     model = models.build(
         "resnet20", input_shape=(3, 32, 32), num_classes=10, norm=lambda c: norms.build("bn", c, virtual_batch=k)
     )
-    opts = fastpath.Options(loop != "standard", compile=loop == "fast compiled")
+    opts = specs.FastPath(loop != "standard", compile=loop == "fast compiled")
     forward, _ = fastpath.prepare(model, opts, 4) if opts.enabled else (model, [])
     optimizer = optim.sgd(model, SCHEDULE, lr=0.01)
     order = torch.Generator().manual_seed(0)
