@@ -94,7 +94,7 @@ class SpeedSettings:
     min_repeats: int = 10
     warmup_ms: float = 25.0
     rep_ms: float = 100.0
-    clocks: Any = "all"  # all, or a list of clock names (normbench.clocks.parse_clocks)
+    clocks: Any = "all"  # all, or a list of clock names (normbench.bench.clocks.parse_clocks)
     device_clock: DeviceClock = DeviceClock.graph
     l2: L2 = L2.cold
     cuda_graph: bool = False
@@ -180,7 +180,7 @@ class AccuracyConfig(Common):
     dataset: Any = None  # a `_target_` node (conf/dataset)
     model: Any = None  # a `_target_` node (conf/model)
     accuracy: AccuracySettings = field(default_factory=AccuracySettings)
-    plan: dict[str, Any] | None = None  # an experiment's planning rates (normbench.plan)
+    plan: dict[str, Any] | None = None  # an experiment's planning rates (normbench.app.plan)
 
 
 def register() -> None:
@@ -383,7 +383,7 @@ class Schedule:
 
 @dataclass(frozen=True)
 class FastPath:
-    """How the fast loop trains (normbench.fastpath); the default is the standard loop."""
+    """How the fast loop trains (normbench.train.fastpath); the default is the standard loop."""
 
     enabled: bool = False
     precision: str = "fp32"

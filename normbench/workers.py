@@ -4,7 +4,7 @@ A worker killed with its parent (`kill -9`, the OOM killer) would otherwise run 
 the end, writing into the sweep directory for seconds or minutes with nobody left to report it. So
 every job that runs in a worker process starts, once per process, a daemon thread that checks the
 parent's pid and ends the worker at once when the parent is gone (the worker is re-parented, so
-`os.getppid()` changes). Results are written whole and renamed (normbench.results), so a job cut
+`os.getppid()` changes). Results are written whole and renamed (normbench.io.results), so a job cut
 off here leaves nothing half-written.
 """
 

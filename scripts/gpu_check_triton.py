@@ -8,7 +8,7 @@
    statistics) against float64 torch.nn.functional, with the tolerances of tests/test_triton.py. The
    speed sweep has compiled these kernels already, so this costs little JIT. Each configuration is
    checked on its own: an exception is a failed row, and the next configuration still runs.
-2. Timer cross-check: a copy and native BatchNorm's forward, each timed by normbench.timing at one
+2. Timer cross-check: a copy and native BatchNorm's forward, each timed by normbench.bench.timing at one
    size and at 4x that size. Memory-bound work must take ~4x as long; a ratio far from 4 means the
    timer measures launch overhead, caching or something other than the kernel.
 
@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 from normbench import norms  # noqa: E402
-from normbench.timing import time_fn  # noqa: E402
+from normbench.bench.timing import time_fn  # noqa: E402
 
 EPS = 1e-5
 OPTIONS = {"bn": {}, "ln": {}, "in": {}, "gn": {"groups": 32}}

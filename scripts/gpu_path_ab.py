@@ -6,7 +6,7 @@ split, looped and cooperative (one-read) kernels forced, plus native.
 
 For each norm x dtype x layout at the headline shape (conf/shape/resnet_c64.yaml; --shape for
 others): the fwd+bwd time of one training step (forward, then backward of a fixed dy), timed by
-normbench.timing.time_fn (CUDA: triton.testing.do_bench, L2 flushed before each repeat, median of
+normbench.bench.timing.time_fn (CUDA: triton.testing.do_bench, L2 flushed before each repeat, median of
 event-timed repeats), its % of the measured copy bandwidth over speed.bytes_moved, and the max
 error of y and dx against native, path by path. `auto` is what the dispatch picks; `split`, `looped`
 and `coop` are forced with KernelSettings.force_path (a path that cannot take a case is skipped). Then
@@ -27,11 +27,12 @@ from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
-from normbench import norms, speed  # noqa: E402
+from normbench import norms  # noqa: E402
+from normbench.bench import speed  # noqa: E402
+from normbench.bench.timing import measure_copy_bandwidth, time_fn  # noqa: E402
 from normbench.kernels import layout  # noqa: E402
 from normbench.kernels.settings import KernelSettings  # noqa: E402
-from normbench.norms.triton_impl import kernel_settings, use_kernel_settings  # noqa: E402
-from normbench.timing import measure_copy_bandwidth, time_fn  # noqa: E402
+from normbench.norms.impl.triton import kernel_settings, use_kernel_settings  # noqa: E402
 
 OPTIONS = {"bn": {}, "ln": {}, "in": {}, "gn": {"groups": 32}}
 TUNE_CASES = [("bn", torch.float32, "contiguous"), ("ln", torch.bfloat16, "channels_last")]
@@ -60,7 +61,7 @@ def layout_of(x) -> str:
 
 def kernels_of(layer, x, dy) -> str:
     """The Triton kernels one step launches (names, in order)."""
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     settings = kernel_settings(layer)
     with trace.recording(run=True) as (passes, kernels):

@@ -11,7 +11,7 @@ Default steps, in order of value (each under `timeout`; a step's deadline is its
 before it, counted from the start, so time an early step saves goes to the later ones):
   setup      env.txt first (GPU name, clocks, driver, torch/triton versions, whether ncu exists), then
              the carried wheels (.whl/, scripts/prepare_gpu_run.sh) installed into SITE
-  selfcheck  python -m normbench.selfcheck --out DIR: the harness timed against itself (a copy and a
+  selfcheck  python -m normbench.app.selfcheck --out DIR: the harness timed against itself (a copy and a
              native LayerNorm, all three clocks)
   warm       the triton and compiled jobs of the grid side by side, untimed: Triton's JIT and
              torch.compile fill their on-disk caches, so the timed sweeps load kernels
@@ -22,7 +22,7 @@ before it, counted from the start, so time an early step saves goes to the later
   coop       triton with the cooperative kernels on (triton.cooperative=true), the cases they take: rows of
              their own (sweep directory speed-triton-coop)
   rows       ln on transformer rows (sweep=gpu_rows), native and triton
-  host       python -m normbench.kernels.host_cost on this host's CPU (launches stubbed)
+  host       python -m normbench.tools.host_cost on this host's CPU (launches stubbed)
 Each job writes its rows when it ends, and after every step the work folder is packed into
 $OUT/reference.tar.gz again, so a cut run still brings back what it measured.
 """
@@ -105,7 +105,7 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
             35,
             "new (issue 25): a copy and a native LayerNorm, three clocks, a few sizes; no log yet, so a box "
             "of 3x a CUDA start and ~10 s of timing",
-            "python3 -m normbench.selfcheck --out $WORK/selfcheck",
+            "python3 -m normbench.app.selfcheck --out $WORK/selfcheck",
         ),
         Step(
             "warm",
@@ -149,7 +149,7 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
             20,
             "13 s in h200-speed-rev3 run1 (16 cases at resnet_c64)",
             "lscpu | grep -E 'Model name|^CPU\\(s\\)|MHz' || true; "
-            "python3 -m normbench.kernels.host_cost --shape resnet_c64",
+            "python3 -m normbench.tools.host_cost --shape resnet_c64",
         ),
     ]
     if full:
@@ -173,7 +173,7 @@ def plan(full: bool = False, tiny: bool = False) -> list[Step]:
                 "hbm",
                 240,
                 "ncu replays each pass (28 cases); not yet run: its own budget inside the box",
-                "python3 -m normbench.kernels.hbm_bytes $WORK/hbm_bytes.csv --budget-s 200"
+                "python3 -m normbench.tools.hbm_bytes $WORK/hbm_bytes.csv --budget-s 200"
                 + (" --dry-run" if tiny else ""),
             ),
         ]

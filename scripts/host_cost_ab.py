@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch  # noqa: F401  (after the path is set)
     from normbench_old.kernels import host_cost as old
 
-    from normbench.kernels import host_cost as new
-    from normbench.kernels import trace
+    from normbench.tools import host_cost as new
+    from normbench.tools import trace
 
     new.caching_allocator()
     cases = [c for c in trace.sweep_cases() if c[1] == opts.shape and (not opts.norm or c[0] in opts.norm)]

@@ -101,10 +101,10 @@ TINY: dict[str, list[str]] = {
     + _MNIST1D
     + ["accuracy.precise_bn_samples=null", "+claim_run=bn,none", "seed=0", "hydra/launcher=basic"],
     "normbench-accuracy --config-dir myconf model=mine": _ACC + _MNIST1D + ["accuracy.batch_size=8"],
-    "python -m normbench.kernels.hbm_bytes hbm.csv": ["--dry-run", "--norm", "gn"],
-    "python -m normbench.selfcheck --out DIR": ["--device", "cpu", "speed.min_run_time=0.01"],
+    "python -m normbench.tools.hbm_bytes hbm.csv": ["--dry-run", "--norm", "gn"],
+    "python -m normbench.app.selfcheck --out DIR": ["--device", "cpu", "speed.min_run_time=0.01"],
     # The plan prices each (norm, K) by one training step on the CPU: one pair keeps it to seconds.
-    "python -m normbench.plan +experiment=cifar10_resnet20_gpu": ["norm=bn", "accuracy.batch_size=32", "seed=0"],
+    "python -m normbench.app.plan +experiment=cifar10_resnet20_gpu": ["norm=bn", "accuracy.batch_size=32", "seed=0"],
 }
 # README text -> where the scratch directory has it.
 PLACEHOLDERS = {

@@ -23,7 +23,7 @@ if not torch.cuda.is_available():
 # The tests compose configs from the package `normbench.conf`. An editable install of another
 # checkout maps that name to its conf/, so with PYTHONPATH=this checkout the code would be this one's
 # and the configs another's. Load this checkout's conf/ under that name, as the apps find it
-# (normbench.cli._configs).
+# (normbench.app.cli._configs).
 _CONF = Path(__file__).resolve().parent.parent / "conf"
 if (_CONF / "__init__.py").is_file() and Path(normbench.__file__).resolve().parent.parent == _CONF.parent:
     _spec = importlib.util.spec_from_file_location(

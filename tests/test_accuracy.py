@@ -17,8 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, open_dict
 
-from normbench import accuracy, cli, lr_search, models, norms, reuse, specs
+from normbench import models, norms, specs
+from normbench.app import cli
 from normbench.errors import UsageError
+from normbench.train import accuracy, lr_search, reuse
 
 # A synthetic task small enough for a run in well under a second.
 TINY = [

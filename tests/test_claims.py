@@ -1,4 +1,4 @@
-"""The seed notebook's claims (normbench.claims): the decision rule on constructed inputs, the
+"""The seed notebook's claims (normbench.report.claims): the decision rule on constructed inputs, the
 convergence measure, the whole table on constructed runs, and the experiment end to end."""
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normbench import claims, report, results
+from normbench.io import results
+from normbench.report import claims
+from normbench.report import document as report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,7 +183,7 @@ def test_the_experiment_runs_every_claim_and_reports_it(tmp_path):
     cmd = [
         sys.executable,
         "-c",
-        "from normbench.cli import accuracy; accuracy()",
+        "from normbench.app.cli import accuracy; accuracy()",
         "-m",
         "+experiment=seed_claims",
         "dataset=synthetic",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import normbench
-from normbench import catalog, cli, norms
+from normbench import norms
+from normbench.app import catalog, cli
 from normbench.errors import UsageError
 from normbench.kernels import availability
 

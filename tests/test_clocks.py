@@ -16,8 +16,10 @@ import torch
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from normbench import clocks, norms, results, schema, specs, speed, speed_job, timing
+from normbench import norms, specs
+from normbench.bench import clocks, speed, speed_job, timing
 from normbench.errors import UsageError
+from normbench.io import results, schema
 
 CUDA = torch.device("cuda")  # only named: every primitive goes to the fake
 
@@ -392,7 +394,7 @@ def test_ranked_times_come_from_the_device_clock_else_the_wall_clock():
 
 
 def test_the_report_ranks_by_the_device_clock_and_shows_wall_host_and_bound():
-    from normbench import report
+    from normbench.report import document as report
 
     base = {"kind": "speed", "status": "ok", "norm": "ln", "pass": "fwd", "batch_size": 8, "shape": "8x64"}
     frame = schema.concat(

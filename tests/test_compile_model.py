@@ -17,7 +17,7 @@ from torch import nn
 
 from normbench import norms
 from normbench.kernels import availability
-from normbench.norms import compiled as compiled_impl
+from normbench.norms.impl import compiled as compiled_impl
 
 C = 4
 OPTIONS = {"gn": {"groups": 2}, "evonorm_s0": {"groups": 2}, "bn": {"momentum": None}}

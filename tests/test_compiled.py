@@ -8,8 +8,9 @@ import torch
 from torch._dynamo.utils import counters
 from torch._functorch import config as functorch_config
 
-from normbench import norms, speed
-from normbench.norms import compiled as compiled_impl
+from normbench import norms
+from normbench.bench import speed
+from normbench.norms.impl import compiled as compiled_impl
 
 # One small shape per norm, shared by the tests below so that each norm compiles once per session.
 C, SPATIAL = 8, (5, 5)

@@ -18,9 +18,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from normbench import accuracy, cli, speed_job
+from normbench.app import cli
+from normbench.bench import speed_job
+from normbench.io.results import ROWS_FILE
 from normbench.norms import registry
-from normbench.results import ROWS_FILE
+from normbench.train import accuracy
 from tests import test_accuracy, test_speed
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "extending.md").read_text()

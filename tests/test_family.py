@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from normbench import models, norms
+from normbench.bench.speed import bytes_moved
 from normbench.errors import UsageError
-from normbench.speed import bytes_moved
 from tests import family64 as f64
 
 FAMILY = ["rms", "ln2d", "brn", "frn", "evonorm_b0", "evonorm_s0"]
@@ -345,7 +345,7 @@ def test_matches_timm(name, options, theirs, impl):
 def test_family_experiment_sweeps_every_norm_and_gives_batch_norms_their_k():
     from hydra import compose, initialize_config_module
 
-    from normbench.accuracy import norm_factory
+    from normbench.train.accuracy import norm_factory
 
     with initialize_config_module("normbench.conf", version_base="1.3"):
         cfg = compose(config_name="accuracy", overrides=["+experiment=norm_family"], return_hydra_config=True)
@@ -379,8 +379,8 @@ def test_a_tiny_training_evaluates_batch_norms_three_ways(tmp_path, name):
 
 def test_a_sweep_skips_a_norm_without_the_implementation(tmp_path):
     """EvoNorm has no `native`: the default speed sweep's native job is skipped with the reason, not failed."""
-    from normbench import results
-    from normbench.callbacks import failed_jobs
+    from normbench.app.callbacks import failed_jobs
+    from normbench.io import results
 
     with pytest.raises(norms.registry.Unsupported):
         norms.build("evonorm_b0", 4, impl="native")

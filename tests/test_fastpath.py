@@ -1,4 +1,4 @@
-"""The fast training loop (normbench.fastpath): the same samples, trajectory and PreciseBN statistics
+"""The fast training loop (normbench.train.fastpath): the same samples, trajectory and PreciseBN statistics
 as the standard loop; augmentation against a plain-torch crop and flip; precision, compile and the
 optimizer options; every bad input one clear line."""
 
@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 
-from normbench import accuracy, fastpath, models, norms, optim, plan, specs
 from normbench import data as datasets
+from normbench import models, norms, specs
+from normbench.app import plan
 from normbench.errors import Unsupported, UsageError
-from normbench.evaluation import precise_bn
+from normbench.train import accuracy, fastpath, optim
+from normbench.train.evaluation import precise_bn
 
 RUN = [
     "dataset=synthetic",

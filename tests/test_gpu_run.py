@@ -41,8 +41,8 @@ def test_default_grid_is_two_large_shapes_fwdbwd_and_the_rows(gpu_run):
         assert f"impl={impl} " in steps[impl] and "pass=fwdbwd" in steps[impl] and f"speed-{impl}" in steps[impl]
     assert "triton.cooperative=true" in steps["coop"] and "speed-triton-coop" in steps["coop"]
     assert "sweep=gpu_rows" in steps["rows"] and "impl=native,triton" in steps["rows"]
-    assert "normbench.selfcheck --out" in steps["selfcheck"]
-    assert "normbench.kernels.host_cost" in steps["host"]
+    assert "normbench.app.selfcheck --out" in steps["selfcheck"]
+    assert "normbench.tools.host_cost" in steps["host"]
 
 
 def test_full_plan_is_longer_and_tiny_plan_stays_on_the_cpu(gpu_run):

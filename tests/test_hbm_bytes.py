@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from normbench.kernels import hbm_bytes
-from normbench.kernels.hbm_bytes import Case
+from normbench.tools import hbm_bytes
+from normbench.tools.hbm_bytes import Case
 
 # ncu --csv --print-units base: one row per kernel and metric, after the profiler's own messages
 COLUMNS = ["ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size"]
@@ -105,5 +105,5 @@ def test_the_child_runs_the_pass_on_the_cpu(monkeypatch, impl, pass_):
     if impl == "triton":
         pytest.importorskip("triton")
     monkeypatch.setattr(hbm_bytes, "shapes", lambda: {"tiny": (4, 64, 3, 5)})  # 32 groups of 2
-    monkeypatch.setattr("normbench.timing.FLUSH_BYTES", 4096)
+    monkeypatch.setattr("normbench.bench.timing.FLUSH_BYTES", 4096)
     hbm_bytes.profiled_pass(Case("gn", "tiny", "fp32", "channels_last", impl, "auto", pass_), device="cpu")

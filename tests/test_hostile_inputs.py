@@ -17,8 +17,10 @@ import torch
 from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 
-from normbench import accuracy, data, models, plugins, specs, speed_job
+from normbench import data, models, plugins, specs
+from normbench.bench import speed_job
 from normbench.errors import UsageError
+from normbench.train import accuracy
 from tests.test_accuracy import TINY
 
 
@@ -179,7 +181,7 @@ def test_speed_values_are_refused_before_anything_is_allocated(tmp_path, monkeyp
 
 
 def test_a_huge_peak_copy_is_fine_when_the_peak_is_given():
-    from normbench import speed
+    from normbench.bench import speed
 
     cfg = config("device=cpu", "speed.peak_copy_mb=100000000", "speed.peak_gbps=10", app="speed")
     speed.check_speed_config(speed_job.spec(cfg), torch.device("cpu"))  # no copy is made, so nothing to refuse
@@ -189,7 +191,7 @@ def test_a_huge_peak_copy_is_fine_when_the_peak_is_given():
 
 
 def test_the_console_says_n_a_for_evaluations_a_norm_does_not_have(tmp_path, caplog):
-    caplog.set_level("INFO", logger="normbench.accuracy")
+    caplog.set_level("INFO", logger="normbench.train.accuracy")
     [row] = accuracy.run(config(*TINY, "norm=gn", "accuracy.epochs=1"), tmp_path)
     assert math.isnan(row["test_acc_precise_bn"]) and math.isnan(row["test_acc_batch_stats"])
     [line] = [r.getMessage() for r in caplog.records if "test acc" in r.getMessage() and "epoch" not in r.getMessage()]
@@ -198,7 +200,7 @@ def test_the_console_says_n_a_for_evaluations_a_norm_does_not_have(tmp_path, cap
 
 
 def test_a_sweep_job_says_which_of_the_planned_jobs_it_is(tmp_path):
-    from normbench.cli import job_progress
+    from normbench.app.cli import job_progress
 
     jobs = [["norm=bn", "seed=0"], ["norm=gn", "seed=0"], ["norm=gn", "seed=1"]]
     (tmp_path / "run.json").write_text(json.dumps({"command": "normbench-accuracy -m", "jobs": jobs}))
@@ -216,7 +218,7 @@ def test_a_sweep_job_says_which_of_the_planned_jobs_it_is(tmp_path):
 
 @pytest.mark.parametrize(("flags", "lines"), [([], 1), (["-m"], 0)])
 def test_ctrl_c_exits_130_without_a_traceback(capsys, monkeypatch, flags, lines):
-    from normbench import cli
+    from normbench.app import cli
 
     def interrupted():
         raise KeyboardInterrupt

@@ -11,7 +11,10 @@ import pytest
 import test_integrity
 from test_results import accuracy_rows, accuracy_sweep, make_sweep, speed_rows, speed_sweep
 
-from normbench import cli, compare, report, results, speed_tables, swept
+from normbench.app import cli
+from normbench.io import results, swept
+from normbench.report import compare, speed_tables
+from normbench.report import document as report
 
 # ------------------------------------------------------------------------------- swept keys stay apart
 
@@ -164,7 +167,7 @@ def test_a_second_run_into_one_dir_is_refused(toy):
 
 
 def test_a_run_into_a_sweeps_job_dir_is_refused(tmp_path):
-    from normbench.callbacks import SweepDirTaken, claim_run_dir
+    from normbench.app.callbacks import SweepDirTaken, claim_run_dir
 
     sweep = accuracy_sweep(tmp_path / "acc")
     with pytest.raises(SweepDirTaken, match="rows.csv"):
@@ -212,7 +215,7 @@ def test_a_planted_peak_is_measured_again(tmp_path, monkeypatch, planted):
     import torch
     from test_integrity import copy_record
 
-    from normbench import timing
+    from normbench.bench import timing
 
     (tmp_path / timing.PEAK_FILE).write_text(json.dumps({peak_key(): planted}))
     monkeypatch.setattr(timing, "_PEAKS", {})
@@ -228,7 +231,7 @@ def test_a_lock_file_that_is_a_symlink_loop_is_replaced(tmp_path, monkeypatch):
     import torch
     from test_integrity import copy_record
 
-    from normbench import timing
+    from normbench.bench import timing
 
     lock = tmp_path / (timing.PEAK_FILE + ".lock")
     lock.symlink_to(lock)  # ELOOP on open
@@ -287,7 +290,7 @@ def test_a_hostile_benchmark_json_is_one_line_naming_the_file(tmp_path, capsys, 
 
 
 def test_other_stats_of_a_wrong_type_are_left_out(tmp_path):
-    from normbench import benchmark_json
+    from normbench.io import benchmark_json
 
     stats = {"median": 0.002, "q1": True, "q3": -1, "min": "x", "rounds": 2.5, "iterations": False}
     path = bench_file(tmp_path, "b.json", {"benchmarks": [entry() | {"stats": stats}]})
@@ -346,7 +349,7 @@ def test_the_noise_floor_grows_with_the_runs_spreads(tmp_path, capsys):
 
 
 def test_claims_are_not_judged_over_a_pooled_key(tmp_path, monkeypatch):
-    from normbench import claims
+    from normbench.report import claims
 
     def judge(acc):
         raise AssertionError("judged over pooled configurations")

@@ -59,7 +59,9 @@ def test_importing_every_module_changes_no_global_state(tmp_path):
     env["MPLCONFIGDIR"] = str(tmp_path)  # no user matplotlibrc
     out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert {"normbench.norms", "normbench.speed", "normbench.report", "normbench.plots"} <= set(result["names"])
+    assert {"normbench.norms", "normbench.bench.speed", "normbench.report.document", "normbench.report.plots"} <= set(
+        result["names"]
+    )
     before, after = result["before"], result["after"]
     for name in before["configs"]:
         changed = {k for k in before["configs"][name] if before["configs"][name][k] != after["configs"][name].get(k)}

@@ -24,9 +24,13 @@ from test_launchers import TOY_APP, TOY_CONFIG, assert_report, run
 from test_results import accuracy_rows, make_sweep, speed_rows, speed_sweep
 from test_speed import TINY, configure
 
-from normbench import benchmark_json, cli, data, norms, provenance, report, results, schema, speed_job, timing
-from normbench.callbacks import SweepDirTaken, claim_sweep_dir
+from normbench import data, norms
+from normbench.app import cli
+from normbench.app.callbacks import SweepDirTaken, claim_sweep_dir
+from normbench.bench import speed_job, timing
 from normbench.errors import UsageError
+from normbench.io import benchmark_json, provenance, results, schema
+from normbench.report import document as report
 from normbench.specs import one_line
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -36,7 +40,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def hydra_configs():
     from hydra import initialize_config_dir
 
-    from normbench.cli import CONFIGS
+    from normbench.app.cli import CONFIGS
 
     with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
         yield
@@ -430,7 +434,7 @@ def test_norm_options_of_the_wrong_type_are_one_line(options, match):
 
 
 def test_bad_config_values_fail_the_job_with_one_line(tmp_path, hydra_configs):
-    from normbench.cli import run_job
+    from normbench.app.cli import run_job
 
     for bad in ("norm.eps=abc", "norm.momentum=fast", "+norm.affine=no"):  # the norm node's own checks
         out = tmp_path / bad.replace("=", "_").replace("+", "")

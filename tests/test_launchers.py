@@ -21,8 +21,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir, initialize_config_module
 
-from normbench.callbacks import claim_gpu
-from normbench.cli import CONFIGS
+from normbench.app.callbacks import claim_gpu
+from normbench.app.cli import CONFIGS
 from normbench.device import resolve_device
 
 CONF = importlib.resources.files("normbench.conf")
@@ -43,7 +43,7 @@ hydra:
 TOY_APP = """
 import hydra
 from omegaconf import DictConfig
-from normbench.cli import run_job
+from normbench.app.cli import run_job
 
 
 def job(cfg, out):
@@ -88,7 +88,7 @@ def run(args: list[str], cwd: Path, timeout: int = 240) -> subprocess.CompletedP
 
 def app_command(app: str) -> list[str]:
     exe = shutil.which(f"normbench-{app}")
-    return [exe] if exe else [sys.executable, "-c", f"from normbench.cli import {app}; {app}()"]
+    return [exe] if exe else [sys.executable, "-c", f"from normbench.app.cli import {app}; {app}()"]
 
 
 def assert_report(sweep: Path) -> str:
@@ -99,7 +99,7 @@ def assert_report(sweep: Path) -> str:
 
 
 def assert_job_log(job_dir: Path, name: str, says: str) -> None:
-    """A job's log is named after its app (Hydra's job name; it was cli.log, after cli.py) and holds its lines."""
+    """A job's log is named after its app (Hydra's job name; it was cli.log, after app/cli.py) and holds its lines."""
     assert [p.name for p in job_dir.glob("*.log")] == [name]
     assert says in (job_dir / name).read_text()
 
@@ -113,7 +113,7 @@ def test_apps_compose_with_every_launcher(app, launcher):
     """Each app switches launcher from the command line (launcher keys belong in conf/hydra/launcher)."""
     with initialize_config_module("normbench.conf", version_base="1.3"):
         cfg = compose(app, overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
-    assert cfg.hydra.callbacks.report._target_ == "normbench.callbacks.SweepReport"
+    assert cfg.hydra.callbacks.report._target_ == "normbench.app.callbacks.SweepReport"
     assert ("joblib" in cfg.hydra.launcher._target_) == (launcher in ("joblib", "parallel"))
     assert cfg.hydra.job.name == f"normbench-{app}"  # names the job log and, on SLURM, the job
     if "slurm" in launcher:

@@ -10,7 +10,8 @@ import torch
 from test_speed import TINY, configure, hydra_configs, run  # noqa: F401 - hydra_configs: fixture
 from torch import nn
 
-from normbench import model_speed, norms, speed, speed_job
+from normbench import norms
+from normbench.bench import model_speed, speed, speed_job
 from normbench.errors import UsageError
 
 # resnet20 on 8x8 images: 19 norm layers over three inputs (16x8x8, 32x4x4, 64x2x2), a step of ~20 ms.

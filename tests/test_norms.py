@@ -399,7 +399,7 @@ def test_native_keeps_channels_last_with_the_same_values(name, options):
 
 def test_virtual_batches_side_by_side_are_the_same_values_in_either_layout():
     """The rearrangement itself is exact: the same (k, b c, ...) values from either layout, and back."""
-    from normbench.norms.native import one_behind_another, side_by_side
+    from normbench.norms.impl.native import one_behind_another, side_by_side
 
     x = torch.randn(12, 5, 4, 3, generator=torch.Generator().manual_seed(0))
     xl = x.contiguous(memory_format=torch.channels_last)
@@ -413,7 +413,7 @@ def test_virtual_batches_side_by_side_are_the_same_values_in_either_layout():
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_virtual_batches_back_in_place_pass_gradcheck(layout):
     """one_behind_another (a tensor of its own, not a view) has the exact gradient in float64."""
-    from normbench.norms.native import one_behind_another, side_by_side
+    from normbench.norms.impl.native import one_behind_another, side_by_side
 
     x = torch.randn(6, 2, 3, 2, dtype=torch.float64).contiguous(memory_format=layout)
     y = side_by_side(x, 3, 2).detach().requires_grad_()

@@ -1,4 +1,4 @@
-"""The report's paired comparisons and LR-search tables (normbench.accuracy_tables), on constructed runs."""
+"""The report's paired comparisons and LR-search tables (normbench.report.accuracy_tables), on constructed runs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from normbench import accuracy_tables, plots, stats
+from normbench.report import accuracy_tables, plots, stats
 
 SEEDS = range(5)
 SHARED = np.array([-1.0, 0.5, 1.5, -0.5, 0.2])  # the seed's effect on every arm

@@ -15,8 +15,10 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from normbench import accuracy, model_speed, models, norms, specs, speed_job
+from normbench import models, norms, specs
+from normbench.bench import model_speed, speed_job
 from normbench.errors import UsageError
+from normbench.train import accuracy
 from tests.test_accuracy import TINY
 from tests.test_launchers import app_command, run
 

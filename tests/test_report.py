@@ -11,8 +11,12 @@ import pandas as pd
 import pytest
 from test_results import accuracy_sweep, bench_json, made_acc, speed_sweep  # noqa: F401 - bench_json: fixture
 
-from normbench import cli, norms, plots, report, results, schema
-from normbench.callbacks import ERROR_FILE, SweepReport
+from normbench import norms
+from normbench.app import cli
+from normbench.app.callbacks import ERROR_FILE, SweepReport
+from normbench.io import results, schema
+from normbench.report import document as report
+from normbench.report import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ import re
 
 from test_results import accuracy_sweep
 
-from normbench import report
+from normbench.report import document as report
 
 
 def test_shown_paths_keeps_the_repo_and_cuts_the_rest():

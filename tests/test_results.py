@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from normbench import benchmark_json, provenance, results, schema
+from normbench.io import benchmark_json, provenance, results, schema
 
 # ---------------------------------------------------------------------------- hand-made rows and sweeps
 

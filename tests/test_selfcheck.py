@@ -1,4 +1,4 @@
-"""`python -m normbench.selfcheck`: run for real on the CPU (rows written, device = wall, nothing
+"""`python -m normbench.app.selfcheck`: run for real on the CPU (rows written, device = wall, nothing
 enforced), its checks on rows made to pass and fail them, and the GPU branch's exit codes."""
 
 from __future__ import annotations
@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from normbench import results, selfcheck, speed
+from normbench.app import selfcheck
+from normbench.bench import speed
+from normbench.io import results
 
 
 def test_cpu_run_writes_rows_with_all_clocks_and_exits_0(tmp_path, capsys):

@@ -18,10 +18,12 @@ from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
 from omegaconf import open_dict
 
-from normbench import clocks, norms, results, specs, speed, speed_job, timing
-from normbench.cli import run_job
+from normbench import norms, specs
+from normbench.app.cli import run_job
+from normbench.bench import clocks, speed, speed_job, timing
 from normbench.errors import UsageError
-from normbench.results import FAILURE_FILE, ROWS_FILE
+from normbench.io import results
+from normbench.io.results import FAILURE_FILE, ROWS_FILE
 
 # A shape and timing budget small enough for CI: each pass is timed for ~10 ms.
 TINY = [

@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from test_results import make_sweep, speed_rows
 
-from normbench import report, results, speed_tables
+from normbench.io import results
+from normbench.report import document as report
+from normbench.report import speed_tables
 
 STEP_MS = {("bn", "native"): 10.0, ("bn", "compiled"): 8.0, ("gn", "native"): 12.0, ("gn", "compiled"): 9.0}
 

@@ -1,4 +1,4 @@
-"""normbench.stats: the intervals against scipy's own functions, and the verdicts on constructed data
+"""normbench.report.stats: the intervals against scipy's own functions, and the verdicts on constructed data
 (a known difference is found, a null one is not, equality needs the margin), and bad input."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from normbench import stats
 from normbench.errors import UsageError
+from normbench.report import stats
 
 RNG = np.random.default_rng(27)
 

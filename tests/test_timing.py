@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from normbench import timing
+from normbench.bench import timing
 
 
 def test_cpu_timing_measures_a_known_duration_in_enough_blocks():

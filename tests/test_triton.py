@@ -90,10 +90,10 @@ def test_forced_paths_run_several_steps(path, channels_last):
 
 
 def compile_check(mode: str) -> subprocess.CompletedProcess:
-    """`python -m normbench.kernels.compile_check MODE` with the compiler (not the interpreter): skips
+    """`python -m normbench.tools.compile_check MODE` with the compiler (not the interpreter): skips
     the test where no NVIDIA backend can run, fails it on a non-zero exit."""
     done = subprocess.run(
-        [sys.executable, "-m", "normbench.kernels.compile_check", mode],
+        [sys.executable, "-m", "normbench.tools.compile_check", mode],
         env={**os.environ, "TRITON_INTERPRET": "0"},
         capture_output=True,
         text=True,
@@ -161,7 +161,7 @@ def make_input(shape, dtype, layout_name, seed=0):
 def check(name, options, shape, dtype, layout_name, affine=True, steps=1, seed=0, momentum=0.1, path="auto"):
     """One or more training steps of impl=triton vs float64: y, dx, dweight, dbias, running stats, with
     `path` forced (`forced`)."""
-    from normbench.norms.triton_impl import use_kernel_settings
+    from normbench.norms.impl.triton import use_kernel_settings
 
     c = shape[1]
     extra = {"momentum": momentum} if name == "bn" else {}
@@ -348,7 +348,7 @@ def test_row_backward_writes_a_partial_row_per_program():
     of 8 or 16 warps; GroupNorm's 1-warp tiles, 8, rounded to a multiple of its 32 channel blocks so
     that each keeps one), each writing one row of dweight/dbias partial sums instead of one per
     sample; image slabs, whose rows are small beside them, keep a program per slab."""
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     for norm, hidden, programs in [("ln", 4096, 132), ("ln", 16384, 132), ("ln", 1024, 4 * 132), ("gn", 4096, 1056)]:
         (launch,) = trace.trace(norm, (4096, hidden), torch.bfloat16, "contiguous")["bwd"].launches
@@ -431,7 +431,7 @@ def test_trace_shapes_are_the_gpu_sweeps():
     """kernels.trace's shape sets are conf/shape's and sweep=gpu_rows's (what the sweeps run)."""
     import yaml
 
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     for name, shape in trace.GPU_SHAPES.items():
@@ -445,7 +445,7 @@ def test_trace_shapes_are_the_gpu_sweeps():
 
 @pytest.fixture(scope="module")
 def traffic_rows():
-    from normbench.kernels import traffic
+    from normbench.tools import traffic
 
     return traffic.table()
 
@@ -486,7 +486,7 @@ def test_traffic_model_pins_each_plans_hbm_bytes(traffic_rows):
 @needs_triton
 def test_traffic_model_serves_rereads_from_l2_when_they_fit():
     """The cache model: a split forward re-reads x from L2 when x fits half of it, else from HBM."""
-    from normbench.kernels import trace, traffic
+    from normbench.tools import trace, traffic
 
     shape = (32, 64, 16, 16)  # 2 MB in float32
     passes = trace.trace("bn", shape, torch.float32, "contiguous")
@@ -499,14 +499,14 @@ def test_traffic_model_serves_rereads_from_l2_when_they_fit():
 
 @pytest.fixture(scope="module")
 def coop_traffic_rows():
-    from normbench.kernels import traffic
+    from normbench.tools import traffic
 
     return traffic.table(cooperative=True)
 
 
 @needs_triton
 def test_traffic_model_pins_the_cooperative_plans(coop_traffic_rows):
-    """The same with layout.COOPERATIVE on (python -m normbench.kernels.traffic --coop): issue 17's goal,
+    """The same with layout.COOPERATIVE on (python -m normbench.tools.traffic --coop): issue 17's goal,
     <= 1.1x at >= 64 MB, is met in 102 of 106 cases (rows as above: their slab plans stay).
 
     fused plans read each byte once; so do the cooperative ones wherever a unit (the values behind one
@@ -533,7 +533,7 @@ def test_traffic_model_pins_the_cooperative_plans(coop_traffic_rows):
 def test_traffic_model_serves_cooperative_rereads_from_l2_when_they_fit(monkeypatch):
     """The cache model: the cooperative forward's second read of x comes from L2 when the work items
     in flight between its two touches fit half the L2, else from HBM."""
-    from normbench.kernels import trace, traffic
+    from normbench.tools import trace, traffic
 
     shape = (32, 64, 16, 16)  # 2 MB in float32
     passes = trace.trace("bn", shape, torch.float32, "contiguous", cooperative=True)
@@ -552,7 +552,7 @@ def test_batchnorm_launches_at_most_4_per_pass(virtual_batch, cooperative):
     """Launches (Triton kernels + torch operators) per pass at the GPU sweep's shapes, planned for an H100:
     the running statistics are updated in the combine kernel, dweight and dbias come out of the
     backward's combine kernel, and nothing is filled with zeros."""
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     for shape in trace.GPU_SHAPES.values():  # cooperative: 2, the counters' zeros and the kernel
         for layout_name in trace.LAYOUTS:
@@ -569,7 +569,7 @@ def test_batchnorm_launches_at_most_4_per_pass(virtual_batch, cooperative):
 def test_no_pass_fills_zeros_but_the_cooperative_counters(cooperative):
     """Nothing is zero-filled but the cooperative kernels' int32 counters: 4 bytes per ticket counter,
     arrival count and ready flag."""
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
         for p in trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name, cooperative=cooperative).values():
@@ -586,8 +586,8 @@ def test_no_pass_fills_zeros_but_the_cooperative_counters(cooperative):
 @pytest.mark.parametrize("layout_name", ["contiguous", "channels_last"])
 def test_launch_counter_counts_a_real_call(layout_name):
     """The counter around the launches, on a real (interpreted) training step of BatchNorm."""
-    from normbench.kernels import trace
-    from normbench.norms.triton_impl import use_kernel_settings
+    from normbench.norms.impl.triton import use_kernel_settings
+    from normbench.tools import trace
 
     layer = norms.build("bn", 6, impl="triton", device=DEVICE)
     x = make_input((4, 6, 3, 5), torch.float32, layout_name).requires_grad_()

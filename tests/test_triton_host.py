@@ -40,7 +40,7 @@ def _clear_plans():
 @needs_triton
 @pytest.mark.parametrize("norm", ["bn", "ln", "gn"])  # the split, split and fused paths at this shape
 def test_plans_are_made_once_per_geometry(counted_planning, norm):
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     trace.trace(norm, SHAPE, torch.float32, "contiguous")
     first = dict(counted_planning)
@@ -54,7 +54,7 @@ def test_plans_are_made_once_per_geometry(counted_planning, norm):
 @needs_triton
 def test_changed_settings_are_not_served_a_stale_plan(monkeypatch):
     """The plan caches are keyed on the KernelSettings value and the heuristics: each takes effect."""
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     def kernels(shape=SHAPE, **settings):
         passes = trace.trace("gn", shape, torch.float32, "contiguous", **settings)
@@ -87,7 +87,7 @@ def test_torch_operators_per_pass_do_not_grow():
     """Every torch operator is host time (and a launch) on a GPU: none forward; backward at most the one
     sum that gives dweight and dbias together (none where a group is one channel on the split path, as
     for bn: its combine kernel writes them)."""
-    from normbench.kernels import trace
+    from normbench.tools import trace
 
     for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
         passes = trace.trace(norm, shape, trace.DTYPES[dtype_name], layout_name)
@@ -121,7 +121,7 @@ def test_cached_layout_check_agrees_with_torch(shape, make):
 def test_host_cost_stubs_every_launch_and_counts_like_trace():
     """The tool's stubbed passes run the Function end to end on CPU tensors without launching a kernel,
     and its counts are the trace's (run once each: no timing is asserted)."""
-    from normbench.kernels import host_cost, trace
+    from normbench.tools import host_cost, trace
 
     cost = host_cost.measure("ln", SHAPE, torch.bfloat16, "channels_last", repeat=1, number=1, warmup=0)
     passes = trace.trace("ln", SHAPE, torch.bfloat16, "channels_last")
@@ -156,7 +156,8 @@ def test_cached_launch_plan_launches_what_a_cold_plan_does(norm):
     """A call served from the launch-plan cache makes the same launches (grids, scalars, constexprs,
     buffers) as one planned cold, and gives the same y, dx, dweight and dbias, bit for bit."""
     from normbench import norms
-    from normbench.kernels import launch_plan, trace
+    from normbench.kernels import launch_plan
+    from normbench.tools import trace
 
     _clear_plans()
     cold = _launches(trace.trace(norm, SHAPE, torch.bfloat16, "channels_last"))
@@ -221,7 +222,8 @@ def test_the_speed_schema_takes_triton_cooperative_and_refuses_a_bad_value_namin
     from hydra import compose as hydra_compose
     from hydra.errors import ConfigCompositionException
 
-    from normbench import cli, speed_job
+    from normbench.app import cli
+    from normbench.bench import speed_job
 
     def compose(app, overrides):
         with cli.configs_for_compose():
@@ -275,9 +277,9 @@ def test_a_forward_allocates_y_and_one_float32_workspace(cooperative):
     """Forward: y and one float32 workspace (statistics and scratch), plus the cooperative kernels'
     counters; backward: dx, the partial sums, the group means but on the slab path, and dweight and
     dbias where a kernel writes them, plus the counters. Every sweep case, planned for an H100."""
-    from normbench.kernels import trace
     from normbench.kernels.norm_function import _TritonNorm
     from normbench.kernels.settings import KernelSettings
+    from normbench.tools import trace
 
     settings = KernelSettings(cooperative=cooperative, plan_for=trace.H100)
     for norm, _, shape, dtype_name, layout_name in trace.sweep_cases():
@@ -306,7 +308,7 @@ def test_two_forwards_before_their_backwards_keep_their_own_buffers(norm, path):
     scratch or outputs."""
     from normbench import norms
     from normbench.kernels.settings import KernelSettings
-    from normbench.norms.triton_impl import use_kernel_settings
+    from normbench.norms.impl.triton import use_kernel_settings
 
     g = torch.Generator().manual_seed(3)
     options = {"groups": 3} if norm == "gn" else {}

@@ -9,8 +9,8 @@
     launch_plan    each geometry's grids, scalar arguments and constexprs, computed once (a bounded cache)
     norm_function  the autograd Function and launches; `norm_forward` mirrors norms.core.norm_forward
 
-Developer tools that check these kernels without a GPU, each a `python -m` command and imported by
-nothing in the library: trace (the launches a shape makes), traffic (bytes each plan moves),
+Developer tools that check these kernels without a GPU are in normbench.tools, each a `python -m`
+command and imported by nothing in the library: trace (the launches a shape makes), traffic (bytes each plan moves),
 hbm_bytes (those bytes against Nsight Compute), host_cost (host time per pass), compile_check
 (compile every kernel for sm_90).
 

@@ -6,13 +6,8 @@
 >>> y = layer(torch.randn(2, 64, 8, 8))
 """
 
-from normbench.norms import (  # noqa: F401  (importing registers the implementations)
-    compiled,
-    native,
-    reference,
-    triton_impl,
-)
 from normbench.norms.family import BatchRenorm, EvoNormB0, EvoNormS0, FilterResponseNorm, LayerNorm2d, RMSNorm
+from normbench.norms.impl import compiled, native, reference, triton  # noqa: F401  (importing registers the implementations)
 from normbench.norms.layers import BatchNorm, GroupNorm, InstanceNorm, LayerNorm, NoNorm, Norm, Statistics
 from normbench.norms.registry import (
     Query,

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from normbench.errors import UsageError
 from normbench.norms import equations
-from normbench.norms import native as torch_ops
+from normbench.norms.impl import native as torch_ops
 from normbench.norms.layers import BatchNorm, GroupNorm, Norm, Statistics
 
 

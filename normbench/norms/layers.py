@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from normbench.errors import UsageError
 from normbench.norms import core
-from normbench.norms import native as torch_ops
+from normbench.norms.impl import native as torch_ops
 
 Implementation = Callable[["Norm", Tensor], Tensor]
 

@@ -24,7 +24,8 @@ from torch import nn
 
 from normbench.errors import Unsupported, UsageError
 from normbench.norms import family
-from normbench.norms.compiled import compiled
+from normbench.norms.impl.compiled import compiled
+from normbench.norms.impl.reference import reference
 from normbench.norms.layers import (
     BatchNorm,
     GroupNorm,
@@ -34,7 +35,6 @@ from normbench.norms.layers import (
     NoNorm,
     Norm,
 )
-from normbench.norms.reference import reference
 
 NORMS: dict[str, type] = {}
 

@@ -7,7 +7,7 @@
 
 Each benchmark's group is "<norm> <pass> <size>", so the default `--benchmark-group-by=group` puts
 the implementations of one norm side by side; `extra_info` carries the shape, the bytes of the
-byte model (normbench.speed.bytes_moved), GB/s from the median and the device's copy bandwidth
+byte model (normbench.bench.speed.bytes_moved), GB/s from the median and the device's copy bandwidth
 (`normbench-report bench.json` reads it as speed rows). On CUDA the timer synchronizes before it
 reads the clock, so a round's time covers the kernels it launched, not just their launch; on the
 CPU it runs on one thread, as normbench-speed does by default. These are
@@ -26,9 +26,9 @@ import pytest
 import torch
 
 from normbench import norms
+from normbench.bench.speed import PASSES, bytes_moved, pass_callable, retained_backward
+from normbench.bench.timing import peak_bandwidth
 from normbench.device import device_name
-from normbench.speed import PASSES, bytes_moved, pass_callable, retained_backward
-from normbench.timing import peak_bandwidth
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

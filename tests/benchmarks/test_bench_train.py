@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from normbench import data as datasets
-from normbench import fastpath, models, norms, optim, specs
+from normbench import models, norms, specs
+from normbench.train import fastpath, optim
 
 SAMPLES_PER_STEP = 32
 # The standard schedule's optimizer (conf/experiment/cifar10_resnet20_gpu.yaml), through the app's optim.sgd.

@@ -1,0 +1,1 @@
+"""The entry points: the Hydra apps (cli), the sweep callback, --list, plan and selfcheck."""

@@ -1,0 +1,1 @@
+"""Results on disk: the row schema, reading and writing rows, provenance, benchmark JSON, swept keys."""

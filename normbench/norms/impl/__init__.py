@@ -1,0 +1,1 @@
+"""The implementations of each registered norm: reference (the spec), native, compiled, triton."""

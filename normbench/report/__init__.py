@@ -1,0 +1,1 @@
+"""Reports: tables, claims and their statistics, plots, the Markdown/HTML document, compare."""

@@ -1,0 +1,1 @@
+"""The accuracy job: the training loop and its fast path, optimizer, LR search, evaluation, reuse."""
