@@ -47,10 +47,15 @@ def layer_of(name: str) -> int | None:
 
 def imported(path: Path) -> set[str]:
     """The normbench modules `path` imports, as names relative to the package (`from normbench.x import y`
-    is x.y where y is a module, else x)."""
+    is x.y where y is a module, else x). Imports under `if TYPE_CHECKING:` are for annotations only and
+    never run, so they are not counted."""
     known = set(modules())
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for block in ast.walk(tree):
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test):
+            block.body = []  # the annotations' imports; an `else:` branch still runs and still counts
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names if a.name.startswith("normbench.")}
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "normbench":
