@@ -149,7 +149,7 @@ def step_row(job: SpeedJob, model: nn.Module, x: torch.Tensor, names: list[str],
     # those checks, as the per-layer rows do, so the step holds what a torch.nn model would run.
     layers = [model.get_submodule(n) for n in names]
     for m in layers:
-        m.check_input = _unchecked
+        m.check_inputs = False
     try:
         start = time.perf_counter()
         out = model(x)
@@ -170,7 +170,7 @@ def step_row(job: SpeedJob, model: nn.Module, x: torch.Tensor, names: list[str],
         log.warning("%s step with %s %s skipped: %s", model_name(job), job.norm, job.impl, str(exc))
     finally:
         for m in layers:
-            del m.check_input
+            m.check_inputs = True
     share = norm_ms(layer_rows)
     row = {
         **speed.base_row(job, tuple(x.shape), x.device),
@@ -193,10 +193,6 @@ def step_row(job: SpeedJob, model: nn.Module, x: torch.Tensor, names: list[str],
         "?" if share is None else f"{share:.3f}",
     )
     return row
-
-
-def _unchecked(x: torch.Tensor) -> None:
-    """A norm layer's check_input inside the timed step: the input was checked once already."""
 
 
 def norm_ms(layer_rows: list[dict]) -> float | None:

@@ -262,7 +262,7 @@ def wrapper_overhead(layer, x: torch.Tensor, *, min_run_time: float = 0.2, min_r
     if not isinstance(layer, norms.Norm):
         return None
     probe = copy.deepcopy(layer)  # the call count BatchNorm keeps changes on the copy, not the layer
-    probe._forward_impl = _identity
+    probe.impl_fn = _identity
     with torch.no_grad():
         return time_cpu(lambda: probe.forward(x), min_run_time=min_run_time, min_repeats=min_repeats)
 
