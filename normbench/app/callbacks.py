@@ -263,7 +263,14 @@ class SweepReport(Callback):
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from normbench import plugins
+        from normbench.errors import UsageError
+
         self.sweep_dir = self.sweep_dir or str(config.hydra.sweep.dir)
+        try:  # the report reads the registry: a plug-in norm's traits too
+            plugins.load(config.get("plugins"))
+        except UsageError as exc:  # every job has said so already; the report still shows their rows
+            log.warning("%s", exc)
         shutil.rmtree(Path(self.sweep_dir) / GPU_LOCKS, ignore_errors=True)  # every job is done
         if self.enabled:
             self.write_report()
