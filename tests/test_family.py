@@ -345,6 +345,7 @@ def test_matches_timm(name, options, theirs, impl):
 def test_family_experiment_sweeps_every_norm_and_gives_batch_norms_their_k():
     from hydra import compose, initialize_config_module
 
+    from normbench import specs
     from normbench.train.accuracy import norm_factory
 
     with initialize_config_module("normbench.conf", version_base="1.3"):
@@ -357,8 +358,10 @@ def test_family_experiment_sweeps_every_norm_and_gives_batch_norms_their_k():
     )
     for name in FAMILY:
         with initialize_config_module("normbench.conf", version_base="1.3"):
-            job = compose(config_name="accuracy", overrides=["+experiment=norm_family", f"norm={name}"])
-        make, options = norm_factory(job, 4)
+            cfg = compose(
+                config_name="accuracy", overrides=["+experiment=norm_family", f"norm={name}", "accuracy.batch_size=4"]
+            )
+        make, options = norm_factory(specs.train_job(cfg))
         layer = make(32)
         assert layer.impl == "reference" and layer.name == name
         assert (options.get("virtual_batch") == 4) == (name in BATCH)

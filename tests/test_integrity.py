@@ -241,7 +241,7 @@ PEAK_WORKER = """
 import random, sys, time
 from pathlib import Path
 import torch
-from normbench import timing
+from normbench.bench import timing
 
 def slow_measure(device, copy_mb, **kw):
     time.sleep(0.5)  # long enough for every process to race the others
