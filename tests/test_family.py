@@ -346,6 +346,7 @@ def test_family_experiment_sweeps_every_norm_and_gives_batch_norms_their_k():
     from hydra import compose, initialize_config_module
 
     from normbench import specs
+    from normbench.app import cli  # noqa: F401  (registers the configs' resolvers, as the apps do)
     from normbench.train.accuracy import norm_factory
 
     with initialize_config_module("normbench.conf", version_base="1.3"):
