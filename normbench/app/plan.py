@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from normbench import data as datasets
-from normbench import models, norms, specs
+from normbench import models, norms, plugins, specs
 from normbench.errors import UsageError
 from normbench.train import accuracy, fastpath
 
@@ -166,6 +166,7 @@ def groups(cli: list[str]) -> tuple[list[Group], DictConfig, int]:
     """The sweep's trainings by (norm, K), its base config (dataset, `plan` rates) and its job count."""
     with _Composer() as compose:
         base = compose([o for o in cli if not _is_sweep(o)])
+        plugins.load(base.get("plugins"))  # a plug-in norm's class says whether it trains once per K
         params, plain = sweep_params(OmegaConf.to_container(base.hydra.sweeper.params), cli)
         by_norm = {}  # a norm is a config group: compose once per norm; K and seed are plain keys
         for norm in params.get("norm", [base.norm.name]):
