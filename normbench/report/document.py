@@ -329,7 +329,12 @@ def _what_ran(doc: Document, frame: pd.DataFrame, inputs: list[Path]) -> None:
 
 
 def _accuracy_section(
-    doc: Document, acc: pd.DataFrame, plot: Path | None, paired: pd.DataFrame | None = None, lr_plot: Path | None = None
+    doc: Document,
+    acc: pd.DataFrame,
+    plot: Path | None,
+    paired: pd.DataFrame | None,
+    curves: pd.DataFrame,
+    lr_plot: Path | None,
 ) -> None:
     doc.heading(2, "Accuracy: test error vs the normalization batch K")
     runs = with_setup(acc)
@@ -359,7 +364,6 @@ def _accuracy_section(
         _paired_section(doc, paired, groups)
     if plot:
         doc.image(plot, "Test error vs K per norm (BatchNorm: three evaluations); the GN paper's protocol beside")
-    curves = lr_curves(acc)
     if not curves.empty:
         doc.heading(3, "Learning rate per configuration")
         doc.para(
@@ -494,7 +498,8 @@ def build_report(
     for key, name in PLOTS.items():  # a plot an earlier build drew, which this data no longer has
         if made[key] is None:
             (out / name).unlink(missing_ok=True)
-    lr_plot = plots.lr_sensitivity(lr_curves(acc), out / LR_PLOT) if not acc.empty else None
+    curves = lr_curves(acc) if not acc.empty else None  # the LR table's and its plot's, computed once
+    lr_plot = plots.lr_sensitivity(curves, out / LR_PLOT) if curves is not None else None
     if lr_plot is None:
         (out / LR_PLOT).unlink(missing_ok=True)
 
@@ -514,7 +519,7 @@ def build_report(
     _what_ran(doc, frame, inputs)
 
     if not acc.empty:
-        _accuracy_section(doc, acc, made["accuracy"], paired, lr_plot)
+        _accuracy_section(doc, acc, made["accuracy"], paired, curves, lr_plot)
     if claims.available(acc):
         if pooled:
             doc.heading(2, "The notebook's claims")
